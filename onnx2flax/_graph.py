@@ -1,0 +1,76 @@
+"""The converter's own view of an ONNX graph: decoded once, never protobuf again.
+
+Later stages (planning, the interpreter, codegen) read only these dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output.
+
+    ``shape`` is in ONNX (channels-first) order; a dynamic dim is its ``dim_param``
+    name, or ``None`` when the file gives no name. ``dtype`` is a NumPy dtype.
+    ``channels_last`` says whether ``module.apply`` takes / returns this tensor with
+    the channel axis moved last (image tensors when converted with ``channels_last=True``).
+    """
+
+    name: str
+    shape: tuple[Dim, ...] | None
+    dtype: np.dtype
+    channels_last: bool = False
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+@dataclass(eq=False)
+class Node:
+    """One ONNX node with decoded attributes (Python values, NumPy arrays, Graphs)."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    proto: Any = None  # the NodeProto, kept only for constant folding by the reference evaluator
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.domain, self.op_type)
+
+
+@dataclass(eq=False)
+class Graph:
+    """A topologically sorted graph.
+
+    ``constants`` holds every tensor known at conversion time (initializers, Constant
+    nodes and folded constant subgraphs); ``initializers`` names those that were
+    initializers in the file. ``origins`` maps a folded tensor to the
+    initializer it was computed from, so parameters keep their PyTorch names.
+    ``outer`` lists names a subgraph reads from its enclosing graph.
+    """
+
+    name: str
+    nodes: list[Node]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    constants: dict[str, np.ndarray]
+    opsets: dict[str, int]
+    origins: dict[str, str] = field(default_factory=dict)
+    initializers: frozenset[str] = frozenset()
+    outer: list[str] = field(default_factory=list)
+
+    @property
+    def opset(self) -> int:
+        return self.opsets.get("", self.opsets.get("ai.onnx", 1))

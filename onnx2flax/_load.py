@@ -1,0 +1,106 @@
+"""Stage 1: read a model from a path, bytes or ModelProto; decode tensors.
+
+External data is read lazily through ``numpy.memmap`` and confined to the model's
+folder: absolute locations, ``..`` and links that leave the folder are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from .errors import InvalidModelError, ResourceLimitError
+
+#: Largest tensor (in elements) the converter will materialize.
+MAX_ELEMENTS = 2**31
+
+ModelLike = str | os.PathLike | bytes | onnx.ModelProto
+
+
+def load_model(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
+    """Return the ModelProto and the folder external data may be read from."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _parse(bytes(model), "<bytes>"), None
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise InvalidModelError(f"model file {str(path)!r} does not exist or is not a file")
+        return _parse(path.read_bytes(), str(path)), path.resolve().parent
+    raise InvalidModelError(
+        f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InvalidModelError(f"{where} is not a valid ONNX protobuf: {exc}") from None
+    if not proto.HasField("graph"):
+        raise InvalidModelError(f"{where} holds no graph (is it an ONNX model file?)")
+    return proto
+
+
+def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None, what: str) -> np.ndarray:
+    """Decode a TensorProto; ``what`` names it in errors (e.g. "initializer 'fc.weight'")."""
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"{what} has negative dims {dims}")
+    count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    if count > MAX_ELEMENTS:
+        raise ResourceLimitError(f"{what} declares {count} elements (limit {MAX_ELEMENTS})")
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except (KeyError, ValueError, TypeError):
+        raise InvalidModelError(f"{what} has unknown element type {tensor.data_type}") from None
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return _read_external(tensor, dims, dtype, base_dir, what)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        raise InvalidModelError(f"{what} is a string tensor; onnx2flax handles numeric tensors only")
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises ValueError/TypeError/IndexError on inconsistent data
+        raise InvalidModelError(
+            f"{what}: its data does not match its declared shape {dims} and type "
+            f"{np.dtype(dtype).name} ({type(exc).__name__}: {exc})") from None
+
+
+def _read_external(tensor: onnx.TensorProto, dims: list[int], dtype: np.dtype,
+                   base_dir: Path | None, what: str) -> np.ndarray:
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if base_dir is None:
+        raise InvalidModelError(
+            f"{what} stores its data in external file {location!r}; load the model from a "
+            "path so the file can be found next to it")
+    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+        raise InvalidModelError(f"{what}: external data location {location!r} must be a "
+                                "relative path inside the model's folder")
+    target = (base_dir / location).resolve()
+    if base_dir != target and base_dir not in target.parents:
+        raise InvalidModelError(f"{what}: external data location {location!r} leaves the "
+                                f"model's folder {str(base_dir)!r}")
+    if not target.is_file():
+        raise InvalidModelError(f"{what}: external data file {location!r} is missing")
+    try:
+        offset = int(info.get("offset", 0))
+        itemsize = np.dtype(dtype).itemsize
+        count = int(np.prod(dims)) if dims else 1
+        length = int(info.get("length", count * itemsize))
+    except ValueError:
+        raise InvalidModelError(f"{what}: external data offset/length are not integers") from None
+    size = target.stat().st_size
+    if offset < 0 or length != count * itemsize or offset + length > size:
+        raise InvalidModelError(
+            f"{what}: external data needs {count * itemsize} bytes at offset {offset} of "
+            f"{location!r}, which holds {size} bytes (declared length {length})")
+    if count == 0:
+        return np.zeros(dims, dtype)
+    return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(dims))

@@ -1,0 +1,321 @@
+"""Stage 4: the Flax module whose ``__call__`` walks the planned graph.
+
+Values live in an environment as ``(array, perm)``: ``array`` is a NumPy array when it is
+known at trace time (constants, shapes: folded with ONNX's reference evaluator) and a JAX
+array otherwise; ``perm`` is its layout relative to ONNX order (see ``_layout``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _layout
+from ._fold import fold, foldable
+from ._graph import Graph, Node, TensorSpec
+from ._plan import LayerPlan, Program
+from ._registry import OpSpec, lookup
+from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
+                     UnsupportedOpError, node_label)
+
+_REQUIRED = object()
+
+
+class _Namespace(nn.Module):
+    """A named level of the parameter tree (``layer1`` in ``layer1.0.conv1``)."""
+
+    @nn.compact
+    def __call__(self, fn: Callable[[nn.Module], Any]):
+        return fn(self)
+
+
+def _const_init(value: np.ndarray):
+    def init(*_):
+        return jnp.asarray(value)
+    return init
+
+
+class OpContext:
+    """What a handler sees besides its inputs: attributes, layouts, layers, subgraphs."""
+
+    def __init__(self, interp: _Interpreter, node: Node, spec: OpSpec, in_perms: list):
+        self._interp = interp
+        self.node = node
+        self.spec = spec
+        self.in_perms: list[_layout.Perm | None] = in_perms
+        self.out_perms: list[_layout.Perm] | None = None
+
+    @property
+    def opset(self) -> int:
+        return self._interp.graph.opsets.get(self.node.domain, 1)
+
+    @property
+    def train(self) -> bool:
+        return self._interp.train
+
+    @property
+    def label(self) -> str:
+        return node_label(self.node.name, self.node.op_type)
+
+    def attr(self, name: str, default: Any = _REQUIRED) -> Any:
+        """Attribute ``name``, or ``default`` (the spec's default) when absent."""
+        if name in self.node.attrs:
+            return self.node.attrs[name]
+        if default is _REQUIRED:
+            raise InvalidModelError(f"{self.label} lacks required attribute {name!r}")
+        return default
+
+    def fail(self, message: str) -> UnsupportedOpError:
+        """An error naming this node, to ``raise``."""
+        return UnsupportedOpError(f"{self.label}: {message}")
+
+    def invalid(self, message: str) -> InvalidModelError:
+        return InvalidModelError(f"{self.label}: {message}")
+
+    def static(self, value, what: str) -> np.ndarray:
+        """``value`` as NumPy, or an error if it is only known at run time."""
+        if value is None or isinstance(value, np.ndarray):
+            return value
+        raise self.fail(f"{what} must be known at conversion time (a constant or computed "
+                        "from shapes), but it depends on the model's inputs")
+
+    @property
+    def layer_plan(self) -> LayerPlan | None:
+        return self._interp.program.layers.get(self.node) if self._interp.top else None
+
+    def layer(self, cls: type[nn.Module], *args, call_kwargs: dict | None = None, **kwargs):
+        """Create the node's planned layer ``cls(**kwargs)`` with its weights as
+        initializers, and call it on ``args``."""
+        plan = self.layer_plan
+        inits = {f"{leaf}_init": _const_init(value)
+                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
+
+        def make(scope: nn.Module):
+            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **(call_kwargs or {}))
+
+        return self._interp.in_scope(plan.path[:-1], make)
+
+    def make_rng(self, name: str = "dropout"):
+        return self._interp.module.make_rng(name)
+
+    def run_graph(self, graph: Graph, feeds: Sequence[Any]) -> list[Any]:
+        """Run subgraph ``graph`` on ``feeds`` (its inputs in order, ONNX layout); it can
+        read every value of the enclosing graphs. Returns its outputs in ONNX layout."""
+        return self._interp.run_subgraph(graph, list(feeds))
+
+
+class _Env:
+    def __init__(self, constants: dict[str, np.ndarray], parent: _Env | None = None):
+        self.values: dict[str, tuple[Any, _layout.Perm]] = {}
+        self.constants = constants
+        self.parent = parent
+
+    def get(self, name: str):
+        env = self
+        while env is not None:
+            if name in env.values:
+                return env.values[name]
+            if name in env.constants:
+                value = env.constants[name]
+                return value, _layout.identity(value.ndim)
+            env = env.parent
+        raise KeyError(name)
+
+
+class _Interpreter:
+    def __init__(self, module: nn.Module, program: Program, train: bool):
+        self.module = module
+        self.program = program
+        self.graph = program.graph
+        self.train = train
+        self.top = True
+        self._roots: dict[str, _Namespace] = {}
+
+    def in_scope(self, prefix: tuple[str, ...], fn: Callable[[nn.Module], Any]):
+        if not prefix:
+            return fn(self.module)
+        root = self._roots.get(prefix[0])
+        if root is None:
+            root = self._roots[prefix[0]] = _Namespace(name=prefix[0])
+
+        def nested(rest):
+            if not rest:
+                return fn
+            return lambda scope: _Namespace(name=rest[0])(nested(rest[1:]))
+
+        return root(nested(prefix[1:]))
+
+    def run(self, env: _Env, graph: Graph) -> None:
+        for node in graph.nodes:
+            self._run_node(env, graph, node)
+
+    def _run_node(self, env: _Env, graph: Graph, node: Node) -> None:
+        spec = lookup(node.domain, node.op_type, graph.opsets.get(node.domain, 1))
+        if spec is None:
+            raise UnsupportedOpError(f"{node_label(node.name, node.op_type)} has no handler "
+                                     f"for opset {graph.opsets.get(node.domain, 1)}")
+        held = []
+        for name in node.inputs:
+            if not name:
+                held.append((None, None))
+                continue
+            try:
+                held.append(env.get(name))
+            except KeyError:
+                raise InvalidModelError(f"{node_label(node.name, node.op_type)} reads {name!r}"
+                                        ", which is not defined") from None
+        arrays = [a for a, _ in held]
+        is_layer = self.top and node in self.program.layers
+        if (not is_layer and foldable(node) and arrays
+                and all(a is None or isinstance(a, np.ndarray) for a in arrays)):
+            outs = fold(node, arrays, graph.opsets)
+            for name, value in zip(node.outputs, outs):
+                if name:
+                    env.values[name] = (value, _layout.identity(value.ndim))
+            return
+        outs, perms = self._call(spec, node, held)
+        if len(outs) < len([o for o in node.outputs if o]):
+            raise InvalidModelError(f"{node_label(node.name, node.op_type)} produced "
+                                    f"{len(outs)} outputs, the graph expects {len(node.outputs)}")
+        for name, value, perm in zip(node.outputs, outs, perms):
+            if name:
+                env.values[name] = (value, perm)
+
+    def _call(self, spec: OpSpec, node: Node, held: list):
+        arrays = [a for a, _ in held]
+        perms = [p for _, p in held]
+        layout = spec.layout
+        out_perm = None
+        if layout == "onnx":
+            arrays = [a if a is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
+        elif layout == "elementwise":
+            out_perm = _common_perm(arrays, perms)
+            arrays = [a if a is None else _layout.broadcast_to_perm(a, p, out_perm)
+                      for a, p in zip(arrays, perms)]
+        elif layout == "channels_last":
+            arrays = [a if a is None or i == 0 else _layout.to_onnx(a, p)
+                      for i, (a, p) in enumerate(zip(arrays, perms))]
+            if arrays and arrays[0] is not None:
+                out_perm = _layout.channels_last(np.ndim(arrays[0]))
+                arrays[0] = _layout.convert(arrays[0], perms[0], out_perm)
+        ctx = OpContext(self, node, spec, perms)
+        try:
+            result = spec.fn(ctx, *arrays)
+        except OnnxConversionError:
+            raise
+        except (TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+            shapes = [None if a is None else tuple(np.shape(a)) for a in arrays]
+            raise InvalidModelError(
+                f"{node_label(node.name, node.op_type)} failed on inputs of shapes {shapes}: "
+                f"{type(exc).__name__}: {exc}") from None
+        outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        if ctx.out_perms is not None:
+            out_perms = list(ctx.out_perms)
+        elif out_perm is not None:
+            out_perms = [out_perm if np.ndim(o) == len(out_perm) else _layout.identity(np.ndim(o))
+                         for o in outs]
+        else:
+            out_perms = [_layout.identity(np.ndim(o)) for o in outs]
+        return outs, out_perms
+
+    def run_subgraph(self, graph: Graph, feeds: list[Any]) -> list[Any]:
+        env = _Env(graph.constants, parent=self._current_env)
+        for spec, value in zip(graph.inputs, feeds):
+            env.values[spec.name] = (value, _layout.identity(np.ndim(value)))
+        outer_top, self.top = self.top, False
+        outer_env, self._current_env = self._current_env, env
+        try:
+            self.run(env, graph)
+            return [_layout.to_onnx(*env.get(o.name)) for o in graph.outputs]
+        finally:
+            self.top, self._current_env = outer_top, outer_env
+
+    _current_env: _Env | None = None
+
+
+def _common_perm(arrays, perms) -> _layout.Perm:
+    """The layout elementwise inputs meet in: that of the first highest-rank input held
+    in a non-ONNX layout, else ONNX order."""
+    rank = max((np.ndim(a) for a in arrays if a is not None), default=0)
+    for a, p in zip(arrays, perms):
+        if a is not None and np.ndim(a) == rank and not _layout.is_identity(p):
+            return p
+    return _layout.identity(rank)
+
+
+def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``."""
+    shape = tuple(np.shape(value))
+    layout = _layout.channels_last(len(shape)) if channels_last else None
+    if spec.shape is not None:
+        if len(shape) != len(spec.shape):
+            raise InvalidInputError(
+                f"input {spec.name!r} must have rank {len(spec.shape)} (shape {list(spec.shape)}"
+                f"{', channels-last' if channels_last else ''}), got shape {list(shape)}")
+        onnx_shape = shape if layout is None else tuple(
+            shape[layout.index(i)] for i in range(len(shape)))
+        for axis, (want, got) in enumerate(zip(spec.shape, onnx_shape)):
+            if isinstance(want, int) and want != got:
+                raise InvalidInputError(
+                    f"input {spec.name!r} has shape {list(onnx_shape)} in ONNX order, but "
+                    f"dim {axis} must be {want} (expected {list(spec.shape)})")
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
+    if _family(np.dtype(dtype)) != _family(spec.dtype):
+        raise InvalidInputError(
+            f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
+
+
+def _family(dtype: np.dtype) -> str:
+    return {"f": "float", "c": "complex", "b": "bool", "i": "int", "u": "int"}.get(dtype.kind, dtype.kind)
+
+
+class OnnxModule(nn.Module):
+    """A converted ONNX graph as a ``flax.linen`` module.
+
+    ``apply(variables, *inputs, train=False)`` takes the graph's inputs in order. With
+    ``channels_last=True`` image inputs (``ConvertedModel.inputs[i].channels_last``) are
+    ``[N, *spatial, C]`` like a hand-written Flax model, and image outputs come back the same
+    way; other tensors are in ONNX order. Returns one array, or a tuple for several outputs.
+    ``train=True`` makes BatchNormalization use (and, with ``mutable=['batch_stats']``,
+    update) batch statistics and Dropout drop (needs ``rngs={'dropout': key}``).
+    """
+
+    program: Program
+    channels_last: bool = True
+
+    @nn.compact
+    def __call__(self, *inputs, train: bool = False):
+        graph = self.program.graph
+        if len(inputs) != len(graph.inputs):
+            names = [s.name for s in graph.inputs]
+            raise InvalidInputError(f"the model takes {len(names)} input(s) {names}, "
+                                    f"got {len(inputs)}")
+        interp = _Interpreter(self, self.program, train)
+        env = _Env(graph.constants)
+        interp._current_env = env
+        for spec, value in zip(graph.inputs, inputs):
+            spatial = self.channels_last and spec.name in self.program.spatial_inputs
+            check_feed(spec, value, spatial)
+            perm = _layout.channels_last(np.ndim(value)) if spatial else _layout.identity(np.ndim(value))
+            env.values[spec.name] = (jnp.asarray(value), perm)
+        for name, path in self.program.free_params.items():
+            value = graph.constants[name]
+            param = interp.in_scope(path[:-1], lambda s, leaf=path[-1], v=value:
+                                    s.param(leaf, _const_init(v)))
+            env.values[name] = (param, _layout.identity(value.ndim))
+        interp.run(env, graph)
+        outputs = []
+        for spec in graph.outputs:
+            value, perm = env.get(spec.name)
+            rank = len(perm)
+            keep = self.channels_last and rank >= 3 and perm == _layout.channels_last(rank)
+            self.program.output_channels_last[spec.name] = keep
+            outputs.append(jnp.asarray(value if keep else _layout.to_onnx(value, perm)))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -1,0 +1,237 @@
+"""Stage 2: ModelProto -> Graph.
+
+Inlines local functions, decodes attributes and tensors once, checks that every name is
+defined exactly once and that the graph has no cycle (sorting it topologically), and folds
+nodes whose inputs are all constant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ._fold import fold, foldable
+from ._graph import Graph, Node, TensorSpec
+from ._load import tensor_to_array
+from .errors import InvalidModelError, UnsupportedOpError, node_label
+
+#: Newest default-domain opset the converter knows; newer models are refused.
+_MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def normalize(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
+    """Decode ``model`` into a folded, sorted :class:`Graph`."""
+    opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
+    if "ai.onnx" in opsets:
+        opsets[""] = opsets.pop("ai.onnx")
+    opsets.setdefault("", 1)
+    if opsets[""] > _MAX_OPSET or opsets[""] < 1:
+        raise UnsupportedOpError(
+            f"the model uses default-domain opset {opsets['']}; this onnx2flax (onnx "
+            f"{onnx.__version__}) knows opsets 1..{_MAX_OPSET}")
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise InvalidModelError(f"local functions could not be inlined: {exc}") from None
+    return _decode_graph(model.graph, opsets, base_dir, outer=frozenset())
+
+
+def _dtype(elem_type: int, what: str) -> np.dtype:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        raise InvalidModelError(f"{what} has unknown element type {elem_type}") from None
+
+
+def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
+    kind = info.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise UnsupportedOpError(f"{what} {info.name!r} is a {kind or 'untyped value'}; "
+                                 "onnx2flax converts tensor inputs and outputs only")
+    t = info.type.tensor_type
+    shape = None
+    if t.HasField("shape"):
+        shape = tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
+            else (d.dim_param or None) for d in t.shape.dim)
+    return TensorSpec(info.name, shape, _dtype(t.elem_type, f"{what} {info.name!r}"))
+
+
+def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | None,
+                  outer: frozenset[str]) -> Graph:
+    constants: dict[str, np.ndarray] = {}
+    for init in g.initializer:
+        constants[init.name] = tensor_to_array(init, base_dir, f"initializer {init.name!r}")
+    if len(g.sparse_initializer):
+        raise UnsupportedOpError("sparse initializers are not supported")
+    inputs = [_spec(i, "graph input") for i in g.input if i.name not in constants]
+    outputs = [_spec(o, "graph output") for o in g.output]
+
+    nodes = []
+    for index, proto in enumerate(g.node):
+        name = proto.name or f"{proto.op_type}_{index}"
+        attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
+                 for a in proto.attribute}
+        nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
+                          list(proto.output), attrs, proto))
+
+    known = set(constants) | {i.name for i in inputs}
+    nodes = _sorted(nodes, known, outer)
+    graph = Graph(g.name or "graph", nodes, inputs, outputs, constants, opsets,
+                  initializers=frozenset(constants), outer=sorted(_outer_reads(nodes, known) & outer))
+    produced = known | {o for n in nodes for o in n.outputs if o} | outer
+    for out in outputs:
+        if out.name not in produced:
+            raise InvalidModelError(f"graph output {out.name!r} is produced by no node, "
+                                    "input or initializer")
+    _fold_constants(graph)
+    return graph
+
+
+def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, base_dir, outer,
+               constants, g):
+    what = f"attribute {a.name!r} of {node_label(node_name, op_type)}"
+    if a.ref_attr_name:
+        raise InvalidModelError(f"{what} refers to a function attribute outside a function")
+    if a.type == onnx.AttributeProto.TENSOR:
+        return tensor_to_array(a.t, base_dir, what)
+    if a.type == onnx.AttributeProto.GRAPH:
+        scope = frozenset(outer | set(constants) | {i.name for i in g.input}
+                          | {o for n in g.node for o in n.output})
+        return _decode_graph(a.g, opsets, base_dir, scope)
+    if a.type == onnx.AttributeProto.GRAPHS:
+        scope = frozenset(outer | set(constants) | {i.name for i in g.input}
+                          | {o for n in g.node for o in n.output})
+        return [_decode_graph(sub, opsets, base_dir, scope) for sub in a.graphs]
+    if a.type == onnx.AttributeProto.TENSORS:
+        return [tensor_to_array(t, base_dir, what) for t in a.tensors]
+    if a.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS,
+                  onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS):
+        raise UnsupportedOpError(f"{what} has type {onnx.AttributeProto.AttributeType.Name(a.type)},"
+                                 " which onnx2flax does not support")
+    try:
+        value = helper.get_attribute_value(a)
+    except Exception as exc:
+        raise InvalidModelError(f"{what} cannot be read: {exc}") from None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    elif isinstance(value, list) and value and isinstance(value[0], bytes):
+        value = [v.decode("utf-8", errors="replace") for v in value]
+    return value
+
+
+def _outer_reads(nodes: list[Node], known: set[str]) -> set[str]:
+    produced = set(known)
+    reads: set[str] = set()
+    for node in nodes:
+        reads.update(i for i in node.inputs if i and i not in produced)
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, Graph):
+                    reads.update(n for n in sub.outer if n not in produced)
+        produced.update(node.outputs)
+    return reads
+
+
+def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[Node]:
+    """Topological order (stable); errors for dangling names, duplicates and cycles."""
+    producer: dict[str, Node] = {}
+    for node in nodes:
+        for out in node.outputs:
+            if not out:
+                continue
+            if out in producer or out in known:
+                raise InvalidModelError(
+                    f"{node_label(node.name, node.op_type)} writes {out!r}, which is already "
+                    "defined by another node, input or initializer")
+            producer[out] = node
+
+    def deps(node: Node) -> list[str]:
+        names = [i for i in node.inputs if i]
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, Graph):
+                    names.extend(sub.outer)
+        return names
+
+    for node in nodes:
+        for name in deps(node):
+            if name not in producer and name not in known and name not in outer:
+                raise InvalidModelError(
+                    f"{node_label(node.name, node.op_type)} reads {name!r}, which no node, "
+                    "input or initializer defines")
+    order: list[Node] = []
+    state: dict[int, int] = {}  # 1 = visiting, 2 = done
+    for root in nodes:
+        stack = [(root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if state.get(id(node)) == 2:
+                    continue
+                state[id(node)] = 1
+            names = deps(node)
+            while i < len(names):
+                dep = producer.get(names[i])
+                i += 1
+                if dep is None or state.get(id(dep)) == 2:
+                    continue
+                if state.get(id(dep)) == 1:
+                    raise InvalidModelError(
+                        f"the graph has a cycle through {node_label(node.name, node.op_type)} "
+                        f"and {node_label(dep.name, dep.op_type)}")
+                stack.append((node, i))
+                stack.append((dep, 0))
+                break
+            else:
+                state[id(node)] = 2
+                order.append(node)
+    return order
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    attrs = node.attrs
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    raise UnsupportedOpError(
+        f"{node_label(node.name, node.op_type)} has none of the attributes value, value_float(s),"
+        f" value_int(s) (found {sorted(attrs)})")
+
+
+def _fold_constants(graph: Graph) -> None:
+    kept = []
+    consts = graph.constants
+    for node in graph.nodes:
+        if node.op_type == "Constant" and node.domain == "":
+            consts[node.outputs[0]] = _constant_value(node)
+            continue
+        ins = [i for i in node.inputs if i]
+        if foldable(node) and all(i in consts for i in ins):
+            values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
+            for name, value in zip(node.outputs, values):
+                if name:
+                    consts[name] = value
+            origin = _origin(graph, ins)
+            if origin is not None:
+                for name in node.outputs:
+                    graph.origins[name] = origin
+            continue
+        kept.append(node)
+    graph.nodes = kept
+
+
+def _origin(graph: Graph, inputs: list[str]) -> str | None:
+    """The one float weight a folded value was computed from, if exactly one."""
+    weights = [i for i in inputs
+               if graph.constants[i].dtype.kind == "f" and graph.constants[i].size > 1]
+    if len(weights) != 1:
+        return None
+    return graph.origins.get(weights[0], weights[0])

@@ -1,0 +1,163 @@
+"""Stage 3: decide what becomes a Flax layer or parameter, and where it lives in the tree.
+
+Weighted nodes (a registered ``params`` builder and constant weights) become layers named
+after their weights (``layer1.0.conv1.weight`` -> ``('layer1', '0', 'conv1')``); other float
+initializers read by the computation become free parameters (positional embeddings, class
+tokens). Integer and scalar constants stay NumPy constants of the trace.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._graph import Graph, Node
+from ._registry import lookup
+
+Path = tuple[str, ...]
+
+#: Trailing name parts that name a tensor of a layer rather than the layer itself.
+_LEAF_SUFFIXES = {"weight", "bias", "kernel", "w", "b", "gamma", "beta", "running_mean",
+                  "running_var", "scale", "mean", "var", "moving_mean", "moving_variance"}
+_ANONYMOUS = re.compile(r"^(onnx::|val_|_v_|const|\d+$|_)", re.IGNORECASE)
+
+
+@dataclass
+class LayerPlan:
+    """A weighted node: its Flax path and its variables in Flax layout."""
+
+    path: Path
+    params: dict[str, np.ndarray]
+    batch_stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Program:
+    """Everything the Flax module needs: the graph, the layer and parameter plan.
+
+    ``spatial_inputs`` are inputs taken channels-last when the module is channels-last.
+    ``output_channels_last`` is filled in when the module is traced.
+    """
+
+    graph: Graph
+    layers: dict[Node, LayerPlan]
+    free_params: dict[str, Path]
+    spatial_inputs: frozenset[str]
+    output_channels_last: dict[str, bool] = field(default_factory=dict)
+
+    def variables(self) -> dict[str, dict]:
+        """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``."""
+        params: dict = {}
+        stats: dict = {}
+        for layer in self.layers.values():
+            for leaf, value in layer.params.items():
+                _insert(params, layer.path + (leaf,), value)
+            for leaf, value in layer.batch_stats.items():
+                _insert(stats, layer.path + (leaf,), value)
+        for name, path in self.free_params.items():
+            _insert(params, path, self.graph.constants[name])
+        out = {"params": params}
+        if stats:
+            out["batch_stats"] = stats
+        return out
+
+
+def _insert(tree: dict, path: Path, value: np.ndarray) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = jnp.asarray(value)
+
+
+def _parts(name: str) -> list[str]:
+    parts = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in re.split(r"[./:]", name)]
+    return [p for p in parts if p]
+
+
+class _Names:
+    """Hands out unique paths: no path is both a leaf and a prefix of another."""
+
+    def __init__(self) -> None:
+        self._leaves: set[Path] = set()
+        self._prefixes: set[Path] = set()
+
+    def take(self, path: Path) -> Path:
+        candidate, n = path, 0
+        while candidate in self._leaves or candidate in self._prefixes or any(
+                candidate[:i] in self._leaves for i in range(1, len(candidate))):
+            n += 1
+            candidate = path[:-1] + (f"{path[-1]}_{n}",)
+        self._leaves.add(candidate)
+        self._prefixes.update(candidate[:i] for i in range(1, len(candidate)))
+        return candidate
+
+
+def _layer_path(node: Node, weight_name: str) -> Path:
+    parts = _parts(weight_name)
+    if parts and not _ANONYMOUS.match(weight_name):
+        if len(parts) > 1 and parts[-1].lower() in _LEAF_SUFFIXES:
+            parts = parts[:-1]
+        return tuple(parts)
+    return ("_".join(_parts(node.name)) or node.op_type,)
+
+
+def plan(graph: Graph) -> Program:
+    """Plan layers, free parameters and spatial inputs for ``graph``."""
+    names = _Names()
+    layers: dict[Node, LayerPlan] = {}
+    consumed: set[tuple[int, int]] = set()
+    for node in graph.nodes:
+        spec = lookup(node.domain, node.op_type, graph.opset)
+        if spec is None or spec.params is None:
+            continue
+        weights = [graph.constants.get(i) if i else None for i in node.inputs]
+        built = spec.params(node, weights)
+        if built is None:
+            continue
+        first = next(i for i, w in zip(node.inputs[1:], weights[1:]) if w is not None)
+        path = names.take(_layer_path(node, graph.origins.get(first, first)))
+        layers[node] = LayerPlan(path, built.get("params", {}), built.get("batch_stats", {}))
+        consumed.update((id(node), k) for k in range(1, len(node.inputs)))
+
+    free: dict[str, Path] = {}
+    for node in graph.nodes:
+        spec = lookup(node.domain, node.op_type, graph.opset)
+        static = spec.static_inputs if spec else ()
+        for k, name in enumerate(node.inputs):
+            if (id(node), k) in consumed or k in static or name in free or not _is_weight(graph, name):
+                continue
+            free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
+    return Program(graph, layers, free, _spatial_inputs(graph))
+
+
+def _is_weight(graph: Graph, name: str) -> bool:
+    value = graph.constants.get(name)
+    return (value is not None and value.dtype.kind == "f" and value.size > 1
+            and (name in graph.initializers or name in graph.origins))
+
+
+def _spatial_inputs(graph: Graph) -> frozenset[str]:
+    """Inputs of rank 3-5 that reach a channels-last op through elementwise ops only."""
+    consumers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            consumers.setdefault(i, []).append(node)
+    found = set()
+    for spec in graph.inputs:
+        if spec.rank is None or not 3 <= spec.rank <= 5:
+            continue
+        frontier, seen = [spec.name], set()
+        while frontier and spec.name not in found:
+            name = frontier.pop()
+            for node in consumers.get(name, []):
+                op = lookup(node.domain, node.op_type, graph.opset)
+                if op is None or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if op.layout == "channels_last" and node.inputs[0] == name:
+                    found.add(spec.name)
+                elif op.layout == "elementwise":
+                    frontier.extend(node.outputs)
+    return frozenset(found)

@@ -1,0 +1,108 @@
+"""The op registry: one table keyed by ``(domain, op_type)``.
+
+A handler declares the first opset version it implements (``since``); a model gets the
+newest handler at or below its opset. Handlers also declare how they treat layouts:
+
+``"onnx"``
+    every input is given in ONNX order; outputs are in ONNX order.
+``"elementwise"``
+    inputs are brought to one common layout (numpy broadcasting respected); outputs
+    share it. Unary and broadcasting binary ops.
+``"channels_last"``
+    input 0 is given channels-last (``N, *spatial, C``); outputs of the same rank are
+    channels-last. Convolutions, pooling, normalization over channels.
+``"custom"``
+    inputs are given as held; the handler reads ``ctx.in_perms`` and sets ``ctx.out_perms``.
+
+Ops with weights also register a ``params`` builder: a function of ``(node, weights)``
+(weights: the node's constant inputs, ``None`` where not constant) returning
+``{"params": {...}, "batch_stats": {...}}`` in Flax layout, or ``None`` when the node has no
+constant weight to turn into a layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._graph import Graph, Node
+from .errors import UnsupportedOpError
+
+Layout = Literal["onnx", "elementwise", "channels_last", "custom"]
+ParamsBuilder = Callable[[Node, list[Any]], dict[str, dict[str, Any]] | None]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    domain: str
+    op_type: str
+    since: int
+    fn: Callable[..., Any]
+    layout: Layout
+    params: ParamsBuilder | None
+    static_inputs: tuple[int, ...]
+
+
+_REGISTRY: dict[tuple[str, str], list[OpSpec]] = {}
+
+
+def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = "onnx",
+             params: ParamsBuilder | None = None, static_inputs: tuple[int, ...] = ()):
+    """Decorator registering ``fn(ctx, *inputs)`` for ``op_types`` from opset ``since`` on.
+
+    ``static_inputs`` are input positions that must be known at conversion time (shapes,
+    axes, scales): a float initializer there stays a constant instead of becoming a param.
+    """
+
+    def wrap(fn):
+        for op in op_types:
+            specs = _REGISTRY.setdefault((domain, op), [])
+            if any(s.since == since for s in specs):
+                raise RuntimeError(f"{domain or 'ai.onnx'}::{op} since {since} registered twice")
+            specs.append(OpSpec(domain, op, since, fn, layout, params, tuple(static_inputs)))
+            specs.sort(key=lambda s: s.since)
+        return fn
+
+    return wrap
+
+
+def lookup(domain: str, op_type: str, opset: int) -> OpSpec | None:
+    """The newest handler at or below ``opset`` (``None`` if the op is unknown)."""
+    domain = "" if domain == "ai.onnx" else domain
+    best = None
+    for spec in _REGISTRY.get((domain, op_type), []):
+        if spec.since <= opset:
+            best = spec
+    return best
+
+
+def supported_ops() -> dict[tuple[str, str], list[int]]:
+    """Every registered ``(domain, op_type)`` with the opset versions its handlers start at."""
+    return {key: [s.since for s in specs] for key, specs in sorted(_REGISTRY.items())}
+
+
+def check_supported(graph: Graph) -> None:
+    """Raise one :class:`UnsupportedOpError` naming every op (with count and first node)
+    that has no handler for the model's opset, subgraphs included."""
+    missing: dict[tuple[str, str], tuple[int, str]] = {}
+    for node, opsets in _walk(graph):
+        opset = opsets.get(node.domain or "", 1)
+        if lookup(node.domain, node.op_type, opset) is None:
+            count, first = missing.get(node.key, (0, node.name))
+            missing[node.key] = (count + 1, first)
+    if missing:
+        lines = [f"  {(d + '::') if d else ''}{op}: {count} node(s), first {first!r}"
+                 for (d, op), (count, first) in sorted(missing.items())]
+        raise UnsupportedOpError(
+            f"the model uses {len(missing)} op type(s) onnx2flax cannot convert "
+            f"(opset {graph.opset}):\n" + "\n".join(lines), missing)
+
+
+def _walk(graph: Graph):
+    for node in graph.nodes:
+        yield node, graph.opsets
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, Graph):
+                    yield from _walk(sub)

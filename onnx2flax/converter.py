@@ -1,0 +1,116 @@
+"""``convert``: ONNX model -> :class:`ConvertedModel` (a Flax module plus its variables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import _layout, ops  # noqa: F401  (ops registers every handler)
+from ._graph import TensorSpec
+from ._load import ModelLike, load_model
+from ._module import OnnxModule, check_feed
+from ._normalize import normalize
+from ._plan import Program, plan
+from ._registry import check_supported
+from .errors import InvalidInputError
+
+__all__ = ["ConvertedModel", "TensorSpec", "convert"]
+
+
+class ConvertedModel:
+    """A converted model.
+
+    Attributes:
+      module: a ``flax.linen.Module``; ``module.apply(variables, *inputs)``.
+      variables: ``{'params': ..., 'batch_stats': ...}`` in Flax layout (HWIO conv kernels,
+        ``[in, out]`` Dense kernels); ``batch_stats`` only when the model has BatchNorm.
+      inputs / outputs: :class:`TensorSpec` per graph input / output, shapes in ONNX order.
+      opset: the model's default-domain opset.
+    """
+
+    def __init__(self, program: Program, channels_last: bool):
+        self._program = program
+        self.channels_last = channels_last
+        self.module = OnnxModule(program, channels_last)
+        self.variables: dict[str, Any] = program.variables()
+        graph = program.graph
+        self.opset = graph.opset
+        self.inputs: list[TensorSpec] = [
+            replace(s, channels_last=channels_last and s.name in program.spatial_inputs)
+            for s in graph.inputs]
+        self._outputs: list[TensorSpec] | None = None
+        self._jitted = jax.jit(self._apply_onnx_layout)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        if self._outputs is None:
+            if not self._program.output_channels_last:
+                dummies = [jax.ShapeDtypeStruct(self._module_shape(s), s.dtype) for s in self.inputs]
+                jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables, *dummies)
+            flags = self._program.output_channels_last
+            self._outputs = [replace(s, channels_last=flags.get(s.name, False))
+                             for s in self._program.graph.outputs]
+        return self._outputs
+
+    @staticmethod
+    def _module_shape(spec: TensorSpec) -> tuple[int, ...]:
+        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape or ())
+        if spec.channels_last:
+            shape = tuple(shape[i] for i in _layout.channels_last(len(shape)))
+        return shape
+
+    def _apply_onnx_layout(self, variables, *inputs):
+        moved = [_layout.convert(x, _layout.identity(x.ndim), _layout.channels_last(x.ndim))
+                 if spec.channels_last else x for spec, x in zip(self.inputs, inputs)]
+        outs = self.module.apply(variables, *moved)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        flags = self._program.output_channels_last
+        return tuple(
+            _layout.to_onnx(y, _layout.channels_last(y.ndim)) if flags.get(spec.name) else y
+            for spec, y in zip(self._program.graph.outputs, outs))
+
+    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        """Run on ``feeds`` (name -> array, ONNX layout), like onnxruntime's
+        ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
+        Jitted; compiled once per input shape."""
+        names = [s.name for s in self.inputs]
+        unknown = sorted(set(feeds) - set(names))
+        if unknown:
+            raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {names}")
+        arrays = []
+        for spec in self.inputs:
+            value = feeds[spec.name]
+            value = np.asarray(value) if not hasattr(value, "dtype") else value
+            plain = replace(spec, channels_last=False)
+            check_feed(plain, value, False)
+            arrays.append(np.asarray(value, dtype=spec.dtype) if np.dtype(value.dtype) != spec.dtype
+                          else value)
+        with jax.default_matmul_precision("highest"):
+            outs = self._jitted(self.variables, *arrays)
+        return [_cast(np.asarray(y), spec.dtype) for y, spec in zip(outs, self.outputs)]
+
+
+def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return value.astype(dtype) if value.dtype != dtype else value
+
+
+def convert(model: ModelLike, *, channels_last: bool = True) -> ConvertedModel:
+    """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
+
+    ``channels_last=True`` (default) makes image tensors ``[N, *spatial, C]`` at the module's
+    boundary, as a hand-written Flax model; ``False`` keeps ONNX's ``[N, C, *spatial]``.
+
+    Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models and
+    :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once).
+    """
+    proto, base_dir = load_model(model)
+    graph = normalize(proto, base_dir)
+    check_supported(graph)
+    return ConvertedModel(plan(graph), channels_last)

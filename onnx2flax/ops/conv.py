@@ -1,0 +1,159 @@
+"""Conv and ConvTranspose -> ``nn.Conv`` / ``nn.ConvTranspose`` with channels-last kernels.
+
+ONNX kernels are ``[C_out, C_in/group, *k]`` (Conv) and ``[C_in, C_out/group, *k]``
+(ConvTranspose); Flax kernels are ``[*k, C_in/group, C_out]``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._registry import register
+from ._common import auto_pads, spatial_attrs
+
+
+def _float_weights(weights, required: int):
+    w = weights[1] if len(weights) > 1 else None
+    if w is None or w.dtype.kind != "f" or w.ndim < 3:
+        return None
+    if len(weights) > 2 and weights[2] is None and required > 2:
+        return None
+    return w
+
+
+def _conv_params(node, weights):
+    w = _float_weights(weights, 3 if len(node.inputs) > 2 and node.inputs[2] else 2)
+    if w is None:
+        return None
+    params = {"kernel": _conv_kernel(w)}
+    if len(node.inputs) > 2 and node.inputs[2]:
+        params["bias"] = weights[2]
+    return {"params": params}
+
+
+def _conv_kernel(w):
+    """OIHW -> HWIO (any number of spatial dims)."""
+    n = w.ndim - 2
+    xp = np if isinstance(w, np.ndarray) else jnp
+    return xp.transpose(w, (*range(2, n + 2), 1, 0))
+
+
+def _conv_transpose_kernel(w, group: int):
+    """``[C_in, C_out/g, *k]`` -> the forward-conv kernel ``[*k, C_in/g, C_out]`` over the
+    stride-dilated input, spatially flipped (ConvTranspose is the gradient of Conv)."""
+    xp = np if isinstance(w, np.ndarray) else jnp
+    c_in, c_out_g, *k = w.shape
+    n = len(k)
+    w = xp.reshape(w, (group, c_in // group, c_out_g, *k))
+    w = xp.transpose(w, (*range(3, n + 3), 1, 0, 2))  # [*k, C_in/g, g, C_out/g]
+    w = xp.reshape(w, (*k, c_in // group, group * c_out_g))
+    return xp.flip(w, axis=tuple(range(n)))
+
+
+def _conv_nd(x, kernel, strides, pads, dilations, group, lhs_dilation=None):
+    """Channels-last convolution with a ``[*k, I, O]`` kernel."""
+    n = kernel.ndim - 2
+    dims = lax.ConvDimensionNumbers((0, n + 1, *range(1, n + 1)), (n + 1, n, *range(n)),
+                                    (0, n + 1, *range(1, n + 1)))
+    return lax.conv_general_dilated(x, kernel, strides, pads, lhs_dilation=lhs_dilation,
+                                    rhs_dilation=dilations, dimension_numbers=dims,
+                                    feature_group_count=group)
+
+
+def _kernel_shape(ctx, w) -> tuple[int, ...]:
+    k = tuple(int(d) for d in w.shape[2:])
+    declared = ctx.attr("kernel_shape", None)
+    if declared is not None and tuple(int(d) for d in declared) != k:
+        raise ctx.invalid(f"kernel_shape {list(declared)} disagrees with the weight's shape "
+                          f"{list(w.shape)}")
+    return k
+
+
+@register("Conv", layout="channels_last", params=_conv_params)
+def conv(ctx, x, w, b=None):
+    """Y = conv(X, W) + B; X ``[N, *spatial, C_in]`` (channels-last), W ``[C_out, C_in/g, *k]``."""
+    k = _kernel_shape(ctx, w)
+    group = int(ctx.attr("group", 1))
+    strides, dilations, pads = spatial_attrs(ctx, k)
+    if x.ndim != len(k) + 2:
+        raise ctx.invalid(f"input has rank {x.ndim}, a {len(k)}-D kernel needs rank {len(k) + 2}")
+    if group < 1 or x.shape[-1] != w.shape[1] * group or w.shape[0] % group:
+        raise ctx.invalid(f"input has {x.shape[-1]} channels; weight {list(w.shape)} with group "
+                          f"{group} expects {w.shape[1] * group}")
+    pads = auto_pads(ctx, x.shape[1:-1], k, strides, dilations, pads)
+    if ctx.layer_plan is not None:
+        return ctx.layer(nn.Conv, x, features=int(w.shape[0]), kernel_size=k, strides=strides,
+                         padding=pads, kernel_dilation=dilations, feature_group_count=group,
+                         use_bias=b is not None)
+    y = _conv_nd(x, _conv_kernel(w), strides, pads, dilations, group)
+    return y if b is None else y + b
+
+
+def _conv_transpose_params(node, weights):
+    w = _float_weights(weights, 3 if len(node.inputs) > 2 and node.inputs[2] else 2)
+    if w is None:
+        return None
+    group = int(node.attrs.get("group", 1))
+    if group < 1 or w.shape[0] % group:
+        return None
+    params = {"kernel": _conv_transpose_kernel(w, group)}
+    if len(node.inputs) > 2 and node.inputs[2]:
+        params["bias"] = weights[2]
+    return {"params": params}
+
+
+@register("ConvTranspose", layout="channels_last", params=_conv_transpose_params)
+def conv_transpose(ctx, x, w, b=None):
+    """Transposed convolution; X ``[N, *spatial, C_in]``, W ``[C_in, C_out/g, *k]``.
+
+    Flax pads the stride-dilated input, ONNX and torch crop the output, so per spatial dim
+    the input padding is ``(d*(k-1) - pad_begin, d*(k-1) - pad_end + output_padding)``.
+    """
+    k = _kernel_shape(ctx, w)
+    n = len(k)
+    group = int(ctx.attr("group", 1))
+    strides, dilations, pads = spatial_attrs(ctx, k)
+    output_padding = [int(p) for p in ctx.attr("output_padding", [0] * n)]
+    output_shape = ctx.attr("output_shape", None)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if x.ndim != n + 2:
+        raise ctx.invalid(f"input has rank {x.ndim}, a {n}-D kernel needs rank {n + 2}")
+    if group < 1 or x.shape[-1] != w.shape[0] or w.shape[0] % group:
+        raise ctx.invalid(f"input has {x.shape[-1]} channels; weight {list(w.shape)} with group "
+                          f"{group} expects {w.shape[0]}")
+    if len(output_padding) != n:
+        raise ctx.invalid(f"output_padding {output_padding} must have {n} entries")
+    sizes = x.shape[1:-1]
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if output_shape is not None:
+            target = [int(v) for v in output_shape][-n:]
+        else:
+            target = [size * s for size, s in zip(sizes, strides)]
+        pads = []
+        for size, kk, s, d, op, out in zip(sizes, k, strides, dilations, output_padding, target):
+            total = s * (size - 1) + op + (kk - 1) * d + 1 - out
+            if auto_pad == "SAME_UPPER":
+                pads.append((total // 2, total - total // 2))
+            else:
+                pads.append((total - total // 2, total // 2))
+    elif auto_pad == "VALID":
+        pads = [(0, 0)] * n
+    padding = [(d * (kk - 1) - pb, d * (kk - 1) - pe + op)
+               for kk, d, (pb, pe), op in zip(k, dilations, pads, output_padding)]
+    if any(s * (size - 1) + 1 + lo + hi < (kk - 1) * d + 1
+           for size, s, (lo, hi), kk, d in zip(sizes, strides, padding, k, dilations)):
+        raise ctx.invalid(f"pads {pads} leave no output for input size {list(sizes)}")
+    c_out = int(w.shape[1]) * group
+    if ctx.layer_plan is not None:
+        if group == 1:
+            return ctx.layer(nn.ConvTranspose, x, features=c_out, kernel_size=k, strides=strides,
+                             padding=padding, kernel_dilation=dilations, use_bias=b is not None)
+        return ctx.layer(nn.Conv, x, features=c_out, kernel_size=k, strides=(1,) * n,
+                         padding=padding, input_dilation=strides, kernel_dilation=dilations,
+                         feature_group_count=group, use_bias=b is not None)
+    y = _conv_nd(x, _conv_transpose_kernel(w, group), (1,) * n, padding, dilations, group,
+                 lhs_dilation=strides)
+    return y if b is None else y + b

@@ -1,0 +1,90 @@
+"""Pooling over channels-last inputs with ``lax.reduce_window``.
+
+ONNX semantics kept explicitly: ``count_include_pad`` (ONNX default 0, Flax's avg_pool
+counts pads), ``ceil_mode`` (extra end padding that never counts in the divisor), and
+dilations (Flax's max_pool has none).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._registry import register
+from ._common import auto_pads, spatial_attrs
+
+
+def _window(ctx, x):
+    """kernel, strides, dilations, explicit pads and ceil-mode extra end pads."""
+    k = tuple(int(v) for v in ctx.attr("kernel_shape"))
+    n = len(k)
+    if x.ndim != n + 2:
+        raise ctx.invalid(f"input has rank {x.ndim}, kernel_shape {list(k)} needs rank {n + 2}")
+    if any(v < 1 for v in k):
+        raise ctx.invalid(f"kernel_shape {list(k)} must be positive")
+    strides, dilations, pads = spatial_attrs(ctx, k)
+    sizes = x.shape[1:-1]
+    pads = auto_pads(ctx, sizes, k, strides, dilations, pads)
+    ceil = int(ctx.attr("ceil_mode", 0))
+    extra = []
+    for size, kk, s, d, (pb, pe) in zip(sizes, k, strides, dilations, pads):
+        span = size + pb + pe - ((kk - 1) * d + 1)
+        if span < 0:
+            raise ctx.invalid(f"the window {list(k)} (dilations {list(dilations)}) is larger than "
+                              f"the padded input {list(sizes)} with pads {pads}")
+        out = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (out - 1) * s >= size + pb:  # the last window must start inside
+            out -= 1
+        extra.append(max((out - 1) * s + (kk - 1) * d + 1 - (size + pb + pe), 0))
+    return k, strides, dilations, pads, extra
+
+
+def _reduce(x, init, op, k, strides, dilations, padding):
+    return lax.reduce_window(x, init, op, (1, *k, 1), (1, *strides, 1),
+                             [(0, 0), *padding, (0, 0)], window_dilation=(1, *dilations, 1))
+
+
+@register("MaxPool", layout="channels_last")
+def max_pool(ctx, x):
+    """Y ``[N, *out, C]``; the Indices output is not supported."""
+    if len([o for o in ctx.node.outputs if o]) > 1:
+        raise ctx.fail("the Indices output of MaxPool is not supported")
+    if int(ctx.attr("storage_order", 0)) not in (0, 1):
+        raise ctx.invalid("storage_order must be 0 or 1")
+    k, strides, dilations, pads, extra = _window(ctx, x)
+    padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
+    low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    return _reduce(x, jnp.array(low, x.dtype), lax.max, k, strides, dilations, padding)
+
+
+@register("AveragePool", layout="channels_last")
+def average_pool(ctx, x):
+    """Mean over each window; pads count in the divisor only with count_include_pad=1."""
+    include = int(ctx.attr("count_include_pad", 0))
+    k, strides, dilations, pads, extra = _window(ctx, x)
+    padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
+    total = _reduce(x, jnp.array(0, x.dtype), lax.add, k, strides, dilations, padding)
+    # The divisor: window cells inside the input (plus the explicit pads when counted).
+    sizes = x.shape[1:-1]
+    if include:
+        ones = np.ones([s + pb + pe for s, (pb, pe) in zip(sizes, pads)], np.float32)
+        count_pad = [(0, e) for e in extra]
+    else:
+        ones = np.ones(sizes, np.float32)
+        count_pad = padding
+    counts = lax.reduce_window(ones, np.float32(0), lax.add, k, strides, count_pad,
+                               window_dilation=dilations)
+    return total / jnp.asarray(counts[None, ..., None], x.dtype)
+
+
+@register("GlobalAveragePool", layout="channels_last")
+def global_average_pool(ctx, x):
+    """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+
+
+@register("GlobalMaxPool", layout="channels_last")
+def global_max_pool(ctx, x):
+    """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""
+    return jnp.max(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
