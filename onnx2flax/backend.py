@@ -110,6 +110,10 @@ class OnnxFlaxBackendRep(BackendRep):
 
 #: Ops that read only their input's shape, never its values.
 _SHAPE_ONLY = {"Shape", "Size"}
+#: Inputs worth binding beyond the handlers' ``static_inputs``: a known trip count and
+#: initial condition give a Loop's scan outputs a static length (a run-time one cannot be
+#: traced).
+_BIND_ALSO = {"Loop": (0, 1)}
 
 
 def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]:
@@ -122,8 +126,8 @@ def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]
     for node in model.graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
         spec = lookup(domain, node.op_type, opsets.get(domain, 1))
-        pending.extend(node.input[k] for k in (spec.static_inputs if spec else ())
-                       if k < len(node.input) and node.input[k])
+        static = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
+        pending.extend(node.input[k] for k in static if k < len(node.input) and node.input[k])
     needed: set[str] = set()
     while pending:
         name = pending.pop()
@@ -133,7 +137,23 @@ def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]
         node = producer.get(name)
         if node is not None and node.op_type not in _SHAPE_ONLY:
             pending.extend(i for i in node.input if i)
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                    pending.extend(_outer_reads(sub))
     return [name for name in inputs if name in needed]
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph (If/Loop/Scan body) reads from its enclosing graphs."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    reads: set[str] = set()
+    for node in graph.node:
+        reads.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                reads |= _outer_reads(sub)
+        defined.update(node.output)
+    return reads - defined
 
 
 class OnnxFlaxBackend(Backend):
