@@ -134,6 +134,8 @@ class _Interpreter:
         self.graph = program.graph
         self.train = train
         self.top = True
+        # apply(..., mutable=['intermediates']) records every node output in ONNX layout.
+        self.record = module.is_mutable_collection("intermediates")
         self._roots: dict[str, _Namespace] = {}
 
     def in_scope(self, prefix: tuple[str, ...], fn: Callable[[nn.Module], Any]):
@@ -185,6 +187,8 @@ class _Interpreter:
         for name, value, perm in zip(node.outputs, outs, perms):
             if name:
                 env.values[name] = (value, perm)
+                if self.record:
+                    self.module.sow("intermediates", name, jnp.asarray(_layout.to_onnx(value, perm)))
 
     def _call(self, spec: OpSpec, node: Node, held: list):
         arrays = [a for a, _ in held]
@@ -228,12 +232,14 @@ class _Interpreter:
         for spec, value in zip(graph.inputs, feeds):
             env.values[spec.name] = (value, _layout.identity(np.ndim(value)))
         outer_top, self.top = self.top, False
+        outer_record, self.record = self.record, False
         outer_env, self._current_env = self._current_env, env
         try:
             self.run(env, graph)
             return [_layout.to_onnx(*env.get(o.name)) for o in graph.outputs]
         finally:
             self.top, self._current_env = outer_top, outer_env
+            self.record = outer_record
 
     _current_env: _Env | None = None
 
