@@ -74,3 +74,23 @@ def sandwich(op, *, attrs=None, extra=None, opset=17, shape=(2, 3, 4, 5), out_dt
     model = make_model(nodes, [("x", np.float32, shape)], [("y", np.dtype(out_dtype), None)],
                        consts, opset=opset)
     return model, {"x": x}
+
+
+def after_conv(specs, *, consts=None, opset=17, shape=(2, 3, 4, 5), seed=0, pre=None):
+    """``x -> Conv(1x1) -> h`` (``-> pre(h)``: an elementwise op), then one node per spec ``(op, more_inputs, attrs, out_dtype)``
+    reading ``h`` (held channels-last) and the named ``more_inputs`` (``consts``), one graph
+    output each. Returns ``(model, feeds)``."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    w = rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.3 + np.eye(c, dtype=np.float32)[:, :, None, None]
+    nodes = [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["h0" if pre else "h"])]
+    if pre:
+        nodes.append(helper.make_node(pre, ["h0"], ["h"]))
+    outs = []
+    for k, (op, more, attrs, dtype) in enumerate(specs):
+        nodes.append(helper.make_node(op, ["h", *more], [f"{op}_{k}"], **(attrs or {})))
+        outs.append((f"{op}_{k}", np.dtype(dtype), None))
+    consts = {"conv.weight": w, "conv.bias": rng.standard_normal(c).astype(np.float32),
+              **(consts or {})}
+    x = rng.standard_normal(shape).astype(np.float32)
+    return make_model(nodes, [("x", np.float32, shape)], outs, consts, opset=opset), {"x": x}
