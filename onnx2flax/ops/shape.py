@@ -3,6 +3,7 @@ and shape subgraphs fold at trace time; these handlers see run-time data."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -76,7 +77,7 @@ def _onnx_dtype(ctx, to: int) -> np.dtype:
         raise ctx.invalid(f"{to} is not a known ONNX element type") from None
     if dtype.kind in "OSU" or dtype.name.startswith("float8_e8m0"):
         raise ctx.fail(f"casting to {dtype.name} is not supported")
-    return dtype
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))  # int64 is int32 without x64
 
 
 def _cast(ctx, x, dtype: np.dtype):

@@ -43,6 +43,19 @@ def check_node(op, feeds, consts=None, *, opset=17, attrs=None, n_out=1, out_dty
     return check(model, feeds, rtol=rtol, atol=atol)
 
 
+def check_graph(nodes, feeds, consts=None, *, opset=17, out_dtypes=None, rtol=1e-5,
+                atol=1e-5, input_shapes=None, reference="ort"):
+    """Several nodes on shared inputs in one model (one compilation): every node output is
+    a graph output; ``out_dtypes`` maps output names to dtypes (default: the first feed's)."""
+    shapes = input_shapes or {}
+    inputs = [(n, v.dtype, shapes.get(n, list(v.shape))) for n, v in feeds.items()]
+    default = next(iter(feeds.values())).dtype
+    outs = [(o, (out_dtypes or {}).get(o, default), None) for n in nodes for o in n.output]
+    model = make_model(nodes, inputs, outs, consts or {}, opset=opset)
+    check = assert_matches_ort if reference == "ort" else assert_matches_reference
+    return check(model, feeds, rtol=rtol, atol=atol)
+
+
 def conv_chain(middle, x, rng, *, opset=17, c_mid=4, extra=None, c_out=3):
     """``x -> Conv(3x3, pad 1, 4 channels) -> middle nodes ('a' -> 'b', ``c_mid``
     channels) -> Conv(1x1) -> y``."""
@@ -73,4 +86,4 @@ def check_chain(middle, x, rng, **kw):
     return converted
 
 
-__all__ = ["check_node", "check_chain", "conv_chain", "transposes", "onnx2flax"]
+__all__ = ["check_graph", "check_node", "check_chain", "conv_chain", "transposes", "onnx2flax"]
