@@ -42,10 +42,10 @@ def _source_coords(o: _Options, n_in: int, n_out: int, scale, roi) -> np.ndarray
     scale = _F(scale)
     if o.coord == "half_pixel":
         return (x + _F(0.5)) / scale - _F(0.5)
-    if o.coord == "half_pixel_symmetric":
+    if o.coord == "half_pixel_symmetric":  # onnxruntime finishes this one in float64
         adjustment = _F(n_out) / (scale * _F(n_in))
         offset = _F(n_in) / _F(2) * (_F(1) - adjustment)
-        return offset + (x + _F(0.5)) / scale - _F(0.5)
+        return (offset + (x + 0.5) / np.float64(scale) - 0.5).astype(_F)
     if o.coord == "pytorch_half_pixel":
         return (x + _F(0.5)) / scale - _F(0.5) if n_out > 1 else np.zeros(n_out, _F)
     if o.coord == "align_corners":
@@ -85,16 +85,19 @@ def _filter(o: _Options, t: np.ndarray) -> np.ndarray:
 
 def _taps(o: _Options, x: np.ndarray, n_in: int, scale: float):
     """Input indices ``[n_out, taps]`` and float64 weights for linear / cubic."""
-    if o.antialias and scale < 1:
-        # The filter is stretched by 1 / scale; taps outside the input are dropped and the
-        # weights renormalized (onnxruntime's antialias).
-        support = (1.0 if o.mode == "linear" else 2.0) / scale
+    if o.antialias:
+        # Downsampling stretches the filter by 1 / scale (onnxruntime's antialias). Taps
+        # outside the input are clamped onto the edge, or dropped with exclude_outside.
+        half = 1.0 if o.mode == "linear" else 2.0
+        support, stretch = (half / scale, scale) if scale < 1 else (half, 1.0)
+        window = 2 * int(np.ceil(support)) + 1
         center = x.astype(np.float64) + 0.5
-        lo = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
-        hi = np.minimum(np.trunc(center + support + 0.5), n_in).astype(np.int64)
-        n = int((hi - lo).max())
-        idx = lo[:, None] + np.arange(n)
-        w = _filter(o, (idx - center[:, None] + 0.5) * scale) * (idx < hi[:, None])
+        lo = np.floor(center - support + 0.5).astype(np.int64)
+        hi = lo + np.clip(np.floor(center + support + 0.5).astype(np.int64) - lo, 0, window)
+        idx = lo[:, None] + np.arange(int((hi - lo).max()))
+        w = _filter(o, (idx - center[:, None] + 0.5) * stretch) * (idx < hi[:, None])
+        if o.exclude_outside:
+            w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
         return idx, w / w.sum(axis=1, keepdims=True)
     if o.mode == "linear":  # the coordinate is clamped into the input first
         x = np.clip(x, 0, n_in - 1).astype(np.float64)
@@ -153,9 +156,8 @@ def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
         scales = [_F(s) for s in scales]
         if any(s <= 0 for s in scales):
             raise ctx.invalid(f"scales {list(scales)} must be positive")
-        spans = [_F(1)] * len(axes) if o.coord != "tf_crop_and_resize" or roi is None else \
-            [_F(roi[len(axes) + i]) - _F(roi[i]) for i in range(len(axes))]
-        sizes = [int(np.floor(_F(n) * span * s)) for n, span, s in zip(in_sizes, spans, scales)]
+        # The roi does not enter the output size (as in onnxruntime and ONNX's reference).
+        sizes = [int(np.floor(_F(n) * s)) for n, s in zip(in_sizes, scales)]
     else:
         sizes = [int(s) for s in sizes]
         policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
