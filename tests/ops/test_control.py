@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
@@ -245,3 +246,29 @@ def test_nms_on_runtime_boxes_is_refused():
     model, boxes = _nms_model(False, 0)
     with pytest.raises(UnsupportedOpError, match="NonMaxSuppression node 'nms'.*output shape"):
         onnx2flax.convert(model).run({"boxes": boxes})
+
+
+def test_weights_read_inside_a_loop_body_are_params(rng):
+    """An outer float initializer used only in the body becomes a (trainable) param."""
+    body = _graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                   helper.make_node("Mul", ["acc", "w"], ["acc_out"])], "body",
+                  [("i", I64, []), ("cond_in", BOOL, []), ("acc", FLOAT, [3])],
+                  [("cond_out", BOOL, []), ("acc_out", FLOAT, [3])])
+    model = make_model([helper.make_node("Loop", ["m", "", "acc0"], ["acc"], body=body)],
+                       [("acc0", F, [3])], [("acc", F, [3])],
+                       {"m": np.array(3, np.int64), "w": rng.standard_normal(3).astype(F)})
+    acc0 = rng.standard_normal(3).astype(F)
+    converted, _, _ = assert_matches_ort(model, {"acc0": acc0})
+    params = converted.variables["params"]
+    assert set(params) == {"w"}
+    grad = jax.grad(lambda p: converted.module.apply({"params": p}, acc0).sum())(params)
+    np.testing.assert_allclose(grad["w"], 3 * params["w"] ** 2 * acc0, rtol=1e-5)
+
+
+def test_loop_runtime_initial_condition(rng):
+    body = _counting_body(False, scan_output=False)
+    model = make_model([helper.make_node("Loop", ["m", "c", "acc0"], ["acc"], body=body)],
+                       [("c", np.bool_, []), ("x", F, [3]), ("acc0", F, [3])],
+                       [("acc", F, [3])], {"m": np.array(4, np.int64)})
+    for flag in (True, False):
+        assert_matches_ort(model, {"c": np.array(flag), **_loop_feeds(rng)})
