@@ -164,7 +164,7 @@ def clip(ctx, x, lo=None, hi=None):
 @register("Dropout", layout="elementwise")
 def dropout(ctx, x, ratio=None, training_mode=None):
     """Identity at inference; with ``train=True`` drops with probability ``ratio``."""
-    rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio"))
+    rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio").item())
     outputs = [o for o in ctx.node.outputs if o]
     if not ctx.train or rate == 0.0:
         return (x, jnp.ones(x.shape, bool)) if len(outputs) > 1 else x
