@@ -84,8 +84,8 @@ def data_parallel_apply(converted, mesh: Mesh, variables: Any = None, *,
 
     Inputs are taken as ``converted.module.apply`` takes them (channels-last images when
     converted so) and their batch axis (axis 0) is split over mesh axis ``axis``; outputs
-    come back split the same way (every output must have a batch axis). ``variables`` defaults to ``converted.variables``
-    replicated; pass :func:`shard_variables`'s result to shard them FSDP-style.
+    come back split the same way (every output must have a batch axis). ``variables``
+    defaults to ``converted.variables`` replicated; pass :func:`shard_variables`'s result to shard them FSDP-style.
     ``apply_kwargs`` (e.g. ``train=False``) go to ``module.apply``.
     """
     mesh = _auto(mesh)
