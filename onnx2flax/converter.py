@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _layout, _progress, ops  # noqa: F401  (ops registers every handler)
+from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._graph import TensorSpec
 from ._load import ModelLike, load_model
 from ._module import OnnxModule, check_feed
@@ -103,12 +103,17 @@ def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return value.astype(dtype) if value.dtype != dtype else value
 
 
-def convert(model: ModelLike, *, channels_last: bool = True,
+def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
             progress: bool | _progress.Progress | None = None) -> ConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
 
     ``channels_last=True`` (default) makes image tensors ``[N, *spatial, C]`` at the module's
     boundary, as a hand-written Flax model; ``False`` keeps ONNX's ``[N, C, *spatial]``.
+
+    ``fold_batchnorm=True`` (inference only) folds each BatchNormalization into the
+    Conv / ConvTranspose / Gemm feeding it when that is its only reader and all weights are
+    constant: one layer fewer, no ``batch_stats`` for it, so ``train=True`` no longer
+    updates those statistics.
 
     ``progress``: ``True`` prints each stage (and the count of weight arrays placed) to
     stderr, ``False`` is silent, a callable is called as ``progress(stage, done, total)``;
@@ -122,6 +127,8 @@ def convert(model: ModelLike, *, channels_last: bool = True,
     if report is not None:
         report("load", 1, 1)
     graph = normalize(proto, base_dir)
+    if fold_batchnorm:
+        _fuse.fold_batchnorm(graph)
     check_supported(graph)
     if report is not None:
         report("normalize", 1, 1)
