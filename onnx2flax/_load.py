@@ -6,6 +6,7 @@ folder: absolute locations, ``..`` and links that leave the folder are refused.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -104,3 +105,17 @@ def _read_external(tensor: onnx.TensorProto, dims: list[int], dtype: np.dtype,
     if count == 0:
         return np.zeros(dims, dtype)
     return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(dims))
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the resident pages of the external-data file ``array`` views, if any.
+
+    Called once a tensor has been copied into its device buffer, so that the file's pages
+    do not stay counted in the process's memory next to the copy; the mapping is read-only,
+    so a later read simply pages the data in again from the file.
+    """
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and not base.closed:
+        base.madvise(mmap.MADV_DONTNEED)

@@ -9,12 +9,14 @@ tokens). Integer and scalar constants stay NumPy constants of the trace.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax.numpy as jnp
 import numpy as np
 
 from ._graph import Graph, Node
+from ._load import release_pages
 from ._registry import lookup
 
 Path = tuple[str, ...]
@@ -48,20 +50,25 @@ class Program:
     spatial_inputs: frozenset[str]
     output_channels_last: dict[str, bool] = field(default_factory=dict)
 
-    def variables(self) -> dict[str, dict]:
-        """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``."""
-        params: dict = {}
-        stats: dict = {}
-        for layer in self.layers.values():
-            for leaf, value in layer.params.items():
-                _insert(params, layer.path + (leaf,), value)
-            for leaf, value in layer.batch_stats.items():
-                _insert(stats, layer.path + (leaf,), value)
-        for name, path in self.free_params.items():
-            _insert(params, path, self.graph.constants[name])
-        out = {"params": params}
-        if stats:
-            out["batch_stats"] = stats
+    def variables(self, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+        """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``.
+
+        Each array is copied once into its device buffer (transposed kernels straight from
+        their NumPy views), after which its external-data pages are released.
+        ``progress(done, total)`` is called after each array.
+        """
+        leaves = [("params", layer.path + (leaf,), value)
+                  for layer in self.layers.values() for leaf, value in layer.params.items()]
+        leaves += [("batch_stats", layer.path + (leaf,), value)
+                   for layer in self.layers.values() for leaf, value in layer.batch_stats.items()]
+        leaves += [("params", path, self.graph.constants[name])
+                   for name, path in self.free_params.items()]
+        out: dict[str, dict] = {"params": {}}
+        for done, (collection, path, value) in enumerate(leaves, 1):
+            _insert(out.setdefault(collection, {}), path, value)
+            release_pages(value)
+            if progress is not None:
+                progress(done, len(leaves))
         return out
 
 
