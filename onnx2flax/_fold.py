@@ -7,7 +7,10 @@ arithmetic keeps ONNX's int64 semantics instead of JAX's default int32.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
+import onnx
 from onnx.reference import ReferenceEvaluator
 
 from ._graph import Node
@@ -22,7 +25,9 @@ _NEVER_FOLD = {
     "SequenceLength", "SequenceErase", "Optional", "OptionalGetElement", "OptionalHasElement",
 }
 
-_evaluators: dict[tuple[int, tuple], ReferenceEvaluator] = {}
+# Per node (weakly: a node's id can be reused once its model is gone) and opsets.
+_evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = \
+    weakref.WeakKeyDictionary()
 
 
 def foldable(node: Node) -> bool:
@@ -33,15 +38,16 @@ def foldable(node: Node) -> bool:
 def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:
     """Run one node on NumPy inputs (``None`` for omitted optional inputs)."""
     _check_output_size(node, inputs)
-    key = (id(node.proto), tuple(sorted(opsets.items())))
-    evaluator = _evaluators.get(key)
+    cache = _evaluators.setdefault(node, {})
+    key = tuple(sorted(opsets.items()))
+    evaluator = cache.get(key)
     if evaluator is None:
         try:
-            evaluator = ReferenceEvaluator(node.proto, opsets=dict(opsets))
+            evaluator = ReferenceEvaluator(_as_graph(node), opsets=dict(opsets))
         except Exception as exc:
             raise InvalidModelError(
                 f"{node_label(node.name, node.op_type)} cannot be evaluated: {exc}") from None
-        _evaluators[key] = evaluator
+        cache[key] = evaluator
     feeds = {name: value for name, value in zip(node.inputs, inputs) if name and value is not None}
     try:
         outputs = evaluator.run(None, feeds)
@@ -53,6 +59,14 @@ def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) ->
             f"{[None if v is None else v.shape for v in inputs]}: {type(exc).__name__}: {exc}"
         ) from None
     return [np.asarray(out) for out in outputs]
+
+
+def _as_graph(node: Node) -> onnx.GraphProto:
+    """``node`` alone in a graph: given a bare NodeProto the reference evaluator ignores
+    ``opsets`` and runs the newest op version (Unsqueeze-13 for an opset-9 Unsqueeze)."""
+    inputs = [onnx.ValueInfoProto(name=n) for n in dict.fromkeys(node.inputs) if n]
+    outputs = [onnx.ValueInfoProto(name=n) for n in node.outputs if n]
+    return onnx.helper.make_graph([node.proto], "fold", inputs, outputs)
 
 
 def _check_output_size(node: Node, inputs: list[np.ndarray | None]) -> None:
