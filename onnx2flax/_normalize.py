@@ -209,11 +209,16 @@ def _constant_value(node: Node) -> np.ndarray:
 def _fold_constants(graph: Graph) -> None:
     kept = []
     consts = graph.constants
+    producers = {o: n for n in graph.nodes for o in n.outputs if o}
     for node in graph.nodes:
         if node.op_type == "Constant" and node.domain == "":
             consts[node.outputs[0]] = _constant_value(node)
             continue
         ins = [i for i in node.inputs if i]
+        like = _cast_like_dtype(graph, node, producers)
+        if like is not None:  # CastLike(constant, input): only the input's dtype is read
+            consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
+            continue
         if foldable(node) and all(i in consts for i in ins):
             values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
             for name, value in zip(node.outputs, values):
@@ -224,8 +229,61 @@ def _fold_constants(graph: Graph) -> None:
                 for name in node.outputs:
                     graph.origins[name] = origin
             continue
+        _drop_computed_zero_bias(graph, node)
         kept.append(node)
     graph.nodes = kept
+
+
+# Ops whose (first) output has the dtype of input 0 (Where: of input 1).
+_SAME_DTYPE = frozenset(
+    "Abs Add AveragePool BatchNormalization Ceil Clip Concat Conv ConvTranspose Div Dropout Elu "
+    "Erf Exp Expand Flatten Floor Gather Gelu Gemm GlobalAveragePool GlobalMaxPool "
+    "GroupNormalization HardSigmoid HardSwish Identity InstanceNormalization LayerNormalization "
+    "LeakyRelu Log LogSoftmax MatMul Max MaxPool Min Mish Mul Neg Pad Pow PRelu ReduceMax "
+    "ReduceMean ReduceMin ReduceSum Relu Reshape Resize Selu Sigmoid Sin Cos Slice Softmax "
+    "Softplus Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze".split())
+
+
+def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node]) -> np.dtype | None:
+    """The target dtype of a CastLike whose data is constant and whose type source has a
+    dtype known without running the graph (the dynamo exporter's ``CastLike(0.0, x)`` for
+    the zero bias of a bias-free Conv), else None."""
+    if node.op_type != "CastLike" or node.domain or len(node.inputs) != 2 \
+            or node.inputs[0] not in graph.constants:
+        return None
+    name = node.inputs[1]
+    inputs = {s.name: s.dtype for s in graph.inputs}
+    for _ in range(len(producers) + 1):
+        if name in graph.constants:
+            return graph.constants[name].dtype
+        if name in inputs:
+            return inputs[name]
+        source = producers.get(name)
+        if source is None or source.domain or source.outputs[0] != name or not source.inputs:
+            return None
+        if source.op_type == "Where" and len(source.inputs) == 3:
+            name = source.inputs[1]
+        elif source.op_type in _SAME_DTYPE:
+            name = source.inputs[0]
+        elif source.op_type == "Cast":
+            try:
+                return np.dtype(helper.tensor_dtype_to_np_dtype(int(source.attrs.get("to", 1))))
+            except (KeyError, ValueError, TypeError):
+                return None
+        else:
+            return None
+    return None
+
+
+def _drop_computed_zero_bias(graph: Graph, node: Node) -> None:
+    """A Conv bias of zeros that the exporter computed (no initializer behind it) is no
+    bias: the layer then has none, like the bias-free PyTorch layer it came from."""
+    if node.op_type in ("Conv", "ConvTranspose") and not node.domain and len(node.inputs) == 3:
+        bias = node.inputs[2]
+        value = graph.constants.get(bias)
+        if (value is not None and bias not in graph.initializers and bias not in graph.origins
+                and not value.any()):
+            node.inputs = node.inputs[:2]
 
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:

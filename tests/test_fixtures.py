@@ -50,3 +50,35 @@ def test_cli_convert_writes_only_into_its_folder(tmp_path):
     assert restored["params"]["conv"]["kernel"].shape == (2, 2, 3, 4)
     assert main(["convert", path, "-o", str(out)]) == 2  # exists: needs --force
     assert main(["convert", path, "-o", str(out), "--force"]) == 0
+
+
+def test_cli_export_then_compare(tmp_path, monkeypatch):
+    """``onnx2flax export package.module:factory`` keeps names, then converts and matches."""
+    from onnx2flax.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    out = tmp_path / "convbn.onnx"
+    assert main(["export", "exporters.guide_models:ConvBnNet", "--input-shape", "2,3,8,8",
+                 "-o", str(out)]) == 0
+    variables = onnx2flax.convert(out).variables
+    assert set(variables["batch_stats"]["bn"]) == {"mean", "var"}
+    assert main(["compare", str(out)]) == 0
+
+
+def test_cli_reports_unsupported_ops_in_one_error(tmp_path, capsys):
+    import onnx
+    from onnx import helper
+
+    from onnx2flax.cli import main
+
+    nodes = [helper.make_node("FancyOp", ["x"], ["a"], name="f1"),
+             helper.make_node("FancyOp", ["a"], ["b"], name="f2"),
+             helper.make_node("OtherOp", ["b"], ["y"], name="o1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1])],
+                              [helper.make_tensor_value_info("y", 1, [1])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph), path)
+    assert main(["convert", str(path), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "FancyOp: 2 node(s), first 'f1'" in err and "OtherOp: 1 node(s), first 'o1'" in err
+    assert not (tmp_path / "o").exists()
