@@ -24,6 +24,14 @@ def _bn_params(node, weights):
     return {"params": {"scale": scale, "bias": bias}, "batch_stats": {"mean": mean, "var": var}}
 
 
+def _check_channels(ctx, x, **vectors):
+    """Each of ``vectors`` must be ``[C]`` for channels-last ``x`` (C = 1 for a 1-D ``x``)."""
+    channels = x.shape[-1] if x.ndim > 1 else 1
+    for what, value in vectors.items():
+        if tuple(value.shape) != (channels,):
+            raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{channels}]")
+
+
 @register("BatchNormalization", layout="channels_last", params=_bn_params)
 def batch_norm(ctx, x, scale, bias, mean, var):
     """Y = (X - mean) / sqrt(var + epsilon) * scale + bias over channels; X channels-last."""
@@ -34,10 +42,7 @@ def batch_norm(ctx, x, scale, bias, mean, var):
     if int(ctx.attr("training_mode", 0)) or len([o for o in ctx.node.outputs if o]) > 1:
         raise ctx.fail("training_mode=1 / running-statistics outputs are not supported; "
                        "export the model in eval mode and use apply(..., train=True)")
-    channels = x.shape[-1] if x.ndim > 1 else 1
-    for what, value in (("scale", scale), ("B", bias), ("mean", mean), ("var", var)):
-        if tuple(value.shape) != (channels,):
-            raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{channels}]")
+    _check_channels(ctx, x, scale=scale, B=bias, mean=mean, var=var)
     if ctx.layer_plan is not None:
         return ctx.layer(BatchNorm, x, epsilon=epsilon, momentum=momentum,
                          call_kwargs={"train": ctx.train})
@@ -121,10 +126,6 @@ def instance_norm(ctx, x, scale, bias):
     return _standardize(x, tuple(range(1, x.ndim - 1)), epsilon)[0] * scale + bias
 
 
-def _check_channels(ctx, x, **vectors):
-    for what, value in vectors.items():
-        if tuple(value.shape) != (x.shape[-1],):
-            raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{x.shape[-1]}]")
 
 
 def _group_norm(ctx, x, scale, bias, per_group: bool):

@@ -134,7 +134,8 @@ def test_clip_versions():
     i = np.array([[-5, 0, 3, 9]], np.int64)
     feeds = {"x": X, "lo": lo, "hi": hi, "i": i, "ilo": np.array(-1, np.int64),
              "ihi": np.array(4, np.int64)}
-    specs = [("Clip", ["x", "lo", "hi"], None, np.float32), ("Clip", ["x", "", "hi"], None, np.float32),
+    specs = [("Clip", ["x", "lo", "hi"], None, np.float32),
+             ("Clip", ["x", "", "hi"], None, np.float32),
              ("Clip", ["x", "lo"], None, np.float32), ("Clip", ["i", "ilo", "ihi"], None, np.int64)]
     check(multi_node_model(specs, feeds, opset=13), feeds)
 

@@ -28,8 +28,8 @@ def _layer_norm_model(x_shape, scale_shape, *, axis=None, epsilon=None, bias=Tru
     if bias:
         consts["ln.bias"] = _vec(*scale_shape)
     names = ["y", "mean", "inv_std"][:outputs]
-    node = helper.make_node("LayerNormalization", ["x", "ln.weight"] + (["ln.bias"] if bias else []),
-                            names, **attrs)
+    inputs = ["x", "ln.weight"] + (["ln.bias"] if bias else [])
+    node = helper.make_node("LayerNormalization", inputs, names, **attrs)
     model = make_model([node], [(k, np.float32, v.shape) for k, v in feeds.items()],
                        [(n, np.float32, None) for n in names], consts, opset=opset)
     return model, feeds
@@ -80,8 +80,9 @@ def test_instance_norm():
     """nn.InstanceNorm on channels-last values (2-D and 1-D spatial), and direct when the
     scale is an input."""
     consts = {"inorm.weight": _vec(3, offset=1.0), "inorm.bias": _vec(3)}
-    specs = [("InstanceNormalization", ["inorm.weight", "inorm.bias"], None, np.float32),
-             ("InstanceNormalization", ["inorm.weight", "inorm.bias"], {"epsilon": 0.1}, np.float32)]
+    weights = ["inorm.weight", "inorm.bias"]
+    specs = [("InstanceNormalization", weights, None, np.float32),
+             ("InstanceNormalization", weights, {"epsilon": 0.1}, np.float32)]
     model, feeds = after_conv(specs, consts=consts, opset=6)
     converted = check(model, feeds, rtol=1e-5, atol=1e-5)
     assert set(converted.variables["params"]["inorm"]) == {"scale", "bias"}

@@ -55,16 +55,17 @@ def test_reductions_empty_axes_input():
     check(multi_node_model(specs, {"x": X}, opset=18, consts=consts), {"x": X}, rtol=2e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64])
-def test_reductions_integer(dtype):
-    """Integer inputs give integer results (ReduceMean truncates as ORT does)."""
+@pytest.mark.parametrize("dtype, opset", [(np.int32, 11), (np.int64, 18)])
+def test_reductions_integer(dtype, opset):
+    """Integer inputs give integer results (ReduceMean truncates as ORT does); axes as
+    attribute (opset 11) or input (18)."""
     x = RNG.integers(-5, 6, (2, 3, 4)).astype(dtype)
     ops = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
            "ReduceSumSquare"]
-    specs = _reduce_specs(18, [1], 0, ops, dtype, data=["x"])
+    specs = _reduce_specs(opset, [1], 0, ops, dtype, data=["x"])
     specs += [("ArgMax", ["x"], {"axis": 2}, np.int64), ("ArgMin", ["x"], {"axis": 1}, np.int64)]
     feeds = {"x": x}
-    check(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
+    check(multi_node_model(specs, feeds, opset=opset, consts={"axes": np.array([1], np.int64)}),
           feeds, rtol=0, atol=0)
 
 
