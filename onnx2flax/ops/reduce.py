@@ -15,11 +15,23 @@ from .. import _layout
 from .._registry import register
 from ._common import normalize_axis
 
+def _extreme(x, sign):
+    """The value ReduceMax (``sign=-1``) / ReduceMin (``+1``) give an empty set: -inf / inf,
+    or the integer type's limits, or False / True."""
+    dtype = jnp.result_type(x)
+    if dtype == jnp.bool_:
+        return sign > 0
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return info.max if sign > 0 else info.min
+    return sign * jnp.inf
+
+
 _REDUCERS = {
     "ReduceSum": lambda x, axes, keep: jnp.sum(x, axes, keepdims=keep),
     "ReduceMean": lambda x, axes, keep: jnp.mean(x, axes, keepdims=keep),
-    "ReduceMax": lambda x, axes, keep: jnp.max(x, axes, keepdims=keep),
-    "ReduceMin": lambda x, axes, keep: jnp.min(x, axes, keepdims=keep),
+    "ReduceMax": lambda x, axes, keep: jnp.max(x, axes, keepdims=keep, initial=_extreme(x, -1)),
+    "ReduceMin": lambda x, axes, keep: jnp.min(x, axes, keepdims=keep, initial=_extreme(x, 1)),
     "ReduceProd": lambda x, axes, keep: jnp.prod(x, axes, keepdims=keep),
     "ReduceL1": lambda x, axes, keep: jnp.sum(jnp.abs(x), axes, keepdims=keep),
     "ReduceL2": lambda x, axes, keep: jnp.sqrt(jnp.sum(x * x, axes, keepdims=keep)),

@@ -140,3 +140,12 @@ def test_matmul_integer(zero_points):
                          "bz": RNG.integers(0, 255, 5).astype(np.uint8)}}[zero_points]
     model = node_model("MatMulInteger", feeds, consts=consts, opset=10, out_dtypes=[np.int32])
     check(model, feeds, rtol=0, atol=0)
+
+
+def test_reductions_of_empty_sets():
+    """Reducing a zero-size axis gives each reduction's identity (-inf for ReduceMax...)."""
+    feeds = {"x": np.zeros((2, 0, 4), np.float32)}
+    specs = _reduce_specs(18, [1], 1, ["ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
+                                       "ReduceLogSumExp"], data=["x"])
+    check(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
+          feeds)
