@@ -33,7 +33,7 @@ for _name, _fn, _since in [
     ("Asin", jnp.arcsin, 7), ("Acos", jnp.arccos, 7), ("Atan", jnp.arctan, 7),
     ("Sinh", jnp.sinh, 9), ("Cosh", jnp.cosh, 9), ("Asinh", jnp.arcsinh, 9),
     ("Acosh", jnp.arccosh, 9), ("Atanh", jnp.arctanh, 9),
-    ("Not", jnp.logical_not, 1), ("IsNaN", jnp.isnan, 9),
+    ("Not", jnp.logical_not, 1), ("IsNaN", jnp.isnan, 9), ("BitwiseNot", jnp.bitwise_not, 18),
 ]:
     _unary(_name, _fn, _since)
 
@@ -99,8 +99,12 @@ for _name, _fn in _BINARY.items():
     register(_name, layout="custom")(_legacy_binary(_fn))
     register(_name, since=7, layout="elementwise")(lambda ctx, a, b, _fn=_fn: _fn(a, b))
 
-for _name, _fn in (("GreaterOrEqual", jnp.greater_equal), ("LessOrEqual", jnp.less_equal)):
-    register(_name, since=12, layout="elementwise")(lambda ctx, a, b, _fn=_fn: _fn(a, b))
+for _name, _fn, _since in [
+    ("GreaterOrEqual", jnp.greater_equal, 12), ("LessOrEqual", jnp.less_equal, 12),
+    ("BitwiseAnd", jnp.bitwise_and, 18), ("BitwiseOr", jnp.bitwise_or, 18),
+    ("BitwiseXor", jnp.bitwise_xor, 18),
+]:
+    register(_name, since=_since, layout="elementwise")(lambda ctx, a, b, _fn=_fn: _fn(a, b))
 
 
 def _mod(ctx, a, b, floor_floats: bool):

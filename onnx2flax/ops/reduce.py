@@ -102,10 +102,10 @@ register("ArgMax", layout="custom")(_arg_reduce(jnp.argmax))
 register("ArgMin", layout="custom")(_arg_reduce(jnp.argmin))
 
 
-@register("CumSum", since=11, layout="custom", static_inputs=(1,))
-def cumsum(ctx, x, axis):
-    """Running sum along ``axis`` (an input known at conversion time); ``exclusive`` leaves
-    out the current element, ``reverse`` sums from the end."""
+def _cumulative(ctx, x, axis, fn, identity):
+    """Running ``fn`` (``jnp.cumsum`` / ``jnp.cumprod``) along ``axis`` (an input known at
+    conversion time); ``exclusive`` leaves out the current element (starting from
+    ``identity``), ``reverse`` runs from the end."""
     perm = ctx.in_perms[0]
     axis = normalize_axis(ctx, int(ctx.static(axis, "axis").reshape(-1)[0]), x.ndim)
     held = perm.index(axis)
@@ -114,10 +114,17 @@ def cumsum(ctx, x, axis):
     x = jnp.flip(x, held) if reverse else jnp.asarray(x)
     if int(ctx.attr("exclusive", 0)):
         n = x.shape[held]
-        x = jnp.concatenate([jnp.zeros_like(lax.slice_in_dim(x, 0, min(n, 1), axis=held)),
+        first = lax.slice_in_dim(x, 0, min(n, 1), axis=held)
+        x = jnp.concatenate([jnp.full_like(first, identity),
                              lax.slice_in_dim(x, 0, max(n - 1, 0), axis=held)], axis=held)
-    y = jnp.cumsum(x, axis=held, dtype=x.dtype)
+    y = fn(x, axis=held, dtype=x.dtype)
     return jnp.flip(y, held) if reverse else y
+
+
+register("CumSum", since=11, layout="custom", static_inputs=(1,))(
+    lambda ctx, x, axis: _cumulative(ctx, x, axis, jnp.cumsum, 0))
+register("CumProd", since=26, layout="custom", static_inputs=(1,))(
+    lambda ctx, x, axis: _cumulative(ctx, x, axis, jnp.cumprod, 1))
 
 
 @register("Einsum", since=12)

@@ -76,6 +76,18 @@ def test_layer_norm_channels_last():
     assert set(converted.variables["params"]["lnw"]) == {"scale", "bias"}
 
 
+def test_rms_norm():
+    """Opset 23: nn.RMSNorm for a constant [D] scale (on a channels-last value too), direct
+    for a full-shape scale."""
+    consts = {"rms.weight": _vec(5, offset=1.0), "hw": _vec(4, 5, offset=1.0)}
+    specs = [("RMSNormalization", ["rms.weight"], None, np.float32),
+             ("RMSNormalization", ["rms.weight"], {"axis": 1, "epsilon": 0.1}, np.float32),
+             ("RMSNormalization", ["hw"], {"axis": 2}, np.float32)]
+    model, feeds = after_conv(specs, consts=consts, opset=23)
+    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    assert set(converted.variables["params"]["rms"]) == {"scale"}
+
+
 def test_instance_norm():
     """nn.InstanceNorm on channels-last values (2-D and 1-D spatial), and direct when the
     scale is an input."""

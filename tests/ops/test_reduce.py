@@ -92,12 +92,13 @@ def test_arg_reductions_channels_last(opset):
 _FLAGS = [{"exclusive": e, "reverse": r} for e in (0, 1) for r in (0, 1)]
 
 
-def test_cumsum():
+def test_cumsum_cumprod():
     """Every exclusive/reverse pair on a channels-last value (along channels and width,
     axis int64 or int32, scalar or 1-element), and on int64 data."""
     consts = {"ax1": np.array(1, np.int64), "axm1": np.array([-1], np.int32)}
-    specs = [("CumSum", [axis], flags, np.float32) for axis in consts for flags in _FLAGS]
-    model, feeds = after_conv(specs, consts=consts, opset=14)
+    specs = [(op, [axis], flags, np.float32) for op in ("CumSum", "CumProd") for axis in consts
+             for flags in _FLAGS]
+    model, feeds = after_conv(specs, consts=consts, opset=26)
     check(model, feeds)
     feeds = {"i": RNG.integers(-9, 9, (3, 4)).astype(np.int64)}
     specs = [("CumSum", ["i", "a"], flags, np.int64) for flags in _FLAGS]
