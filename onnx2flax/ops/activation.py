@@ -71,6 +71,11 @@ def softsign(ctx, x):
     return x / (1 + jnp.abs(x))
 
 
+@_activation("Swish", since=24)
+def swish(ctx, x):
+    return x * jax.nn.sigmoid(float(ctx.attr("alpha", 1.0)) * x)
+
+
 @_activation("Mish", since=18)
 def mish(ctx, x):
     return x * jnp.tanh(jax.nn.softplus(x))

@@ -33,7 +33,7 @@ for _name, _fn, _since in [
     ("Asin", jnp.arcsin, 7), ("Acos", jnp.arccos, 7), ("Atan", jnp.arctan, 7),
     ("Sinh", jnp.sinh, 9), ("Cosh", jnp.cosh, 9), ("Asinh", jnp.arcsinh, 9),
     ("Acosh", jnp.arccosh, 9), ("Atanh", jnp.arctanh, 9),
-    ("Not", jnp.logical_not, 1), ("IsNaN", jnp.isnan, 9),
+    ("Not", jnp.logical_not, 1), ("IsNaN", jnp.isnan, 9), ("BitwiseNot", jnp.bitwise_not, 18),
 ]:
     _unary(_name, _fn, _since)
 
@@ -84,7 +84,8 @@ def _legacy_binary(fn):
             axis = int(ctx.attr("axis", len(a_shape) - np.ndim(b)))
             axis = axis % len(a_shape) if a_shape else 0
             if axis + np.ndim(b) > len(a_shape):
-                raise ctx.invalid(f"B {list(np.shape(b))} does not fit A {list(a_shape)} at axis {axis}")
+                raise ctx.invalid(f"B {list(np.shape(b))} does not fit A {list(a_shape)} "
+                                  f"at axis {axis}")
             tail = len(a_shape) - axis - np.ndim(b)
             b = jnp.reshape(b, (1,) * axis + np.shape(b) + (1,) * tail)
         elif np.shape(b) != a_shape:
@@ -98,8 +99,12 @@ for _name, _fn in _BINARY.items():
     register(_name, layout="custom")(_legacy_binary(_fn))
     register(_name, since=7, layout="elementwise")(lambda ctx, a, b, _fn=_fn: _fn(a, b))
 
-register("GreaterOrEqual", since=12, layout="elementwise")(lambda ctx, a, b: jnp.greater_equal(a, b))
-register("LessOrEqual", since=12, layout="elementwise")(lambda ctx, a, b: jnp.less_equal(a, b))
+for _name, _fn, _since in [
+    ("GreaterOrEqual", jnp.greater_equal, 12), ("LessOrEqual", jnp.less_equal, 12),
+    ("BitwiseAnd", jnp.bitwise_and, 18), ("BitwiseOr", jnp.bitwise_or, 18),
+    ("BitwiseXor", jnp.bitwise_xor, 18),
+]:
+    register(_name, since=_since, layout="elementwise")(lambda ctx, a, b, _fn=_fn: _fn(a, b))
 
 
 def _mod(ctx, a, b, floor_floats: bool):

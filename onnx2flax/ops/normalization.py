@@ -24,6 +24,14 @@ def _bn_params(node, weights):
     return {"params": {"scale": scale, "bias": bias}, "batch_stats": {"mean": mean, "var": var}}
 
 
+def _check_channels(ctx, x, **vectors):
+    """Each of ``vectors`` must be ``[C]`` for channels-last ``x`` (C = 1 for a 1-D ``x``)."""
+    channels = x.shape[-1] if x.ndim > 1 else 1
+    for what, value in vectors.items():
+        if tuple(value.shape) != (channels,):
+            raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{channels}]")
+
+
 @register("BatchNormalization", layout="channels_last", params=_bn_params)
 def batch_norm(ctx, x, scale, bias, mean, var):
     """Y = (X - mean) / sqrt(var + epsilon) * scale + bias over channels; X channels-last."""
@@ -34,10 +42,7 @@ def batch_norm(ctx, x, scale, bias, mean, var):
     if int(ctx.attr("training_mode", 0)) or len([o for o in ctx.node.outputs if o]) > 1:
         raise ctx.fail("training_mode=1 / running-statistics outputs are not supported; "
                        "export the model in eval mode and use apply(..., train=True)")
-    channels = x.shape[-1] if x.ndim > 1 else 1
-    for what, value in (("scale", scale), ("B", bias), ("mean", mean), ("var", var)):
-        if tuple(value.shape) != (channels,):
-            raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{channels}]")
+    _check_channels(ctx, x, scale=scale, B=bias, mean=mean, var=var)
     if ctx.layer_plan is not None:
         return ctx.layer(BatchNorm, x, epsilon=epsilon, momentum=momentum,
                          call_kwargs={"train": ctx.train})
@@ -62,49 +67,63 @@ def _scale_bias_params(scale, bias, min_size=1):
     return {"params": {"scale": scale, "bias": bias}}
 
 
-def _standardize(x, axes, epsilon):
-    """``(x - mean) * inv_std`` over ``axes``, with the kept-dims mean and inverse std."""
-    mean = jnp.mean(x, axes, keepdims=True)
-    inv_std = lax.rsqrt(jnp.mean(jnp.square(x - mean), axes, keepdims=True) + epsilon)
-    return (x - mean) * inv_std, mean, inv_std
+def _standardize(x, axes, epsilon, center=True):
+    """``(x - mean) * inv_std`` over ``axes`` with the kept-dims mean and inverse std;
+    ``center=False``: ``x * inv_rms`` (RMS normalization; the mean is then ``None``)."""
+    mean = jnp.mean(x, axes, keepdims=True) if center else None
+    centered = x - mean if center else x
+    inv_std = lax.rsqrt(jnp.mean(jnp.square(centered), axes, keepdims=True) + epsilon)
+    return centered * inv_std, mean, inv_std
 
 
-def _layer_norm_params(node, weights):
+def _trailing_params(node, weights):
     # A [D] scale applies along the last ONNX axis whatever ``axis`` is; size 1 could be a
-    # broadcast scalar, which nn.LayerNorm's [D] scale cannot hold.
+    # broadcast scalar, which a Flax layer's [D] scale cannot hold.
     bias = weights[2] if len(weights) > 2 and node.inputs[2] else None
     if len(weights) > 2 and node.inputs[2] and bias is None:
         return None
     return _scale_bias_params(weights[1], bias, min_size=2)
 
 
-# ONNX Runtime also accepts LayerNormalization below opset 17 (older exporters emit it).
-@register("LayerNormalization", layout="custom", params=_layer_norm_params)
-def layer_norm(ctx, x, scale, bias=None):
-    """Normalize over ONNX axes ``axis..rank-1`` (in the held layout); ``Scale`` / ``B``
-    broadcast to ``X.shape[axis:]``. Optional outputs Mean / InvStdDev have ``X``'s rank
-    with size-1 normalized dims. Statistics are computed in float32 (``stash_type``)."""
+def _trailing_norm(ctx, x, scale, bias, rms: bool, n_out=1):
+    """Normalize over ONNX axes ``axis..rank-1`` (default -1), in the held layout; ``scale``
+    / ``bias`` broadcast to ``X.shape[axis:]``. With constant [D] weights: ``nn.LayerNorm`` /
+    ``nn.RMSNorm``. Returns ``(y, mean, inv_std)[:n_out]`` (statistics with X's rank)."""
     perm = ctx.in_perms[0]
     axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
     epsilon = float(ctx.attr("epsilon", 1e-5))
     axes = tuple(perm.index(a) for a in range(axis, x.ndim))
-    n_out = len(ctx.node.outputs)
-    ctx.out_perms = [perm] * n_out
     if ctx.layer_plan is not None:
-        if scale.shape != (x.shape[perm.index(x.ndim - 1)],):
-            raise ctx.invalid(f"Scale {list(scale.shape)} does not match X's last dim")
-        y = ctx.layer(nn.LayerNorm, x, epsilon=epsilon, use_fast_variance=False,
-                      reduction_axes=axes, feature_axes=perm.index(x.ndim - 1),
-                      use_bias=bias is not None)
-        if n_out == 1:
-            return y
-        _, mean, inv_std = _standardize(x, axes, epsilon)
-        return (y, mean, inv_std)[:n_out]
-    y, mean, inv_std = _standardize(x, axes, epsilon)
+        features = perm.index(x.ndim - 1)
+        if scale.shape != (x.shape[features],):
+            raise ctx.invalid(f"scale {list(scale.shape)} does not match X's last dim")
+        kwargs = {} if rms else {"use_bias": bias is not None}
+        y = ctx.layer(nn.RMSNorm if rms else nn.LayerNorm, x, epsilon=epsilon,
+                      use_fast_variance=False, reduction_axes=axes, feature_axes=features,
+                      **kwargs)
+        return (y, *_standardize(x, axes, epsilon)[1:])[:n_out] if n_out > 1 else (y,)
+    y, mean, inv_std = _standardize(x, axes, epsilon, center=not rms)
     y = y * _layout.broadcast_to_perm(scale, _layout.identity(scale.ndim), perm)
     if bias is not None:
         y = y + _layout.broadcast_to_perm(bias, _layout.identity(bias.ndim), perm)
     return (y, mean, inv_std)[:n_out]
+
+
+# ONNX Runtime also accepts LayerNormalization below opset 17 (older exporters emit it).
+@register("LayerNormalization", layout="custom", params=_trailing_params)
+def layer_norm(ctx, x, scale, bias=None):
+    """Optional outputs Mean / InvStdDev have X's rank with size-1 normalized dims.
+    ``stash_type`` is not read: float32 models compute in float32, as its default asks."""
+    outputs = _trailing_norm(ctx, x, scale, bias, rms=False, n_out=len(ctx.node.outputs))
+    ctx.out_perms = [ctx.in_perms[0]] * len(outputs)
+    return outputs
+
+
+@register("RMSNormalization", since=23, layout="custom", params=_trailing_params)
+def rms_norm(ctx, x, scale):
+    """``X / sqrt(mean(X^2) + epsilon) * scale`` over ONNX axes ``axis..rank-1``."""
+    ctx.out_perms = [ctx.in_perms[0]]
+    return _trailing_norm(ctx, x, scale, None, rms=True)[0]
 
 
 def _instance_norm_params(node, weights):
@@ -121,10 +140,6 @@ def instance_norm(ctx, x, scale, bias):
     return _standardize(x, tuple(range(1, x.ndim - 1)), epsilon)[0] * scale + bias
 
 
-def _check_channels(ctx, x, **vectors):
-    for what, value in vectors.items():
-        if tuple(value.shape) != (x.shape[-1],):
-            raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{x.shape[-1]}]")
 
 
 def _group_norm(ctx, x, scale, bias, per_group: bool):

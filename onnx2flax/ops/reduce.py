@@ -1,4 +1,5 @@
-"""Reductions (Reduce*, ArgMax / ArgMin), CumSum and Einsum.
+"""Reductions (Reduce*, ArgMax / ArgMin), CumSum, and the contractions Einsum and
+MatMulInteger.
 
 Reductions work in the layout the value is held in: ONNX axes are mapped to held axes, and
 without ``keepdims`` the result keeps the remaining axes' relative layout.
@@ -14,11 +15,23 @@ from .. import _layout
 from .._registry import register
 from ._common import normalize_axis
 
+def _extreme(x, sign):
+    """The value ReduceMax (``sign=-1``) / ReduceMin (``+1``) give an empty set: -inf / inf,
+    or the integer type's limits, or False / True."""
+    dtype = jnp.result_type(x)
+    if dtype == jnp.bool_:
+        return sign > 0
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return info.max if sign > 0 else info.min
+    return sign * jnp.inf
+
+
 _REDUCERS = {
     "ReduceSum": lambda x, axes, keep: jnp.sum(x, axes, keepdims=keep),
     "ReduceMean": lambda x, axes, keep: jnp.mean(x, axes, keepdims=keep),
-    "ReduceMax": lambda x, axes, keep: jnp.max(x, axes, keepdims=keep),
-    "ReduceMin": lambda x, axes, keep: jnp.min(x, axes, keepdims=keep),
+    "ReduceMax": lambda x, axes, keep: jnp.max(x, axes, keepdims=keep, initial=_extreme(x, -1)),
+    "ReduceMin": lambda x, axes, keep: jnp.min(x, axes, keepdims=keep, initial=_extreme(x, 1)),
     "ReduceProd": lambda x, axes, keep: jnp.prod(x, axes, keepdims=keep),
     "ReduceL1": lambda x, axes, keep: jnp.sum(jnp.abs(x), axes, keepdims=keep),
     "ReduceL2": lambda x, axes, keep: jnp.sqrt(jnp.sum(x * x, axes, keepdims=keep)),
@@ -89,10 +102,10 @@ register("ArgMax", layout="custom")(_arg_reduce(jnp.argmax))
 register("ArgMin", layout="custom")(_arg_reduce(jnp.argmin))
 
 
-@register("CumSum", since=11, layout="custom", static_inputs=(1,))
-def cumsum(ctx, x, axis):
-    """Running sum along ``axis`` (an input known at conversion time); ``exclusive`` leaves
-    out the current element, ``reverse`` sums from the end."""
+def _cumulative(ctx, x, axis, fn, identity):
+    """Running ``fn`` (``jnp.cumsum`` / ``jnp.cumprod``) along ``axis`` (an input known at
+    conversion time); ``exclusive`` leaves out the current element (starting from
+    ``identity``), ``reverse`` runs from the end."""
     perm = ctx.in_perms[0]
     axis = normalize_axis(ctx, int(ctx.static(axis, "axis").reshape(-1)[0]), x.ndim)
     held = perm.index(axis)
@@ -101,10 +114,17 @@ def cumsum(ctx, x, axis):
     x = jnp.flip(x, held) if reverse else jnp.asarray(x)
     if int(ctx.attr("exclusive", 0)):
         n = x.shape[held]
-        x = jnp.concatenate([jnp.zeros_like(lax.slice_in_dim(x, 0, min(n, 1), axis=held)),
+        first = lax.slice_in_dim(x, 0, min(n, 1), axis=held)
+        x = jnp.concatenate([jnp.full_like(first, identity),
                              lax.slice_in_dim(x, 0, max(n - 1, 0), axis=held)], axis=held)
-    y = jnp.cumsum(x, axis=held, dtype=x.dtype)
+    y = fn(x, axis=held, dtype=x.dtype)
     return jnp.flip(y, held) if reverse else y
+
+
+register("CumSum", since=11, layout="custom", static_inputs=(1,))(
+    lambda ctx, x, axis: _cumulative(ctx, x, axis, jnp.cumsum, 0))
+register("CumProd", since=26, layout="custom", static_inputs=(1,))(
+    lambda ctx, x, axis: _cumulative(ctx, x, axis, jnp.cumprod, 1))
 
 
 @register("Einsum", since=12)
@@ -112,3 +132,17 @@ def einsum(ctx, *operands):
     """``equation`` in numpy's notation (ellipsis, implicit output); inputs in ONNX order."""
     equation = ctx.attr("equation").replace(" ", "")
     return jnp.einsum(equation, *operands)
+
+
+@register("MatMulInteger", since=10)
+def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
+    """``(A - a_zero_point) @ (B - b_zero_point)`` in int32 (inputs int8 / uint8). A 1-D
+    ``a_zero_point`` is per row of A, a 1-D ``b_zero_point`` per column of B."""
+    a = jnp.asarray(a, jnp.int32)
+    b = jnp.asarray(b, jnp.int32)
+    if a_zero_point is not None:
+        zero = jnp.asarray(a_zero_point, jnp.int32)
+        a = a - (zero.reshape(-1, 1) if zero.ndim == 1 else zero)
+    if b_zero_point is not None:
+        b = b - jnp.asarray(b_zero_point, jnp.int32)
+    return jnp.matmul(a, b, preferred_element_type=jnp.int32)

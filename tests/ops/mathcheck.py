@@ -50,25 +50,27 @@ def multi_node_model(specs, feeds, *, opset=17, consts=None):
                       consts or {}, opset=opset)
 
 
-def sandwich(op, *, attrs=None, extra=None, opset=17, shape=(2, 3, 4, 5), out_dtype=np.float32,
-             tail=True, seed=0):
+def _conv_weights(rng, c, prefix):
+    """A 1x1 ``c -> c`` Conv near the identity (outputs of order one), with a bias."""
+    eye = np.eye(c, dtype=np.float32)[:, :, None, None]
+    weight = rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.3 + eye
+    return {f"{prefix}.weight": weight, f"{prefix}.bias": rng.standard_normal(c).astype(np.float32)}
+
+
+def sandwich(op, *, attrs=None, extra=None, opset=17, shape=(2, 3, 4, 5),
+             out_dtype=np.float32, tail=True, seed=0):
     """``x -> Conv(1x1) -> op(h, *extra) -> [Conv(1x1)] -> y`` with ``x`` NCHW: the op sees
     its input held channels-last. ``extra``: further inputs as initializers (name -> array,
-    or ``''`` for an omitted one). Returns ``(model, feeds)``."""
+    or ``None`` for an omitted one). Returns ``(model, feeds)``."""
     rng = np.random.default_rng(seed)
-    c = shape[1]
-
-    def conv_weights(prefix):
-        w = rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.3 + np.eye(c, dtype=np.float32)[:, :, None, None]
-        return {f"{prefix}.weight": w, f"{prefix}.bias": rng.standard_normal(c).astype(np.float32)}
-
     extra = extra or {}
-    consts = {**conv_weights("conv1"), **{k: v for k, v in extra.items() if v is not None}}
+    consts = {**_conv_weights(rng, shape[1], "conv1"),
+              **{k: v for k, v in extra.items() if v is not None}}
+    more = [k if v is not None else "" for k, v in extra.items()]
     nodes = [helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["h"]),
-             helper.make_node(op, ["h", *[k if v is not None else "" for k, v in extra.items()]],
-                              ["z" if tail else "y"], **(attrs or {}))]
+             helper.make_node(op, ["h", *more], ["z" if tail else "y"], **(attrs or {}))]
     if tail:
-        consts.update(conv_weights("conv2"))
+        consts.update(_conv_weights(rng, shape[1], "conv2"))
         nodes.append(helper.make_node("Conv", ["z", "conv2.weight", "conv2.bias"], ["y"]))
     x = rng.standard_normal(shape).astype(np.float32)
     model = make_model(nodes, [("x", np.float32, shape)], [("y", np.dtype(out_dtype), None)],
@@ -77,12 +79,10 @@ def sandwich(op, *, attrs=None, extra=None, opset=17, shape=(2, 3, 4, 5), out_dt
 
 
 def after_conv(specs, *, consts=None, opset=17, shape=(2, 3, 4, 5), seed=0, pre=None):
-    """``x -> Conv(1x1) -> h`` (``-> pre(h)``: an elementwise op), then one node per spec ``(op, more_inputs, attrs, out_dtype)``
-    reading ``h`` (held channels-last) and the named ``more_inputs`` (``consts``), one graph
-    output each. Returns ``(model, feeds)``."""
+    """``x -> Conv(1x1) -> h`` (then ``h = pre(h)``, an elementwise op), then one node per
+    spec ``(op, more_inputs, attrs, out_dtype)`` reading ``h`` (held channels-last) and the
+    named ``more_inputs`` (``consts``), one graph output each. Returns ``(model, feeds)``."""
     rng = np.random.default_rng(seed)
-    c = shape[1]
-    w = rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.3 + np.eye(c, dtype=np.float32)[:, :, None, None]
     nodes = [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["h0" if pre else "h"])]
     if pre:
         nodes.append(helper.make_node(pre, ["h0"], ["h"]))
@@ -90,7 +90,6 @@ def after_conv(specs, *, consts=None, opset=17, shape=(2, 3, 4, 5), seed=0, pre=
     for k, (op, more, attrs, dtype) in enumerate(specs):
         nodes.append(helper.make_node(op, ["h", *more], [f"{op}_{k}"], **(attrs or {})))
         outs.append((f"{op}_{k}", np.dtype(dtype), None))
-    consts = {"conv.weight": w, "conv.bias": rng.standard_normal(c).astype(np.float32),
-              **(consts or {})}
+    consts = {**_conv_weights(rng, shape[1], "conv"), **(consts or {})}
     x = rng.standard_normal(shape).astype(np.float32)
     return make_model(nodes, [("x", np.float32, shape)], outs, consts, opset=opset), {"x": x}

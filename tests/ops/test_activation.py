@@ -26,11 +26,12 @@ def _specs(opset):
         ("Celu", None, 12), ("Celu", {"alpha": 2.0}, 12),
         ("HardSwish", None, 14), ("Mish", None, 18),
         ("Gelu", None, 20), ("Gelu", {"approximate": "tanh"}, 20),
+        ("Swish", None, 24), ("Swish", {"alpha": 1.702}, 24),
     ]
     return [(op, ["x"], attrs, np.float32) for op, attrs, since in table if since <= opset]
 
 
-@pytest.mark.parametrize("opset", [6, 13, 20, 22])
+@pytest.mark.parametrize("opset", [6, 13, 20, 24])
 def test_activations(opset):
     check(multi_node_model(_specs(opset), {"x": X}, opset=opset), {"x": X}, rtol=1e-5, atol=1e-6)
 

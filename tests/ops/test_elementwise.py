@@ -125,6 +125,14 @@ def test_bit_shift(dtype):
     check(multi_node_model(specs, {"x": x, "y": y}, opset=11), {"x": x, "y": y}, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8])
+def test_bitwise(dtype):
+    feeds = {"x": np.array([[1, 2, 15, 100]], dtype), "y": np.array([3, 6, 9, 77], dtype)}
+    specs = [(op, ["x", "y"], None, dtype) for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor")]
+    specs.append(("BitwiseNot", ["x"], None, dtype))
+    check(multi_node_model(specs, feeds, opset=18), feeds, rtol=0, atol=0)
+
+
 def test_clip_versions():
     """Opset 6: min/max attributes; 11+: optional inputs (float and integer)."""
     lo, hi = np.array(-0.5, np.float32), np.array(0.7, np.float32)
@@ -134,7 +142,8 @@ def test_clip_versions():
     i = np.array([[-5, 0, 3, 9]], np.int64)
     feeds = {"x": X, "lo": lo, "hi": hi, "i": i, "ilo": np.array(-1, np.int64),
              "ihi": np.array(4, np.int64)}
-    specs = [("Clip", ["x", "lo", "hi"], None, np.float32), ("Clip", ["x", "", "hi"], None, np.float32),
+    specs = [("Clip", ["x", "lo", "hi"], None, np.float32),
+             ("Clip", ["x", "", "hi"], None, np.float32),
              ("Clip", ["x", "lo"], None, np.float32), ("Clip", ["i", "ilo", "ihi"], None, np.int64)]
     check(multi_node_model(specs, feeds, opset=13), feeds)
 

@@ -55,16 +55,17 @@ def test_reductions_empty_axes_input():
     check(multi_node_model(specs, {"x": X}, opset=18, consts=consts), {"x": X}, rtol=2e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64])
-def test_reductions_integer(dtype):
-    """Integer inputs give integer results (ReduceMean truncates as ORT does)."""
+@pytest.mark.parametrize("dtype, opset", [(np.int32, 11), (np.int64, 18)])
+def test_reductions_integer(dtype, opset):
+    """Integer inputs give integer results (ReduceMean truncates as ORT does); axes as
+    attribute (opset 11) or input (18)."""
     x = RNG.integers(-5, 6, (2, 3, 4)).astype(dtype)
     ops = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
            "ReduceSumSquare"]
-    specs = _reduce_specs(18, [1], 0, ops, dtype, data=["x"])
+    specs = _reduce_specs(opset, [1], 0, ops, dtype, data=["x"])
     specs += [("ArgMax", ["x"], {"axis": 2}, np.int64), ("ArgMin", ["x"], {"axis": 1}, np.int64)]
     feeds = {"x": x}
-    check(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
+    check(multi_node_model(specs, feeds, opset=opset, consts={"axes": np.array([1], np.int64)}),
           feeds, rtol=0, atol=0)
 
 
@@ -91,12 +92,13 @@ def test_arg_reductions_channels_last(opset):
 _FLAGS = [{"exclusive": e, "reverse": r} for e in (0, 1) for r in (0, 1)]
 
 
-def test_cumsum():
+def test_cumsum_cumprod():
     """Every exclusive/reverse pair on a channels-last value (along channels and width,
     axis int64 or int32, scalar or 1-element), and on int64 data."""
     consts = {"ax1": np.array(1, np.int64), "axm1": np.array([-1], np.int32)}
-    specs = [("CumSum", [axis], flags, np.float32) for axis in consts for flags in _FLAGS]
-    model, feeds = after_conv(specs, consts=consts, opset=14)
+    specs = [(op, [axis], flags, np.float32) for op in ("CumSum", "CumProd") for axis in consts
+             for flags in _FLAGS]
+    model, feeds = after_conv(specs, consts=consts, opset=26)
     check(model, feeds)
     feeds = {"i": RNG.integers(-9, 9, (3, 4)).astype(np.int64)}
     specs = [("CumSum", ["i", "a"], flags, np.int64) for flags in _FLAGS]
@@ -128,3 +130,23 @@ def test_reduce_axes_must_be_static():
     model = node_model("ReduceSum", feeds, opset=13)
     with pytest.raises(onnx2flax.errors.UnsupportedOpError, match="axes"):
         onnx2flax.convert(model).run(feeds)
+
+
+@pytest.mark.parametrize("zero_points", ["none", "scalar", "vector"])
+def test_matmul_integer(zero_points):
+    feeds = {"a": RNG.integers(0, 255, (2, 3, 4)).astype(np.uint8),
+             "b": RNG.integers(0, 255, (4, 5)).astype(np.uint8)}
+    consts = {"none": {}, "scalar": {"az": np.array(7, np.uint8), "bz": np.array(200, np.uint8)},
+              "vector": {"az": np.array([9], np.uint8),  # ORT takes only 1-element A zero points
+                         "bz": RNG.integers(0, 255, 5).astype(np.uint8)}}[zero_points]
+    model = node_model("MatMulInteger", feeds, consts=consts, opset=10, out_dtypes=[np.int32])
+    check(model, feeds, rtol=0, atol=0)
+
+
+def test_reductions_of_empty_sets():
+    """Reducing a zero-size axis gives each reduction's identity (-inf for ReduceMax...)."""
+    feeds = {"x": np.zeros((2, 0, 4), np.float32)}
+    specs = _reduce_specs(18, [1], 1, ["ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
+                                       "ReduceLogSumExp"], data=["x"])
+    check(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
+          feeds)
