@@ -50,10 +50,11 @@ def transpose(ctx, x):
 
 @register("Concat", layout="custom")
 def concat(ctx, *xs):
-    """Concatenate in the first input's layout (others are brought into it)."""
+    """Concatenate in the layout of the first input not held in ONNX order (others, e.g.
+    constants, are brought into it)."""
     xs = [x for x in xs if x is not None]
     perms = [p for p in ctx.in_perms if p is not None]
-    target = perms[0]
+    target = next((p for p in perms if not _layout.is_identity(p)), perms[0])
     rank = len(target)
     axis = normalize_axis(ctx, int(ctx.attr("axis")), rank)
     if any(np.ndim(x) != rank for x in xs):

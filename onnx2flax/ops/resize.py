@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from .. import _layout
 from .._registry import register
@@ -115,6 +116,20 @@ def _taps(o: _Options, x: np.ndarray, n_in: int, scale: float):
     return idx, w
 
 
+def _take(x, idx: np.ndarray, axis: int):
+    """``jnp.take(x, idx, axis)``, as a strided slice or a repeat when ``idx`` has that form
+    (integer-factor nearest resizing): XLA gathers along inner axes need transposes."""
+    n, n_in = len(idx), x.shape[axis]
+    step = int(idx[1] - idx[0]) if n > 1 else 1
+    if step >= 1 and np.array_equal(idx, idx[0] + step * np.arange(n)):
+        return lax.slice_in_dim(x, int(idx[0]), int(idx[-1]) + 1, step, axis)
+    if n % n_in == 0 and np.array_equal(idx, np.repeat(np.arange(n_in), n // n_in)):
+        y = jnp.expand_dims(x, axis + 1)
+        y = jnp.broadcast_to(y, y.shape[:axis + 1] + (n // n_in,) + y.shape[axis + 2:])
+        return jnp.reshape(y, x.shape[:axis] + (n,) + x.shape[axis + 1:])
+    return jnp.take(x, idx.astype(np.int32), axis=axis)
+
+
 def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi):
     """Resample held axis ``axis`` of ``x`` to ``n_out`` positions."""
     n_in = x.shape[axis]
@@ -125,7 +140,7 @@ def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi):
         idx, w = _taps(o, coords, n_in, scale)
     idx = np.clip(idx, 0, n_in - 1)
     taps = idx.shape[1]
-    y = jnp.take(x, idx.reshape(-1).astype(np.int32), axis=axis)
+    y = _take(x, idx.reshape(-1), axis)
     if w is not None:
         y = jnp.reshape(y, x.shape[:axis] + (n_out, taps) + x.shape[axis + 1:])
         w = w.astype(x.dtype).reshape((n_out, taps) + (1,) * (x.ndim - axis - 1))

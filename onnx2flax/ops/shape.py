@@ -70,6 +70,10 @@ def flatten(ctx, x):
     return jnp.reshape(x, (lead, int(np.prod(x.shape[axis:]))))
 
 
+_NARROW_INTS = {np.dtype(t) for t in (ml_dtypes.int2, ml_dtypes.uint2, ml_dtypes.int4,
+                                      ml_dtypes.uint4)}
+
+
 def _onnx_dtype(ctx, to: int) -> np.dtype:
     try:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(to)))
@@ -82,12 +86,15 @@ def _onnx_dtype(ctx, to: int) -> np.dtype:
 
 def _cast(ctx, x, dtype: np.dtype):
     """``x.astype(dtype)``; with ``saturate`` (default 1) floats out of a float8 type's range
-    become its largest finite value instead of inf/NaN."""
+    become its largest finite value instead of inf/NaN; 2- and 4-bit integers wrap around."""
     x = jnp.asarray(x)
     if (dtype.name.startswith("float8") and int(ctx.attr("saturate", 1))
             and jnp.issubdtype(x.dtype, jnp.floating)):
         top = float(ml_dtypes.finfo(dtype).max)
         x = jnp.clip(x, -top, top)
+    if dtype in _NARROW_INTS:
+        info = ml_dtypes.iinfo(dtype)
+        x = (x.astype(jnp.int32) - info.min) % (info.max - info.min + 1) + info.min
     return x.astype(dtype)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -320,9 +321,13 @@ def test_channels_last_slice(img, rng):
 
 
 def test_channels_last_split_concat(img, rng):
-    nodes = [helper.make_node("Split", ["a", "sp"], ["p", "q"], axis=1),
-             helper.make_node("Concat", ["q", "p"], ["b"], axis=1)]
-    check_chain(nodes, img, rng, extra={"sp": np.array([1, 3])})
+    """Concat with a constant first: the constant, not the activation, is re-laid."""
+    const = rng.standard_normal((2, 2, 6, 8)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["const"],
+                              value=onnx.numpy_helper.from_array(const)),
+             helper.make_node("Split", ["a", "sp"], ["p", "q"], axis=1),
+             helper.make_node("Concat", ["const", "q", "p"], ["b"], axis=1)]
+    check_chain(nodes, img, rng, c_mid=6, extra={"sp": np.array([1, 3])})
 
 
 def test_channels_last_pad(img, rng):
