@@ -55,7 +55,7 @@ def _activations(ctx, defaults: list[str], n_dirs: int) -> list[list]:
     betas = list(ctx.attr("activation_beta", []))
     fns = []
     for name in names:
-        if name.lower() not in _ACTIVATIONS:
+        if not isinstance(name, str) or name.lower() not in _ACTIVATIONS:
             raise ctx.fail(f"activation {name!r} is not supported (supported: "
                            f"{sorted(_ACTIVATIONS)})")
         fn, alpha, beta = _ACTIVATIONS[name.lower()]
