@@ -89,14 +89,14 @@ def test_attributes(rng, op, attrs):
     assert_matches_ort(model, feeds)
 
 
-def test_lstm_peepholes(rng):
-    model, feeds = _model("LSTM", rng, direction="bidirectional", peepholes=True)
+def test_lstm_peepholes_with_clip(rng):
+    model, feeds = _model("LSTM", rng, direction="bidirectional", peepholes=True, clip=0.3)
     assert_matches_ort(model, feeds)
 
 
-@pytest.mark.parametrize("op", ["GRU", "LSTM"])
-def test_variable_sequence_lengths(rng, op):
-    model, feeds = _model(op, rng, direction="bidirectional", lens=[5, 2, 4])
+@pytest.mark.parametrize("op,attrs", [("GRU", {"linear_before_reset": 1}), ("LSTM", {})])
+def test_variable_sequence_lengths(rng, op, attrs):
+    model, feeds = _model(op, rng, direction="bidirectional", lens=[5, 2, 4], **attrs)
     assert_matches_ort(model, feeds)
 
 
