@@ -130,9 +130,10 @@ def loop(ctx, trip_count=None, cond=None, *initial):
                        "data: their length would not be known when tracing")
     if bound is None:
         raise ResourceLimitError(
-            f"{ctx.label}: the loop is bounded only by its condition (trip count "
-            f"{'absent' if m is None else m}, above onnx2flax.ops.control.MAX_LOOP_ITERATIONS = "
-            f"{MAX_LOOP_ITERATIONS}); it could run forever and is refused")
+            f"{ctx.label}: the loop needs a trip count of at most onnx2flax.ops.control."
+            f"MAX_LOOP_ITERATIONS = {MAX_LOOP_ITERATIONS}, found "
+            f"{'none' if m is None else m}; bounded only by its condition it could run "
+            "forever, so it is refused")
 
     def keep_going(state):
         i, c, _ = state
