@@ -196,7 +196,7 @@ class _Interpreter:
         layout = spec.layout
         out_perm = None
         if layout == "onnx":
-            arrays = [a if a is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
+            arrays = [a if p is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
         elif layout == "elementwise":
             out_perm = _common_perm(arrays, perms)
             arrays = [a if a is None else _layout.broadcast_to_perm(a, p, out_perm)
@@ -224,7 +224,9 @@ class _Interpreter:
             out_perms = [out_perm if np.ndim(o) == len(out_perm) else _layout.identity(np.ndim(o))
                          for o in outs]
         else:
-            out_perms = [_layout.identity(np.ndim(o)) for o in outs]
+            # A sequence (a Python list of tensors, ops/sequence.py) has no layout.
+            out_perms = [None if isinstance(o, list) else _layout.identity(np.ndim(o))
+                         for o in outs]
         return outs, out_perms
 
     def run_subgraph(self, graph: Graph, feeds: list[Any]) -> list[Any]:

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._graph import Graph
+from .._load import MAX_ELEMENTS
 from .._registry import register
 from ..errors import ResourceLimitError
 from ._common import normalize_axis
@@ -19,6 +21,13 @@ from ._common import normalize_axis
 #: Most iterations a Loop may run when only its condition bounds it, and most a static
 #: trip count may ask for. Loops that could exceed it are refused at conversion time.
 MAX_LOOP_ITERATIONS = 2 ** 20
+
+
+def _subgraph(ctx, name: str) -> Graph:
+    graph = ctx.attr(name)
+    if not isinstance(graph, Graph):
+        raise ctx.invalid(f"attribute {name!r} must be a graph, got {type(graph).__name__}")
+    return graph
 
 
 def _pred(ctx, cond):
@@ -34,7 +43,7 @@ def _pred(ctx, cond):
 def if_(ctx, cond):
     """A condition known while tracing runs only the taken branch; a run-time condition
     becomes ``lax.cond``, whose branches must give outputs of equal shapes and dtypes."""
-    then_branch, else_branch = ctx.attr("then_branch"), ctx.attr("else_branch")
+    then_branch, else_branch = _subgraph(ctx, "then_branch"), _subgraph(ctx, "else_branch")
     pred = _pred(ctx, cond)
     if isinstance(pred, np.ndarray):
         return tuple(ctx.run_graph(then_branch if pred else else_branch, []))
@@ -74,7 +83,7 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     :class:`~onnx2flax.errors.ResourceLimitError`; a trip count given as a run-time input
     bounds the loop by that value.
     """
-    body = ctx.attr("body")
+    body = _subgraph(ctx, "body")
     n_carried = len(initial)
     n_scan = len(body.outputs) - 1 - n_carried
     if len(body.inputs) != 2 + n_carried or n_scan < 0:
@@ -105,6 +114,10 @@ def loop(ctx, trip_count=None, cond=None, *initial):
             cond_out, new, ys = body_fn(i, np.asarray(True), values)
             if n and not (isinstance(cond_out, np.ndarray) and _pred(ctx, cond_out)):
                 raise _DynamicCondition
+            if sum(n * y.size for y in ys) > MAX_ELEMENTS:
+                raise ResourceLimitError(f"{ctx.label}: {n} iterations of scan outputs of shapes "
+                                         f"{[list(y.shape) for y in ys]} exceed {MAX_ELEMENTS} "
+                                         "elements")
             return new, ys
 
         try:
@@ -117,9 +130,10 @@ def loop(ctx, trip_count=None, cond=None, *initial):
                        "data: their length would not be known when tracing")
     if bound is None:
         raise ResourceLimitError(
-            f"{ctx.label}: the loop is bounded only by its condition (trip count "
-            f"{'absent' if m is None else m}, above onnx2flax.ops.control.MAX_LOOP_ITERATIONS = "
-            f"{MAX_LOOP_ITERATIONS}); it could run forever and is refused")
+            f"{ctx.label}: the loop needs a trip count of at most onnx2flax.ops.control."
+            f"MAX_LOOP_ITERATIONS = {MAX_LOOP_ITERATIONS}, found "
+            f"{'none' if m is None else m}; bounded only by its condition it could run "
+            "forever, so it is refused")
 
     def keep_going(state):
         i, c, _ = state
@@ -158,22 +172,25 @@ def _scan(ctx, body, states, xs, in_dirs, out_axes, out_dirs):
     return (*final, *outs)
 
 
-def _scan_attrs(ctx, body, n_state, n_in):
+def _scan_counts(ctx, body, inputs):
+    """Numbers of states, scan inputs and scan outputs, checked against the body."""
+    n_in = int(ctx.attr("num_scan_inputs"))
+    n_state = len(inputs) - n_in
+    if not 0 <= n_state < len(inputs) or any(v is None for v in inputs):
+        raise ctx.invalid(f"num_scan_inputs is {n_in} for {len(inputs)} inputs (all required)")
     n_out = len(body.outputs) - n_state
-    if len(body.inputs) != n_state + n_in or n_out < 0:
+    if len(body.inputs) != len(inputs) or n_out < 0:
         raise ctx.invalid(f"the body takes {len(body.inputs)} inputs and gives "
                           f"{len(body.outputs)} outputs for {n_state} states and {n_in} scan inputs")
-    return n_out
+    return n_state, n_in, n_out
 
 
 @register("Scan", since=9)
 def scan(ctx, *inputs):
     """Opset 9+: states then ``num_scan_inputs`` scan inputs, scanned along
     ``scan_input_axes``; scan outputs stacked along ``scan_output_axes``."""
-    body = ctx.attr("body")
-    n_in = int(ctx.attr("num_scan_inputs"))
-    n_state = len(inputs) - n_in
-    n_out = _scan_attrs(ctx, body, n_state, n_in)
+    body = _subgraph(ctx, "body")
+    n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
     in_axes = ctx.attr("scan_input_axes", [0] * n_in)
     in_dirs = ctx.attr("scan_input_directions", [0] * n_in)
     out_axes = ctx.attr("scan_output_axes", [0] * n_out)
@@ -189,14 +206,12 @@ def scan(ctx, *inputs):
 def scan_v8(ctx, sequence_lens, *inputs):
     """Opset 8: every input and output has a leading batch axis; scan inputs are
     ``[batch, seq, ...]``. Runs the opset-9 scan per batch entry (``vmap``)."""
-    body = ctx.attr("body")
-    n_in = int(ctx.attr("num_scan_inputs"))
-    n_state = len(inputs) - n_in
-    n_out = _scan_attrs(ctx, body, n_state, n_in)
+    body = _subgraph(ctx, "body")
+    n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
     in_dirs = ctx.attr("directions", [0] * n_in)
     if len(in_dirs) != n_in:
         raise ctx.invalid(f"directions must list {n_in} scan inputs, got {list(in_dirs)}")
-    seq = np.shape(inputs[n_state])[1] if n_in else 0
+    seq = np.shape(inputs[n_state])[1]
     if sequence_lens is not None:
         lens = ctx.static(sequence_lens, "sequence_lens (unless omitted)")
         if np.any(lens != seq):

@@ -55,7 +55,7 @@ def _activations(ctx, defaults: list[str], n_dirs: int) -> list[list]:
     betas = list(ctx.attr("activation_beta", []))
     fns = []
     for name in names:
-        if name.lower() not in _ACTIVATIONS:
+        if not isinstance(name, str) or name.lower() not in _ACTIVATIONS:
             raise ctx.fail(f"activation {name!r} is not supported (supported: "
                            f"{sorted(_ACTIVATIONS)})")
         fn, alpha, beta = _ACTIVATIONS[name.lower()]
@@ -107,6 +107,10 @@ def _recurrent(ctx, x, w, r, b, sequence_lens, h0, c0=None, p=None, *, n_gates, 
     h0 = jnp.zeros((n_dirs, batch, hidden), x.dtype) if h0 is None else jnp.asarray(h0)
     acts = _activations(ctx, defaults, n_dirs)
     lengths = None
+    if isinstance(sequence_lens, np.ndarray) and (
+            sequence_lens.shape != (batch,) or np.any((sequence_lens < 0) | (sequence_lens > seq))):
+        raise ctx.invalid(f"sequence_lens must be {batch} lengths in [0, {seq}], got "
+                          f"{sequence_lens.tolist()}")
     if sequence_lens is not None and not (isinstance(sequence_lens, np.ndarray)
                                           and np.all(sequence_lens == seq)):
         lengths = jnp.asarray(sequence_lens).astype(jnp.int32)
@@ -152,8 +156,8 @@ def _rnn_cell(xw, h, c, r, rb, p, acts, clip):
 
 
 def _gru_cell(xw, h, c, r, rb, p, acts, clip, linear_before_reset):
-    """z, r gates; candidate with the reset applied before (default) or after (
-    ``linear_before_reset``) the recurrent matmul; H = (1 - z) * candidate + z * h."""
+    """Gates z, r; the candidate applies the reset gate to h before the recurrent matmul,
+    or to its result with ``linear_before_reset``; H = (1 - z) * candidate + z * h."""
     f, g = acts
     hidden = h.shape[-1]
     xz, xr, xh = jnp.split(xw, 3, axis=-1)

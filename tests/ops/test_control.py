@@ -139,7 +139,7 @@ def test_loop_runtime_trip_count(rng):
 @pytest.mark.parametrize("m", [None, np.iinfo(np.int64).max])
 def test_loop_bounded_only_by_condition_is_refused(m):
     model = _loop_model(_counting_body(True, scan_output=False), m=m, cond=True, n_outputs=1)
-    with pytest.raises(ResourceLimitError, match="Loop node 'loopy'.*could run forever"):
+    with pytest.raises(ResourceLimitError, match="Loop node .loopy.*could run forever"):
         onnx2flax.convert(model).run({"x": np.ones(3, F), "acc0": np.ones(3, F)})
 
 

@@ -89,14 +89,14 @@ def test_attributes(rng, op, attrs):
     assert_matches_ort(model, feeds)
 
 
-def test_lstm_peepholes(rng):
-    model, feeds = _model("LSTM", rng, direction="bidirectional", peepholes=True)
+def test_lstm_peepholes_with_clip(rng):
+    model, feeds = _model("LSTM", rng, direction="bidirectional", peepholes=True, clip=0.3)
     assert_matches_ort(model, feeds)
 
 
-@pytest.mark.parametrize("op", ["GRU", "LSTM"])
-def test_variable_sequence_lengths(rng, op):
-    model, feeds = _model(op, rng, direction="bidirectional", lens=[5, 2, 4])
+@pytest.mark.parametrize("op,attrs", [("GRU", {"linear_before_reset": 1}), ("LSTM", {})])
+def test_variable_sequence_lengths(rng, op, attrs):
+    model, feeds = _model(op, rng, direction="bidirectional", lens=[5, 2, 4], **attrs)
     assert_matches_ort(model, feeds)
 
 
@@ -117,7 +117,7 @@ def test_constant_weights_become_params(rng):
     assert set(converted.variables["params"]) == {"W", "R", "B"}
 
 
-def _torch_export(kind, rng, with_state):
+def _torch_export(kind, rng, with_state, dynamo=False):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     net = getattr(torch.nn, kind)(SIZE, HIDDEN, num_layers=2, bidirectional=True,
@@ -131,7 +131,11 @@ def _torch_export(kind, rng, with_state):
             if kind == "LSTM" else (h0,)
         names += ["h0", "c0"] if kind == "LSTM" else ["h0"]
     buf = io.BytesIO()
-    torch.onnx.export(net, (x, *states), buf, dynamo=False, input_names=names)
+    if dynamo:
+        buf.write(torch.onnx.export(net, (x, *states), dynamo=True, input_names=names,
+                                    verbose=False).model_proto.SerializeToString())
+    else:
+        torch.onnx.export(net, (x, *states), buf, dynamo=False, input_names=names)
     with torch.no_grad():
         out, state = net(x, *states)
     state = state if isinstance(state, tuple) else (state,)
@@ -146,7 +150,10 @@ def _torch_export(kind, rng, with_state):
 def test_torch_export(rng, kind, with_state):
     """2 layers, bidirectional, batch_first, through the TorchScript exporter; compared
     with onnxruntime and torch."""
-    data, feeds, expected = _torch_export(kind, rng, with_state)
+    _check_torch_export(*_torch_export(kind, rng, with_state))
+
+
+def _check_torch_export(data, feeds, expected):
     model = onnx.load_from_string(data)
     missing = sorted({n.op_type for n in model.graph.node if n.op_type != "Constant"
                       and lookup("", n.op_type, model.opset_import[0].version) is None})
@@ -155,3 +162,9 @@ def test_torch_export(rng, kind, with_state):
     _, got, _ = assert_matches_ort(model, feeds)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTM"])
+def test_torch_dynamo_export(rng, kind):
+    """The dynamo exporter keeps LSTM (and GRU) as ONNX ops; RNN it unrolls into MatMuls."""
+    _check_torch_export(*_torch_export(kind, rng, False, dynamo=True))
