@@ -275,7 +275,7 @@ def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
-    if _family(np.dtype(dtype)) != _family(spec.dtype):
+    if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
         raise InvalidInputError(
             f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
 

@@ -49,8 +49,10 @@ def _dtype(elem_type: int, what: str) -> np.dtype:
 
 def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
     kind = info.type.WhichOneof("value")
+    if kind is None:  # legal, e.g. for subgraph inputs and outputs: typed by what flows in
+        return TensorSpec(info.name, None, None)
     if kind != "tensor_type":
-        raise UnsupportedOpError(f"{what} {info.name!r} is a {kind or 'untyped value'}; "
+        raise UnsupportedOpError(f"{what} {info.name!r} is a {kind}; "
                                  "onnx2flax converts tensor inputs and outputs only")
     t = info.type.tensor_type
     shape = None
@@ -58,7 +60,8 @@ def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
         shape = tuple(
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
             else (d.dim_param or None) for d in t.shape.dim)
-    return TensorSpec(info.name, shape, _dtype(t.elem_type, f"{what} {info.name!r}"))
+    dtype = _dtype(t.elem_type, f"{what} {info.name!r}") if t.elem_type else None
+    return TensorSpec(info.name, shape, dtype)
 
 
 def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | None,

@@ -51,7 +51,8 @@ class ConvertedModel:
     def outputs(self) -> list[TensorSpec]:
         if self._outputs is None:
             if not self._program.output_channels_last:
-                dummies = [jax.ShapeDtypeStruct(self._module_shape(s), s.dtype) for s in self.inputs]
+                dummies = [jax.ShapeDtypeStruct(self._module_shape(s), s.dtype or np.float32)
+                           for s in self.inputs]
                 jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables, *dummies)
             flags = self._program.output_channels_last
             self._outputs = [replace(s, channels_last=flags.get(s.name, False))
@@ -92,15 +93,14 @@ class ConvertedModel:
             value = np.asarray(value) if not hasattr(value, "dtype") else value
             plain = replace(spec, channels_last=False)
             check_feed(plain, value, False)
-            arrays.append(np.asarray(value, dtype=spec.dtype) if np.dtype(value.dtype) != spec.dtype
-                          else value)
+            arrays.append(_cast(value, spec.dtype))
         with jax.default_matmul_precision("highest"):
             outs = self._jitted(self.variables, *arrays)
         return [_cast(np.asarray(y), spec.dtype) for y, spec in zip(outs, self.outputs)]
 
 
-def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return value.astype(dtype) if value.dtype != dtype else value
+def _cast(value: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,

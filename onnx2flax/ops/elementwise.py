@@ -166,7 +166,7 @@ def clip(ctx, x, lo=None, hi=None):
     return x
 
 
-@register("Dropout", layout="elementwise")
+@register("Dropout", layout="elementwise", static_inputs=(1, 2))
 def dropout(ctx, x, ratio=None, training_mode=None):
     """Identity at inference; with ``train=True`` drops with probability ``ratio``."""
     rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio").item())
