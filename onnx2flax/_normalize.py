@@ -223,6 +223,7 @@ def _fold_constants(graph: Graph) -> None:
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
+                    graph.folded[name] = node
             continue
         kept.append(node)
     graph.nodes = kept
