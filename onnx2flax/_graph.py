@@ -58,7 +58,8 @@ class Graph:
     ``constants`` holds every tensor known at conversion time (initializers, Constant
     nodes and folded constant subgraphs); ``initializers`` names those that were
     initializers in the file. ``origins`` maps a folded tensor to the
-    initializer it was computed from, so parameters keep their PyTorch names.
+    initializer it was computed from, so parameters keep their PyTorch names, and
+    ``folded`` the node that computed it (to map values back onto the initializer).
     ``outer`` lists names a subgraph reads from its enclosing graph.
     """
 
@@ -69,6 +70,7 @@ class Graph:
     constants: dict[str, np.ndarray]
     opsets: dict[str, int]
     origins: dict[str, str] = field(default_factory=dict)
+    folded: dict[str, Node] = field(default_factory=dict)
     initializers: frozenset[str] = frozenset()
     outer: list[str] = field(default_factory=list)
 

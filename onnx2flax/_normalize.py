@@ -231,6 +231,7 @@ def _fold_constants(graph: Graph) -> None:
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
+                    graph.folded[name] = node
             continue
         _drop_computed_zero_bias(graph, node)
         kept.append(node)

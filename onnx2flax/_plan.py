@@ -29,11 +29,16 @@ _ANONYMOUS = re.compile(r"^(onnx::|val_|_v_|const|\d+$|_)", re.IGNORECASE)
 
 @dataclass
 class LayerPlan:
-    """A weighted node: its Flax path and its variables in Flax layout."""
+    """A weighted node: its Flax path and its variables in Flax layout.
+
+    ``sources`` maps a leaf to the ONNX tensor it was made from and the function turning the
+    Flax-layout leaf back into that tensor's layout (see ``onnx2flax.torch_state``).
+    """
 
     path: Path
     params: dict[str, np.ndarray]
     batch_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -91,9 +96,10 @@ class _Names:
         self._prefixes: set[Path] = set()
 
     def take(self, path: Path) -> Path:
+        if any(path[:i] in self._leaves for i in range(1, len(path))):
+            path = ("_".join(path),)  # a prefix is already a leaf: renaming the last part can't help
         candidate, n = path, 0
-        while candidate in self._leaves or candidate in self._prefixes or any(
-                candidate[:i] in self._leaves for i in range(1, len(candidate))):
+        while candidate in self._leaves or candidate in self._prefixes:
             n += 1
             candidate = path[:-1] + (f"{path[-1]}_{n}",)
         self._leaves.add(candidate)
@@ -125,7 +131,10 @@ def plan(graph: Graph) -> Program:
             continue
         first = next(i for i, w in zip(node.inputs[1:], weights[1:]) if w is not None)
         path = names.take(_layer_path(node, graph.origins.get(first, first)))
-        layers[node] = LayerPlan(path, built.get("params", {}), built.get("batch_stats", {}))
+        sources = {leaf: (node.inputs[k], inverse or _unchanged)
+                   for leaf, (k, inverse) in built.get("sources", {}).items()}
+        layers[node] = LayerPlan(path, built.get("params", {}), built.get("batch_stats", {}),
+                                 sources)
         consumed.update((id(node), k) for k in range(1, len(node.inputs)))
 
     free: dict[str, Path] = {}
@@ -146,6 +155,10 @@ def _subgraph_reads(node: Node) -> list[str]:
     return [name for value in node.attrs.values()
             for sub in (value if isinstance(value, list) else [value]) if isinstance(sub, Graph)
             for name in sub.outer]
+
+
+def _unchanged(value: np.ndarray) -> np.ndarray:
+    return value
 
 
 def _is_weight(graph: Graph, name: str) -> bool:

@@ -17,7 +17,10 @@ newest handler at or below its opset. Handlers also declare how they treat layou
 Ops with weights also register a ``params`` builder: a function of ``(node, weights)``
 (weights: the node's constant inputs, ``None`` where not constant) returning
 ``{"params": {...}, "batch_stats": {...}}`` in Flax layout, or ``None`` when the node has no
-constant weight to turn into a layer.
+constant weight to turn into a layer. It may add ``"sources": {leaf: (input_index, inverse)}``
+saying which input each leaf was made from and how to undo the layout change (``inverse``
+maps the Flax-layout leaf back to the input's ONNX layout; ``None`` for unchanged); leaves
+without a source cannot be written back (``onnx2flax.torch_state``).
 """
 
 from __future__ import annotations

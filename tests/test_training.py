@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +163,12 @@ def test_dropout_is_active_only_in_training():
     dropped = y == 0
     assert 0.15 < dropped.mean() < 0.35
     np.testing.assert_allclose(y[~dropped], x[~dropped] / 0.75, rtol=1e-6)
+
+
+def test_finetune_example_lowers_the_loss():
+    path = Path(__file__).resolve().parent.parent / "examples" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    losses, _ = example.finetune(steps=10)
+    assert losses[-1] < 0.5 * losses[0], losses

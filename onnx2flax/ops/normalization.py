@@ -21,7 +21,8 @@ def _bn_params(node, weights):
     scale, bias, mean, var = weights[1:5]
     if not scale.shape == bias.shape == mean.shape == var.shape or scale.ndim != 1:
         return None
-    return {"params": {"scale": scale, "bias": bias}, "batch_stats": {"mean": mean, "var": var}}
+    return {"params": {"scale": scale, "bias": bias}, "batch_stats": {"mean": mean, "var": var},
+            "sources": {"scale": (1, None), "bias": (2, None), "mean": (3, None), "var": (4, None)}}
 
 
 def _check_channels(ctx, x, **vectors):
