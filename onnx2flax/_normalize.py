@@ -88,8 +88,21 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         if out.name not in produced:
             raise InvalidModelError(f"graph output {out.name!r} is produced by no node, "
                                     "input or initializer")
-    _fold_constants(graph)
+    _fold_constants(graph, _declared_dtypes(g))
     return graph
+
+
+def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:
+    """Element types the file declares for inputs and intermediate values (value_info)."""
+    out = {}
+    for info in (*g.input, *g.value_info):
+        if info.type.WhichOneof("value") == "tensor_type":
+            try:
+                out[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(
+                    info.type.tensor_type.elem_type))
+            except (KeyError, ValueError, TypeError):
+                continue
+    return out
 
 
 def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, base_dir, outer,
@@ -206,7 +219,7 @@ def _constant_value(node: Node) -> np.ndarray:
         f" value_int(s) (found {sorted(attrs)})")
 
 
-def _fold_constants(graph: Graph) -> None:
+def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
     kept = []
     consts = graph.constants
     for node in graph.nodes:
@@ -214,18 +227,30 @@ def _fold_constants(graph: Graph) -> None:
             consts[node.outputs[0]] = _constant_value(node)
             continue
         ins = [i for i in node.inputs if i]
-        if foldable(node) and all(i in consts for i in ins):
-            values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
+        like = _dtype_only_inputs(node, dtypes)
+        if foldable(node) and all(i in consts or i in like for i in ins):
+            values = fold(node, [consts[i] if i in consts else like.get(i) if i else None
+                                 for i in node.inputs], graph.opsets)
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
-            origin = _origin(graph, ins)
+            origin = _origin(graph, [i for i in ins if i in consts])
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
             continue
         kept.append(node)
     graph.nodes = kept
+
+
+def _dtype_only_inputs(node: Node, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    """CastLike reads only the element type of its ``target_type`` input: when the file
+    declares it, stand in an empty array of that type so the node folds (dynamo exports
+    make the zero bias of every bias-free Conv as ``CastLike(0, activation)``)."""
+    if node.op_type != "CastLike" or node.domain != "" or len(node.inputs) != 2:
+        return {}
+    target = node.inputs[1]
+    return {target: np.zeros(0, dtypes[target])} if target in dtypes else {}
 
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:
