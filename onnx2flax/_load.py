@@ -119,15 +119,15 @@ def _mapping(array: np.ndarray) -> mmap.mmap | None:
 def to_device(array: np.ndarray) -> jax.Array:
     """``array`` as a device array, copied once (a transposed view straight into C order).
 
-    Arrays of external data are copied out of the read-only file mapping first: JAX may
-    alias host memory, and a donated buffer must never be the model file. Afterwards the
+    Arrays of external data are always copied out of the read-only file mapping (JAX may
+    alias host memory, and a donated buffer must never be the model file). Afterwards the
     file's pages are released so they do not stay counted in the process's memory next to
     the copy (a later read of ``array`` pages them in again).
     """
     mapping = _mapping(array)
     if mapping is None:
         return jnp.asarray(array)  # XLA transposes faster than np.ascontiguousarray
-    out = jnp.asarray(np.array(array, order="C"))
+    out = jnp.array(array, copy=True)
     if hasattr(mmap, "MADV_DONTNEED") and not mapping.closed:
         mapping.madvise(mmap.MADV_DONTNEED)
     return out
