@@ -1,5 +1,11 @@
-"""Inference-only graph rewrite: fold BatchNormalization into the Conv / ConvTranspose /
-Gemm that feeds it (``convert(..., fold_batchnorm=True)``).
+"""Graph rewrites on weighted nodes, after normalization.
+
+``drop_exporter_zero_biases`` (always): a bias that the exporter computed as zeros (dynamo
+exports give every bias-free Conv ``Expand(CastLike(0, x), ...)``) is removed, so the layer
+has no ``bias`` the PyTorch module never had, and no zero add.
+
+``fold_batchnorm`` (inference only, ``convert(..., fold_batchnorm=True)``): fold
+BatchNormalization into the Conv / ConvTranspose / Gemm that feeds it.
 
 With ``s = scale / sqrt(var + epsilon)`` per output channel, ``BN(W * x + b)`` equals
 ``(W * s) * x + ((b - mean) * s + B)``: the producer's weight is scaled along its output
@@ -19,6 +25,24 @@ import onnx
 from ._graph import Graph, Node
 
 _PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def drop_exporter_zero_biases(graph: Graph) -> None:
+    """Remove bias inputs that are all-zero constants computed by the graph (not weights)."""
+    for i, node in enumerate(graph.nodes):
+        if node.op_type not in _PRODUCERS or node.domain != "" or len(node.inputs) != 3:
+            continue
+        name = node.inputs[2]
+        value = graph.constants.get(name)
+        if (value is None or name in graph.initializers or name in graph.origins
+                or value.dtype.kind != "f" or np.any(value)):
+            continue
+        proto = None
+        if node.proto is not None:
+            proto = onnx.NodeProto()
+            proto.CopyFrom(node.proto)
+            del proto.input[2:]
+        graph.nodes[i] = replace(node, inputs=node.inputs[:2], proto=proto)
 
 
 def fold_batchnorm(graph: Graph) -> int:

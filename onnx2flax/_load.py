@@ -10,6 +10,8 @@ import mmap
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
@@ -107,15 +109,25 @@ def _read_external(tensor: onnx.TensorProto, dims: list[int], dtype: np.dtype,
     return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(dims))
 
 
-def release_pages(array: np.ndarray) -> None:
-    """Drop the resident pages of the external-data file ``array`` views, if any.
-
-    Called once a tensor has been copied into its device buffer, so that the file's pages
-    do not stay counted in the process's memory next to the copy; the mapping is read-only,
-    so a later read simply pages the data in again from the file.
-    """
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
     base = array
     while isinstance(base, np.ndarray):
         base = base.base
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and not base.closed:
-        base.madvise(mmap.MADV_DONTNEED)
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def to_device(array: np.ndarray) -> jax.Array:
+    """``array`` as a device array, copied once (a transposed view straight into C order).
+
+    Arrays of external data are always copied out of the read-only file mapping (JAX may
+    alias host memory, and a donated buffer must never be the model file). Afterwards the
+    file's pages are released so they do not stay counted in the process's memory next to
+    the copy (a later read of ``array`` pages them in again).
+    """
+    mapping = _mapping(array)
+    if mapping is None:
+        return jnp.asarray(array)  # XLA transposes faster than np.ascontiguousarray
+    out = jnp.array(array, copy=True)
+    if hasattr(mmap, "MADV_DONTNEED") and not mapping.closed:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    return out

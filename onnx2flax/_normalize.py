@@ -91,8 +91,21 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         if out.name not in produced:
             raise InvalidModelError(f"graph output {out.name!r} is produced by no node, "
                                     "input or initializer")
-    _fold_constants(graph)
+    _fold_constants(graph, _declared_dtypes(g))
     return graph
+
+
+def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:
+    """Element types the file declares for inputs and intermediate values (value_info)."""
+    out = {}
+    for info in (*g.input, *g.value_info):
+        if info.type.WhichOneof("value") == "tensor_type":
+            try:
+                out[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(
+                    info.type.tensor_type.elem_type))
+            except (KeyError, ValueError, TypeError):
+                continue
+    return out
 
 
 def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, base_dir, outer,
@@ -209,7 +222,7 @@ def _constant_value(node: Node) -> np.ndarray:
         f" value_int(s) (found {sorted(attrs)})")
 
 
-def _fold_constants(graph: Graph) -> None:
+def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
     kept = []
     consts = graph.constants
     producers = {o: n for n in graph.nodes for o in n.outputs if o}
@@ -218,7 +231,7 @@ def _fold_constants(graph: Graph) -> None:
             consts[node.outputs[0]] = _constant_value(node)
             continue
         ins = [i for i in node.inputs if i]
-        like = _cast_like_dtype(graph, node, producers)
+        like = _cast_like_dtype(graph, node, producers, dtypes)
         if like is not None:  # CastLike(constant, input): only the input's dtype is read
             consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
             continue
@@ -227,7 +240,7 @@ def _fold_constants(graph: Graph) -> None:
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
-            origin = _origin(graph, ins)
+            origin = _origin(graph, [i for i in ins if i in consts])
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
@@ -248,20 +261,21 @@ _SAME_DTYPE = frozenset(
     "Softplus Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze".split())
 
 
-def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node]) -> np.dtype | None:
+def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
+                     declared: dict[str, np.dtype]) -> np.dtype | None:
     """The target dtype of a CastLike whose data is constant and whose type source has a
-    dtype known without running the graph (the dynamo exporter's ``CastLike(0.0, x)`` for
-    the zero bias of a bias-free Conv), else None."""
+    dtype known without running the graph (declared in the file, or followed back through
+    dtype-preserving ops), else None. Dynamo exports make the zero bias of every bias-free
+    Conv as ``CastLike(0, activation)``."""
     if node.op_type != "CastLike" or node.domain or len(node.inputs) != 2 \
             or node.inputs[0] not in graph.constants:
         return None
     name = node.inputs[1]
-    inputs = {s.name: s.dtype for s in graph.inputs}
     for _ in range(len(producers) + 1):
+        if name in declared:
+            return declared[name]
         if name in graph.constants:
             return graph.constants[name].dtype
-        if name in inputs:
-            return inputs[name]
         source = producers.get(name)
         if source is None or source.domain or source.outputs[0] != name or not source.inputs:
             return None

@@ -12,11 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import jax.numpy as jnp
 import numpy as np
 
 from ._graph import Graph, Node
-from ._load import release_pages
+from ._load import to_device
 from ._registry import lookup
 
 Path = tuple[str, ...]
@@ -58,8 +57,7 @@ class Program:
     def variables(self, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
         """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``.
 
-        Each array is copied once into its device buffer (transposed kernels straight from
-        their NumPy views), after which its external-data pages are released.
+        Each array is copied once into its device buffer (see ``_load.to_device``).
         ``progress(done, total)`` is called after each array.
         """
         leaves = [("params", layer.path + (leaf,), value)
@@ -71,7 +69,6 @@ class Program:
         out: dict[str, dict] = {"params": {}}
         for done, (collection, path, value) in enumerate(leaves, 1):
             _insert(out.setdefault(collection, {}), path, value)
-            release_pages(value)
             if progress is not None:
                 progress(done, len(leaves))
         return out
@@ -80,7 +77,7 @@ class Program:
 def _insert(tree: dict, path: Path, value: np.ndarray) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
-    tree[path[-1]] = jnp.asarray(value)
+    tree[path[-1]] = to_device(value)
 
 
 def _parts(name: str) -> list[str]:

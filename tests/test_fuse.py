@@ -79,3 +79,23 @@ def test_not_folded_when_the_conv_output_has_another_reader(rng):
     model = make_model(nodes, [("x", np.float32, [1, 3, 4, 4])], [("y", np.float32, None)], inits)
     converted = _check(model, {"x": f32(1, 3, 4, 4)}, 1)
     assert set(converted.variables["batch_stats"]) == {"bn"}
+
+
+def test_exporter_zero_bias_is_dropped(rng):
+    """dynamo exports give a bias-free Conv the bias Expand(CastLike(0, activation), [C]);
+    it folds at conversion (the activation's type comes from value_info) and is dropped."""
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = {"conv.weight": f32(4, 3, 3, 3), "zero": np.zeros((), np.float32),
+             "channels": np.array([4], np.int64)}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("CastLike", ["zero", "r"], ["z"]),
+             helper.make_node("Expand", ["z", "channels"], ["b"]),
+             helper.make_node("Conv", ["r", "conv.weight", "b"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, [1, 3, 5, 5])], [("y", np.float32, None)], inits)
+    model.graph.value_info.append(helper.make_tensor_value_info("r", 1, [1, 3, 5, 5]))
+    feeds = {"x": f32(1, 3, 5, 5)}
+    converted = onnx2flax.convert(model)
+    assert set(converted.variables["params"]["conv"]) == {"kernel"}
+    assert [n.op_type for n in converted._program.graph.nodes] == ["Relu", "Conv"]
+    np.testing.assert_allclose(converted.run(feeds)[0], run_ort(model, feeds)[0],
+                               rtol=1e-5, atol=1e-5)
