@@ -6,7 +6,7 @@ the exception classes in :mod:`onnx2flax.errors`.
 """
 
 from .converter import ConvertedModel, TensorSpec, convert
-from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
+from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
                      ResourceLimitError, UnsupportedOpError)
 
 __version__ = "0.1.0"
@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvertedModel", "TensorSpec", "convert",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
-    "ResourceLimitError",
+    "ResourceLimitError", "InternalError",
 ]

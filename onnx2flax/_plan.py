@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._graph import Graph, Node
-from ._registry import lookup
+from ._registry import guarded, lookup
 
 Path = tuple[str, ...]
 
@@ -84,9 +84,10 @@ class _Names:
         self._prefixes: set[Path] = set()
 
     def take(self, path: Path) -> Path:
+        if any(path[:i] in self._leaves for i in range(1, len(path))):
+            path = ("_".join(path),)  # a prefix is already a leaf: renaming the last part can't help
         candidate, n = path, 0
-        while candidate in self._leaves or candidate in self._prefixes or any(
-                candidate[:i] in self._leaves for i in range(1, len(candidate))):
+        while candidate in self._leaves or candidate in self._prefixes:
             n += 1
             candidate = path[:-1] + (f"{path[-1]}_{n}",)
         self._leaves.add(candidate)
@@ -113,7 +114,7 @@ def plan(graph: Graph) -> Program:
         if spec is None or spec.params is None:
             continue
         weights = [graph.constants.get(i) if i else None for i in node.inputs]
-        built = spec.params(node, weights)
+        built = guarded(node, weights, spec.params, node, weights)
         if built is None:
             continue
         first = next(i for i, w in zip(node.inputs[1:], weights[1:]) if w is not None)
