@@ -48,7 +48,24 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
         raise InvalidModelError(f"{where} is not a valid ONNX protobuf: {exc}") from None
     if not proto.HasField("graph"):
         raise InvalidModelError(f"{where} holds no graph (is it an ONNX model file?)")
+    _check_text(proto, where)
     return proto
+
+
+def _check_text(message, where: str) -> None:
+    """Refuse string fields that are not UTF-8 (the parser hands them back as bytes)."""
+    for field, value in message.ListFields():
+        repeated = (field.is_repeated if hasattr(field, "is_repeated")  # protobuf >= 5
+                    else field.label == field.LABEL_REPEATED)
+        if field.type == field.TYPE_STRING:
+            values = value if repeated else [value]
+            bad = next((v for v in values if not isinstance(v, str)), None)
+            if bad is not None:
+                raise InvalidModelError(f"{where}: field {field.full_name!r} holds invalid "
+                                        f"UTF-8 text {bytes(bad)[:40]!r}")
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if repeated else [value]:
+                _check_text(item, where)
 
 
 def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None, what: str) -> np.ndarray:

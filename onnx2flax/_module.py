@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _layout
+from . import _layout, _load
 from ._fold import fold, foldable
 from ._graph import Graph, Node, TensorSpec
 from ._plan import LayerPlan, Program
-from ._registry import OpSpec, lookup
-from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
+from ._registry import OpSpec, guarded, lookup
+from .errors import (InvalidInputError, InvalidModelError, ResourceLimitError,
                      UnsupportedOpError, node_label)
 
 _REQUIRED = object()
@@ -208,16 +208,14 @@ class _Interpreter:
                 out_perm = _layout.channels_last(np.ndim(arrays[0]))
                 arrays[0] = _layout.convert(arrays[0], perms[0], out_perm)
         ctx = OpContext(self, node, spec, perms)
-        try:
-            result = spec.fn(ctx, *arrays)
-        except OnnxConversionError:
-            raise
-        except (TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
-            shapes = [None if a is None else tuple(np.shape(a)) for a in arrays]
-            raise InvalidModelError(
-                f"{node_label(node.name, node.op_type)} failed on inputs of shapes {shapes}: "
-                f"{type(exc).__name__}: {exc}") from None
+        result = guarded(node, arrays, spec.fn, ctx, *arrays)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for out in outs:  # shapes are static under trace: refuse before XLA allocates
+            if np.size(out) > _load.MAX_ELEMENTS:
+                raise ResourceLimitError(
+                    f"{node_label(node.name, node.op_type)} would create a tensor of shape "
+                    f"{list(np.shape(out))} ({np.size(out):.3g} elements, limit "
+                    f"{_load.MAX_ELEMENTS})")
         if ctx.out_perms is not None:
             out_perms = list(ctx.out_perms)
         elif out_perm is not None:

@@ -68,15 +68,21 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
                   outer: frozenset[str]) -> Graph:
     constants: dict[str, np.ndarray] = {}
     for init in g.initializer:
+        if init.name in constants:
+            raise InvalidModelError(f"initializer {init.name!r} is defined twice")
         constants[init.name] = tensor_to_array(init, base_dir, f"initializer {init.name!r}")
     if len(g.sparse_initializer):
         raise UnsupportedOpError("sparse initializers are not supported")
     inputs = [_spec(i, "graph input") for i in g.input if i.name not in constants]
     outputs = [_spec(o, "graph output") for o in g.output]
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names) or "" in names:
+        raise InvalidModelError(f"graph inputs must have distinct, non-empty names, got {names}")
 
     nodes = []
     for index, proto in enumerate(g.node):
         name = proto.name or f"{proto.op_type}_{index}"
+        _check_schema(proto, name, opsets)
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}
         nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
@@ -138,6 +144,46 @@ def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, bas
     elif isinstance(value, list) and value and isinstance(value[0], bytes):
         value = [v.decode("utf-8", errors="replace") for v in value]
     return value
+
+
+def _check_schema(proto: onnx.NodeProto, name: str, opsets: dict[str, int]) -> None:
+    """Input/output counts and attribute names and types against the ONNX schema of a
+    default-domain op, so handlers can rely on them. Unknown ops are left to
+    ``check_supported``, which reports them all at once."""
+    if proto.domain not in ("", "ai.onnx"):
+        return
+    opset = opsets[""]
+    try:
+        schema = onnx.defs.get_schema(proto.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return
+    label = f"{node_label(name, proto.op_type)} (opset {opset})"
+    for kind, given, low, high in (("inputs", len(proto.input), schema.min_input, schema.max_input),
+                                   ("outputs", len(proto.output), schema.min_output,
+                                    schema.max_output)):
+        if not low <= given <= high:
+            raise InvalidModelError(f"{label} has {given} {kind}; the op takes "
+                                    f"{low}{'' if low == high else f' to {high}'}")
+    for index, (formal, given) in enumerate(zip(schema.inputs, proto.input)):
+        if not given and formal.option == onnx.defs.OpSchema.FormalParameterOption.Single:
+            raise InvalidModelError(f"{label}: input {index} ({formal.name}) is required but "
+                                    "its name is empty")
+    seen = set()
+    for a in proto.attribute:
+        spec = schema.attributes.get(a.name)
+        if a.name in seen:
+            raise InvalidModelError(f"{label} has attribute {a.name!r} twice")
+        seen.add(a.name)
+        if spec is None:
+            raise InvalidModelError(f"{label} has attribute {a.name!r}, which the op does not "
+                                    f"define (it knows {sorted(schema.attributes)})")
+        if a.type != int(spec.type):
+            raise InvalidModelError(
+                f"attribute {a.name!r} of {label} must be of type {spec.type.name}, found "
+                f"{onnx.AttributeProto.AttributeType.Name(a.type)}")
+    missing = sorted(k for k, spec in schema.attributes.items() if spec.required and k not in seen)
+    if missing:
+        raise InvalidModelError(f"{label} lacks required attribute(s) {missing}")
 
 
 def _outer_reads(nodes: list[Node], known: set[str]) -> set[str]:
@@ -211,15 +257,18 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
 
 def _constant_value(node: Node) -> np.ndarray:
     attrs = node.attrs
+    label = node_label(node.name, node.op_type)
+    if len(attrs) != 1:
+        raise InvalidModelError(f"{label} must have exactly one value attribute, found "
+                                f"{sorted(attrs)}")
     if "value" in attrs:
         return np.asarray(attrs["value"])
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
                        ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
-    raise UnsupportedOpError(
-        f"{node_label(node.name, node.op_type)} has none of the attributes value, value_float(s),"
-        f" value_int(s) (found {sorted(attrs)})")
+    raise UnsupportedOpError(f"{label}: only numeric values are supported (value, value_float(s),"
+                             f" value_int(s)), found {sorted(attrs)}")
 
 
 def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._graph import Graph, Node
 from ._load import to_device
-from ._registry import lookup
+from ._registry import guarded, lookup
 
 Path = tuple[str, ...]
 
@@ -123,7 +123,7 @@ def plan(graph: Graph) -> Program:
         if spec is None or spec.params is None:
             continue
         weights = [graph.constants.get(i) if i else None for i in node.inputs]
-        built = spec.params(node, weights)
+        built = guarded(node, weights, spec.params, node, weights)
         if built is None:
             continue
         first = next(i for i, w in zip(node.inputs[1:], weights[1:]) if w is not None)
