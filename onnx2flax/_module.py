@@ -211,7 +211,7 @@ class _Interpreter:
         result = guarded(node, arrays, spec.fn, ctx, *arrays)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
         for out in outs:  # shapes are static under trace: refuse before XLA allocates
-            if np.size(out) > _load.MAX_ELEMENTS:
+            if not isinstance(out, list) and np.size(out) > _load.MAX_ELEMENTS:
                 raise ResourceLimitError(
                     f"{node_label(node.name, node.op_type)} would create a tensor of shape "
                     f"{list(np.shape(out))} ({np.size(out):.3g} elements, limit "

@@ -149,12 +149,13 @@ def feeds_for(converted, rng, max_elements: int = 4096):
         shape = [d if isinstance(d, int) else 2 for d in (spec.shape or ())]
         if np.prod(shape, dtype=np.float64) > max_elements:
             return None
-        if spec.dtype.kind == "f":
-            value = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype.kind == "b":
+        dtype = spec.dtype or np.dtype(np.float32)  # an untyped input takes any dtype
+        if dtype.kind == "f":
+            value = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
             value = rng.random(shape) > 0.5
         else:
-            value = rng.integers(0, 3, shape).astype(spec.dtype)
+            value = rng.integers(0, 3, shape).astype(dtype)
         feeds[spec.name] = value
     return feeds
 

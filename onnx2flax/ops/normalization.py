@@ -62,10 +62,11 @@ def _scale_bias_params(scale, bias, min_size=1):
     if not _float_vector(scale) or scale.size < min_size:
         return None
     if bias is None:
-        return {"params": {"scale": scale}}
+        return {"params": {"scale": scale}, "sources": {"scale": (1, None)}}
     if not _float_vector(bias) or bias.shape != scale.shape:
         return None
-    return {"params": {"scale": scale, "bias": bias}}
+    return {"params": {"scale": scale, "bias": bias},
+            "sources": {"scale": (1, None), "bias": (2, None)}}
 
 
 def _standardize(x, axes, epsilon, center=True):
@@ -139,8 +140,6 @@ def instance_norm(ctx, x, scale, bias):
     if ctx.layer_plan is not None:
         return ctx.layer(nn.InstanceNorm, x, epsilon=epsilon, use_fast_variance=False)
     return _standardize(x, tuple(range(1, x.ndim - 1)), epsilon)[0] * scale + bias
-
-
 
 
 def _group_norm(ctx, x, scale, bias, per_group: bool):
