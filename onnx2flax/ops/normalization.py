@@ -1,7 +1,8 @@
 """Normalization layers: BatchNormalization -> a Flax BatchNorm over the channel axis
 (last, channels-last); Layer/Instance/GroupNormalization -> ``nn.LayerNorm`` /
 ``nn.InstanceNorm`` / ``nn.GroupNorm`` when scale and bias are constants (params ``scale``,
-``bias``), else computed directly; LRN."""
+``bias``), else computed directly; RMSNormalization; MeanVarianceNormalization,
+LpNormalization and LRN."""
 
 from __future__ import annotations
 
@@ -124,6 +125,30 @@ def rms_norm(ctx, x, scale):
     """``X / sqrt(mean(X^2) + epsilon) * scale`` over ONNX axes ``axis..rank-1``."""
     ctx.out_perms = [ctx.in_perms[0]]
     return _trailing_norm(ctx, x, scale, None, rms=True)[0]
+
+
+@register("MeanVarianceNormalization", since=9, layout="custom")
+def mean_variance_norm(ctx, x):
+    """``(X - E[X]) / (sqrt(Var[X]) + 1e-9)`` over ONNX ``axes`` (default [0, 2, 3])."""
+    perm = ctx.in_perms[0]
+    axes = {normalize_axis(ctx, int(a), x.ndim) for a in ctx.attr("axes", [0, 2, 3])}
+    held = tuple(perm.index(a) for a in sorted(axes))
+    ctx.out_perms = [perm]
+    centered = x - jnp.mean(x, held, keepdims=True)
+    return centered / (jnp.sqrt(jnp.mean(jnp.square(centered), held, keepdims=True)) + 1e-9)
+
+
+@register("LpNormalization", layout="custom")
+def lp_norm(ctx, x):
+    """``X / ||X||_p`` along ``axis`` (default -1), ``p`` 1 or 2; zero vectors stay zero."""
+    perm = ctx.in_perms[0]
+    held = perm.index(normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim))
+    p = int(ctx.attr("p", 2))
+    if p not in (1, 2):
+        raise ctx.invalid(f"p must be 1 or 2, got {p}")
+    ctx.out_perms = [perm]
+    norm = jnp.linalg.norm(x, ord=p, axis=held, keepdims=True)
+    return x / jnp.where(norm == 0, 1, norm)
 
 
 def _instance_norm_params(node, weights):

@@ -88,6 +88,17 @@ def test_rms_norm():
     assert set(converted.variables["params"]["rms"]) == {"scale"}
 
 
+@pytest.mark.parametrize("opset", [9, 13])
+def test_mean_variance_and_lp_norm(opset):
+    """On a channels-last value: MVN over its default axes and others, Lp norms."""
+    specs = [("MeanVarianceNormalization", [], attrs, np.float32)
+             for attrs in (None, {"axes": [1]}, {"axes": [0, -1]})]
+    specs += [("LpNormalization", [], attrs, np.float32)
+              for attrs in (None, {"axis": 1, "p": 1}, {"axis": 2})]
+    model, feeds = after_conv(specs, opset=opset)
+    check(model, feeds, rtol=1e-5, atol=1e-5)
+
+
 def test_instance_norm():
     """nn.InstanceNorm on channels-last values (2-D and 1-D spatial), and direct when the
     scale is an input."""
