@@ -155,8 +155,10 @@ def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi):
 
 def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     """Resize held ``x`` over ONNX ``axes`` (all by default) to ``sizes`` or by ``scales``."""
-    if o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ctx.fail(f"{o.mode} resizing of {x.dtype} tensors is not supported")
+    integer = o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating)
+    if integer and (o.antialias or not jnp.issubdtype(x.dtype, jnp.integer)):
+        raise ctx.fail(f"{o.mode} resizing{' with antialias' * o.antialias} of {x.dtype} "
+                       "tensors is not supported")
     perm = ctx.in_perms[0]
     rank = x.ndim
     axes = list(range(rank)) if axes is None else [normalize_axis(ctx, int(a), rank) for a in axes]
@@ -189,11 +191,17 @@ def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     if any(s < 0 for s in sizes):
         raise ctx.invalid(f"output sizes {sizes} must be non-negative")
     ctx.out_perms = [perm]
+    dtype = x.dtype
+    if integer:  # interpolate in float32, then truncate and saturate as onnxruntime does
+        x = x.astype(jnp.float32)
     for i, (axis, n_in, n_out, scale) in enumerate(zip(axes, in_sizes, sizes, scales)):
         axis_roi = None if roi is None else (roi[i], roi[len(axes) + i])
         if n_out == n_in and scale == 1 and o.coord != "tf_crop_and_resize":
             continue  # identity along this axis
         x = _resize_axis(o, x, _layout.axis_in(perm, axis), n_out, float(scale), axis_roi)
+    if integer:
+        info = jnp.iinfo(dtype)
+        x = jnp.clip(jnp.trunc(x), float(info.min), float(info.max)).astype(dtype)
     return x
 
 

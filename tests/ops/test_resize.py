@@ -72,9 +72,12 @@ def test_resize_axes_and_aspect_ratio(x):
     check_graph(nodes, {"x": x}, consts, opset=18, rtol=1e-4, atol=1e-5)
 
 
-def test_resize_nearest_integer_and_5d(rng):
-    """Nearest gathers exactly (integers too); linear over three spatial axes."""
+def test_resize_integers_and_5d(rng):
+    """Nearest gathers exactly; linear on integers truncates its float result (which may
+    differ by one from onnxruntime's where it lands within rounding of an integer); linear
+    over three spatial axes."""
     xi = rng.integers(-100, 100, (1, 2, 3, 4)).astype(np.int32)
+    xu = rng.integers(0, 255, (1, 2, 3, 4)).astype(np.uint8)
     x5 = rng.standard_normal((1, 2, 3, 4, 5)).astype(np.float32)
     consts = {"s4": np.array([1, 1, 2.5, 0.75], np.float32),
               "s5": np.array([1, 1, 2, 0.5, 1.4], np.float32)}
@@ -82,6 +85,10 @@ def test_resize_nearest_integer_and_5d(rng):
              helper.make_node("Resize", ["x5", "", "s5"], ["b"], mode="linear")]
     check_graph(nodes, {"xi": xi, "x5": x5}, consts, opset=13, out_dtypes={"b": np.float32},
                 rtol=1e-4, atol=1e-5)
+    nodes = [helper.make_node("Resize", ["xi", "", "s4"], ["a"], mode="linear"),
+             helper.make_node("Resize", ["xu", "", "s4"], ["b"], mode="linear")]
+    check_graph(nodes, {"xi": xi, "xu": xu}, consts, opset=13, out_dtypes={"b": np.uint8},
+                rtol=0, atol=1)
 
 
 @pytest.mark.parametrize("opset", [7, 9, 10])
