@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
+import onnx2flax
 from _cases import check_chain, check_graph
+from helpers import make_model, run_ort
 
 I64 = np.int64
 COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -119,3 +121,29 @@ def test_resize_channels_last(rng, attrs, scales):
     check_chain([helper.make_node("Resize", ["a", "", "sc"], ["b"], **attrs)], x, rng,
                 opset=18, extra={"sc": np.array(scales, np.float32)},
                 layout_only=attrs["mode"] != "nearest")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_opset1(x, mode):
+    """Upsample-1 (height_scale / width_scale; no runtime has it) equals Upsample-7."""
+    expected = check_graph([helper.make_node("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 3.0],
+                                             mode="linear" if mode == "bilinear" else mode)],
+                           {"x": x}, opset=7)[2]
+    node = helper.make_node("Upsample", ["x"], ["y"], height_scale=2.0, width_scale=3.0,
+                            mode=mode)
+    model = make_model([node], [("x", np.float32, list(x.shape))], [("y", np.float32, None)],
+                       opset=1)
+    np.testing.assert_allclose(onnx2flax.convert(model).run({"x": x})[0], expected[0],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_resize_dynamic_batch(rng):
+    """A dim_param batch: one conversion serves every batch size."""
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear", axes=[2, 3])
+    model = make_model([node], [("x", np.float32, ["N", 2, 5, 7])], [("y", np.float32, None)],
+                       {"sizes": np.array([3, 9], I64)}, opset=18)
+    converted = onnx2flax.convert(model)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 2, 5, 7)).astype(np.float32)
+        np.testing.assert_allclose(converted.run({"x": x})[0], run_ort(model, {"x": x})[0],
+                                   rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx2flax
-from _cases import check_chain, check_node
+from _cases import check_chain, check_node, conv_chain, transposes
 from helpers import assert_matches_ort, make_model
 from onnx2flax.errors import UnsupportedOpError
 
@@ -348,9 +348,8 @@ def test_channels_last_squeeze_unsqueeze_transpose(img, rng):
 def test_channels_last_depth_space(rng, op, mode):
     attrs = dict(blocksize=2, **({} if mode is None else dict(mode=mode)))
     x = rng.standard_normal((1, 3, 4, 6)).astype(np.float32)
-    model_mid = 1 if op == "DepthToSpace" else 16
-    from _cases import conv_chain, transposes
-    model = conv_chain([helper.make_node(op, ["a"], ["b"], **attrs)], x, rng, c_mid=model_mid)
+    c_mid = 1 if op == "DepthToSpace" else 16
+    model = conv_chain([helper.make_node(op, ["a"], ["b"], **attrs)], x, rng, c_mid=c_mid)
     converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
     # The block shuffle itself is a transpose; nothing else is.
     assert transposes(converted, x) <= 1
