@@ -147,3 +147,18 @@ def test_resize_dynamic_batch(rng):
         x = rng.standard_normal((batch, 2, 5, 7)).astype(np.float32)
         np.testing.assert_allclose(converted.run({"x": x})[0], run_ort(model, {"x": x})[0],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_resize_nearest_ties_from_sizes():
+    """With ``sizes`` the sampling positions are exact ratios (2 * 7/4 = 3.5 is a tie,
+    which float32's 2 / (4/7) = 3.4999998 would miss), as in onnxruntime."""
+    x = np.arange(7, dtype=np.float32).reshape(1, 7)
+    nodes, consts = [], {}
+    for n_out in (3, 4, 5, 9, 12):
+        consts[f"s{n_out}"] = np.array([1, n_out], I64)
+        for coord in ("asymmetric", "half_pixel"):
+            for rounding in ("round_prefer_ceil", "round_prefer_floor"):
+                nodes.append(helper.make_node(
+                    "Resize", ["x", "", "", f"s{n_out}"], [f"y{n_out}_{coord}_{rounding}"],
+                    mode="nearest", coordinate_transformation_mode=coord, nearest_mode=rounding))
+    check_graph(nodes, {"x": x}, consts, opset=19)
