@@ -61,6 +61,9 @@ def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
             else (d.dim_param or None) for d in t.shape.dim)
     dtype = _dtype(t.elem_type, f"{what} {info.name!r}") if t.elem_type else None
+    if dtype is not None and dtype.kind in "OSU":
+        raise UnsupportedOpError(f"{what} {info.name!r} is a string tensor; JAX has no string "
+                                 "dtype, onnx2flax converts numeric and bool tensors only")
     return TensorSpec(info.name, shape, dtype)
 
 
