@@ -18,14 +18,15 @@ class TensorSpec:
     """A graph input or output.
 
     ``shape`` is in ONNX (channels-first) order; a dynamic dim is its ``dim_param``
-    name, or ``None`` when the file gives no name. ``dtype`` is a NumPy dtype.
+    name, or ``None`` when the file gives no name. ``dtype`` is a NumPy dtype (``None``
+    when the file leaves the value untyped: any dtype is accepted and kept).
     ``channels_last`` says whether ``module.apply`` takes / returns this tensor with
     the channel axis moved last (image tensors when converted with ``channels_last=True``).
     """
 
     name: str
     shape: tuple[Dim, ...] | None
-    dtype: np.dtype
+    dtype: np.dtype | None
     channels_last: bool = False
 
     @property

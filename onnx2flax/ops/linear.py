@@ -21,7 +21,7 @@ def _gemm_params(node, weights):
     if b is None or b.dtype.kind != "f" or b.ndim != 2:
         return None
     kernel = (b.T if trans_b else b) * np.asarray(alpha, b.dtype) if alpha != 1 else (b.T if trans_b else b)
-    params = {"kernel": np.ascontiguousarray(kernel)}
+    params = {"kernel": kernel}  # a view: copied once, transposed, into the device buffer
 
     def kernel_inverse(k):
         k = k / np.asarray(alpha, k.dtype) if alpha != 1 else k
