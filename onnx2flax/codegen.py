@@ -86,11 +86,22 @@ class _Names:
         return candidate
 
 
-class _LayerCall(Exception):
+class _LayerCall(BaseException):
+    """Stops a weighted node's trace at its layer call, carrying the call's arguments.
+    A control-flow signal, not an error: it must pass the handlers' error wrapping."""
+
     def __init__(self, plan, cls, args, kwargs, call_kwargs):
         super().__init__()
         self.plan, self.cls, self.args, self.kwargs, self.call_kwargs = (
             plan, cls, args, kwargs, call_kwargs)
+
+
+class _NoModule:
+    """Stands in for the linen module: nodes are traced one by one, outside any module."""
+
+    @staticmethod
+    def is_mutable_collection(name: str) -> bool:
+        return False
 
 
 class _Generator(_Interpreter):
@@ -98,7 +109,7 @@ class _Generator(_Interpreter):
 
     def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None):
         program = converted._program
-        super().__init__(None, program, train=False)
+        super().__init__(_NoModule(), program, train=False)
         self.converted = converted
         self.ids = _Names()
         self.layer_names = _Names()
