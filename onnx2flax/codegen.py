@@ -373,7 +373,8 @@ file (Flax msgpack)::
 
 Shapes are specialized to the traced input shapes {{{shapes}}}
 ({'channels-last' if converted.channels_last else 'ONNX'} layout for image tensors).
-Each block is commented with the ONNX node it comes from.
+Traced in inference mode: Dropout is an identity here. Each block is commented with the
+ONNX node it comes from.
 """
 '''
         body = "\n".join("        " + line for line in self.lines)

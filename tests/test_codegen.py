@@ -104,6 +104,15 @@ def test_guide_tmodel(tmp_path, channels_last):
     _generate_and_compare(tmp_path, converted, [feed], f"gen_tmodel_{channels_last}")
 
 
+def test_transformer_encoder_layer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                             batch_first=True)
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(model, x))
+    _generate_and_compare(tmp_path, converted, [x.numpy()], "gen_transformer")
+
+
 def test_mlp(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(0))
