@@ -91,14 +91,7 @@ class OpContext:
     def layer(self, cls: type[nn.Module], *args, call_kwargs: dict | None = None, **kwargs):
         """Create the node's planned layer ``cls(**kwargs)`` with its weights as
         initializers, and call it on ``args``."""
-        plan = self.layer_plan
-        inits = {f"{leaf}_init": _const_init(value)
-                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
-
-        def make(scope: nn.Module):
-            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **(call_kwargs or {}))
-
-        return self._interp.in_scope(plan.path[:-1], make)
+        return self._interp.call_layer(self.layer_plan, cls, args, kwargs, call_kwargs or {})
 
     def make_rng(self, name: str = "dropout"):
         return self._interp.module.make_rng(name)
@@ -137,6 +130,16 @@ class _Interpreter:
         # apply(..., mutable=['intermediates']) records every node output in ONNX layout.
         self.record = module.is_mutable_collection("intermediates")
         self._roots: dict[str, _Namespace] = {}
+
+    def call_layer(self, plan: LayerPlan, cls: type[nn.Module], args: tuple, kwargs: dict,
+                   call_kwargs: dict):
+        inits = {f"{leaf}_init": _const_init(value)
+                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
+
+        def make(scope: nn.Module):
+            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **call_kwargs)
+
+        return self.in_scope(plan.path[:-1], make)
 
     def in_scope(self, prefix: tuple[str, ...], fn: Callable[[nn.Module], Any]):
         if not prefix:

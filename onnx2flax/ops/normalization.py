@@ -59,7 +59,7 @@ def _float_vector(w) -> bool:
 
 def _scale_bias_params(scale, bias, min_size=1):
     """``{'params': {'scale', 'bias'?}}`` when both are constant 1-D float vectors of one
-    shape (``bias`` may be absent), else ``None``."""
+    shape (``bias`` may be absent), else ``None``. They are inputs 1 and 2, unchanged."""
     if not _float_vector(scale) or scale.size < min_size:
         return None
     if bias is None:
