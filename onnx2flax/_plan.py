@@ -88,6 +88,11 @@ class _Names:
         self._prefixes: set[Path] = set()
 
     def take(self, path: Path) -> Path:
+        # under a leaf (a free 'fc.bias' next to layer 'fc'): join the parts below it
+        # ('fc_bias'), as renaming only the last part could never succeed
+        cut = next((i for i in range(1, len(path)) if path[:i] in self._leaves), None)
+        if cut is not None:
+            path = path[:cut - 1] + ("_".join(path[cut - 1:]),)
         candidate, n = path, 0
         while candidate in self._leaves or candidate in self._prefixes or any(
                 candidate[:i] in self._leaves for i in range(1, len(candidate))):
