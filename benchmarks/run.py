@@ -66,8 +66,9 @@ SPECS = {
     "resnet50": Spec("ResNet-50", models.ResNet50, _image, flax_models.ResNet50, batches=(1, 8)),
     "mobilenetv3": Spec("MobileNetV3-Small", models.MobileNetV3Small, _image,
                         flax_models.MobileNetV3Small),
-    "vit_b16": Spec("ViT-B/16", models.ViTB16, _image),
-    "bert_base": Spec("BERT-base (seq 128)", models.BertBase, _tokens, image=False),
+    "vit_b16": Spec("ViT-B/16", models.ViTB16, _image, flax_models.ViTB16),
+    "bert_base": Spec("BERT-base (seq 128)", models.BertBase, _tokens, flax_models.BertBase,
+                      image=False),
 }
 
 
@@ -96,7 +97,8 @@ def measure_convert_memory(path: Path) -> dict:
         "import json, resource, sys, jax, onnx2flax\n"
         "jax.numpy.zeros(1).block_until_ready()\n"
         "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "base = peak()\n"
+        "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
+        "base = int(rss.split()[1]) * 1024  # resident now (an import's transient peak is over)\n"
         "onnx2flax.convert(sys.argv[1])\n"
         "print(json.dumps({'peak': peak() - base}))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

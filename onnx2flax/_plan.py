@@ -93,8 +93,11 @@ class _Names:
         self._prefixes: set[Path] = set()
 
     def take(self, path: Path) -> Path:
-        if any(path[:i] in self._leaves for i in range(1, len(path))):
-            path = ("_".join(path),)  # a prefix is already a leaf: renaming the last part can't help
+        # under a leaf (a free 'fc.bias' next to layer 'fc'): join the parts below it
+        # ('fc_bias'), as renaming only the last part could never succeed
+        cut = next((i for i in range(1, len(path)) if path[:i] in self._leaves), None)
+        if cut is not None:
+            path = path[:cut - 1] + ("_".join(path[cut - 1:]),)
         candidate, n = path, 0
         while candidate in self._leaves or candidate in self._prefixes:
             n += 1
