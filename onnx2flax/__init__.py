@@ -7,12 +7,12 @@ the exception classes in :mod:`onnx2flax.errors`.
 
 from .converter import ConvertedModel, TensorSpec, convert
 from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
-                     ResourceLimitError, UnsupportedOpError)
+                     OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvertedModel", "TensorSpec", "convert",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
-    "ResourceLimitError", "InternalError",
+    "ResourceLimitError", "OutputExistsError", "UnsafePathError", "InternalError",
 ]

@@ -16,7 +16,7 @@ from ._module import OnnxModule, check_feed
 from ._normalize import normalize
 from ._plan import Program, plan
 from ._registry import check_supported
-from .errors import InvalidInputError
+from .errors import InternalError, InvalidInputError, ResourceLimitError
 
 __all__ = ["ConvertedModel", "TensorSpec", "convert"]
 
@@ -78,6 +78,9 @@ class ConvertedModel:
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
         Jitted; compiled once per input shape."""
         names = [s.name for s in self.inputs]
+        if not isinstance(feeds, Mapping):
+            raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
+                                    f"{type(feeds).__name__}; the model's inputs are {names}")
         unknown = sorted(set(feeds) - set(names))
         if unknown:
             raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
@@ -92,8 +95,13 @@ class ConvertedModel:
             check_feed(plain, value, False)
             arrays.append(np.asarray(value, dtype=spec.dtype) if np.dtype(value.dtype) != spec.dtype
                           else value)
-        with jax.default_matmul_precision("highest"):
-            outs = self._jitted(self.variables, *arrays)
+        try:
+            with jax.default_matmul_precision("highest"):
+                outs = self._jitted(self.variables, *arrays)
+        except jax.errors.JaxRuntimeError as exc:  # raised by XLA while compiling or running
+            if "RESOURCE_EXHAUSTED" in str(exc):
+                raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
+            raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
         return [_cast(np.asarray(y), spec.dtype) for y, spec in zip(outs, self.outputs)]
 
 
