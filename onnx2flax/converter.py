@@ -12,11 +12,11 @@ import numpy as np
 from . import _layout, ops  # noqa: F401  (ops registers every handler)
 from ._graph import TensorSpec
 from ._load import ModelLike, load_model
-from ._module import OnnxModule, check_feed
+from ._module import OnnxModule, _family, check_feed
 from ._normalize import normalize
 from ._plan import Program, plan
 from ._registry import check_supported
-from .errors import InternalError, InvalidInputError, ResourceLimitError
+from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
 
 __all__ = ["ConvertedModel", "TensorSpec", "convert"]
 
@@ -102,11 +102,18 @@ class ConvertedModel:
             if "RESOURCE_EXHAUSTED" in str(exc):
                 raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
             raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
-        return [_cast(np.asarray(y), spec.dtype) for y, spec in zip(outs, self.outputs)]
+        return [_cast(np.asarray(y), spec) for y, spec in zip(outs, self.outputs)]
 
 
-def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return value.astype(dtype) if value.dtype != dtype else value
+def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``value`` in the output's declared dtype (JAX computes int64 as int32 without x64),
+    never across dtype families (that would hide a wrong graph)."""
+    if value.dtype == spec.dtype:
+        return value
+    if _family(value.dtype) != _family(spec.dtype):
+        raise InvalidModelError(f"graph output {spec.name!r} is declared {spec.dtype.name}, but "
+                                f"the graph computes {value.dtype.name}")
+    return value.astype(spec.dtype)
 
 
 def convert(model: ModelLike, *, channels_last: bool = True) -> ConvertedModel:

@@ -330,8 +330,9 @@ class _Timeout(Exception):
     pass
 
 
-def test_unbounded_loop_is_bounded_or_refused():
-    """``Loop`` with trip count INT64_MAX and a condition that stays true."""
+@pytest.mark.parametrize("trip_count", [2**63 - 1, None])
+def test_unbounded_loop_is_bounded_or_refused(trip_count):
+    """``Loop`` with trip count INT64_MAX (or none) and a condition that stays true."""
     if _registry.lookup("", "Loop", 17) is None:
         pytest.skip("Loop is not implemented on this branch")
     body = helper.make_graph(
@@ -344,10 +345,12 @@ def test_unbounded_loop_is_bounded_or_refused():
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
         [numpy_helper.from_array(np.ones(1, F), "one")])
-    model = make_model(
-        [_const("m", np.array(2**63 - 1, np.int64)), _const("c", np.array(True)),
-         helper.make_node("Loop", ["m", "c", "x"], ["y"], name="forever", body=body)],
-        [("x", F, [1])], [("y", F, [1])])
+    nodes = [_const("c", np.array(True)),
+             helper.make_node("Loop", ["m" if trip_count else "", "c", "x"], ["y"],
+                              name="forever", body=body)]
+    if trip_count:
+        nodes.insert(0, _const("m", np.array(trip_count, np.int64)))
+    model = make_model(nodes, [("x", F, [1])], [("y", F, [1])])
 
     def alarm(*_):
         raise _Timeout()
