@@ -4,7 +4,7 @@
 The mutator (below, seeded) works on the models of ``fuzz_corpus`` at two levels:
 
 * bytes: truncation, random bytes, bit flips, inserted and deleted runs, pure garbage;
-* protobuf: attributes out of range or of the wrong type, deleted / duplicated attributes,
+* protobuf: model-local functions rewired or made recursive, attributes out of range or of the wrong type, deleted / duplicated attributes,
   node inputs renamed to dangling names or to later outputs (cycles), duplicated outputs,
   nodes deleted / duplicated / retyped, initializers with negative, zero or huge dims,
   wrong element types, short or missing data, external data pointing outside the folder,
@@ -183,12 +183,34 @@ def _mutate_value_info(info: onnx.ValueInfoProto, rng) -> None:
         info.name = _pick(rng, ["", "nowhere", info.name + "_"])
 
 
+def _mutate_function(fn: onnx.FunctionProto, rng) -> None:
+    """Model-local functions: renamed, retyped, rewired, recursive, or with bad attributes."""
+    node = _pick(rng, fn.node)
+    kind = rng.integers(6)
+    if kind == 0:
+        node.op_type, node.domain = _pick(rng, [(fn.name, fn.domain), ("Relu", ""),
+                                                ("Nope", ""), ("Gemm", "local")])
+    elif kind == 1 and node.input:
+        node.input[int(rng.integers(len(node.input)))] = _pick(rng, ["ghost", "y", "a", ""])
+    elif kind == 2:
+        fn.name = _pick(rng, ["", "Other", fn.name + "2"])
+    elif kind == 3:
+        del fn.input[int(rng.integers(len(fn.input))):]
+    elif kind == 4:
+        fn.output.append(_pick(rng, ["y", "h", "zz"]))
+    else:
+        _mutate_attribute(node, rng)
+
+
 def _proto_mutant(model: onnx.ModelProto, rng) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     for _ in range(int(rng.integers(1, 3))):
-        kind = rng.integers(14)
+        kind = rng.integers(15)
+        if kind == 14 and len(m.functions):
+            _mutate_function(_pick(rng, m.functions), rng)
+            continue
         node = _pick(rng, g.node) if len(g.node) else None
         if kind in (0, 1) and node is not None:
             _mutate_attribute(node, rng)

@@ -531,3 +531,26 @@ def test_package_never_evaluates_model_content():
     offending = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py")
                  for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offending, offending
+
+
+# ------------------------------------------------------------------ local functions
+
+def _function_model(body_op: str):
+    f = helper.make_function("local", "Fn", ["a"], ["b"],
+                             [helper.make_node(body_op, ["a"], ["b"], domain="" if body_op !=
+                                               "Fn" else "local")],
+                             [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+    model = make_model([helper.make_node("Fn", ["x"], ["y"], name="fn", domain="local")],
+                       [("x", F, [2])], [("y", F, [2])])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(f)
+    return model
+
+
+def test_local_function_is_inlined():
+    out = onnx2flax.convert(_function_model("Relu")).run({"x": np.array([-1, 2], F)})[0]
+    np.testing.assert_array_equal(out, [0, 2])
+
+
+def test_recursive_local_function():
+    _convert_error(_function_model("Fn"), InvalidModelError, "local functions", "local::Fn")
