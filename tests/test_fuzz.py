@@ -7,6 +7,7 @@ The mutator (below, seeded) works on the models of ``fuzz_corpus`` at two levels
 * protobuf: model-local functions rewired or made recursive, attributes out of range or of the wrong type, deleted / duplicated attributes,
   node inputs renamed to dangling names or to later outputs (cycles), duplicated outputs,
   nodes deleted / duplicated / retyped, initializers with negative, zero or huge dims,
+  out-of-range values (axes, indices, shapes, repeats, NaN),
   wrong element types, short or missing data, external data pointing outside the folder,
   dropped initializers, graph inputs with bad dims, non-tensor types (sequence, map),
   string tensors, future / zero / unknown opsets, dangling graph outputs.
@@ -28,7 +29,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from onnx import AttributeProto, TensorProto, helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 import onnx2flax
 from onnx2flax import _load
@@ -131,8 +132,21 @@ def _mutate_attribute(node: onnx.NodeProto, rng) -> None:
 
 
 def _mutate_tensor(t: onnx.TensorProto, rng) -> None:
-    kind = rng.integers(7)
-    if kind == 0 and t.dims:
+    kind = rng.integers(9)
+    if kind >= 7:  # same type and dims, values out of range (axes, indices, shapes, NaN)
+        try:
+            value = numpy_helper.to_array(t).copy()
+        except Exception:  # noqa: BLE001  (an earlier mutation broke it already)
+            return
+        if value.size:
+            flat = value.reshape(-1)
+            i = int(rng.integers(flat.size))
+            if value.dtype.kind in "iu":
+                flat[i] = np.array(_pick(rng, _INTS)).astype(value.dtype)
+            elif value.dtype.kind == "f":
+                flat[i] = _pick(rng, _FLOATS)
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+    elif kind == 0 and t.dims:
         t.dims[int(rng.integers(len(t.dims)))] = int(_pick(rng, _INTS))
     elif kind == 1:
         t.dims.append(int(_pick(rng, [0, 1, 2, 2**20, 2**40])))

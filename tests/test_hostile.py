@@ -141,7 +141,9 @@ def test_unknown_op_and_domain_reported_together():
                         helper.make_node("Thing", ["b"], ["y"], name="t", domain="com.acme")],
                        [("x", F, [2])], [("y", F, [2])])
     model.opset_import.append(helper.make_opsetid("com.acme", 1))
-    err = _convert_error(model, UnsupportedOpError, "Frobnicate: 2 node(s), first 'f1'",
+    model.graph.node.insert(0, _const("k", np.ones(2, F)))  # a constant-only unknown op
+    model.graph.node.insert(1, helper.make_node("Frobnicate", ["k"], ["unused"], name="f0"))
+    err = _convert_error(model, UnsupportedOpError, "Frobnicate: 3 node(s), first 'f0'",
                          "com.acme::Thing: 1 node(s), first 't'")
     assert set(err.missing) == {("", "Frobnicate"), ("com.acme", "Thing")}
 
