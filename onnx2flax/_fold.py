@@ -31,8 +31,10 @@ _evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = 
 
 
 def foldable(node: Node) -> bool:
+    """Default-domain ops ONNX defines (unknown ones are left for ``check_supported`` to
+    report with all the others)."""
     return node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD \
-        and node.proto is not None
+        and node.proto is not None and onnx.defs.has(node.op_type)
 
 
 def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:

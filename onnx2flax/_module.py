@@ -259,6 +259,9 @@ def _common_perm(arrays, perms) -> _layout.Perm:
 
 def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
     """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
     shape = tuple(np.shape(value))
     layout = _layout.channels_last(len(shape)) if channels_last else None
     if spec.shape is not None:
@@ -273,9 +276,6 @@ def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
                 raise InvalidInputError(
                     f"input {spec.name!r} has shape {list(onnx_shape)} in ONNX order, but "
                     f"dim {axis} must be {want} (expected {list(spec.shape)})")
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:
-        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
     if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
         raise InvalidInputError(
             f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")

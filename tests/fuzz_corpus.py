@@ -137,8 +137,25 @@ def opset9_unsqueeze_div():
                   {"d": np.array([2.0, -4.0], np.float32)}, opset=9)
 
 
+def local_function():
+    """A model-local function (Gemm + Relu), inlined by normalization."""
+    rng = np.random.default_rng(7)
+    fn = helper.make_function(
+        "local", "Dense", ["a", "w", "b"], ["y"],
+        [helper.make_node("Gemm", ["a", "w", "b"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["y"])],
+        [helper.make_opsetid("", 17)])
+    model = _model([helper.make_node("Dense", ["x", "fc.weight", "fc.bias"], ["y"], name="dense",
+                                     domain="local")],
+                   [("x", TensorProto.FLOAT, ["N", 4])], [("y", TensorProto.FLOAT, ["N", 3])],
+                   {"fc.weight": _w(rng, 3, 4), "fc.bias": _w(rng, 3)})
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(fn)
+    return model
+
+
 BUILDERS = [conv_bn_relu_gemm, pools, shape_reshape_matmul, constant_subgraphs,
-            residual_two_outputs, opset9_unsqueeze_div]
+            residual_two_outputs, opset9_unsqueeze_div, local_function]
 
 
 def feeds_for(converted, rng, max_elements: int = 4096):
