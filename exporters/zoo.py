@@ -80,9 +80,10 @@ def randomize_norms(module) -> None:
                 uniform(bias, -0.5, 0.5)
 
 
-def _select(module, keys: tuple[str, ...]):
-    """``module`` returning a dict or a ModelOutput, wrapped to return the tensors named
-    ``keys`` (one tensor, or a tuple)."""
+def _select(module, keys: tuple[str, ...], names: tuple[str, ...]):
+    """``module`` called with keyword arguments ``names`` and returning a dict or a
+    ModelOutput, wrapped to take them positionally and return the tensors named ``keys``
+    (one tensor, or a tuple)."""
     import torch
 
     class Select(torch.nn.Module):
@@ -91,7 +92,7 @@ def _select(module, keys: tuple[str, ...]):
             self.model = module
 
         def forward(self, *args):
-            out = self.model(*args)
+            out = self.model(**dict(zip(names, args)))
             values = tuple(out[k] for k in keys)
             return values[0] if len(values) == 1 else values
 
@@ -144,7 +145,7 @@ def _tv_segmentation(factory: str, **kwargs):
 
         model = getattr(seg, factory)(weights=None, weights_backbone=None, num_classes=4,
                                       **kwargs)
-        return _select(model, ("out",)), _image(batch=1, size=64)
+        return _select(model, ("out",), ("x",)), _image(batch=1, size=64)
     return build
 
 
@@ -168,7 +169,8 @@ def _hf_text(model_cls: str, config_cls: str, keys=("last_hidden_state",), mask=
 
         cfg = getattr(transformers, config_cls)(**config)
         model = getattr(transformers, model_cls)(cfg)
-        return _select(model, keys), _tokens(config["vocab_size"], mask=mask)
+        inputs = _tokens(config["vocab_size"], mask=mask)
+        return _select(model, keys, tuple(inputs)), inputs
     return build
 
 
@@ -177,7 +179,8 @@ def _hf_vit():
 
     cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                     num_attention_heads=2, intermediate_size=64)
-    return _select(ViTModel(cfg), ("last_hidden_state", "pooler_output")), _image(size=32)
+    inputs = {"pixel_values": _image(size=32)["x"]}
+    return _select(ViTModel(cfg), ("last_hidden_state", "pooler_output"), tuple(inputs)), inputs
 
 
 def _hf_whisper_encoder():
@@ -188,8 +191,8 @@ def _hf_whisper_encoder():
                         encoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16)
     rng = np.random.default_rng(SEED)
     # The encoder's two convolutions halve the frames: 2 * max_source_positions in.
-    return _select(WhisperEncoder(cfg), ("last_hidden_state",)), \
-        {"input_features": rng.standard_normal((2, 16, 32)).astype(np.float32)}
+    inputs = {"input_features": rng.standard_normal((2, 16, 32)).astype(np.float32)}
+    return _select(WhisperEncoder(cfg), ("last_hidden_state",), tuple(inputs)), inputs
 
 
 def _hf_wav2vec2():
@@ -201,8 +204,8 @@ def _hf_wav2vec2():
                          num_conv_pos_embedding_groups=4, do_stable_layer_norm=True,
                          feat_extract_norm="layer")
     rng = np.random.default_rng(SEED)
-    return _select(Wav2Vec2Model(cfg), ("last_hidden_state",)), \
-        {"input_values": rng.standard_normal((2, 400)).astype(np.float32)}
+    inputs = {"input_values": rng.standard_normal((2, 400)).astype(np.float32)}
+    return _select(Wav2Vec2Model(cfg), ("last_hidden_state",), tuple(inputs)), inputs
 
 
 _TEXT = dict(vocab_size=100)
@@ -275,12 +278,18 @@ def export(name: str, out_dir: str | os.PathLike, exporter: str = "dynamo") -> t
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     module, inputs = build(name)
     args = tuple(torch.from_numpy(v) for v in inputs.values())
-    options = (dict(dynamo=True, external_data=False) if exporter == "dynamo"
-               else dict(dynamo=False, input_names=list(inputs)))
+    options = dict(dynamo=True, external_data=False) if exporter == "dynamo" else dict(dynamo=False)
     partial = onnx_path.with_suffix(".partial")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(partial), **options)
+    # nn.MultiheadAttention's inference fast path is a fused op the TorchScript exporter lacks.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(partial), input_names=list(inputs), **options)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     np.savez(npz_path, **inputs)
     partial.replace(onnx_path)
     return onnx_path, npz_path
