@@ -15,7 +15,7 @@ from ._compare import Comparison, ComparisonReport, compare, random_feeds
 from ._export import export
 from ._inspect import ModelSummary, summarize
 from .converter import ConvertedModel, TensorSpec, convert
-from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
+from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
                      ResourceLimitError, UnsupportedOpError)
 
 __version__ = "0.1.0"
@@ -25,5 +25,5 @@ __all__ = [
     "Comparison", "ComparisonReport", "compare", "random_feeds",
     "ModelSummary", "summarize",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
-    "ResourceLimitError",
+    "ResourceLimitError", "InternalError",
 ]

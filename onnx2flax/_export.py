@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +54,22 @@ def export(torch_module: Any, args: Sequence[Any] | Any, path: str | os.PathLike
             {0: batch} if isinstance(a, torch.Tensor) and a.ndim > 0 else None for a in args)
     kwargs.update(options)
     torch_module = torch_module.eval()
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink, torch.no_grad():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        if not verbose:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(_quiet_logger("torch.onnx"))
         torch.onnx.export(torch_module, args, os.fspath(path), **kwargs)
     return os.fspath(path)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The exporter logs progress and optional-package notices as warnings."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -18,14 +18,15 @@ class TensorSpec:
     """A graph input or output.
 
     ``shape`` is in ONNX (channels-first) order; a dynamic dim is its ``dim_param``
-    name, or ``None`` when the file gives no name. ``dtype`` is a NumPy dtype.
+    name, or ``None`` when the file gives no name. ``dtype`` is a NumPy dtype (``None``
+    when the file leaves the value untyped: any dtype is accepted and kept).
     ``channels_last`` says whether ``module.apply`` takes / returns this tensor with
     the channel axis moved last (image tensors when converted with ``channels_last=True``).
     """
 
     name: str
     shape: tuple[Dim, ...] | None
-    dtype: np.dtype
+    dtype: np.dtype | None
     channels_last: bool = False
 
     @property
@@ -57,7 +58,8 @@ class Graph:
     ``constants`` holds every tensor known at conversion time (initializers, Constant
     nodes and folded constant subgraphs); ``initializers`` names those that were
     initializers in the file. ``origins`` maps a folded tensor to the
-    initializer it was computed from, so parameters keep their PyTorch names.
+    initializer it was computed from, so parameters keep their PyTorch names, and
+    ``folded`` the node that computed it (to map values back onto the initializer).
     ``outer`` lists names a subgraph reads from its enclosing graph.
     """
 
@@ -68,6 +70,7 @@ class Graph:
     constants: dict[str, np.ndarray]
     opsets: dict[str, int]
     origins: dict[str, str] = field(default_factory=dict)
+    folded: dict[str, Node] = field(default_factory=dict)
     initializers: frozenset[str] = frozenset()
     outer: list[str] = field(default_factory=list)
 

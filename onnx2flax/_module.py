@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _layout
+from . import _layout, _load
 from ._fold import fold, foldable
 from ._graph import Graph, Node, TensorSpec
 from ._plan import LayerPlan, Program
-from ._registry import OpSpec, lookup
-from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
+from ._registry import OpSpec, guarded, lookup
+from .errors import (InvalidInputError, InvalidModelError, ResourceLimitError,
                      UnsupportedOpError, node_label)
 
 _REQUIRED = object()
@@ -196,7 +196,7 @@ class _Interpreter:
         layout = spec.layout
         out_perm = None
         if layout == "onnx":
-            arrays = [a if a is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
+            arrays = [a if p is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
         elif layout == "elementwise":
             out_perm = _common_perm(arrays, perms)
             arrays = [a if a is None else _layout.broadcast_to_perm(a, p, out_perm)
@@ -208,23 +208,23 @@ class _Interpreter:
                 out_perm = _layout.channels_last(np.ndim(arrays[0]))
                 arrays[0] = _layout.convert(arrays[0], perms[0], out_perm)
         ctx = OpContext(self, node, spec, perms)
-        try:
-            result = spec.fn(ctx, *arrays)
-        except OnnxConversionError:
-            raise
-        except (TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
-            shapes = [None if a is None else tuple(np.shape(a)) for a in arrays]
-            raise InvalidModelError(
-                f"{node_label(node.name, node.op_type)} failed on inputs of shapes {shapes}: "
-                f"{type(exc).__name__}: {exc}") from None
+        result = guarded(node, arrays, spec.fn, ctx, *arrays)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for out in outs:  # shapes are static under trace: refuse before XLA allocates
+            if np.size(out) > _load.MAX_ELEMENTS:
+                raise ResourceLimitError(
+                    f"{node_label(node.name, node.op_type)} would create a tensor of shape "
+                    f"{list(np.shape(out))} ({np.size(out):.3g} elements, limit "
+                    f"{_load.MAX_ELEMENTS})")
         if ctx.out_perms is not None:
             out_perms = list(ctx.out_perms)
         elif out_perm is not None:
             out_perms = [out_perm if np.ndim(o) == len(out_perm) else _layout.identity(np.ndim(o))
                          for o in outs]
         else:
-            out_perms = [_layout.identity(np.ndim(o)) for o in outs]
+            # A sequence (a Python list of tensors, ops/sequence.py) has no layout.
+            out_perms = [None if isinstance(o, list) else _layout.identity(np.ndim(o))
+                         for o in outs]
         return outs, out_perms
 
     def run_subgraph(self, graph: Graph, feeds: list[Any]) -> list[Any]:
@@ -273,7 +273,7 @@ def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
-    if _family(np.dtype(dtype)) != _family(spec.dtype):
+    if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
         raise InvalidInputError(
             f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
 

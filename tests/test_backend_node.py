@@ -1,0 +1,58 @@
+"""The official ONNX backend node tests (``onnx.backend.test``) through ``onnx2flax.backend``.
+
+Each test converts a one-op model (or its expanded function body) with the default
+``convert`` and compares ``.run`` (ONNX layout) with the suite's reference outputs, using the
+onnx runner's comparison (``rtol=1e-3, atol=1e-7``).
+
+Tests listed in ``conformance_expected_failures.txt`` are skipped; each has its reason there.
+That file and ``docs/conformance.md`` are written by ``scripts/conformance.py``.
+
+The whole suite (~1900 models, one conversion and compilation each) takes too long for the
+default run, so it is marked ``conformance`` (``pytest -m conformance tests/test_backend_node.py``).
+The default run keeps a representative subset: for every op, the first two of its own
+(not expanded) tests that are not expected to fail, on CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import onnx.backend.test
+import pytest
+from conformance_cases import expected_failures, is_expanded, op_of
+
+from onnx2flax.backend import OnnxFlaxBackend
+
+_PER_OP = 2
+
+backend_test = onnx.backend.test.BackendTest(OnnxFlaxBackend, __name__)
+_failing = expected_failures()
+if _failing:
+    backend_test.exclude("^(?:" + "|".join(map(re.escape, _failing)) + ")_(?:cpu|cuda)$")
+
+
+def _fast_subset(names: list[str]) -> set[str]:
+    chosen: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(names):
+        base = name.removesuffix("_cpu")
+        if base == name or base in _failing or is_expanded(base):
+            continue
+        picks = chosen[op_of(base)]
+        if len(picks) < _PER_OP:
+            picks.append(name)
+    return {name for picks in chosen.values() for name in picks}
+
+
+def _node_tests() -> type:
+    """The suite's node-test class, every test outside the fast subset marked."""
+    cls = backend_test.test_cases["OnnxBackendNodeModelTest"]
+    names = [n for n in vars(cls) if n.startswith("test_")]
+    fast = _fast_subset(names)
+    for name in names:
+        if name not in fast:
+            setattr(cls, name, pytest.mark.conformance(getattr(cls, name)))
+    return cls
+
+
+OnnxBackendNodeModelTest = _node_tests()
