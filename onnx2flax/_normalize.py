@@ -194,11 +194,7 @@ def _outer_reads(nodes: list[Node], known: set[str]) -> set[str]:
     produced = set(known)
     reads: set[str] = set()
     for node in nodes:
-        reads.update(i for i in node.inputs if i and i not in produced)
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    reads.update(n for n in sub.outer if n not in produced)
+        reads.update(n for n in node.reads() if n not in produced)
         produced.update(node.outputs)
     return reads
 
@@ -216,16 +212,8 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
                     "defined by another node, input or initializer")
             producer[out] = node
 
-    def deps(node: Node) -> list[str]:
-        names = [i for i in node.inputs if i]
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    names.extend(sub.outer)
-        return names
-
     for node in nodes:
-        for name in deps(node):
+        for name in node.reads():
             if name not in producer and name not in known and name not in outer:
                 raise InvalidModelError(
                     f"{node_label(node.name, node.op_type)} reads {name!r}, which no node, "
@@ -240,7 +228,7 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
                 if state.get(id(node)) == 2:
                     continue
                 state[id(node)] = 1
-            names = deps(node)
+            names = node.reads()
             while i < len(names):
                 dep = producer.get(names[i])
                 i += 1
@@ -299,7 +287,6 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
                     graph.origins[name] = origin
                     graph.folded[name] = node
             continue
-        _drop_computed_zero_bias(graph, node)
         kept.append(node)
     graph.nodes = kept
 
@@ -344,17 +331,6 @@ def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
         else:
             return None
     return None
-
-
-def _drop_computed_zero_bias(graph: Graph, node: Node) -> None:
-    """A Conv bias of zeros that the exporter computed (no initializer behind it) is no
-    bias: the layer then has none, like the bias-free PyTorch layer it came from."""
-    if node.op_type in ("Conv", "ConvTranspose") and not node.domain and len(node.inputs) == 3:
-        bias = node.inputs[2]
-        value = graph.constants.get(bias)
-        if (value is not None and bias not in graph.initializers and bias not in graph.origins
-                and not value.any()):
-            node.inputs = node.inputs[:2]
 
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:

@@ -142,19 +142,12 @@ def plan(graph: Graph) -> Program:
         spec = lookup(node.domain, node.op_type, graph.opset)
         static = spec.static_inputs if spec else ()
         # Weights read inside If/Loop/Scan bodies (position None) are params too.
-        reads = [*enumerate(node.inputs), *((None, n) for n in _subgraph_reads(node))]
+        reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
         for k, name in reads:
             if (id(node), k) in consumed or k in static or name in free or not _is_weight(graph, name):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
     return Program(graph, layers, free, _spatial_inputs(graph))
-
-
-def _subgraph_reads(node: Node) -> list[str]:
-    """Names of the enclosing graph that ``node``'s subgraphs read."""
-    return [name for value in node.attrs.values()
-            for sub in (value if isinstance(value, list) else [value]) if isinstance(sub, Graph)
-            for name in sub.outer]
 
 
 def _unchanged(value: np.ndarray) -> np.ndarray:
