@@ -1,18 +1,29 @@
 """onnx2flax: convert ONNX graphs into Flax (JAX) modules with Flax-layout weights.
 
-Public API: :func:`convert` / :class:`ConvertedModel`, :func:`export` (PyTorch -> ONNX that
-keeps parameter names and BatchNorm), :func:`compare` (against onnxruntime and torch), and
-the exception classes in :mod:`onnx2flax.errors`.
+Public API:
+
+- :func:`convert` -> :class:`ConvertedModel` (``.module``, ``.variables``, ``.inputs``,
+  ``.outputs``, ``.run``);
+- :func:`export`: PyTorch -> ONNX keeping parameter names and BatchNorm;
+- :func:`compare` -> :class:`ComparisonReport`: onnx2flax vs onnxruntime (and torch),
+  per output or per node;
+- :func:`summarize` -> :class:`ModelSummary`: ops, support, inputs, outputs, parameter count;
+- the exceptions of :mod:`onnx2flax.errors`.
 """
 
+from ._compare import Comparison, ComparisonReport, compare, random_feeds
+from ._export import export
+from ._inspect import ModelSummary, summarize
 from .converter import ConvertedModel, TensorSpec, convert
-from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
-                     ResourceLimitError, UnsupportedOpError)
+from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
+                     OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvertedModel", "TensorSpec", "convert",
+    "ConvertedModel", "TensorSpec", "convert", "export",
+    "Comparison", "ComparisonReport", "compare", "random_feeds",
+    "ModelSummary", "summarize",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
-    "ResourceLimitError",
+    "ResourceLimitError", "OutputExistsError", "UnsafePathError", "InternalError",
 ]

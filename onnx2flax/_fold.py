@@ -7,11 +7,14 @@ arithmetic keeps ONNX's int64 semantics instead of JAX's default int32.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
+import onnx
 from onnx.reference import ReferenceEvaluator
 
+from . import _load
 from ._graph import Node
-from ._load import MAX_ELEMENTS
 from .errors import InvalidModelError, ResourceLimitError, node_label
 
 # Ops that must never be folded: random, or with subgraphs / side channels.
@@ -22,26 +25,31 @@ _NEVER_FOLD = {
     "SequenceLength", "SequenceErase", "Optional", "OptionalGetElement", "OptionalHasElement",
 }
 
-_evaluators: dict[tuple[int, tuple], ReferenceEvaluator] = {}
+# One evaluator per node and opsets, dropped with the node (keys by id() would be reused).
+_evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = \
+    weakref.WeakKeyDictionary()
 
 
 def foldable(node: Node) -> bool:
+    """Default-domain ops ONNX defines (unknown ones are left for ``check_supported`` to
+    report with all the others)."""
     return node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD \
-        and node.proto is not None
+        and node.proto is not None and onnx.defs.has(node.op_type)
 
 
 def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:
     """Run one node on NumPy inputs (``None`` for omitted optional inputs)."""
     _check_output_size(node, inputs)
-    key = (id(node.proto), tuple(sorted(opsets.items())))
-    evaluator = _evaluators.get(key)
+    cache = _evaluators.setdefault(node, {})
+    key = tuple(sorted(opsets.items()))
+    evaluator = cache.get(key)
     if evaluator is None:
         try:
-            evaluator = ReferenceEvaluator(node.proto, opsets=dict(opsets))
+            evaluator = ReferenceEvaluator(_as_graph(node), opsets=dict(opsets))
         except Exception as exc:
             raise InvalidModelError(
                 f"{node_label(node.name, node.op_type)} cannot be evaluated: {exc}") from None
-        _evaluators[key] = evaluator
+        cache[key] = evaluator
     feeds = {name: value for name, value in zip(node.inputs, inputs) if name and value is not None}
     try:
         outputs = evaluator.run(None, feeds)
@@ -52,36 +60,104 @@ def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) ->
             f"{node_label(node.name, node.op_type)} failed on constant inputs "
             f"{[None if v is None else v.shape for v in inputs]}: {type(exc).__name__}: {exc}"
         ) from None
-    return [np.asarray(out) for out in outputs]
+    outputs = [np.asarray(out) for out in outputs]
+    for out in outputs:
+        _check_count(node, list(out.shape), float(out.size))
+    return outputs
+
+
+def _as_graph(node: Node) -> onnx.GraphProto:
+    """``node`` alone in a graph: given a bare NodeProto the reference evaluator ignores
+    ``opsets`` and runs the newest op version (Unsqueeze-13 for an opset-9 Unsqueeze)."""
+    inputs = [onnx.ValueInfoProto(name=n) for n in dict.fromkeys(node.inputs) if n]
+    outputs = [onnx.ValueInfoProto(name=n) for n in node.outputs if n]
+    return onnx.helper.make_graph([node.proto], "fold", inputs, outputs)
 
 
 def _check_output_size(node: Node, inputs: list[np.ndarray | None]) -> None:
-    """Refuse, before allocating, ops whose output size comes from a value."""
-    op = node.op_type
-    shape = None
-    if op == "ConstantOfShape" and inputs and inputs[0] is not None:
-        shape = [int(d) for d in np.asarray(inputs[0]).reshape(-1)]
-    elif op == "Expand" and len(inputs) == 2 and inputs[1] is not None:
-        target = [int(d) for d in np.asarray(inputs[1]).reshape(-1)]
-        data = list(np.shape(inputs[0]))
-        n = max(len(target), len(data))
-        target = [1] * (n - len(target)) + target
-        data = [1] * (n - len(data)) + data
-        shape = [max(a, b) if min(a, b) >= 0 else min(a, b) for a, b in zip(data, target)]
-    elif op == "Tile" and len(inputs) == 2 and inputs[1] is not None:
-        reps = [int(r) for r in np.asarray(inputs[1]).reshape(-1)]
-        shape = [d * r for d, r in zip(np.shape(inputs[0]), reps)]
-    elif op == "Range" and len(inputs) == 3 and all(v is not None for v in inputs):
-        start, limit, delta = (np.asarray(v).item() for v in inputs)
-        if delta == 0:
-            raise InvalidModelError(f"{node_label(node.name, op)}: delta is zero")
-        shape = [max(int(np.ceil((limit - start) / delta)), 0)]
-    if shape is None:
-        return
-    if any(d < 0 for d in shape):
-        raise InvalidModelError(f"{node_label(node.name, op)}: negative output dims {shape}")
-    count = float(np.prod(shape, dtype=np.float64)) if shape else 1.0
-    if count > MAX_ELEMENTS:
+    """Refuse, before allocating, ops whose output size comes from a value (or from
+    broadcasting inputs against each other)."""
+    try:
+        shape = _output_shape(node, inputs)
+    except (TypeError, ValueError, OverflowError, IndexError) as exc:
+        raise InvalidModelError(f"{node_label(node.name, node.op_type)}: its output size cannot "
+                                f"be computed from its inputs ({exc})") from None
+    if shape is not None:
+        if not all(0 <= d < np.inf for d in shape):  # also catches NaN
+            raise InvalidModelError(
+                f"{node_label(node.name, node.op_type)}: output dims {shape} are not sizes")
+        _check_count(node, shape, float(np.prod(shape, dtype=np.float64)) if shape else 1.0)
+
+
+def _check_count(node: Node, shape: list, count: float) -> None:
+    if count > _load.MAX_ELEMENTS:
         raise ResourceLimitError(
-            f"{node_label(node.name, op)} would create a tensor of shape {shape} "
-            f"({count:.3g} elements, limit {MAX_ELEMENTS})")
+            f"{node_label(node.name, node.op_type)} would create a tensor of shape {shape} "
+            f"({count:.3g} elements, limit {_load.MAX_ELEMENTS})")
+
+
+def _ints(value) -> list[int]:
+    return [int(d) for d in np.asarray(value).reshape(-1)]
+
+
+def _output_shape(node: Node, inputs: list[np.ndarray | None]) -> list[float] | None:
+    """The output shape of size-creating ops, from their (constant) inputs; float dims so
+    that absurd sizes cannot overflow."""
+    op = node.op_type
+    shapes = [list(np.shape(v)) for v in inputs if v is not None]
+    given = [v is not None for v in inputs]
+    if op == "ConstantOfShape" and given[:1] == [True]:
+        return _ints(inputs[0])
+    if op == "Expand" and given[:2] == [True, True]:
+        return _broadcast([shapes[0], _ints(inputs[1])])
+    if op == "Tile" and given[:2] == [True, True]:
+        return [d * r for d, r in zip(shapes[0], _ints(inputs[1]))]
+    if op == "Range" and len(inputs) == 3 and all(given):
+        start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in inputs)
+        if delta == 0 or not np.isfinite([start, limit, delta]).all():
+            raise ValueError(f"start {start}, limit {limit}, delta {delta} give no finite range")
+        return [max(np.ceil((limit - start) / delta), 0.0)]
+    if op == "Pad" and given[:1] == [True]:
+        pads = _ints(inputs[1]) if len(inputs) > 1 and given[1] else _ints(node.attrs.get("pads", []))
+        rank = len(shapes[0])
+        if len(pads) == 2 * rank:
+            return [float(d + a + b) for d, a, b in zip(shapes[0], pads[:rank], pads[rank:])]
+        return None
+    if op in ("Resize", "Upsample") and given[:1] == [True]:
+        rank = len(shapes[0])
+        if len(inputs) > 3 and given[3] and np.size(inputs[3]):
+            return [float(d) for d in _ints(inputs[3])]
+        scales = next((np.asarray(v, np.float64).reshape(-1) for v in inputs[1:3]
+                       if v is not None and np.size(v) == rank and np.asarray(v).dtype.kind == "f"),
+                      None)
+        if scales is not None:
+            return [np.floor(d * s) for d, s in zip(shapes[0], scales)]
+        return None
+    if op == "OneHot" and len(inputs) > 1 and all(given[:2]):
+        return shapes[0] + [float(np.abs(np.asarray(inputs[1])).reshape(-1)[0])]
+    if op in ("MatMul", "Gemm") and len(shapes) >= 2 and all(len(s) >= 2 for s in shapes[:2]):
+        a, b = shapes[:2]
+        rows = a[-1] if node.attrs.get("transA") == 1 else a[-2]
+        cols = b[-2] if node.attrs.get("transB") == 1 else b[-1]
+        batch = _broadcast([a[:-2], b[:-2]]) if len(a) + len(b) > 4 else []
+        return None if batch is None else batch + [float(rows), float(cols)]
+    if op in _BROADCASTING and len(shapes) >= 2:
+        return _broadcast(shapes)
+    return None
+
+
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Where", "Equal", "Less",
+                 "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
+                 "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Max", "Min", "Mean", "Sum", "PRelu"}
+
+
+def _broadcast(shapes: list[list[int]]) -> list[float] | None:
+    """NumPy broadcasting of ``shapes`` (``None`` when they do not broadcast)."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*[[1] * (rank - len(s)) + list(s) for s in shapes]):
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            return None
+        out.append(float(big.pop() if big else 1))
+    return out

@@ -50,6 +50,16 @@ class Node:
     def key(self) -> tuple[str, str]:
         return (self.domain, self.op_type)
 
+    def subgraphs(self) -> list[Graph]:
+        """The graphs held by attributes (If branches, Loop and Scan bodies)."""
+        return [sub for value in self.attrs.values()
+                for sub in (value if isinstance(value, list) else [value])
+                if isinstance(sub, Graph)]
+
+    def reads(self) -> list[str]:
+        """Every name the node reads: its inputs, and what its subgraphs read from outside."""
+        return [i for i in self.inputs if i] + [n for sub in self.subgraphs() for n in sub.outer]
+
 
 @dataclass(eq=False)
 class Graph:
@@ -58,7 +68,8 @@ class Graph:
     ``constants`` holds every tensor known at conversion time (initializers, Constant
     nodes and folded constant subgraphs); ``initializers`` names those that were
     initializers in the file. ``origins`` maps a folded tensor to the
-    initializer it was computed from, so parameters keep their PyTorch names.
+    initializer it was computed from, so parameters keep their PyTorch names, and
+    ``folded`` the node that computed it (to map values back onto the initializer).
     ``outer`` lists names a subgraph reads from its enclosing graph.
     """
 
@@ -69,6 +80,7 @@ class Graph:
     constants: dict[str, np.ndarray]
     opsets: dict[str, int]
     origins: dict[str, str] = field(default_factory=dict)
+    folded: dict[str, Node] = field(default_factory=dict)
     initializers: frozenset[str] = frozenset()
     outer: list[str] = field(default_factory=list)
 

@@ -6,9 +6,12 @@ folder: absolute locations, ``..`` and links that leave the folder are refused.
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
@@ -45,7 +48,24 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
         raise InvalidModelError(f"{where} is not a valid ONNX protobuf: {exc}") from None
     if not proto.HasField("graph"):
         raise InvalidModelError(f"{where} holds no graph (is it an ONNX model file?)")
+    _check_text(proto, where)
     return proto
+
+
+def _check_text(message, where: str) -> None:
+    """Refuse string fields that are not UTF-8 (the parser hands them back as bytes)."""
+    for field, value in message.ListFields():
+        repeated = (field.is_repeated if hasattr(field, "is_repeated")  # protobuf >= 5
+                    else field.label == field.LABEL_REPEATED)
+        if field.type == field.TYPE_STRING:
+            values = value if repeated else [value]
+            bad = next((v for v in values if not isinstance(v, str)), None)
+            if bad is not None:
+                raise InvalidModelError(f"{where}: field {field.full_name!r} holds invalid "
+                                        f"UTF-8 text {bytes(bad)[:40]!r}")
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if repeated else [value]:
+                _check_text(item, where)
 
 
 def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None, what: str) -> np.ndarray:
@@ -104,3 +124,27 @@ def _read_external(tensor: onnx.TensorProto, dims: list[int], dtype: np.dtype,
     if count == 0:
         return np.zeros(dims, dtype)
     return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(dims))
+
+
+def _mapping(array: np.ndarray) -> mmap.mmap | None:
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base if isinstance(base, mmap.mmap) else None
+
+
+def to_device(array: np.ndarray) -> jax.Array:
+    """``array`` as a device array, copied once (a transposed view straight into C order).
+
+    Arrays of external data are always copied out of the read-only file mapping (JAX may
+    alias host memory, and a donated buffer must never be the model file). Afterwards the
+    file's pages are released so they do not stay counted in the process's memory next to
+    the copy (a later read of ``array`` pages them in again).
+    """
+    mapping = _mapping(array)
+    if mapping is None:
+        return jnp.asarray(array)  # XLA transposes faster than np.ascontiguousarray
+    out = jnp.array(array, copy=True)
+    if hasattr(mmap, "MADV_DONTNEED") and not mapping.closed:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    return out

@@ -11,16 +11,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _layout
+from . import _layout, _load
 from ._fold import fold, foldable
 from ._graph import Graph, Node, TensorSpec
 from ._plan import LayerPlan, Program
-from ._registry import OpSpec, lookup
-from .errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
+from ._registry import OpSpec, guarded, lookup
+from .errors import (InvalidInputError, InvalidModelError, ResourceLimitError,
                      UnsupportedOpError, node_label)
 
 _REQUIRED = object()
@@ -91,14 +90,7 @@ class OpContext:
     def layer(self, cls: type[nn.Module], *args, call_kwargs: dict | None = None, **kwargs):
         """Create the node's planned layer ``cls(**kwargs)`` with its weights as
         initializers, and call it on ``args``."""
-        plan = self.layer_plan
-        inits = {f"{leaf}_init": _const_init(value)
-                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
-
-        def make(scope: nn.Module):
-            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **(call_kwargs or {}))
-
-        return self._interp.in_scope(plan.path[:-1], make)
+        return self._interp.call_layer(self.layer_plan, cls, args, kwargs, call_kwargs or {})
 
     def make_rng(self, name: str = "dropout"):
         return self._interp.module.make_rng(name)
@@ -134,7 +126,19 @@ class _Interpreter:
         self.graph = program.graph
         self.train = train
         self.top = True
+        # apply(..., mutable=['intermediates']) records every node output in ONNX layout.
+        self.record = module.is_mutable_collection("intermediates")
         self._roots: dict[str, _Namespace] = {}
+
+    def call_layer(self, plan: LayerPlan, cls: type[nn.Module], args: tuple, kwargs: dict,
+                   call_kwargs: dict):
+        inits = {f"{leaf}_init": _const_init(value)
+                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
+
+        def make(scope: nn.Module):
+            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **call_kwargs)
+
+        return self.in_scope(plan.path[:-1], make)
 
     def in_scope(self, prefix: tuple[str, ...], fn: Callable[[nn.Module], Any]):
         if not prefix:
@@ -185,6 +189,8 @@ class _Interpreter:
         for name, value, perm in zip(node.outputs, outs, perms):
             if name:
                 env.values[name] = (value, perm)
+                if self.record:
+                    self.module.sow("intermediates", name, jnp.asarray(_layout.to_onnx(value, perm)))
 
     def _call(self, spec: OpSpec, node: Node, held: list):
         arrays = [a for a, _ in held]
@@ -192,7 +198,7 @@ class _Interpreter:
         layout = spec.layout
         out_perm = None
         if layout == "onnx":
-            arrays = [a if a is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
+            arrays = [a if p is None else _layout.to_onnx(a, p) for a, p in zip(arrays, perms)]
         elif layout == "elementwise":
             out_perm = _common_perm(arrays, perms)
             arrays = [a if a is None else _layout.broadcast_to_perm(a, p, out_perm)
@@ -204,23 +210,23 @@ class _Interpreter:
                 out_perm = _layout.channels_last(np.ndim(arrays[0]))
                 arrays[0] = _layout.convert(arrays[0], perms[0], out_perm)
         ctx = OpContext(self, node, spec, perms)
-        try:
-            result = spec.fn(ctx, *arrays)
-        except OnnxConversionError:
-            raise
-        except (TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
-            shapes = [None if a is None else tuple(np.shape(a)) for a in arrays]
-            raise InvalidModelError(
-                f"{node_label(node.name, node.op_type)} failed on inputs of shapes {shapes}: "
-                f"{type(exc).__name__}: {exc}") from None
+        result = guarded(node, arrays, spec.fn, ctx, *arrays)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for out in outs:  # shapes are static under trace: refuse before XLA allocates
+            if not isinstance(out, list) and np.size(out) > _load.MAX_ELEMENTS:
+                raise ResourceLimitError(
+                    f"{node_label(node.name, node.op_type)} would create a tensor of shape "
+                    f"{list(np.shape(out))} ({np.size(out):.3g} elements, limit "
+                    f"{_load.MAX_ELEMENTS})")
         if ctx.out_perms is not None:
             out_perms = list(ctx.out_perms)
         elif out_perm is not None:
             out_perms = [out_perm if np.ndim(o) == len(out_perm) else _layout.identity(np.ndim(o))
                          for o in outs]
         else:
-            out_perms = [_layout.identity(np.ndim(o)) for o in outs]
+            # A sequence (a Python list of tensors, ops/sequence.py) has no layout.
+            out_perms = [None if isinstance(o, list) else _layout.identity(np.ndim(o))
+                         for o in outs]
         return outs, out_perms
 
     def run_subgraph(self, graph: Graph, feeds: list[Any]) -> list[Any]:
@@ -228,12 +234,14 @@ class _Interpreter:
         for spec, value in zip(graph.inputs, feeds):
             env.values[spec.name] = (value, _layout.identity(np.ndim(value)))
         outer_top, self.top = self.top, False
+        outer_record, self.record = self.record, False
         outer_env, self._current_env = self._current_env, env
         try:
             self.run(env, graph)
             return [_layout.to_onnx(*env.get(o.name)) for o in graph.outputs]
         finally:
             self.top, self._current_env = outer_top, outer_env
+            self.record = outer_record
 
     _current_env: _Env | None = None
 
@@ -250,6 +258,9 @@ def _common_perm(arrays, perms) -> _layout.Perm:
 
 def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
     """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
     shape = tuple(np.shape(value))
     layout = _layout.channels_last(len(shape)) if channels_last else None
     if spec.shape is not None:
@@ -264,9 +275,6 @@ def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
                 raise InvalidInputError(
                     f"input {spec.name!r} has shape {list(onnx_shape)} in ONNX order, but "
                     f"dim {axis} must be {want} (expected {list(spec.shape)})")
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:
-        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
     if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
         raise InvalidInputError(
             f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
@@ -71,15 +72,21 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
                   outer: frozenset[str]) -> Graph:
     constants: dict[str, np.ndarray] = {}
     for init in g.initializer:
+        if init.name in constants:
+            raise InvalidModelError(f"initializer {init.name!r} is defined twice")
         constants[init.name] = tensor_to_array(init, base_dir, f"initializer {init.name!r}")
     if len(g.sparse_initializer):
         raise UnsupportedOpError("sparse initializers are not supported")
     inputs = [_spec(i, "graph input") for i in g.input if i.name not in constants]
     outputs = [_spec(o, "graph output") for o in g.output]
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names) or "" in names:
+        raise InvalidModelError(f"graph inputs must have distinct, non-empty names, got {names}")
 
     nodes = []
     for index, proto in enumerate(g.node):
         name = proto.name or f"{proto.op_type}_{index}"
+        _check_schema(proto, name, opsets)
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}
         nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
@@ -94,8 +101,21 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         if out.name not in produced:
             raise InvalidModelError(f"graph output {out.name!r} is produced by no node, "
                                     "input or initializer")
-    _fold_constants(graph)
+    _fold_constants(graph, _declared_dtypes(g))
     return graph
+
+
+def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:
+    """Element types the file declares for inputs and intermediate values (value_info)."""
+    out = {}
+    for info in (*g.input, *g.value_info):
+        if info.type.WhichOneof("value") == "tensor_type":
+            try:
+                out[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(
+                    info.type.tensor_type.elem_type))
+            except (KeyError, ValueError, TypeError):
+                continue
+    return out
 
 
 def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, base_dir, outer,
@@ -130,15 +150,51 @@ def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, bas
     return value
 
 
+def _check_schema(proto: onnx.NodeProto, name: str, opsets: dict[str, int]) -> None:
+    """Input/output counts and attribute names and types against the ONNX schema of a
+    default-domain op, so handlers can rely on them. Unknown ops are left to
+    ``check_supported``, which reports them all at once."""
+    if proto.domain not in ("", "ai.onnx"):
+        return
+    opset = opsets[""]
+    try:
+        schema = onnx.defs.get_schema(proto.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return
+    label = f"{node_label(name, proto.op_type)} (opset {opset})"
+    for kind, given, low, high in (("inputs", len(proto.input), schema.min_input, schema.max_input),
+                                   ("outputs", len(proto.output), schema.min_output,
+                                    schema.max_output)):
+        if not low <= given <= high:
+            raise InvalidModelError(f"{label} has {given} {kind}; the op takes "
+                                    f"{low}{'' if low == high else f' to {high}'}")
+    for index, (formal, given) in enumerate(zip(schema.inputs, proto.input)):
+        if not given and formal.option == onnx.defs.OpSchema.FormalParameterOption.Single:
+            raise InvalidModelError(f"{label}: input {index} ({formal.name}) is required but "
+                                    "its name is empty")
+    seen = set()
+    for a in proto.attribute:
+        spec = schema.attributes.get(a.name)
+        if a.name in seen:
+            raise InvalidModelError(f"{label} has attribute {a.name!r} twice")
+        seen.add(a.name)
+        if spec is None:
+            raise InvalidModelError(f"{label} has attribute {a.name!r}, which the op does not "
+                                    f"define (it knows {sorted(schema.attributes)})")
+        if a.type != int(spec.type):
+            raise InvalidModelError(
+                f"attribute {a.name!r} of {label} must be of type {spec.type.name}, found "
+                f"{onnx.AttributeProto.AttributeType.Name(a.type)}")
+    missing = sorted(k for k, spec in schema.attributes.items() if spec.required and k not in seen)
+    if missing:
+        raise InvalidModelError(f"{label} lacks required attribute(s) {missing}")
+
+
 def _outer_reads(nodes: list[Node], known: set[str]) -> set[str]:
     produced = set(known)
     reads: set[str] = set()
     for node in nodes:
-        reads.update(i for i in node.inputs if i and i not in produced)
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    reads.update(n for n in sub.outer if n not in produced)
+        reads.update(n for n in node.reads() if n not in produced)
         produced.update(node.outputs)
     return reads
 
@@ -156,16 +212,8 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
                     "defined by another node, input or initializer")
             producer[out] = node
 
-    def deps(node: Node) -> list[str]:
-        names = [i for i in node.inputs if i]
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    names.extend(sub.outer)
-        return names
-
     for node in nodes:
-        for name in deps(node):
+        for name in node.reads():
             if name not in producer and name not in known and name not in outer:
                 raise InvalidModelError(
                     f"{node_label(node.name, node.op_type)} reads {name!r}, which no node, "
@@ -180,7 +228,7 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
                 if state.get(id(node)) == 2:
                     continue
                 state[id(node)] = 1
-            names = deps(node)
+            names = node.reads()
             while i < len(names):
                 dep = producer.get(names[i])
                 i += 1
@@ -201,37 +249,88 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
 
 def _constant_value(node: Node) -> np.ndarray:
     attrs = node.attrs
+    label = node_label(node.name, node.op_type)
+    if len(attrs) != 1:
+        raise InvalidModelError(f"{label} must have exactly one value attribute, found "
+                                f"{sorted(attrs)}")
     if "value" in attrs:
         return np.asarray(attrs["value"])
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
                        ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
-    raise UnsupportedOpError(
-        f"{node_label(node.name, node.op_type)} has none of the attributes value, value_float(s),"
-        f" value_int(s) (found {sorted(attrs)})")
+    raise UnsupportedOpError(f"{label}: only numeric values are supported (value, value_float(s),"
+                             f" value_int(s)), found {sorted(attrs)}")
 
 
-def _fold_constants(graph: Graph) -> None:
+def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
     kept = []
     consts = graph.constants
+    producers = {o: n for n in graph.nodes for o in n.outputs if o}
     for node in graph.nodes:
         if node.op_type == "Constant" and node.domain == "":
             consts[node.outputs[0]] = _constant_value(node)
             continue
         ins = [i for i in node.inputs if i]
+        like = _cast_like_dtype(graph, node, producers, dtypes)
+        if like is not None:  # CastLike(constant, input): only the input's dtype is read
+            consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
+            continue
         if foldable(node) and all(i in consts for i in ins):
             values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
-            origin = _origin(graph, ins)
+            origin = _origin(graph, [i for i in ins if i in consts])
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
+                    graph.folded[name] = node
             continue
         kept.append(node)
     graph.nodes = kept
+
+
+# Ops whose (first) output has the dtype of input 0 (Where: of input 1).
+_SAME_DTYPE = frozenset(
+    "Abs Add AveragePool BatchNormalization Ceil Clip Concat Conv ConvTranspose Div Dropout Elu "
+    "Erf Exp Expand Flatten Floor Gather Gelu Gemm GlobalAveragePool GlobalMaxPool "
+    "GroupNormalization HardSigmoid HardSwish Identity InstanceNormalization LayerNormalization "
+    "LeakyRelu Log LogSoftmax MatMul Max MaxPool Min Mish Mul Neg Pad Pow PRelu ReduceMax "
+    "ReduceMean ReduceMin ReduceSum Relu Reshape Resize Selu Sigmoid Sin Cos Slice Softmax "
+    "Softplus Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze".split())
+
+
+def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
+                     declared: dict[str, np.dtype]) -> np.dtype | None:
+    """The target dtype of a CastLike whose data is constant and whose type source has a
+    dtype known without running the graph (declared in the file, or followed back through
+    dtype-preserving ops), else None. Dynamo exports make the zero bias of every bias-free
+    Conv as ``CastLike(0, activation)``."""
+    if node.op_type != "CastLike" or node.domain or len(node.inputs) != 2 \
+            or node.inputs[0] not in graph.constants:
+        return None
+    name = node.inputs[1]
+    for _ in range(len(producers) + 1):
+        if name in declared:
+            return declared[name]
+        if name in graph.constants:
+            return graph.constants[name].dtype
+        source = producers.get(name)
+        if source is None or source.domain or source.outputs[0] != name or not source.inputs:
+            return None
+        if source.op_type == "Where" and len(source.inputs) == 3:
+            name = source.inputs[1]
+        elif source.op_type in _SAME_DTYPE:
+            name = source.inputs[0]
+        elif source.op_type == "Cast":
+            try:
+                return np.dtype(helper.tensor_dtype_to_np_dtype(int(source.attrs.get("to", 1))))
+            except (KeyError, ValueError, TypeError):
+                return None
+        else:
+            return None
+    return None
 
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:

@@ -9,13 +9,14 @@ tokens). Integer and scalar constants stay NumPy constants of the trace.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import jax.numpy as jnp
 import numpy as np
 
 from ._graph import Graph, Node
-from ._registry import lookup
+from ._load import to_device
+from ._registry import guarded, lookup
 
 Path = tuple[str, ...]
 
@@ -27,11 +28,16 @@ _ANONYMOUS = re.compile(r"^(onnx::|val_|_v_|const|\d+$|_)", re.IGNORECASE)
 
 @dataclass
 class LayerPlan:
-    """A weighted node: its Flax path and its variables in Flax layout."""
+    """A weighted node: its Flax path and its variables in Flax layout.
+
+    ``sources`` maps a leaf to the ONNX tensor it was made from and the function turning the
+    Flax-layout leaf back into that tensor's layout (see ``onnx2flax.torch_state``).
+    """
 
     path: Path
     params: dict[str, np.ndarray]
     batch_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -48,27 +54,30 @@ class Program:
     spatial_inputs: frozenset[str]
     output_channels_last: dict[str, bool] = field(default_factory=dict)
 
-    def variables(self) -> dict[str, dict]:
-        """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``."""
-        params: dict = {}
-        stats: dict = {}
-        for layer in self.layers.values():
-            for leaf, value in layer.params.items():
-                _insert(params, layer.path + (leaf,), value)
-            for leaf, value in layer.batch_stats.items():
-                _insert(stats, layer.path + (leaf,), value)
-        for name, path in self.free_params.items():
-            _insert(params, path, self.graph.constants[name])
-        out = {"params": params}
-        if stats:
-            out["batch_stats"] = stats
+    def variables(self, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+        """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``.
+
+        Each array is copied once into its device buffer (see ``_load.to_device``).
+        ``progress(done, total)`` is called after each array.
+        """
+        leaves = [("params", layer.path + (leaf,), value)
+                  for layer in self.layers.values() for leaf, value in layer.params.items()]
+        leaves += [("batch_stats", layer.path + (leaf,), value)
+                   for layer in self.layers.values() for leaf, value in layer.batch_stats.items()]
+        leaves += [("params", path, self.graph.constants[name])
+                   for name, path in self.free_params.items()]
+        out: dict[str, dict] = {"params": {}}
+        for done, (collection, path, value) in enumerate(leaves, 1):
+            _insert(out.setdefault(collection, {}), path, value)
+            if progress is not None:
+                progress(done, len(leaves))
         return out
 
 
 def _insert(tree: dict, path: Path, value: np.ndarray) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
-    tree[path[-1]] = jnp.asarray(value)
+    tree[path[-1]] = to_device(value)
 
 
 def _parts(name: str) -> list[str]:
@@ -84,9 +93,13 @@ class _Names:
         self._prefixes: set[Path] = set()
 
     def take(self, path: Path) -> Path:
+        # under a leaf (a free 'fc.bias' next to layer 'fc'): join the parts below it
+        # ('fc_bias'), as renaming only the last part could never succeed
+        cut = next((i for i in range(1, len(path)) if path[:i] in self._leaves), None)
+        if cut is not None:
+            path = path[:cut - 1] + ("_".join(path[cut - 1:]),)
         candidate, n = path, 0
-        while candidate in self._leaves or candidate in self._prefixes or any(
-                candidate[:i] in self._leaves for i in range(1, len(candidate))):
+        while candidate in self._leaves or candidate in self._prefixes:
             n += 1
             candidate = path[:-1] + (f"{path[-1]}_{n}",)
         self._leaves.add(candidate)
@@ -113,23 +126,32 @@ def plan(graph: Graph) -> Program:
         if spec is None or spec.params is None:
             continue
         weights = [graph.constants.get(i) if i else None for i in node.inputs]
-        built = spec.params(node, weights)
+        built = guarded(node, weights, spec.params, node, weights)
         if built is None:
             continue
         first = next(i for i, w in zip(node.inputs[1:], weights[1:]) if w is not None)
         path = names.take(_layer_path(node, graph.origins.get(first, first)))
-        layers[node] = LayerPlan(path, built.get("params", {}), built.get("batch_stats", {}))
+        sources = {leaf: (node.inputs[k], inverse or _unchanged)
+                   for leaf, (k, inverse) in built.get("sources", {}).items()}
+        layers[node] = LayerPlan(path, built.get("params", {}), built.get("batch_stats", {}),
+                                 sources)
         consumed.update((id(node), k) for k in range(1, len(node.inputs)))
 
     free: dict[str, Path] = {}
     for node in graph.nodes:
         spec = lookup(node.domain, node.op_type, graph.opset)
         static = spec.static_inputs if spec else ()
-        for k, name in enumerate(node.inputs):
+        # Weights read inside If/Loop/Scan bodies (position None) are params too.
+        reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
+        for k, name in reads:
             if (id(node), k) in consumed or k in static or name in free or not _is_weight(graph, name):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
     return Program(graph, layers, free, _spatial_inputs(graph))
+
+
+def _unchanged(value: np.ndarray) -> np.ndarray:
+    return value
 
 
 def _is_weight(graph: Graph, name: str) -> bool:

@@ -17,7 +17,10 @@ newest handler at or below its opset. Handlers also declare how they treat layou
 Ops with weights also register a ``params`` builder: a function of ``(node, weights)``
 (weights: the node's constant inputs, ``None`` where not constant) returning
 ``{"params": {...}, "batch_stats": {...}}`` in Flax layout, or ``None`` when the node has no
-constant weight to turn into a layer.
+constant weight to turn into a layer. It may add ``"sources": {leaf: (input_index, inverse)}``
+saying which input each leaf was made from and how to undo the layout change (``inverse``
+maps the Flax-layout leaf back to the input's ONNX layout; ``None`` for unchanged); leaves
+without a source cannot be written back (``onnx2flax.torch_state``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import jax
+import numpy as np
+
 from ._graph import Graph, Node
-from .errors import UnsupportedOpError
+from .errors import (InternalError, InvalidModelError, OnnxConversionError, ResourceLimitError,
+                     UnsupportedOpError, node_label)
 
 Layout = Literal["onnx", "elementwise", "channels_last", "custom"]
 ParamsBuilder = Callable[[Node, list[Any]], dict[str, dict[str, Any]] | None]
@@ -102,7 +109,42 @@ def check_supported(graph: Graph) -> None:
 def _walk(graph: Graph):
     for node in graph.nodes:
         yield node, graph.opsets
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    yield from _walk(sub)
+        for sub in node.subgraphs():
+            yield from _walk(sub)
+
+
+_NEEDS_STATIC = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                 jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError,
+                 jax.errors.NonConcreteBooleanIndexError)
+
+
+def guarded(node: Node, arrays: list, fn: Callable[..., Any], *args):
+    """``fn(*args)`` for ``node`` (a handler or params builder on ``arrays``), with any
+    exception that is not already a package error turned into one by :func:`handler_error`."""
+    try:
+        return fn(*args)
+    except OnnxConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (classified, never swallowed)
+        error = handler_error(exc, node, arrays)
+        raise error from (exc if isinstance(error, InternalError) else None)
+
+
+def handler_error(exc: Exception, node: Node, arrays: list) -> OnnxConversionError:
+    """The package error for a (non-package) exception raised by a handler: bad values
+    (shapes, attributes) are the model's fault, anything else is a bug of ours."""
+    label = node_label(node.name, node.op_type)
+    shapes = [None if a is None else list(np.shape(a)) for a in arrays]
+    found = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _NEEDS_STATIC):
+        return UnsupportedOpError(f"{label} needs a value known at conversion time (a constant "
+                                  f"or computed from shapes), but it depends on the model's "
+                                  f"inputs ({type(exc).__name__})")
+    if isinstance(exc, MemoryError):
+        return ResourceLimitError(f"{label} ran out of memory on inputs of shapes {shapes}")
+    if isinstance(exc, NotImplementedError):
+        return UnsupportedOpError(f"{label} on inputs of shapes {shapes}: {found}")
+    if isinstance(exc, (TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError)):
+        return InvalidModelError(f"{label} failed on inputs of shapes {shapes}: {found}")
+    return InternalError(f"{label}: internal error in onnx2flax on inputs of shapes {shapes} "
+                         f"({found}); please report it with the model")

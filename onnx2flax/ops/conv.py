@@ -6,13 +6,15 @@ ONNX kernels are ``[C_out, C_in/group, *k]`` (Conv) and ``[C_in, C_out/group, *k
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from .._registry import register
-from ._common import auto_pads, spatial_attrs
+from ._common import auto_pads, check_window_fits, spatial_attrs
 
 
 def _float_weights(weights, required: int):
@@ -28,10 +30,15 @@ def _conv_params(node, weights):
     w = _float_weights(weights, 3 if len(node.inputs) > 2 and node.inputs[2] else 2)
     if w is None:
         return None
-    params = {"kernel": _conv_kernel(w)}
+    return _with_bias(node, weights, _conv_kernel(w), _conv_kernel_inverse)
+
+
+def _with_bias(node, weights, kernel, inverse):
+    params, sources = {"kernel": kernel}, {"kernel": (1, inverse)}
     if len(node.inputs) > 2 and node.inputs[2]:
         params["bias"] = weights[2]
-    return {"params": params}
+        sources["bias"] = (2, None)
+    return {"params": params, "sources": sources}
 
 
 def _conv_kernel(w):
@@ -39,6 +46,12 @@ def _conv_kernel(w):
     n = w.ndim - 2
     xp = np if isinstance(w, np.ndarray) else jnp
     return xp.transpose(w, (*range(2, n + 2), 1, 0))
+
+
+def _conv_kernel_inverse(kernel: np.ndarray) -> np.ndarray:
+    """HWIO -> OIHW."""
+    n = kernel.ndim - 2
+    return np.transpose(kernel, (n + 1, n, *range(n)))
 
 
 def _conv_transpose_kernel(w, group: int):
@@ -51,6 +64,15 @@ def _conv_transpose_kernel(w, group: int):
     w = xp.transpose(w, (*range(3, n + 3), 1, 0, 2))  # [*k, C_in/g, g, C_out/g]
     w = xp.reshape(w, (*k, c_in // group, group * c_out_g))
     return xp.flip(w, axis=tuple(range(n)))
+
+
+def _conv_transpose_kernel_inverse(kernel: np.ndarray, group: int) -> np.ndarray:
+    """Undo :func:`_conv_transpose_kernel`: ``[*k, C_in/g, C_out]`` -> ``[C_in, C_out/g, *k]``."""
+    n = kernel.ndim - 2
+    *k, c_in_g, c_out = kernel.shape
+    w = np.reshape(np.flip(kernel, axis=tuple(range(n))), (*k, c_in_g, group, c_out // group))
+    w = np.transpose(w, (n + 1, n, n + 2, *range(n)))  # [g, C_in/g, C_out/g, *k]
+    return np.reshape(w, (group * c_in_g, c_out // group, *k))
 
 
 def _conv_nd(x, kernel, strides, pads, dilations, group, lhs_dilation=None):
@@ -84,6 +106,7 @@ def conv(ctx, x, w, b=None):
         raise ctx.invalid(f"input has {x.shape[-1]} channels; weight {list(w.shape)} with group "
                           f"{group} expects {w.shape[1] * group}")
     pads = auto_pads(ctx, x.shape[1:-1], k, strides, dilations, pads)
+    check_window_fits(ctx, x.shape[1:-1], k, dilations, pads)
     if ctx.layer_plan is not None:
         return ctx.layer(nn.Conv, x, features=int(w.shape[0]), kernel_size=k, strides=strides,
                          padding=pads, kernel_dilation=dilations, feature_group_count=group,
@@ -99,10 +122,8 @@ def _conv_transpose_params(node, weights):
     group = int(node.attrs.get("group", 1))
     if group < 1 or w.shape[0] % group:
         return None
-    params = {"kernel": _conv_transpose_kernel(w, group)}
-    if len(node.inputs) > 2 and node.inputs[2]:
-        params["bias"] = weights[2]
-    return {"params": params}
+    return _with_bias(node, weights, _conv_transpose_kernel(w, group),
+                      functools.partial(_conv_transpose_kernel_inverse, group=group))
 
 
 @register("ConvTranspose", layout="channels_last", params=_conv_transpose_params)

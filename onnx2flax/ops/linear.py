@@ -21,7 +21,13 @@ def _gemm_params(node, weights):
     if b is None or b.dtype.kind != "f" or b.ndim != 2:
         return None
     kernel = (b.T if trans_b else b) * np.asarray(alpha, b.dtype) if alpha != 1 else (b.T if trans_b else b)
-    params = {"kernel": np.ascontiguousarray(kernel)}
+    params = {"kernel": kernel}  # a view: copied once, transposed, into the device buffer
+
+    def kernel_inverse(k):
+        k = k / np.asarray(alpha, k.dtype) if alpha != 1 else k
+        return k.T if trans_b else k
+
+    sources = {"kernel": (1, kernel_inverse)}
     has_c = len(node.inputs) > 2 and node.inputs[2]
     if has_c:
         c = weights[2]
@@ -29,7 +35,10 @@ def _gemm_params(node, weights):
         if c is None or c.size not in (1, n) or (c.ndim == 2 and c.shape[-1] != n and c.size != 1):
             return None
         params["bias"] = (np.broadcast_to(c.reshape(-1), (n,)) * np.asarray(beta, c.dtype)).astype(c.dtype)
-    return {"params": params}
+        if c.size == n:  # a broadcast scalar C cannot be recovered from a per-unit bias
+            sources["bias"] = (2, lambda v, shape=c.shape: np.reshape(
+                v / np.asarray(beta, v.dtype) if beta != 1 else v, shape))
+    return {"params": params, "sources": sources}
 
 
 @register("Gemm", params=_gemm_params)
@@ -56,7 +65,7 @@ def _matmul_params(node, weights):
     b = weights[1]
     if b is None or b.dtype.kind != "f" or b.ndim != 2:
         return None
-    return {"params": {"kernel": b}}
+    return {"params": {"kernel": b}, "sources": {"kernel": (1, None)}}
 
 
 @register("MatMul", params=_matmul_params)

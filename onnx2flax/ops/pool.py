@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from .._registry import register
-from ._common import auto_pads, spatial_attrs
+from ._common import auto_pads, check_window_fits, spatial_attrs
 
 
 def _window(ctx, x):
@@ -27,12 +27,13 @@ def _window(ctx, x):
     sizes = x.shape[1:-1]
     pads = auto_pads(ctx, sizes, k, strides, dilations, pads)
     ceil = int(ctx.attr("ceil_mode", 0))
+    check_window_fits(ctx, sizes, k, dilations, pads)
+    if any(p >= (kk - 1) * d + 1 for kk, d, pad in zip(k, dilations, pads) for p in pad):
+        # A window lying entirely in the padding has no input cell (as onnxruntime, refuse).
+        raise ctx.invalid(f"pads {pads} must be smaller than the (dilated) kernel {list(k)}")
     extra = []
     for size, kk, s, d, (pb, pe) in zip(sizes, k, strides, dilations, pads):
         span = size + pb + pe - ((kk - 1) * d + 1)
-        if span < 0:
-            raise ctx.invalid(f"the window {list(k)} (dilations {list(dilations)}) is larger than "
-                              f"the padded input {list(sizes)} with pads {pads}")
         out = (-(-span // s) if ceil else span // s) + 1
         if ceil and (out - 1) * s >= size + pb:  # the last window must start inside
             out -= 1

@@ -1,12 +1,19 @@
-"""Shape and data-movement ops. Shapes are static under ``jit``, so Shape returns NumPy
-and shape subgraphs fold at trace time; these handlers see run-time data."""
+"""Shapes, reshaping, casts and tensor constructors: Shape, Size, Reshape, Flatten, Cast,
+CastLike, Expand, Tile, ConstantOfShape, Range, EyeLike, Trilu, NonZero, Compress.
+
+Shapes are static under ``jit``, so Shape returns NumPy and shape subgraphs fold at trace
+time; nodes whose inputs are all known fold too, so these handlers see run-time data. They
+take and return ONNX order (Reshape and Flatten are where a channels-last value goes back).
+Layout-aware data movement lives in ``movement.py``."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+from onnx import helper
 
-from .. import _layout
 from .._registry import register
 from ._common import normalize_axis
 
@@ -60,88 +67,139 @@ def reshape(ctx, x, target):
 def flatten(ctx, x):
     """``[d0..d(axis-1), d(axis)..]`` -> 2-D; the input is in ONNX order (the guide's
     transpose-before-flatten happens here, only when the input was channels-last)."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), x.ndim + 1)
+    axis = int(ctx.attr("axis", 1))
+    if not -x.ndim <= axis <= x.ndim:
+        raise ctx.invalid(f"axis {axis} is out of range for a rank-{x.ndim} input")
+    axis = axis + x.ndim if axis < 0 else axis
     lead = int(np.prod(x.shape[:axis]))
     return jnp.reshape(x, (lead, int(np.prod(x.shape[axis:]))))
 
 
-@register("Transpose", layout="custom")
-def transpose(ctx, x):
-    """Free: the data stays where it is and only its recorded layout changes."""
-    held = ctx.in_perms[0]
-    perm = [int(p) for p in ctx.attr("perm", list(range(x.ndim))[::-1])]
-    if sorted(perm) != list(range(x.ndim)):
-        raise ctx.invalid(f"perm {perm} is not a permutation of {x.ndim} axes")
-    ctx.out_perms = [tuple(perm.index(p) for p in held)]
-    return x
+_NARROW_INTS = {np.dtype(t) for t in (ml_dtypes.int2, ml_dtypes.uint2, ml_dtypes.int4,
+                                      ml_dtypes.uint4)}
 
 
-@register("Concat", layout="custom")
-def concat(ctx, *xs):
-    """Concatenate in the first input's layout (others are brought into it)."""
-    xs = [x for x in xs if x is not None]
-    perms = [p for p in ctx.in_perms if p is not None]
-    target = perms[0]
-    rank = len(target)
-    axis = normalize_axis(ctx, int(ctx.attr("axis")), rank)
-    if any(np.ndim(x) != rank for x in xs):
-        raise ctx.invalid(f"inputs must share rank {rank}, got {[list(np.shape(x)) for x in xs]}")
-    xs = [_layout.convert(x, p, target) for x, p in zip(xs, perms)]
-    ctx.out_perms = [target]
-    return jnp.concatenate(xs, axis=_layout.axis_in(target, axis))
+def _onnx_dtype(ctx, to: int) -> np.dtype:
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(to)))
+    except (KeyError, ValueError, TypeError):
+        raise ctx.invalid(f"{to} is not a known ONNX element type") from None
+    if dtype.kind in "OSU" or dtype.name.startswith("float8_e8m0"):
+        raise ctx.fail(f"casting to {dtype.name} is not supported")
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))  # int64 is int32 without x64
 
 
-def _axes_input(ctx, axes, rank_out):
-    axes = [int(a) for a in ctx.static(axes, "axes").reshape(-1)]
-    return sorted(normalize_axis(ctx, a, rank_out) for a in axes)
-
-
-@register("Unsqueeze")
-def unsqueeze_v1(ctx, x):
-    axes = [int(a) for a in ctx.attr("axes")]
-    return jnp.expand_dims(x, sorted(normalize_axis(ctx, a, x.ndim + len(axes)) for a in axes))
-
-
-@register("Unsqueeze", since=13, static_inputs=(1,))
-def unsqueeze(ctx, x, axes):
-    return jnp.expand_dims(x, _axes_input(ctx, axes, x.ndim + np.size(axes)))
-
-
-def _squeeze(ctx, x, axes):
-    if axes is None:
-        return jnp.squeeze(x)
-    axes = [normalize_axis(ctx, int(a), x.ndim) for a in axes]
-    if any(x.shape[a] != 1 for a in axes):
-        raise ctx.invalid(f"cannot squeeze axes {axes} of shape {list(x.shape)}")
-    return jnp.squeeze(x, tuple(axes))
-
-
-@register("Squeeze")
-def squeeze_v1(ctx, x):
-    return _squeeze(ctx, x, ctx.attr("axes", None))
-
-
-@register("Squeeze", since=13, static_inputs=(1,))
-def squeeze(ctx, x, axes=None):
-    return _squeeze(ctx, x, None if axes is None else ctx.static(axes, "axes").reshape(-1))
-
-
-@register("Gather", static_inputs=())
-def gather(ctx, x, indices):
-    """``take`` along ``axis``; negative indices count from the end."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
-    indices = jnp.asarray(indices)
-    indices = jnp.where(indices < 0, indices + x.shape[axis], indices)
-    return jnp.take(x, indices, axis=axis)
+def _cast(ctx, x, dtype: np.dtype):
+    """``x.astype(dtype)``; with ``saturate`` (default 1) floats out of a float8 type's range
+    become its largest finite value instead of inf/NaN; 2- and 4-bit integers wrap around."""
+    x = jnp.asarray(x)
+    if (dtype.name.startswith("float8") and int(ctx.attr("saturate", 1))
+            and jnp.issubdtype(x.dtype, jnp.floating)):
+        top = float(ml_dtypes.finfo(dtype).max)
+        x = jnp.clip(x, -top, top)
+    if dtype in _NARROW_INTS:
+        info = ml_dtypes.iinfo(dtype)
+        x = (x.astype(jnp.int32) - info.min) % (info.max - info.min + 1) + info.min
+    return x.astype(dtype)
 
 
 @register("Cast", layout="elementwise")
 def cast(ctx, x):
-    import onnx
+    """Float -> int truncates toward zero, -> bool tests for non-zero (as C casts do)."""
+    return _cast(ctx, x, _onnx_dtype(ctx, ctx.attr("to")))
 
-    to = int(ctx.attr("to"))
+
+@register("CastLike", since=15, layout="custom")
+def cast_like(ctx, x, target):
+    """Cast to ``target``'s element type; the result keeps ``x``'s layout."""
+    ctx.out_perms = [ctx.in_perms[0]]
+    return _cast(ctx, x, np.dtype(target.dtype))
+
+
+@register("Expand", since=8, static_inputs=(1,))
+def expand(ctx, x, shape):
+    """Numpy-style two-way broadcast of ``x`` with ``shape`` (a dim of 1 keeps ``x``'s)."""
+    shape = [int(d) for d in ctx.static(shape, "shape").reshape(-1)]
     try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(to)
-    except (KeyError, ValueError):
-        raise ctx.invalid(f"'to' is not a known element type: {to}") from None
-    return jnp.asarray(x).astype(dtype)
+        out = np.broadcast_shapes(np.shape(x), tuple(shape))
+    except ValueError:
+        raise ctx.invalid(f"cannot broadcast {list(np.shape(x))} with {shape}") from None
+    return jnp.broadcast_to(x, out)
+
+
+@register("Tile", static_inputs=(1, 2))
+def tile_v1(ctx, x, tiles, axis):
+    """Opset 1: repeat ``tiles`` times along ``axis`` (scalar inputs)."""
+    reps = [1] * x.ndim
+    axis = normalize_axis(ctx, int(ctx.static(axis, "axis")), x.ndim)
+    reps[axis] = int(ctx.static(tiles, "tiles"))
+    return jnp.tile(x, reps)
+
+
+@register("Tile", since=6, static_inputs=(1,))
+def tile(ctx, x, repeats):
+    reps = [int(r) for r in ctx.static(repeats, "repeats").reshape(-1)]
+    if len(reps) != x.ndim or any(r < 0 for r in reps):
+        raise ctx.invalid(f"repeats {reps} must be {x.ndim} non-negative counts")
+    return jnp.tile(x, reps)
+
+
+@register("ConstantOfShape", since=9, static_inputs=(0,))
+def constant_of_shape(ctx, shape):
+    """A tensor of ``shape`` filled with ``value`` (a 1-element tensor; float32 0 default).
+    Normally folded at conversion time; reached only when the shape is not static."""
+    shape = [int(d) for d in ctx.static(shape, "shape").reshape(-1)]
+    value = np.asarray(ctx.attr("value", np.zeros(1, np.float32)))
+    if value.size != 1 or any(d < 0 for d in shape):
+        raise ctx.invalid(f"value must have one element and shape {shape} be non-negative")
+    return np.full(shape, value.reshape(()), value.dtype)
+
+
+@register("Range", since=11, static_inputs=(0, 1, 2))
+def range_(ctx, start, limit, delta):
+    """``start + delta * arange(n)``: the length depends on the values, which must be
+    known at conversion time."""
+    start, limit, delta = (ctx.static(v, name).reshape(()) for v, name in
+                           ((start, "start"), (limit, "limit"), (delta, "delta")))
+    if delta == 0:
+        raise ctx.invalid("delta must be non-zero")
+    n = max(int(np.ceil((limit - start) / delta)), 0)
+    return (start + delta * np.arange(n)).astype(start.dtype)
+
+
+@register("EyeLike", since=9)
+def eye_like(ctx, x):
+    """A 2-D identity of ``x``'s shape with ones on diagonal ``k``; dtype ``dtype`` or
+    ``x``'s. Only the shape is read, so the result is a conversion-time constant."""
+    if np.ndim(x) != 2:
+        raise ctx.invalid(f"input must be 2-D, got shape {list(np.shape(x))}")
+    dtype = x.dtype if ctx.attr("dtype", None) is None else _onnx_dtype(ctx, ctx.attr("dtype"))
+    return np.eye(*np.shape(x), k=int(ctx.attr("k", 0)), dtype=dtype)
+
+
+@register("Trilu", since=14, static_inputs=(1,))
+def trilu(ctx, x, k=None):
+    """Upper (``upper=1``) or lower triangle of the last two axes, from diagonal ``k``."""
+    k = 0 if k is None else int(ctx.static(k, "k").reshape(()))
+    return jnp.triu(x, k) if int(ctx.attr("upper", 1)) else jnp.tril(x, k)
+
+
+@register("NonZero", since=9, static_inputs=(0,))
+def non_zero(ctx, x):
+    """Folded when its input is known at conversion time; otherwise refused."""
+    raise ctx.fail("the output shape depends on the input's values, which are only known at "
+                   "run time; NonZero is supported only on conversion-time constants")
+
+
+@register("Compress", since=9, static_inputs=(1,))
+def compress(ctx, x, condition):
+    """Keep the slices along ``axis`` (the flattened input when absent) where
+    ``condition`` (known at conversion time) is true."""
+    keep = np.nonzero(ctx.static(condition, "condition").reshape(-1))[0]
+    axis = ctx.attr("axis", None)
+    if axis is None:
+        x, axis = jnp.reshape(x, (-1,)), 0
+    axis = normalize_axis(ctx, int(axis), x.ndim)
+    if keep.size and keep[-1] >= x.shape[axis]:
+        raise ctx.invalid(f"condition selects index {keep[-1]} of an axis of size {x.shape[axis]}")
+    return jnp.take(x, keep, axis=axis)

@@ -1,0 +1,75 @@
+"""``export``: PyTorch module -> ONNX file that keeps parameter names and BatchNorm.
+
+Both torch exporters fold BatchNormalization into the preceding Conv by default (the
+TorchScript exporter in eval mode, the dynamo exporter through its optimizer), which throws
+away ``batch_stats`` and trainability. This wrapper uses the dynamo exporter without the
+optimizer, so every ``nn.Module`` parameter and buffer keeps its ``state_dict`` name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import OnnxConversionError
+
+__all__ = ["export"]
+
+
+def export(torch_module: Any, args: Sequence[Any] | Any, path: str | os.PathLike, *,
+           input_names: Sequence[str] | None = None,
+           output_names: Sequence[str] | None = None,
+           dynamic_batch: bool = True, opset: int | None = None,
+           verbose: bool = False, **options: Any) -> str:
+    """Export ``torch_module`` (put in eval mode) on example ``args`` to ``path``.
+
+    Inputs are named ``input_names`` (default ``x`` for one input, ``input_0``... otherwise);
+    with ``dynamic_batch`` dim 0 of every tensor input is dynamic (named ``batch``).
+    Further ``options`` go to ``torch.onnx.export``. Returns the path written.
+    """
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise OnnxConversionError("onnx2flax.export needs PyTorch: pip install 'onnx2flax[torch]'"
+                                  ) from None
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if input_names is None:
+        input_names = ["x"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+    if len(input_names) != len(args):
+        raise ValueError(f"{len(input_names)} input_names for {len(args)} args")
+    kwargs: dict[str, Any] = dict(input_names=list(input_names), dynamo=True, optimize=False,
+                                  external_data=False)
+    if output_names is not None:
+        kwargs["output_names"] = list(output_names)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic_batch and tensors:
+        batch = torch.export.Dim("batch", min=1, max=2**20)
+        kwargs["dynamic_shapes"] = tuple(
+            {0: batch} if isinstance(a, torch.Tensor) and a.ndim > 0 else None for a in args)
+    kwargs.update(options)
+    torch_module = torch_module.eval()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        if not verbose:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(_quiet_logger("torch.onnx"))
+        torch.onnx.export(torch_module, args, os.fspath(path), **kwargs)
+    return os.fspath(path)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The exporter logs progress and optional-package notices as warnings."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

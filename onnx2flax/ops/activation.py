@@ -1,0 +1,153 @@
+"""Activations (elementwise, any layout) and Softmax / LogSoftmax / Hardmax (axis ops that
+work in the layout the value is held in, so a channels-last input is never transposed)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .. import _layout
+from .._registry import register
+from ._common import normalize_axis
+
+
+def _activation(name, since=1):
+    return register(name, since=since, layout="elementwise")
+
+
+@_activation("Elu")
+def elu(ctx, x):
+    alpha = float(ctx.attr("alpha", 1.0))
+    return jnp.where(x > 0, x, alpha * jnp.expm1(x))
+
+
+@_activation("Celu", since=12)
+def celu(ctx, x):
+    alpha = float(ctx.attr("alpha", 1.0))
+    return jnp.maximum(x, 0) + jnp.minimum(0, alpha * jnp.expm1(x / alpha))
+
+
+@_activation("Selu")
+def selu(ctx, x):
+    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
+    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+    return gamma * jnp.where(x > 0, x, alpha * jnp.expm1(x))
+
+
+@_activation("LeakyRelu")
+def leaky_relu(ctx, x):
+    alpha = float(ctx.attr("alpha", 0.01))
+    return jnp.where(x >= 0, x, alpha * x)
+
+
+@_activation("ThresholdedRelu", since=10)
+def thresholded_relu(ctx, x):
+    alpha = float(ctx.attr("alpha", 1.0))
+    return jnp.where(x > alpha, x, jnp.zeros_like(x))
+
+
+def _hard_sigmoid(x, alpha, beta):
+    return jnp.clip(alpha * x + beta, 0, 1)
+
+
+@_activation("HardSigmoid")
+def hard_sigmoid(ctx, x):
+    """alpha defaults to 0.2 (torch exports 1/6 explicitly)."""
+    return _hard_sigmoid(x, float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5)))
+
+
+@_activation("HardSwish", since=14)
+def hard_swish(ctx, x):
+    return x * _hard_sigmoid(x, 1 / 6, 0.5)
+
+
+@_activation("Softplus")
+def softplus(ctx, x):
+    return jax.nn.softplus(x)
+
+
+@_activation("Softsign")
+def softsign(ctx, x):
+    return x / (1 + jnp.abs(x))
+
+
+@_activation("Swish", since=24)
+def swish(ctx, x):
+    return x * jax.nn.sigmoid(float(ctx.attr("alpha", 1.0)) * x)
+
+
+@_activation("Mish", since=18)
+def mish(ctx, x):
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+@_activation("Gelu", since=20)
+def gelu(ctx, x):
+    """``approximate='none'`` (default) is the exact erf form; jax defaults to tanh."""
+    approximate = ctx.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.invalid(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return jax.nn.gelu(x, approximate=approximate == "tanh")
+
+
+@_activation("Shrink", since=9)
+def shrink(ctx, x):
+    bias = float(ctx.attr("bias", 0.0))
+    lambd = float(ctx.attr("lambd", 0.5))
+    zero = jnp.zeros_like(x)
+    return jnp.where(x < -lambd, x + bias, jnp.where(x > lambd, x - bias, zero)).astype(x.dtype)
+
+
+@_activation("PRelu")
+def prelu(ctx, x, slope):
+    """``slope`` broadcasts to ``x`` (unidirectionally); a float initializer slope is a
+    free parameter named after it."""
+    if jnp.broadcast_shapes(x.shape, slope.shape) != x.shape:
+        raise ctx.invalid(f"slope {list(slope.shape)} does not broadcast to X {list(x.shape)}")
+    return jnp.where(x < 0, slope * x, x)
+
+
+# -- Softmax family ------------------------------------------------------------------------
+
+def _hardmax(x, axes):
+    """One-hot of the first maximum over ``axes`` taken together, row-major in the order
+    given (ties resolve as in ONNX order even when the value is held in another layout)."""
+    n = len(axes)
+    trailing = tuple(range(x.ndim - n, x.ndim))
+    moved = jnp.moveaxis(x, axes, trailing)
+    flat = moved.reshape(moved.shape[:x.ndim - n] + (-1,))
+    hot = jax.nn.one_hot(jnp.argmax(flat, axis=-1), flat.shape[-1], dtype=x.dtype)
+    return jnp.moveaxis(hot.reshape(moved.shape), trailing, axes)
+
+
+_SOFTMAX = {
+    "Softmax": lambda x, axes: jax.nn.softmax(x, axis=axes),
+    "LogSoftmax": lambda x, axes: jax.nn.log_softmax(x, axis=axes),
+    "Hardmax": _hardmax,
+}
+
+
+def _softmax_v1(fn):
+    def handler(ctx, x):
+        """Opset < 13: the input is seen as 2-D ``[prod(d[:axis]), prod(d[axis:])]`` (axis
+        default 1), i.e. normalized over ONNX axes ``axis..rank-1`` together."""
+        perm = ctx.in_perms[0]
+        axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), x.ndim)
+        ctx.out_perms = [perm]
+        return fn(x, tuple(_layout.axis_in(perm, a) for a in range(axis, x.ndim)))
+    return handler
+
+
+def _softmax_v13(fn):
+    def handler(ctx, x):
+        """Opset >= 13: normalized along the single axis ``axis`` (default -1)."""
+        perm = ctx.in_perms[0]
+        axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
+        ctx.out_perms = [perm]
+        return fn(x, (_layout.axis_in(perm, axis),))
+    return handler
+
+
+for _name, _fn in _SOFTMAX.items():
+    register(_name, layout="custom")(_softmax_v1(_fn))
+    register(_name, since=13, layout="custom")(_softmax_v13(_fn))

@@ -1,0 +1,235 @@
+"""Control flow: If, Loop and Scan (subgraphs run by the interpreter), NonMaxSuppression.
+
+Subgraph inputs and outputs are in ONNX layout; a subgraph reads values of the enclosing
+graphs directly and has its own initializers. Whatever is known at trace time stays NumPy,
+so a branch or loop decided by constants or shapes is resolved while tracing.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._graph import Graph
+from .._load import MAX_ELEMENTS
+from .._registry import register
+from ..errors import ResourceLimitError
+from ._common import normalize_axis
+
+#: Most iterations a Loop may run when only its condition bounds it, and most a static
+#: trip count may ask for. Loops that could exceed it are refused at conversion time.
+MAX_LOOP_ITERATIONS = 2 ** 20
+
+
+def _subgraph(ctx, name: str) -> Graph:
+    graph = ctx.attr(name)
+    if not isinstance(graph, Graph):
+        raise ctx.invalid(f"attribute {name!r} must be a graph, got {type(graph).__name__}")
+    return graph
+
+
+def _pred(ctx, cond):
+    """A one-element condition tensor as a scalar bool."""
+    if np.size(cond) != 1:
+        raise ctx.invalid(f"the condition must hold one element, got shape {list(np.shape(cond))}")
+    if isinstance(cond, np.ndarray):
+        return np.asarray(bool(cond.reshape(())))
+    return jnp.reshape(cond, ()).astype(bool)
+
+
+@register("If")
+def if_(ctx, cond):
+    """A condition known while tracing runs only the taken branch; a run-time condition
+    becomes ``lax.cond``, whose branches must give outputs of equal shapes and dtypes."""
+    then_branch, else_branch = _subgraph(ctx, "then_branch"), _subgraph(ctx, "else_branch")
+    pred = _pred(ctx, cond)
+    if isinstance(pred, np.ndarray):
+        return tuple(ctx.run_graph(then_branch if pred else else_branch, []))
+    branches = [lambda g=g: [jnp.asarray(v) for v in ctx.run_graph(g, [])]
+                for g in (else_branch, then_branch)]
+    try:
+        return tuple(lax.cond(pred, branches[1], branches[0]))
+    except TypeError as exc:
+        raise ctx.fail("with a condition known only at run time both branches must produce "
+                       "outputs of the same shapes and dtypes (jax.lax.cond); they differ: "
+                       f"{exc}") from None
+
+
+class _DynamicCondition(Exception):
+    """The Loop body's condition output depends on run-time data."""
+
+
+def _carry_like(ctx, new, old, what):
+    """``new`` cast to ``old``'s dtype; the shape must not change between iterations."""
+    new = jnp.asarray(new)
+    if new.shape != old.shape:
+        raise ctx.fail(f"{what} changes shape between iterations ({list(old.shape)} -> "
+                       f"{list(new.shape)}); JAX loops need a fixed shape")
+    return new.astype(old.dtype)
+
+
+@register("Loop")
+def loop(ctx, trip_count=None, cond=None, *initial):
+    """``lax.scan`` when the trip count is static and the condition stays true (constant, or
+    passed through unchanged); otherwise ``lax.while_loop``.
+
+    Outputs: the final loop-carried values, then the scan outputs stacked on a new axis 0.
+    Scan outputs need a static iteration count: with a data-dependent condition their length
+    would depend on the data, so such loops are refused. A loop bounded only by a run-time
+    condition (no trip count, or a static one above :data:`MAX_LOOP_ITERATIONS`, such as the
+    INT64_MAX torch writes for ``while`` loops) could run forever and is refused with
+    :class:`~onnx2flax.errors.ResourceLimitError`; a trip count given as a run-time input
+    bounds the loop by that value.
+    """
+    body = _subgraph(ctx, "body")
+    n_carried = len(initial)
+    n_scan = len(body.outputs) - 1 - n_carried
+    if len(body.inputs) != 2 + n_carried or n_scan < 0:
+        raise ctx.invalid(f"the body takes {len(body.inputs)} inputs and gives "
+                          f"{len(body.outputs)} outputs; with {n_carried} loop-carried values it "
+                          f"must take {2 + n_carried} and give at least {1 + n_carried}")
+    if any(v is None for v in initial):
+        raise ctx.fail("optional (empty) loop-carried values are not supported")
+    carried = [jnp.asarray(v) for v in initial]
+    start = True if cond is None else _pred(ctx, cond)
+    static_start = isinstance(start, (bool, np.ndarray))
+    if trip_count is None or isinstance(trip_count, np.ndarray):
+        m = None if trip_count is None else int(trip_count.reshape(()))
+        bound = m if m is not None and m <= MAX_LOOP_ITERATIONS else None
+    else:
+        m = bound = jnp.reshape(trip_count, ())  # given at run time: it bounds the loop
+
+    def body_fn(i, cond_in, values):
+        outs = ctx.run_graph(body, [i, cond_in, *values])
+        new = [_carry_like(ctx, v, old, f"loop-carried value {body.outputs[1 + k].name!r}")
+               for k, (v, old) in enumerate(zip(outs[1:1 + n_carried], values))]
+        return outs[0], new, [jnp.asarray(y) for y in outs[1 + n_carried:]]
+
+    if static_start and (not start or isinstance(bound, int)):
+        n = max(bound, 0) if start else 0
+
+        def scan_step(values, i):
+            cond_out, new, ys = body_fn(i, np.asarray(True), values)
+            if n and not (isinstance(cond_out, np.ndarray) and _pred(ctx, cond_out)):
+                raise _DynamicCondition
+            if sum(n * y.size for y in ys) > MAX_ELEMENTS:
+                raise ResourceLimitError(f"{ctx.label}: {n} iterations of scan outputs of shapes "
+                                         f"{[list(y.shape) for y in ys]} exceed {MAX_ELEMENTS} "
+                                         "elements")
+            return new, ys
+
+        try:
+            final, ys = lax.scan(scan_step, carried, jnp.arange(n))
+            return (*final, *ys)
+        except _DynamicCondition:
+            pass
+    if n_scan:
+        raise ctx.fail(f"{n_scan} scan output(s) with an iteration count that depends on run-time "
+                       "data: their length would not be known when tracing")
+    if bound is None:
+        raise ResourceLimitError(
+            f"{ctx.label}: the loop needs a trip count of at most onnx2flax.ops.control."
+            f"MAX_LOOP_ITERATIONS = {MAX_LOOP_ITERATIONS}, found "
+            f"{'none' if m is None else m}; bounded only by its condition it could run "
+            "forever, so it is refused")
+
+    def keep_going(state):
+        i, c, _ = state
+        return c & (i < bound)
+
+    def while_step(state):
+        i, c, values = state
+        cond_out, new, _ = body_fn(i, c, values)
+        return i + 1, jnp.asarray(_pred(ctx, cond_out)), new
+
+    _, _, final = lax.while_loop(keep_going, while_step,
+                                 (jnp.asarray(0), jnp.asarray(start), carried))
+    return tuple(final)
+
+
+def _scan(ctx, body, states, xs, in_dirs, out_axes, out_dirs):
+    """``lax.scan`` of ``body`` over ``xs`` (each scanned along axis 0)."""
+    n_state = len(states)
+    xs = [jnp.flip(x, 0) if d else x for x, d in zip(xs, in_dirs)]
+    lengths = {int(x.shape[0]) for x in xs}
+    if len(lengths) > 1:
+        raise ctx.invalid(f"scan inputs have different lengths {sorted(lengths)}")
+    states = [jnp.asarray(s) for s in states]
+
+    def step(carry, slices):
+        outs = ctx.run_graph(body, [*carry, *slices])
+        new = [_carry_like(ctx, v, old, f"state {body.outputs[k].name!r}")
+               for k, (v, old) in enumerate(zip(outs[:n_state], carry))]
+        return new, [jnp.asarray(y) for y in outs[n_state:]]
+
+    final, ys = lax.scan(step, states, xs)
+    outs = []
+    for y, axis, d in zip(ys, out_axes, out_dirs):
+        y = jnp.flip(y, 0) if d else y
+        outs.append(jnp.moveaxis(y, 0, normalize_axis(ctx, int(axis), y.ndim)))
+    return (*final, *outs)
+
+
+def _scan_counts(ctx, body, inputs):
+    """Numbers of states, scan inputs and scan outputs, checked against the body."""
+    n_in = int(ctx.attr("num_scan_inputs"))
+    n_state = len(inputs) - n_in
+    if not 0 <= n_state < len(inputs) or any(v is None for v in inputs):
+        raise ctx.invalid(f"num_scan_inputs is {n_in} for {len(inputs)} inputs (all required)")
+    n_out = len(body.outputs) - n_state
+    if len(body.inputs) != len(inputs) or n_out < 0:
+        raise ctx.invalid(f"the body takes {len(body.inputs)} inputs and gives "
+                          f"{len(body.outputs)} outputs for {n_state} states and {n_in} scan inputs")
+    return n_state, n_in, n_out
+
+
+@register("Scan", since=9)
+def scan(ctx, *inputs):
+    """Opset 9+: states then ``num_scan_inputs`` scan inputs, scanned along
+    ``scan_input_axes``; scan outputs stacked along ``scan_output_axes``."""
+    body = _subgraph(ctx, "body")
+    n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
+    in_axes = ctx.attr("scan_input_axes", [0] * n_in)
+    in_dirs = ctx.attr("scan_input_directions", [0] * n_in)
+    out_axes = ctx.attr("scan_output_axes", [0] * n_out)
+    out_dirs = ctx.attr("scan_output_directions", [0] * n_out)
+    if not len(in_axes) == len(in_dirs) == n_in or not len(out_axes) == len(out_dirs) == n_out:
+        raise ctx.invalid(f"scan axes/directions must list {n_in} inputs and {n_out} outputs")
+    xs = [jnp.moveaxis(x, normalize_axis(ctx, int(a), np.ndim(x)), 0)
+          for x, a in zip(inputs[n_state:], in_axes)]
+    return _scan(ctx, body, inputs[:n_state], xs, in_dirs, out_axes, out_dirs)
+
+
+@register("Scan", since=8)
+def scan_v8(ctx, sequence_lens, *inputs):
+    """Opset 8: every input and output has a leading batch axis; scan inputs are
+    ``[batch, seq, ...]``. Runs the opset-9 scan per batch entry (``vmap``)."""
+    body = _subgraph(ctx, "body")
+    n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
+    in_dirs = ctx.attr("directions", [0] * n_in)
+    if len(in_dirs) != n_in:
+        raise ctx.invalid(f"directions must list {n_in} scan inputs, got {list(in_dirs)}")
+    seq = np.shape(inputs[n_state])[1]
+    if sequence_lens is not None:
+        lens = ctx.static(sequence_lens, "sequence_lens (unless omitted)")
+        if np.any(lens != seq):
+            raise ctx.fail(f"sequence_lens {lens.tolist()} differ from the sequence length {seq}:"
+                           " variable-length batches are not supported")
+
+    def one(states, xs):
+        return _scan(ctx, body, states, xs, in_dirs, [0] * n_out, [0] * n_out)
+
+    return jax.vmap(one)([jnp.asarray(s) for s in inputs[:n_state]],
+                         [jnp.asarray(x) for x in inputs[n_state:]])
+
+
+@register("NonMaxSuppression", since=10)
+def non_max_suppression(ctx, *inputs):
+    """With all inputs known at conversion time the node is folded (by ONNX's reference
+    evaluator) before it gets here. On run-time boxes the number of selected boxes depends
+    on the data, which a traced JAX program cannot return, so it is refused."""
+    raise ctx.fail("the number of selected boxes depends on the run-time boxes and scores, "
+                   "so the output shape is not known when tracing; NonMaxSuppression is "
+                   "supported only when all its inputs are constants")

@@ -1,0 +1,285 @@
+"""Resize and Upsample, implemented explicitly (not ``jax.image.resize``, which antialiases
+by default and whose nearest mode is not ONNX's).
+
+Resizing is separable: each resized axis is resampled on its own, in the layout the value is
+held in (a channels-last ``[N, H, W, C]`` value is resized over H and W without transposing).
+Per axis the sampling positions and weights are computed at conversion time in NumPy, in
+float32 like onnxruntime (so ties in nearest rounding fall the same way), and applied with
+one gather: ``out[i] = sum_t w[i, t] * x[idx[i, t]]`` (nearest: ``out[i] = x[idx[i]]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .. import _layout
+from .._registry import register
+from ._common import normalize_axis
+
+_F = np.float32
+_COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize")
+_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
+
+
+@dataclass(frozen=True)
+class _Options:
+    mode: str  # nearest | linear | cubic
+    coord: str  # coordinate_transformation_mode
+    nearest: str  # nearest_mode ("simple": opset < 11 floor, ceil when downsampling)
+    cubic_a: float = -0.75
+    exclude_outside: bool = False
+    extrapolation: float = 0.0
+    antialias: bool = False
+
+
+def _source_coords(o: _Options, n_in: int, n_out: int, scale, roi, exact: bool) -> np.ndarray:
+    """Where each output position samples the input (ONNX's formulas). Computed as
+    onnxruntime rounds: in float32 from a given scale, exactly (float64 ``* in / out``)
+    when the scale comes from ``sizes``; that decides which way ties round."""
+    x = np.arange(n_out, dtype=np.float64 if exact else _F)
+    half = x.dtype.type(0.5)
+    scale = _F(scale)
+
+    def unscale(v):
+        return v * n_in / n_out if exact else v / scale
+
+    if o.coord == "half_pixel":
+        return unscale(x + half) - half
+    if o.coord == "half_pixel_symmetric":  # onnxruntime finishes this one in float64
+        adjustment = _F(n_out) / (scale * _F(n_in))
+        offset = _F(n_in) / _F(2) * (_F(1) - adjustment)
+        return (offset + (x.astype(_F) + 0.5) / np.float64(scale) - 0.5).astype(_F)
+    if o.coord == "pytorch_half_pixel":
+        return unscale(x + half) - half if n_out > 1 else np.zeros(n_out, x.dtype)
+    if o.coord == "asymmetric":
+        return unscale(x)
+    if o.coord == "tf_half_pixel_for_nn":
+        return unscale(x + half)
+    x = x.astype(_F)
+    if o.coord == "align_corners":
+        return x * _F(n_in - 1) / _F(n_out - 1) if n_out > 1 else np.zeros(n_out, _F)
+    start, end = _F(roi[0]), _F(roi[1])  # tf_crop_and_resize
+    if n_out > 1:
+        return start * _F(n_in - 1) + x * (end - start) * _F(n_in - 1) / _F(n_out - 1)
+    return np.full(n_out, _F(0.5) * (start + end) * _F(n_in - 1), _F)
+
+
+def _nearest_index(o: _Options, x: np.ndarray, downsampling: bool) -> np.ndarray:
+    floor = np.floor(x)
+    if o.nearest == "round_prefer_floor":
+        idx = np.where(x - floor == _F(0.5), floor, np.round(x))
+    elif o.nearest == "round_prefer_ceil":
+        idx = np.where(x - floor == _F(0.5), floor + 1, np.round(x))
+    elif o.nearest == "floor" or (o.nearest == "simple" and not downsampling):
+        idx = floor
+    else:
+        idx = np.ceil(x)
+    return idx.astype(np.int64)[:, None]
+
+
+def _cubic(t: np.ndarray, a: float) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+
+def _filter(o: _Options, t: np.ndarray) -> np.ndarray:
+    return np.maximum(1 - np.abs(t), 0) if o.mode == "linear" else _cubic(t, o.cubic_a)
+
+
+def _taps(o: _Options, x: np.ndarray, n_in: int, scale: float):
+    """Input indices ``[n_out, taps]`` and float64 weights for linear / cubic."""
+    if o.antialias:
+        # Downsampling stretches the filter by 1 / scale (onnxruntime's antialias). Taps
+        # outside the input are clamped onto the edge, or dropped with exclude_outside.
+        half = 1.0 if o.mode == "linear" else 2.0
+        support, stretch = (half / scale, scale) if scale < 1 else (half, 1.0)
+        window = 2 * int(np.ceil(support)) + 1
+        center = x.astype(np.float64) + 0.5
+        lo = np.floor(center - support + 0.5).astype(np.int64)
+        hi = lo + np.clip(np.floor(center + support + 0.5).astype(np.int64) - lo, 0, window)
+        idx = lo[:, None] + np.arange(int((hi - lo).max()))
+        w = _filter(o, (idx - center[:, None] + 0.5) * stretch) * (idx < hi[:, None])
+        if o.exclude_outside:
+            w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
+        return idx, w / w.sum(axis=1, keepdims=True)
+    if o.mode == "linear":  # the coordinate is clamped into the input first
+        x = np.clip(x, 0, n_in - 1).astype(np.float64)
+        base = np.floor(x)
+        idx = base[:, None].astype(np.int64) + np.arange(2)
+        r = (x - base)[:, None]
+        return idx, np.concatenate([1 - r, r], axis=1)
+    x = x.astype(np.float64)
+    base = np.floor(x)
+    idx = base[:, None].astype(np.int64) + np.arange(-1, 3)
+    w = _filter(o, idx - x[:, None])
+    if o.exclude_outside:
+        w = np.where((idx < 0) | (idx >= n_in), 0.0, w)
+        w = w / w.sum(axis=1, keepdims=True)
+    return idx, w
+
+
+def _take(x, idx: np.ndarray, axis: int):
+    """``jnp.take(x, idx, axis)``, as a strided slice or a repeat when ``idx`` has that form
+    (integer-factor nearest resizing): XLA gathers along inner axes need transposes."""
+    n, n_in = len(idx), x.shape[axis]
+    step = int(idx[1] - idx[0]) if n > 1 else 1
+    if step >= 1 and np.array_equal(idx, idx[0] + step * np.arange(n)):
+        return lax.slice_in_dim(x, int(idx[0]), int(idx[-1]) + 1, step, axis)
+    if n % n_in == 0 and np.array_equal(idx, np.repeat(np.arange(n_in), n // n_in)):
+        y = jnp.expand_dims(x, axis + 1)
+        y = jnp.broadcast_to(y, y.shape[:axis + 1] + (n // n_in,) + y.shape[axis + 2:])
+        return jnp.reshape(y, x.shape[:axis] + (n,) + x.shape[axis + 1:])
+    return jnp.take(x, idx.astype(np.int32), axis=axis)
+
+
+def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi, exact: bool):
+    """Resample held axis ``axis`` of ``x`` to ``n_out`` positions."""
+    n_in = x.shape[axis]
+    coords = _source_coords(o, n_in, n_out, scale, roi, exact)
+    if o.mode == "nearest":
+        idx, w = _nearest_index(o, coords, scale < 1), None
+    else:
+        idx, w = _taps(o, coords, n_in, scale)
+    idx = np.clip(idx, 0, n_in - 1)
+    taps = idx.shape[1]
+    y = _take(x, idx.reshape(-1), axis)
+    if w is not None:
+        y = jnp.reshape(y, x.shape[:axis] + (n_out, taps) + x.shape[axis + 1:])
+        w = w.astype(x.dtype).reshape((n_out, taps) + (1,) * (x.ndim - axis - 1))
+        y = jnp.sum(y * w, axis=axis + 1)
+    if o.coord == "tf_crop_and_resize":
+        outside = (coords < 0) | (coords > n_in - 1)
+        if outside.any():
+            mask = outside.reshape((n_out,) + (1,) * (x.ndim - axis - 1))
+            y = jnp.where(mask, jnp.asarray(o.extrapolation, x.dtype), y)
+    return y
+
+
+def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
+    """Resize held ``x`` over ONNX ``axes`` (all by default) to ``sizes`` or by ``scales``."""
+    integer = o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating)
+    if integer and (o.antialias or not jnp.issubdtype(x.dtype, jnp.integer)):
+        raise ctx.fail(f"{o.mode} resizing{' with antialias' * o.antialias} of {x.dtype} "
+                       "tensors is not supported")
+    perm = ctx.in_perms[0]
+    rank = x.ndim
+    axes = list(range(rank)) if axes is None else [normalize_axis(ctx, int(a), rank) for a in axes]
+    in_sizes = [x.shape[_layout.axis_in(perm, a)] for a in axes]
+    if (scales is None) == (sizes is None):
+        raise ctx.invalid("exactly one of scales and sizes must be given")
+    given = scales if scales is not None else sizes
+    if len(given) != len(axes) or (roi is not None and len(roi) != 2 * len(axes)):
+        raise ctx.invalid(f"scales/sizes ({len(given)}) and roi ({len(roi or [])}) must have "
+                          f"1 and 2 entries per resized axis ({len(axes)})")
+    scales_from_sizes = False
+    if scales is not None:
+        scales = [_F(s) for s in scales]
+        if any(s <= 0 for s in scales):
+            raise ctx.invalid(f"scales {list(scales)} must be positive")
+        # The roi does not enter the output size (as in onnxruntime and ONNX's reference).
+        sizes = [int(np.floor(_F(n) * s)) for n, s in zip(in_sizes, scales)]
+    else:
+        sizes = [int(s) for s in sizes]
+        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        scales_from_sizes = policy == "stretch"
+        if policy == "stretch":
+            scales = [_F(s) / _F(n) for s, n in zip(sizes, in_sizes)]
+        elif policy in ("not_larger", "not_smaller"):
+            pick = min if policy == "not_larger" else max
+            scale = pick(_F(s) / _F(n) for s, n in zip(sizes, in_sizes))
+            scales = [scale] * len(axes)
+            sizes = [int(np.floor(scale * _F(n) + _F(0.5))) for n in in_sizes]
+        else:
+            raise ctx.invalid(f"keep_aspect_ratio_policy {policy!r} is not stretch, "
+                              "not_larger or not_smaller")
+    if any(s < 0 for s in sizes):
+        raise ctx.invalid(f"output sizes {sizes} must be non-negative")
+    ctx.out_perms = [perm]
+    dtype = x.dtype
+    if integer:  # interpolate in float32, then truncate and saturate as onnxruntime does
+        x = x.astype(jnp.float32)
+    for i, (axis, n_in, n_out, scale) in enumerate(zip(axes, in_sizes, sizes, scales)):
+        axis_roi = None if roi is None else (roi[i], roi[len(axes) + i])
+        if n_out == n_in and scale == 1 and o.coord != "tf_crop_and_resize":
+            continue  # identity along this axis
+        x = _resize_axis(o, x, _layout.axis_in(perm, axis), n_out, float(scale), axis_roi,
+                         exact=scales_from_sizes)
+    if integer:
+        info = jnp.iinfo(dtype)
+        x = jnp.clip(jnp.trunc(x), float(info.min), float(info.max)).astype(dtype)
+    return x
+
+
+def _options(ctx, mode_names=("nearest", "linear", "cubic"), **fixed) -> _Options:
+    """The Resize attributes with their defaults (``fixed`` overrides for old opsets)."""
+    mode = ctx.attr("mode", "nearest")
+    mode = "linear" if mode == "bilinear" and ctx.node.op_type == "Upsample" else mode
+    attrs = dict(
+        mode=mode,
+        coord=ctx.attr("coordinate_transformation_mode", "half_pixel"),
+        nearest=ctx.attr("nearest_mode", "round_prefer_floor"),
+        cubic_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+        exclude_outside=bool(int(ctx.attr("exclude_outside", 0))),
+        extrapolation=float(ctx.attr("extrapolation_value", 0.0)),
+        antialias=bool(int(ctx.attr("antialias", 0))))
+    attrs.update(fixed)
+    o = _Options(**attrs)
+    if o.mode not in mode_names or o.coord not in _COORD_MODES or o.nearest not in _NEAREST_MODES:
+        raise ctx.fail(f"mode {o.mode!r}, coordinate_transformation_mode {o.coord!r}, "
+                       f"nearest_mode {o.nearest!r} is not a supported combination")
+    return o
+
+
+def _static_list(ctx, value, what):
+    """An optional 1-D static input; empty tensors (torch's placeholders) count as absent."""
+    value = ctx.static(value, what)
+    return None if value is None or value.size == 0 else value.reshape(-1).tolist()
+
+
+@register("Resize", since=10, layout="custom", static_inputs=(1,))
+def resize_v10(ctx, x, scales):
+    """Opset 10: scales only; asymmetric coordinates, nearest rounds down (up when
+    downsampling), as Upsample."""
+    o = _options(ctx, ("nearest", "linear"), coord="asymmetric", nearest="simple")
+    return _resize(ctx, x, o, _static_list(ctx, scales, "scales"), None, None, None)
+
+
+@register("Resize", since=11, layout="custom", static_inputs=(1, 2, 3))
+def resize(ctx, x, roi=None, scales=None, sizes=None):
+    """Opset 11-19: ``X [, roi, scales, sizes]``; all but ``X`` known at conversion time.
+    Opset 18 adds ``axes``, ``keep_aspect_ratio_policy`` and ``antialias``; 19
+    ``half_pixel_symmetric``. ``roi`` is read only for ``tf_crop_and_resize``."""
+    o = _options(ctx)
+    if o.antialias and o.mode == "nearest":
+        raise ctx.invalid("antialias applies to linear and cubic modes only")
+    roi = _static_list(ctx, roi, "roi") if o.coord == "tf_crop_and_resize" else None
+    return _resize(ctx, x, o, _static_list(ctx, scales, "scales"),
+                   _static_list(ctx, sizes, "sizes"), roi, ctx.attr("axes", None))
+
+
+@register("Upsample", layout="custom")
+def upsample_v1(ctx, x):
+    """Opset 1: 4-D input, ``height_scale`` / ``width_scale``; mode nearest or bilinear."""
+    if x.ndim != 4:
+        raise ctx.invalid(f"input must be 4-D, got rank {x.ndim}")
+    scales = [1.0, 1.0, float(ctx.attr("height_scale")), float(ctx.attr("width_scale"))]
+    o = _options(ctx, ("nearest", "linear"), coord="asymmetric", nearest="simple")
+    return _resize(ctx, x, o, scales, None, None, None)
+
+
+@register("Upsample", since=7, layout="custom")
+def upsample_v7(ctx, x):
+    o = _options(ctx, ("nearest", "linear"), coord="asymmetric", nearest="simple")
+    return _resize(ctx, x, o, [float(s) for s in ctx.attr("scales")], None, None, None)
+
+
+@register("Upsample", since=9, layout="custom", static_inputs=(1,))
+def upsample(ctx, x, scales):
+    """Opset 9-10 (deprecated; Resize-10 semantics): ``scales`` is an input."""
+    return resize_v10(ctx, x, scales)

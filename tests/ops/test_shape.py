@@ -1,0 +1,369 @@
+"""Shape and data-movement ops against onnxruntime: every attribute and opset form."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnx2flax
+from _cases import (assert_matches_reference, check_chain, check_node, conv_chain,
+                    transposes)
+from helpers import assert_matches_ort, make_model
+from onnx2flax.errors import UnsupportedOpError
+
+I64 = np.int64
+INT64_MAX, INT64_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+
+
+def assert_same_as(expected, op, x, *, opset, attrs, n_out=1):
+    """One-input node ``op`` at ``opset`` gives ``expected`` (for opsets no runtime has)."""
+    outs = [f"y{i}" for i in range(n_out)]
+    model = make_model([helper.make_node(op, ["x"], outs, **attrs)],
+                       [("x", x.dtype, list(x.shape))], [(o, x.dtype, None) for o in outs],
+                       opset=opset)
+    for got, want in zip(onnx2flax.convert(model).run({"x": x}), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture
+def x4(rng):
+    return rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+
+
+# --- Slice -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("starts, ends, axes, steps", [
+    ([1, 0], [INT64_MAX, -1], [2, 3], None),                   # INT64_MAX end
+    ([-1, 4], [INT64_MIN, 0], [3, 2], [-1, -2]),               # negative steps to the start
+    ([0, 1, 1], [1, 3, 5], None, None),                        # axes default: 0..n-1
+    ([-100], [100], [-1], [3]),                                # clamped, stride 3
+    ([3], [1], [2], [1]),                                      # empty
+    ([INT64_MAX], [INT64_MIN], [1], [-INT64_MAX]),              # one element, huge step
+])
+def test_slice(x4, starts, ends, axes, steps):
+    consts = {"s": np.array(starts, I64), "e": np.array(ends, I64)}
+    names = ["x", "s", "e"]
+    if axes is not None or steps is not None:
+        consts["a"] = np.array(axes if axes is not None else range(len(starts)), I64)
+        names.append("a")
+    if steps is not None:
+        consts["st"] = np.array(steps, I64)
+        names.append("st")
+    check_node("Slice", {"x": x4}, consts, input_names=names)
+
+
+def test_slice_int32_inputs_and_opset1(x4):
+    check_node("Slice", {"x": x4}, {"s": np.array([1], np.int32), "e": np.array([-1], np.int32)})
+    check_node("Slice", {"x": x4}, opset=9, attrs=dict(starts=[1, -3], ends=[INT64_MAX, 4],
+                                                       axes=[0, 3]))
+
+
+def test_slice_dynamic_starts_refused(x4):
+    node = helper.make_node("Slice", ["x", "s", "e"], ["y"])
+    model = make_model([node], [("x", np.float32, [2, 3, 4, 5]), ("s", I64, [1]),
+                                ("e", I64, [1])], [("y", np.float32, None)])
+    with pytest.raises(UnsupportedOpError, match="starts must be known"):
+        onnx2flax.convert(model).run({"x": x4, "s": np.array([0]), "e": np.array([1])})
+
+
+def test_dynamic_batch_shape_subgraph(rng):
+    """Shape -> Slice(INT64_MAX) -> Concat -> Reshape with a dim_param batch: one
+    conversion serves every batch size."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+             helper.make_node("Concat", ["n", "minus1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("Slice", ["flat", "one", "big", "one"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, ["batch", 3, 4])], [("y", np.float32, None)],
+                       {"zero": np.array([0]), "one": np.array([1]), "minus1": np.array([-1]),
+                        "big": np.array([INT64_MAX])})
+    converted = onnx2flax.convert(model)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 3, 4)).astype(np.float32)
+        np.testing.assert_array_equal(converted.run({"x": x})[0], x.reshape(batch, -1)[:, 1:])
+
+
+# --- Split -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset, attrs, split, n_out", [
+    (1, dict(axis=1, split=[1, 2]), None, 2),
+    (2, dict(axis=-1), None, 5),
+    (11, dict(axis=2, split=[1, 3]), None, 2),
+    (13, dict(axis=3), [2, 0, 3], 3),
+    (13, dict(), None, 2),
+    (18, dict(axis=3, num_outputs=3), None, 3),   # uneven: 2, 2, 1
+    (18, dict(axis=1), [1, 2], 2),
+])
+def test_split(x4, opset, attrs, split, n_out):
+    consts = {} if split is None else {"split": np.array(split, I64)}
+    if opset == 1:  # no runtime implements Split-1: compare with Split-2
+        expected = check_node("Split", {"x": x4}, opset=2, attrs=attrs, n_out=n_out)[2]
+        assert_same_as(expected, "Split", x4, opset=1, attrs=attrs, n_out=n_out)
+        return
+    check_node("Split", {"x": x4}, consts, opset=opset, attrs=attrs, n_out=n_out)
+
+
+# --- Pad ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
+@pytest.mark.parametrize("pads, axes", [
+    ([0, 1, 2, 0, 0, 2, 1, 3], None),
+    ([1, 2, 2, 1], [-1, 2]),
+    ([0, -1, 1, 0, 1, 0, -2, 1], None),                       # negative pads crop
+])
+def test_pad(x4, mode, pads, axes):
+    consts = {"pads": np.array(pads, I64)}
+    names = ["x", "pads"]
+    if mode == "constant":
+        consts["v"] = np.array(1.5, np.float32)
+        names.append("v")
+    if axes is not None:
+        consts["axes"] = np.array(axes, I64)
+        names += [""] * (4 - len(names) - 1) + ["axes"]
+    check_node("Pad", {"x": x4}, consts, opset=19, attrs=dict(mode=mode), input_names=names)
+
+
+@pytest.mark.parametrize("opset, attrs", [
+    (1, dict(paddings=[0, 0, 1, 2, 0, 0, 2, 1], mode="reflect")),
+    (2, dict(pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="constant", value=-2.0)),
+    (2, dict(pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="edge")),
+])
+def test_pad_attribute_opsets(x4, opset, attrs):
+    if opset == 1:  # onnxruntime has no Pad-1: compare with Pad-2
+        expected = check_node("Pad", {"x": x4}, opset=2, attrs=dict(
+            pads=attrs["paddings"], mode=attrs["mode"]))[2]
+        assert_same_as(expected, "Pad", x4, opset=1, attrs=attrs)
+        return
+    check_node("Pad", {"x": x4}, opset=opset, attrs=attrs)
+
+
+def test_pad_runtime_constant_value(x4):
+    check_node("Pad", {"x": x4, "v": np.array(3.0, np.float32)}, {"pads": np.array([1] * 8)},
+               input_names=["x", "pads", "v"])
+
+
+# --- Concat, Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Shape, Size ----------------
+
+@pytest.mark.parametrize("axis", [0, -1, 2])
+def test_concat(x4, axis):
+    check_node("Concat", {"x": x4, "z": x4 * 2}, {"c": np.ones((2, 3, 4, 5), np.float32)},
+               attrs=dict(axis=axis))
+
+
+def test_transpose(x4):
+    check_node("Transpose", {"x": x4}, attrs=dict(perm=[2, 0, 3, 1]))
+    check_node("Transpose", {"x": x4})
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("op, axes", [("Squeeze", [0, -2]), ("Squeeze", None),
+                                      ("Unsqueeze", [0, -1]), ("Unsqueeze", [1, 3])])
+def test_squeeze_unsqueeze(rng, opset, op, axes):
+    x = rng.standard_normal((1, 3, 1, 4) if op == "Squeeze" else (3, 4)).astype(np.float32)
+    if opset < 13:
+        check_node(op, {"x": x}, opset=opset, attrs={} if axes is None else dict(axes=axes))
+    else:
+        check_node(op, {"x": x}, {} if axes is None else {"axes": np.array(axes, I64)},
+                   opset=opset)
+
+
+@pytest.mark.parametrize("shape, allowzero", [([0, -1], 0), ([3, 0, 2, 20], 1), ([-1], 0),
+                                              ([2, 0, 20], 0)])
+def test_reshape(x4, shape, allowzero):
+    x = x4 if allowzero == 0 or 0 not in shape else np.zeros((3, 0, 2, 20), np.float32)
+    check_node("Reshape", {"x": x}, {"s": np.array(shape, I64)}, opset=14,
+               attrs=dict(allowzero=allowzero))
+
+
+def test_reshape_opset1_and_flatten(x4):
+    check_node("Reshape", {"x": x4}, opset=1, attrs=dict(shape=[6, -1]))
+    for axis in (0, 2, 4, -1):
+        check_node("Flatten", {"x": x4}, opset=13, attrs=dict(axis=axis))
+
+
+@pytest.mark.parametrize("start, end", [(None, None), (1, None), (-3, -1), (2, 100)])
+def test_shape_and_size(x4, start, end):
+    attrs = {k: v for k, v in dict(start=start, end=end).items() if v is not None}
+    check_node("Shape", {"x": x4}, opset=15, attrs=attrs, out_dtypes=[I64])
+    check_node("Size", {"x": x4}, out_dtypes=[I64])
+
+
+# --- Cast, CastLike ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("to, opset", [(TensorProto.INT32, 13), (TensorProto.BOOL, 13),
+                                       (TensorProto.FLOAT16, 13), (TensorProto.DOUBLE, 6),
+                                       (TensorProto.UINT8, 21), (TensorProto.INT64, 19)])
+def test_cast(rng, to, opset):
+    x = (rng.standard_normal((3, 4)) * 5).astype(np.float32)
+    x[0, 0] = 0.0
+    dtype = helper.tensor_dtype_to_np_dtype(to)
+    if dtype == np.uint8:
+        x = np.abs(x)
+    check_node("Cast", {"x": x}, opset=opset, attrs=dict(to=to), out_dtypes=[dtype],
+               rtol=1e-3, atol=1e-3)
+
+
+def test_cast_float8_saturates(rng):
+    x = np.array([1.0, -3.3, 1e6, -1e6, 0.1], np.float32)
+    nodes = [helper.make_node("Cast", ["x"], ["f8"], to=TensorProto.FLOAT8E4M3FN),
+             helper.make_node("Cast", ["f8"], ["y"], to=TensorProto.FLOAT)]
+    model = make_model(nodes, [("x", np.float32, [5])], [("y", np.float32, None)], opset=19)
+    assert_matches_ort(model, {"x": x})
+
+
+def test_cast_like(rng):
+    x = (rng.standard_normal((3, 4)) * 5).astype(np.float32)
+    check_node("CastLike", {"x": x}, {"t": np.zeros(2, np.int32)}, out_dtypes=[np.int32])
+
+
+# --- Expand, Tile, ConstantOfShape, Range, EyeLike, Trilu -----------------------------------
+
+@pytest.mark.parametrize("opset", [8, 13])
+@pytest.mark.parametrize("shape", [[2, 1, 4], [3, 1, 1, 1], [1]])
+def test_expand(rng, opset, shape):
+    x = rng.standard_normal((3, 1)).astype(np.float32)
+    check_node("Expand", {"x": x}, {"s": np.array(shape, I64)}, opset=opset)
+
+
+@pytest.mark.parametrize("opset", [6, 13])
+def test_tile(x4, opset):
+    check_node("Tile", {"x": x4}, {"r": np.array([1, 2, 1, 3], I64)}, opset=opset)
+
+
+def test_tile_opset1(x4):
+    model = make_model([helper.make_node("Tile", ["x", "t", "a"], ["y"])],
+                       [("x", np.float32, list(x4.shape))], [("y", np.float32, None)],
+                       {"t": np.array(3, I64), "a": np.array(2, I64)}, opset=1)
+    np.testing.assert_array_equal(onnx2flax.convert(model).run({"x": x4})[0],
+                                  np.tile(x4, (1, 1, 3, 1)))
+
+
+def test_constant_of_shape_and_range_from_shapes(x4):
+    """Both fold at trace time when fed by Shape (the dynamic-shape idiom)."""
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1], [2.5])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("ConstantOfShape", ["s"], ["c"], value=value),
+             helper.make_node("Add", ["x", "c"], ["y0"]),
+             helper.make_node("Gather", ["s", "three"], ["n"]),
+             helper.make_node("Range", ["zero", "n", "two"], ["y1"])]
+    model = make_model(nodes, [("x", np.float32, ["batch", 3, 4, 5])],
+                       [("y0", np.float32, None), ("y1", I64, None)],
+                       {"three": np.array(3, I64), "zero": np.array(0, I64),
+                        "two": np.array(2, I64)}, opset=11)
+    assert_matches_ort(model, {"x": x4})
+
+
+@pytest.mark.parametrize("k, dtype", [(0, None), (2, TensorProto.INT32), (-1, TensorProto.FLOAT)])
+def test_eye_like(rng, k, dtype):
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    attrs = dict(k=k) if dtype is None else dict(k=k, dtype=dtype)
+    out = np.float32 if dtype is None else helper.tensor_dtype_to_np_dtype(dtype)
+    check_node("EyeLike", {"x": x}, attrs=attrs, out_dtypes=[out])
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, -1, 2])
+def test_trilu(rng, upper, k):
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    consts = {} if k is None else {"k": np.array(k, I64)}
+    check_node("Trilu", {"x": x}, consts, opset=14, attrs=dict(upper=upper))
+
+
+# --- NonZero, Compress -----------------------------------------------------------------------
+
+def test_non_zero_constant_folds_and_dynamic_is_refused(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    nodes = [helper.make_node("NonZero", ["c"], ["idx"]),
+             helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1),
+             helper.make_node("Add", ["x", "s"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, [3, 4])], [("y", np.float32, None)],
+                       {"c": np.array([[0, 1], [1, 1]], np.float32)}, opset=13)
+    assert_matches_ort(model, {"x": x})
+    model = make_model([helper.make_node("NonZero", ["x"], ["y"], name="nz")],
+                       [("x", np.float32, [3, 4])], [("y", I64, None)], opset=13)
+    with pytest.raises(UnsupportedOpError, match="NonZero node 'nz'.*run time"):
+        onnx2flax.convert(model).run({"x": x})
+
+
+@pytest.mark.parametrize("axis", [None, 1, -1])
+def test_compress(x4, axis):
+    cond = np.array([True, False, True], bool)
+    attrs = {} if axis is None else dict(axis=axis)
+    check_node("Compress", {"x": x4}, {"c": cond}, opset=11, attrs=attrs)
+
+
+# --- DepthToSpace, SpaceToDepth --------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space(rng, mode):
+    x = rng.standard_normal((2, 8, 3, 2)).astype(np.float32)
+    check_node("DepthToSpace", {"x": x}, opset=13, attrs=dict(blocksize=2, mode=mode))
+
+
+def test_space_to_depth(rng):
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    check_node("SpaceToDepth", {"x": x}, opset=13, attrs=dict(blocksize=2))
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_space_to_depth_mode_opset28(rng, mode):
+    """Opset 28 adds ``mode`` (onnxruntime lacks it: ONNX's reference evaluator)."""
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    check_node("SpaceToDepth", {"x": x}, opset=28, attrs=dict(blocksize=2, mode=mode),
+               reference="onnx")
+
+
+# --- channels-last: Conv -> op -> Conv stays channels-last, with no transpose ------------------
+
+@pytest.fixture
+def img(rng):
+    return rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
+
+
+def test_channels_last_slice(img, rng):
+    check_chain([helper.make_node("Slice", ["a", "s", "e", "ax", "st"], ["b"])], img, rng,
+                extra={"s": np.array([1, -1]), "e": np.array([INT64_MAX, INT64_MIN]),
+                       "ax": np.array([2, 3]), "st": np.array([1, -2])})
+
+
+def test_channels_last_split_concat(img, rng):
+    """Concat with a constant first: the constant, not the activation, is re-laid."""
+    const = rng.standard_normal((2, 2, 6, 8)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["const"],
+                              value=onnx.numpy_helper.from_array(const)),
+             helper.make_node("Split", ["a", "sp"], ["p", "q"], axis=1),
+             helper.make_node("Concat", ["const", "q", "p"], ["b"], axis=1)]
+    check_chain(nodes, img, rng, c_mid=6, extra={"sp": np.array([1, 3])})
+
+
+def test_channels_last_pad(img, rng):
+    check_chain([helper.make_node("Pad", ["a", "p"], ["b"], mode="reflect")], img, rng,
+                extra={"p": np.array([0, 0, 1, 2, 0, 0, 2, 1])})
+
+
+def test_channels_last_squeeze_unsqueeze_transpose(img, rng):
+    nodes = [helper.make_node("Unsqueeze", ["a", "ax"], ["u"]),
+             helper.make_node("Squeeze", ["u", "ax"], ["t"]),
+             helper.make_node("Transpose", ["t"], ["t2"], perm=[0, 1, 3, 2]),
+             helper.make_node("Transpose", ["t2"], ["b"], perm=[0, 1, 3, 2])]
+    check_chain(nodes, img, rng, extra={"ax": np.array([2])})
+
+
+@pytest.mark.parametrize("op, mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"),
+                                      ("SpaceToDepth", None), ("SpaceToDepth", "CRD")])
+def test_channels_last_depth_space(rng, op, mode):
+    """The shuffle is done on the channels-last value (SpaceToDepth's mode is opset 28,
+    checked with ONNX's reference evaluator)."""
+    attrs = dict(blocksize=2, **({} if mode is None else dict(mode=mode)))
+    x = rng.standard_normal((1, 3, 4, 6)).astype(np.float32)
+    c_mid = 1 if op == "DepthToSpace" else 16
+    opset = 28 if op == "SpaceToDepth" and mode else 17
+    model = conv_chain([helper.make_node(op, ["a"], ["b"], **attrs)], x, rng, c_mid=c_mid,
+                       opset=opset)
+    check = assert_matches_ort if opset == 17 else assert_matches_reference
+    converted, _, _ = check(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    # The block shuffle itself is a transpose; nothing else is.
+    assert transposes(converted, x) <= 1
