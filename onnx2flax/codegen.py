@@ -305,6 +305,9 @@ class _Generator(_Interpreter):
                 for outer, inner_out in zip(eqn.outvars, inner.jaxpr.outvars):
                     env[outer] = self._atom(inner_out, inner_env)
                 continue
+            if prim == "reduce_window":
+                self._emit_reduce_window(eqn, ins, env, what)
+                continue
             if getattr(lax, f"{prim}_p", None) is not eqn.primitive:
                 raise CodegenError(f"{what}: JAX primitive {prim!r} has no public jax.lax "
                                    "name; it cannot be written as standalone source")
@@ -323,6 +326,38 @@ class _Generator(_Interpreter):
             self._line(f"{target} = {expr}")
             for var, name in zip(eqn.outvars, outs):
                 env[var] = name
+
+    def _emit_reduce_window(self, eqn, ins, env, what) -> None:
+        """``lax.reduce_window`` with a reducer other than plain add / max / min: the
+        reducer's jaxpr becomes a local function."""
+        params = eqn.params
+        if len(ins) != 2 or params["consts"]:
+            raise CodegenError(f"{what}: a variadic reduce_window cannot be written as source")
+        fn = self._emit_function(params["jaxpr"], what)
+        keys = ("window_dimensions", "window_strides", "padding", "base_dilation",
+                "window_dilation")
+        args = ", ".join(f"{k}={_literal(params[k])}" for k in keys)
+        out = self._new_temp()
+        self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
+        env[eqn.outvars[0]] = out
+
+    def _emit_function(self, jaxpr, what) -> str:
+        """A local ``def`` computing ``jaxpr``; returns its name."""
+        name = f"fn{self._new_temp()}"
+        args = [self._new_temp() for _ in jaxpr.invars]
+        outer, self.lines = self.lines, []
+        try:
+            env = dict(zip(jaxpr.invars, args))
+            self._emit_eqns(_live(jaxpr), env, what)
+            outs = [self._atom(v, env) for v in jaxpr.outvars]
+            body = self.lines
+        finally:
+            self.lines = outer
+        self._line(f"def {name}({', '.join(args)}):")
+        for line in body:
+            self._line("    " + line)
+        self._line(f"    return {outs[0] if len(outs) == 1 else '(' + ', '.join(outs) + ',)'}")
+        return name
 
     def _atom(self, v, env) -> str:
         if hasattr(v, "val") and not hasattr(v, "count"):  # a Literal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -165,3 +166,14 @@ def test_save_refuses_to_overwrite(tmp_path):
     with pytest.raises(OutputExistsError):
         codegen.save(converted, tmp_path)
     codegen.save(converted, tmp_path, force=True)
+
+
+_FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", _FIXTURES, ids=[p.stem for p in _FIXTURES])
+def test_fixture_models(tmp_path, path):
+    converted = onnx2flax.convert(path)
+    inputs = [np.random.default_rng(0).standard_normal(converted._module_shape(s)).astype(s.dtype)
+              for s in converted.inputs]
+    _generate_and_compare(tmp_path, converted, inputs, f"gen_{path.stem}")
