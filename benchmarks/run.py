@@ -92,15 +92,18 @@ def export(spec: Spec, key: str, cache: Path) -> Path:
 
 
 def measure_convert_memory(path: Path) -> dict:
-    """Peak RSS increase while converting, in a fresh process."""
+    """Peak RSS increase while converting, in a fresh process (Linux: the peak is reset
+    just before converting)."""
     code = (
-        "import json, resource, sys, jax, onnx2flax\n"
+        "import json, sys, jax, onnx2flax\n"
         "jax.numpy.zeros(1).block_until_ready()\n"
-        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
-        "base = int(rss.split()[1]) * 1024  # resident now (an import's transient peak is over)\n"
+        "def status(key):\n"
+        "    line = [l for l in open('/proc/self/status') if l.startswith(key)][0]\n"
+        "    return int(line.split()[1]) * 1024\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # peak RSS := current RSS\n"
+        "base = status('VmRSS')\n"
         "onnx2flax.convert(sys.argv[1])\n"
-        "print(json.dumps({'peak': peak() - base}))\n")
+        "print(json.dumps({'peak': status('VmHWM') - base}))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [p for p in (os.environ.get("PYTHONPATH"), str(HERE.parent)) if p]))
     proc = subprocess.run([sys.executable, "-c", code, str(path.resolve())], cwd=HERE,

@@ -41,6 +41,17 @@ def normalize(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
     return _decode_graph(model.graph, opsets, base_dir, outer=frozenset())
 
 
+def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
+    """A copy of ``proto`` for the reference evaluator: a NodeProto taken from the model
+    would keep the whole ModelProto, weights included, alive. Constant nodes are folded
+    from their decoded attributes and need none."""
+    if proto.op_type == "Constant" and not proto.domain:
+        return None
+    copy = onnx.NodeProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
 def _dtype(elem_type: int, what: str) -> np.dtype:
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
@@ -90,7 +101,7 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}
         nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
-                          list(proto.output), attrs, proto))
+                          list(proto.output), attrs, _detached(proto)))
 
     known = set(constants) | {i.name for i in inputs}
     nodes = _sorted(nodes, known, outer)

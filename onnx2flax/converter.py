@@ -143,6 +143,7 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     if report is not None:
         report("load", 1, 1)
     graph = normalize(proto, base_dir)
+    del proto  # the graph holds all it needs: a protobuf we parsed (weights and all) can go
     _fuse.drop_exporter_zero_biases(graph)
     if fold_batchnorm:
         _fuse.fold_batchnorm(graph)
