@@ -163,21 +163,34 @@ def test_string_constant():
     _convert_error(model, UnsupportedOpError, "Constant node 'c'", "value_strings")
 
 
-@pytest.mark.parametrize("kind", ["sequence", "map", "untyped"])
+@pytest.mark.parametrize("kind", ["sequence", "map"])
 def test_non_tensor_inputs(kind):
     model = _add_model(initializers={"w": np.ones(2, F)})
     model.graph.input[0].type.CopyFrom({
         "sequence": helper.make_sequence_type_proto(helper.make_tensor_type_proto(1, [2])),
         "map": helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(1, [2])),
-        "untyped": onnx.TypeProto()}[kind])
+    }[kind])
     _convert_error(model, UnsupportedOpError, "graph input 'x'", "tensor inputs")
+
+
+@pytest.mark.parametrize("untyped", ["no type", "element type 0"])
+def test_untyped_input_takes_what_is_fed(untyped):
+    """ONNX allows inputs without a type (or element type): they take the fed array."""
+    model = _add_model(initializers={"w": np.ones(2, F)})
+    if untyped == "no type":
+        model.graph.input[0].type.CopyFrom(onnx.TypeProto())
+    else:
+        model.graph.input[0].type.tensor_type.elem_type = 0
+    out = onnx2flax.convert(model).run({"x": np.array([1, 2], F)})[0]
+    np.testing.assert_array_equal(out, [2, 3])
 
 
 @pytest.mark.parametrize("elem_type", [0, 999])
 def test_unknown_element_types(elem_type):
-    model = _add_model(initializers={"w": np.ones(2, F)})
-    model.graph.input[0].type.tensor_type.elem_type = elem_type
-    _convert_error(model, InvalidModelError, "graph input 'x'", f"element type {elem_type}")
+    if elem_type:
+        model = _add_model(initializers={"w": np.ones(2, F)})
+        model.graph.input[0].type.tensor_type.elem_type = elem_type
+        _convert_error(model, InvalidModelError, "graph input 'x'", f"element type {elem_type}")
     model = _add_model(initializers={"w": np.ones(2, F)})
     model.graph.initializer[0].data_type = elem_type
     _convert_error(model, InvalidModelError, "initializer 'w'", f"element type {elem_type}")
