@@ -299,6 +299,15 @@ def test_huge_constant_outputs_refused_before_allocating(nodes):
     _convert_error(model, ResourceLimitError, f"{op} node 'big'", "limit")
 
 
+@pytest.mark.parametrize("mode", ["reflect", "wrap"])
+def test_pad_reflect_beyond_the_input(mode):
+    """onnxruntime refuses these; jnp.pad would unroll one slice per reflection (a hang)."""
+    model = make_model([helper.make_node("Pad", ["x", "p"], ["y"], name="pad", mode=mode)],
+                       [("x", F, [1, 3])], [("y", F, None)],
+                       initializers={"p": np.array([0, 0, 0, 2**40], np.int64)}, opset=19)
+    _convert_error(model, InvalidModelError, "Pad node 'pad'", f"{mode} pads")
+
+
 @pytest.mark.parametrize("delta", [0, 1e-30, float("nan")])
 def test_range_without_a_finite_size(delta):
     model = make_model([_const("a", np.array(0.0, F)), _const("b", np.array(10.0, F)),
@@ -569,3 +578,21 @@ def test_local_function_is_inlined():
 
 def test_recursive_local_function():
     _convert_error(_function_model("Fn"), InvalidModelError, "local functions", "local::Fn")
+
+
+def test_cli_convert_never_overwrites_without_force(tmp_path, capsys):
+    from onnx2flax import cli
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(conv_bn_relu_gemm().SerializeToString())
+    out = tmp_path / "out"
+    assert cli.main(["convert", str(path), "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "summary.txt").write_text("mine")
+    assert cli.main(["convert", str(path), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "summary.txt").read_text() == "mine"
+    assert (out / "variables.msgpack").read_bytes() == before["variables.msgpack"]
+    assert cli.main(["convert", str(path), "-o", str(out), "--force"]) == 0
+    assert (out / "summary.txt").read_bytes() == before["summary.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out"]
