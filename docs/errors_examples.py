@@ -69,6 +69,8 @@ def examples(tmp: Path):
         [const("shape", np.array([10**6, 10**6], np.int64)),
          helper.make_node("ConstantOfShape", ["shape"], ["y"], name="fill")], [],
         [("y", F, None)]))
+    yield "unbounded Loop", lambda: onnx2flax.convert(unbounded_loop()).run(
+        {"x": np.zeros(1, np.float32)})
     yield "run-time output 10^12", lambda: onnx2flax.convert(conv(pads=[10**6] * 4)).run(
         {"x": np.zeros((1, 2, 4, 4), np.float32)})
     relu = onnx2flax.convert(model([helper.make_node("Relu", ["x"], ["y"], name="r")],
@@ -94,6 +96,21 @@ def broken_handler():
               [("x", F, [2])], [("y", F, [2])])
     m.opset_import.append(helper.make_opsetid("example.bugs", 1))
     return m
+
+
+def unbounded_loop():
+    """A Loop with no trip count whose condition stays true."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["v_in"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", F, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", F, [1])])
+    return model([const("c", np.array(True)),
+                  helper.make_node("Loop", ["", "c", "x"], ["y"], name="forever", body=body)],
+                 [("x", F, [1])], [("y", F, [1])])
 
 
 def short_initializer():

@@ -97,7 +97,10 @@ def _check_count(node: Node, shape: list, count: float) -> None:
 
 
 def _ints(value) -> list[int]:
-    return [int(d) for d in np.asarray(value).reshape(-1)]
+    value = np.asarray(value)
+    if value.dtype.kind not in "iu":
+        raise TypeError(f"sizes must be integers, got {value.dtype.name}")
+    return [int(d) for d in value.reshape(-1)]
 
 
 def _output_shape(node: Node, inputs: list[np.ndarray | None]) -> list[float] | None:

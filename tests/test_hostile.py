@@ -163,21 +163,34 @@ def test_string_constant():
     _convert_error(model, UnsupportedOpError, "Constant node 'c'", "value_strings")
 
 
-@pytest.mark.parametrize("kind", ["sequence", "map", "untyped"])
+@pytest.mark.parametrize("kind", ["sequence", "map"])
 def test_non_tensor_inputs(kind):
     model = _add_model(initializers={"w": np.ones(2, F)})
     model.graph.input[0].type.CopyFrom({
         "sequence": helper.make_sequence_type_proto(helper.make_tensor_type_proto(1, [2])),
         "map": helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(1, [2])),
-        "untyped": onnx.TypeProto()}[kind])
+    }[kind])
     _convert_error(model, UnsupportedOpError, "graph input 'x'", "tensor inputs")
+
+
+@pytest.mark.parametrize("untyped", ["no type", "element type 0"])
+def test_untyped_input_takes_what_is_fed(untyped):
+    """ONNX allows inputs without a type (or element type): they take the fed array."""
+    model = _add_model(initializers={"w": np.ones(2, F)})
+    if untyped == "no type":
+        model.graph.input[0].type.CopyFrom(onnx.TypeProto())
+    else:
+        model.graph.input[0].type.tensor_type.elem_type = 0
+    out = onnx2flax.convert(model).run({"x": np.array([1, 2], F)})[0]
+    np.testing.assert_array_equal(out, [2, 3])
 
 
 @pytest.mark.parametrize("elem_type", [0, 999])
 def test_unknown_element_types(elem_type):
-    model = _add_model(initializers={"w": np.ones(2, F)})
-    model.graph.input[0].type.tensor_type.elem_type = elem_type
-    _convert_error(model, InvalidModelError, "graph input 'x'", f"element type {elem_type}")
+    if elem_type:
+        model = _add_model(initializers={"w": np.ones(2, F)})
+        model.graph.input[0].type.tensor_type.elem_type = elem_type
+        _convert_error(model, InvalidModelError, "graph input 'x'", f"element type {elem_type}")
     model = _add_model(initializers={"w": np.ones(2, F)})
     model.graph.initializer[0].data_type = elem_type
     _convert_error(model, InvalidModelError, "initializer 'w'", f"element type {elem_type}")
@@ -284,6 +297,15 @@ def test_huge_constant_outputs_refused_before_allocating(nodes):
     model = make_model(nodes + [helper.make_node("Shape", ["big"], ["y"], name="shape")],
                        [], [("y", np.int64, [None])])
     _convert_error(model, ResourceLimitError, f"{op} node 'big'", "limit")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "wrap"])
+def test_pad_reflect_beyond_the_input(mode):
+    """onnxruntime refuses these; jnp.pad would unroll one slice per reflection (a hang)."""
+    model = make_model([helper.make_node("Pad", ["x", "p"], ["y"], name="pad", mode=mode)],
+                       [("x", F, [1, 3])], [("y", F, None)],
+                       initializers={"p": np.array([0, 0, 0, 2**40], np.int64)}, opset=19)
+    _convert_error(model, InvalidModelError, "Pad node 'pad'", f"{mode} pads")
 
 
 @pytest.mark.parametrize("delta", [0, 1e-30, float("nan")])
@@ -556,3 +578,21 @@ def test_local_function_is_inlined():
 
 def test_recursive_local_function():
     _convert_error(_function_model("Fn"), InvalidModelError, "local functions", "local::Fn")
+
+
+def test_cli_convert_never_overwrites_without_force(tmp_path, capsys):
+    from onnx2flax import cli
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(conv_bn_relu_gemm().SerializeToString())
+    out = tmp_path / "out"
+    assert cli.main(["convert", str(path), "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "summary.txt").write_text("mine")
+    assert cli.main(["convert", str(path), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "summary.txt").read_text() == "mine"
+    assert (out / "variables.msgpack").read_bytes() == before["variables.msgpack"]
+    assert cli.main(["convert", str(path), "-o", str(out), "--force"]) == 0
+    assert (out / "summary.txt").read_bytes() == before["summary.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out"]
