@@ -65,8 +65,11 @@ class OnnxFlaxBackendRep(BackendRep):
         self._device = device
         self._kwargs = convert_kwargs
         initializers = {t.name for t in model.graph.initializer}
-        self.input_names = [i.name for i in model.graph.input if i.name not in initializers]
-        self._static = _static_graph_inputs(model, self.input_names)
+        graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+        self.input_names = [i.name for i in graph_inputs]
+        tensors = [i.name for i in graph_inputs  # sequences and optionals cannot be bound
+                   if i.type.WhichOneof("value") in ("tensor_type", None)]
+        self._static = _static_graph_inputs(model, tensors)
         self._converted: dict[tuple, ConvertedModel] = {}
         if not self._static:
             self._converted[()] = convert(model, **convert_kwargs)

@@ -328,6 +328,8 @@ def write_doc(args, results: dict, ops: dict[str, str], seconds: float) -> str:
     required = [n for n in results if ops[n] in REQUIRED_OPS]
     req_passed = {e: sum(results[n][e]["ok"] for n in required) for e in ENGINES}
     versions = _versions()
+    busy = sum(args.timeout if r["onnx2flax"]["seconds"] is None else r["onnx2flax"]["seconds"]
+               for r in results.values())
     layout = {None: "default (channels_last=True)", True: "channels_last=True",
               False: "channels_last=False"}[args.channels_last]
     lines = [
@@ -354,6 +356,8 @@ def write_doc(args, results: dict, ops: dict[str, str], seconds: float) -> str:
         f"- Run on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, {seconds:.0f} s "
         f"wall; onnx2flax layout: {layout}.",
+        f"- onnx2flax time summed over tests (conversion, compilation, run): {busy:.0f} s, about",
+        "  what `pytest -m conformance tests/test_backend_node.py` takes in one process.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
         "| | node tests | onnx2flax passes | of which folded | onnxruntime passes |",
