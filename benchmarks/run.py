@@ -202,15 +202,20 @@ def run_model(key: str, spec: Spec, batch: int, args, cache: Path) -> list[str]:
         errors[e.name] = float(np.abs(out - ref).max() / max(1.0, np.abs(ref).max()))
 
     callers = {}
-    for _ in range(args.first_reps):
-        for e in engines:
+    # the engines' order rotates every round: an engine run right after torch would pay
+    # for torch's OpenMP threads still spinning
+    def rotated(r):
+        return engines[r % len(engines):] + engines[:r % len(engines)]
+
+    for r in range(args.first_reps):
+        for e in rotated(r):
             t = time.perf_counter()
             fn = e.make()
             _block(fn(*e.inputs))
             e.first.append(time.perf_counter() - t)
             callers[e.name] = fn
-    for _ in range(args.reps):
-        for e in engines:
+    for r in range(args.reps):
+        for e in rotated(r):
             fn = callers[e.name]
             t = time.perf_counter()
             _block(fn(*e.inputs))
