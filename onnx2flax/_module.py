@@ -284,6 +284,13 @@ def _family(dtype: np.dtype) -> str:
     return {"f": "float", "c": "complex", "b": "bool", "i": "int", "u": "int"}.get(dtype.kind, dtype.kind)
 
 
+def returned_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
+    """Whether a graph output held as ``perm`` is returned channels-last (image outputs of a
+    channels-last module) rather than in ONNX order."""
+    rank = len(perm)
+    return channels_last and rank >= 3 and perm == _layout.channels_last(rank)
+
+
 class OnnxModule(nn.Module):
     """A converted ONNX graph as a ``flax.linen`` module.
 
@@ -322,8 +329,7 @@ class OnnxModule(nn.Module):
         outputs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
-            rank = len(perm)
-            keep = self.channels_last and rank >= 3 and perm == _layout.channels_last(rank)
+            keep = returned_channels_last(perm, self.channels_last)
             self.program.output_channels_last[spec.name] = keep
             outputs.append(jnp.asarray(value if keep else _layout.to_onnx(value, perm)))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -32,7 +32,7 @@ from jax import lax
 
 from . import _layers, _layout
 from ._files import output_dir, write_file
-from ._module import _Env, _Interpreter
+from ._module import _Env, _Interpreter, returned_channels_last
 from .converter import ConvertedModel
 from .errors import OnnxConversionError, node_label
 
@@ -156,8 +156,7 @@ class _Generator(_Interpreter):
         outs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
-            rank = len(perm)
-            keep = converted.channels_last and rank >= 3 and perm == _layout.channels_last(rank)
+            keep = returned_channels_last(perm, converted.channels_last)
             outs.append(self._emit_fn(lambda v, p=perm, k=keep: jnp.asarray(v if k else
                                                                             _layout.to_onnx(v, p)),
                                       [value], [f"out_{len(outs)}"], f"output {ascii(spec.name)}"))
