@@ -7,7 +7,7 @@ with ``max|flax - ort| <= 1e-4 * max(1, max|ort|)`` per output on a seeded rando
 A constant weight makes every channel identical and the final Softmax exactly uniform, so the
 logits before the Softmax are compared as well; the ``zoo``-marked variant swaps the constant
 fills for random weights, so that channel order matters and layout bugs show.
-Two small files run in the default test run; all of them with ``-m zoo``.
+Two fast files run in the default test run; all of them with ``-m zoo``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import onnx2flax
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 NAMES = sorted(p.stem.removeprefix("light_") for p in LIGHT.glob("light_*.onnx"))
-DEFAULT_RUN = {"squeezenet", "shufflenet"}  # the fastest two; the rest are behind -m zoo
+DEFAULT_RUN = {"bvlc_alexnet", "shufflenet"}  # fast ones; the rest are behind -m zoo
 
 
 def _with_logits(model: onnx.ModelProto) -> onnx.ModelProto:
