@@ -592,7 +592,7 @@ def test_cli_convert_never_overwrites_without_force(tmp_path, capsys):
     assert cli.main(["convert", str(path), "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (out / "summary.txt").read_text() == "mine"
-    assert (out / "variables.msgpack").read_bytes() == before["variables.msgpack"]
+    assert (out / "weights.msgpack").read_bytes() == before["weights.msgpack"]
     assert cli.main(["convert", str(path), "-o", str(out), "--force"]) == 0
     assert (out / "summary.txt").read_bytes() == before["summary.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out"]

@@ -124,8 +124,10 @@ def _hardmax(x, axes):
 def _shifted(x, axes):
     """``x - max(x)`` clamped at 0: XLA may recompute ``x`` inside the fused exponent with a
     rounding different from the one the max saw, and for logits of order 1e9 one ulp above
-    the max overflows ``exp`` (inf / inf = NaN)."""
-    return jnp.minimum(x - lax.stop_gradient(jnp.max(x, axes, keepdims=True)), 0)
+    the max overflows ``exp`` (inf / inf = NaN). ``where``, not ``minimum``: at the max
+    ``minimum``'s gradient would be split between its two equal arguments."""
+    shifted = x - lax.stop_gradient(jnp.max(x, axes, keepdims=True))
+    return jnp.where(shifted > 0, jnp.zeros_like(shifted), shifted)
 
 
 def _softmax(x, axes):
