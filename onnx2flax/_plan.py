@@ -155,9 +155,12 @@ def _unchanged(value: np.ndarray) -> np.ndarray:
 
 
 def _is_weight(graph: Graph, name: str) -> bool:
+    """A float tensor known at conversion time, other than a scalar: an initializer, a
+    Constant node (Paddle, Caffe2 and spox keep their weights there) or the result of a
+    constant subgraph (ConstantOfShape, Mul, ...). Shape-like inputs are excluded by the
+    caller through the ops' ``static_inputs``."""
     value = graph.constants.get(name)
-    return (value is not None and value.dtype.kind == "f" and value.size > 1
-            and (name in graph.initializers or name in graph.origins))
+    return value is not None and value.dtype.kind == "f" and value.size > 1
 
 
 def _spatial_inputs(graph: Graph) -> frozenset[str]:

@@ -330,13 +330,15 @@ def test_channels_last_slice(img, rng):
 
 
 def test_channels_last_split_concat(img, rng):
-    """Concat with a constant first: the constant, not the activation, is re-laid."""
+    """Concat with a constant first: the constant, not the activation, is re-laid. A float
+    Constant is a weight, hence a Flax param: re-laying it is the one transpose."""
     const = rng.standard_normal((2, 2, 6, 8)).astype(np.float32)
     nodes = [helper.make_node("Constant", [], ["const"],
                               value=onnx.numpy_helper.from_array(const)),
              helper.make_node("Split", ["a", "sp"], ["p", "q"], axis=1),
              helper.make_node("Concat", ["const", "q", "p"], ["b"], axis=1)]
-    check_chain(nodes, img, rng, c_mid=6, extra={"sp": np.array([1, 3])})
+    converted = check_chain(nodes, img, rng, c_mid=6, extra={"sp": np.array([1, 3])}, allowed=1)
+    assert converted.variables["params"]["const"].shape == const.shape
 
 
 def test_channels_last_pad(img, rng):
