@@ -156,3 +156,134 @@ class MobileNetV3Small(nn.Module):
     def __call__(self, x):  # x: [N, H, W, 3]
         x = jnp.mean(Features(name="features")(x), axis=(1, 2))
         return Classifier(self.num_classes, name="classifier")(x)
+
+
+# ---- Transformers: Dense layers and their biases are held as onnx2flax names them -------
+# (torch's Linear on a rank-3 input exports as MatMul + Add: layer 'query', param 'query_bias')
+
+def _dense(module: nn.Module, x, features: int, name: str):
+    y = nn.Dense(features, use_bias=False, name=name)(x)
+    return y + module.param(f"{name}_bias", nn.initializers.zeros, (features,))
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU's default: exact erf
+
+
+class Attention(nn.Module):
+    heads: int
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = (_dense(self, x, d, name).reshape(b, n, h, d // h)
+                   for name in ("query", "key", "value"))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.float32(d // h))
+        if mask is not None:
+            scores = scores + mask
+        y = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+        return _dense(self, y.reshape(b, n, d), d, "out")
+
+
+class PreNormBlock(nn.Module):
+    heads: int
+    mlp: int
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        x = x + Attention(self.heads, name="attn")(nn.LayerNorm(1e-6, name="norm1")(x))
+        y = _gelu(_dense(self, nn.LayerNorm(1e-6, name="norm2")(x), self.mlp, "fc1"))
+        return x + _dense(self, y, d, "fc2")
+
+
+class ViTBlocks(nn.Module):
+    depth: int
+    heads: int
+    mlp: int
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.depth):
+            x = PreNormBlock(self.heads, self.mlp, name=str(i))(x)
+        return x
+
+
+class ViTB16(nn.Module):
+    patch: int = 16
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp: int = 3072
+    num_classes: int = 1000
+
+    @nn.compact
+    def __call__(self, x):  # x: [N, H, W, 3]
+        x = nn.Conv(self.dim, (self.patch,) * 2, (self.patch,) * 2, "VALID",
+                    name="patch_embed")(x)
+        b = x.shape[0]
+        x = x.reshape(b, -1, self.dim)
+        cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))
+        pos = self.param("pos_embed", nn.initializers.zeros, (1, x.shape[1] + 1, self.dim))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), x], axis=1) + pos
+        x = ViTBlocks(self.depth, self.heads, self.mlp, name="blocks")(x)
+        return nn.Dense(self.num_classes, name="head")(nn.LayerNorm(1e-6, name="norm")(x)[:, 0])
+
+
+class Table(nn.Module):
+    """A bare weight (``<name>.weight``)."""
+
+    shape: tuple
+
+    @nn.compact
+    def __call__(self):
+        return self.param("weight", nn.initializers.zeros, self.shape)
+
+
+class PostNormBlock(nn.Module):
+    heads: int
+    mlp: int
+
+    @nn.compact
+    def __call__(self, x, mask):
+        d = x.shape[-1]
+        x = nn.LayerNorm(1e-12, name="attention_norm")(
+            x + Attention(self.heads, name="attention")(x, mask))
+        y = _dense(self, _gelu(_dense(self, x, self.mlp, "intermediate")), d, "output")
+        return nn.LayerNorm(1e-12, name="output_norm")(x + y)
+
+
+class BertLayers(nn.Module):
+    depth: int
+    heads: int
+    mlp: int
+
+    @nn.compact
+    def __call__(self, x, mask):
+        for i in range(self.depth):
+            x = PostNormBlock(self.heads, self.mlp, name=str(i))(x, mask)
+        return x
+
+
+class BertBase(nn.Module):
+    """Holds the embeddings as onnx2flax folds them at a fixed sequence length (position
+    embeddings sliced to ``seq``, the token-type row 0)."""
+
+    vocab: int = 30522
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp: int = 3072
+    seq: int = 128
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask):
+        words = Table((self.vocab, self.dim), name="word_embeddings")()
+        x = (jnp.take(words, input_ids, axis=0)
+             + Table((1, self.seq, self.dim), name="position_embeddings")()
+             + Table((self.dim,), name="token_type_embeddings")())
+        x = nn.LayerNorm(1e-12, name="embeddings_norm")(x)
+        mask = (1.0 - attention_mask[:, None, None, :].astype(x.dtype)) * -10000.0
+        x = BertLayers(self.depth, self.heads, self.mlp, name="layers")(x, mask)
+        return x, jnp.tanh(nn.Dense(self.dim, name="pooler")(x[:, 0]))

@@ -66,8 +66,9 @@ SPECS = {
     "resnet50": Spec("ResNet-50", models.ResNet50, _image, flax_models.ResNet50, batches=(1, 8)),
     "mobilenetv3": Spec("MobileNetV3-Small", models.MobileNetV3Small, _image,
                         flax_models.MobileNetV3Small),
-    "vit_b16": Spec("ViT-B/16", models.ViTB16, _image),
-    "bert_base": Spec("BERT-base (seq 128)", models.BertBase, _tokens, image=False),
+    "vit_b16": Spec("ViT-B/16", models.ViTB16, _image, flax_models.ViTB16),
+    "bert_base": Spec("BERT-base (seq 128)", models.BertBase, _tokens, flax_models.BertBase,
+                      image=False),
 }
 
 
@@ -91,14 +92,18 @@ def export(spec: Spec, key: str, cache: Path) -> Path:
 
 
 def measure_convert_memory(path: Path) -> dict:
-    """Peak RSS increase while converting, in a fresh process."""
+    """Peak RSS increase while converting, in a fresh process (Linux: the peak is reset
+    just before converting)."""
     code = (
-        "import json, resource, sys, jax, onnx2flax\n"
+        "import json, sys, jax, onnx2flax\n"
         "jax.numpy.zeros(1).block_until_ready()\n"
-        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "base = peak()\n"
+        "def status(key):\n"
+        "    line = [l for l in open('/proc/self/status') if l.startswith(key)][0]\n"
+        "    return int(line.split()[1]) * 1024\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # peak RSS := current RSS\n"
+        "base = status('VmRSS')\n"
         "onnx2flax.convert(sys.argv[1])\n"
-        "print(json.dumps({'peak': peak() - base}))\n")
+        "print(json.dumps({'peak': status('VmHWM') - base}))\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [p for p in (os.environ.get("PYTHONPATH"), str(HERE.parent)) if p]))
     proc = subprocess.run([sys.executable, "-c", code, str(path.resolve())], cwd=HERE,
@@ -197,15 +202,20 @@ def run_model(key: str, spec: Spec, batch: int, args, cache: Path) -> list[str]:
         errors[e.name] = float(np.abs(out - ref).max() / max(1.0, np.abs(ref).max()))
 
     callers = {}
-    for _ in range(args.first_reps):
-        for e in engines:
+    # the engines' order rotates every round: an engine run right after torch would pay
+    # for torch's OpenMP threads still spinning
+    def rotated(r):
+        return engines[r % len(engines):] + engines[:r % len(engines)]
+
+    for r in range(args.first_reps):
+        for e in rotated(r):
             t = time.perf_counter()
             fn = e.make()
             _block(fn(*e.inputs))
             e.first.append(time.perf_counter() - t)
             callers[e.name] = fn
-    for _ in range(args.reps):
-        for e in engines:
+    for r in range(args.reps):
+        for e in rotated(r):
             fn = callers[e.name]
             t = time.perf_counter()
             _block(fn(*e.inputs))

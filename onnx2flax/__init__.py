@@ -16,7 +16,7 @@ from ._export import export
 from ._inspect import ModelSummary, summarize
 from .converter import ConvertedModel, TensorSpec, convert
 from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
-                     ResourceLimitError, UnsupportedOpError)
+                     OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
@@ -25,5 +25,5 @@ __all__ = [
     "Comparison", "ComparisonReport", "compare", "random_feeds",
     "ModelSummary", "summarize",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
-    "ResourceLimitError", "InternalError",
+    "ResourceLimitError", "OutputExistsError", "UnsafePathError", "InternalError",
 ]

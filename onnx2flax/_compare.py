@@ -104,11 +104,12 @@ def random_feeds(inputs: list[TensorSpec], *, seed: int = 0, batch: int = 1) -> 
     for spec in inputs:
         shape = tuple(d if isinstance(d, int) else (batch if i == 0 else 1)
                       for i, d in enumerate(spec.shape or ()))
-        if spec.dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype.kind in "iu":
-            feeds[spec.name] = rng.integers(0, 4, shape).astype(spec.dtype)
-        elif spec.dtype.kind == "b":
+        dtype = spec.dtype or np.dtype(np.float32)  # an untyped input takes any dtype
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[spec.name] = rng.integers(0, 4, shape).astype(dtype)
+        elif dtype.kind == "b":
             feeds[spec.name] = rng.random(shape) < 0.5
         else:
             raise InvalidInputError(f"cannot make random data for input {spec.name!r} of dtype "

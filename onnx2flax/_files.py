@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import OnnxConversionError
+from .errors import OutputExistsError, UnsafePathError
 
-
-class OutputExistsError(OnnxConversionError, FileExistsError):
-    """A file to write already exists and overwriting was not asked for (``--force``)."""
+__all__ = ["OutputExistsError", "UnsafePathError", "output_dir", "write_file"]
 
 
 def output_dir(path: str | os.PathLike) -> Path:
@@ -22,17 +20,19 @@ def output_dir(path: str | os.PathLike) -> Path:
 
 
 def write_file(folder: Path, name: str, data: bytes | str, *, force: bool = False) -> Path:
-    """Write ``data`` to ``folder/name``; ``name`` is a plain file name chosen by us, and the
+    """Write ``data`` to ``folder/name``; ``name`` must be a plain file name, and the
     target must stay inside ``folder`` (no separators, no links). Existing files are kept
     unless ``force``."""
-    if not name or name != Path(name).name or name in (".", ".."):
-        raise ValueError(f"refusing to write {name!r}: not a plain file name")
+    if (not isinstance(name, str) or not name or "\0" in name or name != Path(name).name
+            or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name)):
+        raise UnsafePathError(f"refusing to write {name!r}: not a plain file name")
     target = folder / name
     if target.is_symlink():
-        raise OutputExistsError(f"{str(target)!r} is a symbolic link; refusing to write through it")
-    if target.exists() and not force:
+        raise UnsafePathError(f"{str(target)!r} is a symbolic link; refusing to write through it")
+    if target.exists() and (not force or not target.is_file()):
         raise OutputExistsError(f"{str(target)!r} already exists; pass force=True (--force) "
-                                "to overwrite it")
+                                "to overwrite it" if target.is_file() else
+                                f"{str(target)!r} exists and is not a file")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = folder / f".{name}.tmp"
     tmp.unlink(missing_ok=True)

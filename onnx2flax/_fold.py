@@ -31,8 +31,10 @@ _evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = 
 
 
 def foldable(node: Node) -> bool:
+    """Default-domain ops ONNX defines (unknown ones are left for ``check_supported`` to
+    report with all the others)."""
     return node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD \
-        and node.proto is not None
+        and node.proto is not None and onnx.defs.has(node.op_type)
 
 
 def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:
@@ -95,7 +97,10 @@ def _check_count(node: Node, shape: list, count: float) -> None:
 
 
 def _ints(value) -> list[int]:
-    return [int(d) for d in np.asarray(value).reshape(-1)]
+    value = np.asarray(value)
+    if value.dtype.kind not in "iu":
+        raise TypeError(f"sizes must be integers, got {value.dtype.name}")
+    return [int(d) for d in value.reshape(-1)]
 
 
 def _output_shape(node: Node, inputs: list[np.ndarray | None]) -> list[float] | None:

@@ -50,7 +50,7 @@ def fold_batchnorm(graph: Graph) -> int:
     producer = {out: node for node in graph.nodes for out in node.outputs if out}
     readers: dict[str, int] = {}
     for node in graph.nodes:
-        for name in _reads(node):
+        for name in node.reads():
             readers[name] = readers.get(name, 0) + 1
     for out in graph.outputs:
         readers[out.name] = readers.get(out.name, 0) + 1
@@ -70,15 +70,6 @@ def fold_batchnorm(graph: Graph) -> int:
             dropped.add(bn)
     graph.nodes = [fused.get(n, n) for n in graph.nodes if n not in dropped]
     return len(dropped)
-
-
-def _reads(node: Node) -> list[str]:
-    names = [i for i in node.inputs if i]
-    for value in node.attrs.values():
-        for sub in value if isinstance(value, list) else [value]:
-            if isinstance(sub, Graph):
-                names.extend(sub.outer)
-    return names
 
 
 def _bn_factors(graph: Graph, bn: Node):

@@ -50,6 +50,16 @@ class Node:
     def key(self) -> tuple[str, str]:
         return (self.domain, self.op_type)
 
+    def subgraphs(self) -> list[Graph]:
+        """The graphs held by attributes (If branches, Loop and Scan bodies)."""
+        return [sub for value in self.attrs.values()
+                for sub in (value if isinstance(value, list) else [value])
+                if isinstance(sub, Graph)]
+
+    def reads(self) -> list[str]:
+        """Every name the node reads: its inputs, and what its subgraphs read from outside."""
+        return [i for i in self.inputs if i] + [n for sub in self.subgraphs() for n in sub.outer]
+
 
 @dataclass(eq=False)
 class Graph:

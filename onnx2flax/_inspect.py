@@ -63,9 +63,7 @@ def summarize(model: ModelLike) -> ModelSummary:
 def _count(graph: Graph, counts: Counter) -> None:
     for node in graph.nodes:
         counts[node.key] += 1
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    _count(sub, counts)
+        for sub in node.subgraphs():
+            _count(sub, counts)
 
 

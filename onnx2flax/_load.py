@@ -7,6 +7,7 @@ folder: absolute locations, ``..`` and links that leave the folder are refused.
 from __future__ import annotations
 
 import mmap
+import functools
 import os
 from pathlib import Path
 
@@ -53,19 +54,29 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 
 def _check_text(message, where: str) -> None:
-    """Refuse string fields that are not UTF-8 (the parser hands them back as bytes)."""
-    for field, value in message.ListFields():
-        repeated = (field.is_repeated if hasattr(field, "is_repeated")  # protobuf >= 5
-                    else field.label == field.LABEL_REPEATED)
+    """Refuse string fields that are not UTF-8 (the parser hands them back as bytes).
+    Only string and message fields are read: tensors' raw data is never copied."""
+    for field, repeated in _text_fields(message.DESCRIPTOR):
+        value = getattr(message, field.name)
         if field.type == field.TYPE_STRING:
-            values = value if repeated else [value]
-            bad = next((v for v in values if not isinstance(v, str)), None)
+            bad = next((v for v in (value if repeated else [value]) if not isinstance(v, str)),
+                       None)
             if bad is not None:
                 raise InvalidModelError(f"{where}: field {field.full_name!r} holds invalid "
                                         f"UTF-8 text {bytes(bad)[:40]!r}")
-        elif field.type == field.TYPE_MESSAGE:
-            for item in value if repeated else [value]:
+        elif repeated:
+            for item in value:
                 _check_text(item, where)
+        elif message.HasField(field.name):
+            _check_text(value, where)
+
+
+@functools.cache
+def _text_fields(descriptor) -> tuple:
+    """The string and message fields of a message type, with whether each is repeated."""
+    return tuple((f, f.is_repeated if hasattr(f, "is_repeated")  # protobuf >= 5
+                  else f.label == f.LABEL_REPEATED)
+                 for f in descriptor.fields if f.type in (f.TYPE_STRING, f.TYPE_MESSAGE))
 
 
 def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None, what: str) -> np.ndarray:

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -91,14 +90,7 @@ class OpContext:
     def layer(self, cls: type[nn.Module], *args, call_kwargs: dict | None = None, **kwargs):
         """Create the node's planned layer ``cls(**kwargs)`` with its weights as
         initializers, and call it on ``args``."""
-        plan = self.layer_plan
-        inits = {f"{leaf}_init": _const_init(value)
-                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
-
-        def make(scope: nn.Module):
-            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **(call_kwargs or {}))
-
-        return self._interp.in_scope(plan.path[:-1], make)
+        return self._interp.call_layer(self.layer_plan, cls, args, kwargs, call_kwargs or {})
 
     def make_rng(self, name: str = "dropout"):
         return self._interp.module.make_rng(name)
@@ -137,6 +129,16 @@ class _Interpreter:
         # apply(..., mutable=['intermediates']) records every node output in ONNX layout.
         self.record = module.is_mutable_collection("intermediates")
         self._roots: dict[str, _Namespace] = {}
+
+    def call_layer(self, plan: LayerPlan, cls: type[nn.Module], args: tuple, kwargs: dict,
+                   call_kwargs: dict):
+        inits = {f"{leaf}_init": _const_init(value)
+                 for leaf, value in {**plan.params, **plan.batch_stats}.items()}
+
+        def make(scope: nn.Module):
+            return cls(name=plan.path[-1], **inits, **kwargs)(*args, **call_kwargs)
+
+        return self.in_scope(plan.path[:-1], make)
 
     def in_scope(self, prefix: tuple[str, ...], fn: Callable[[nn.Module], Any]):
         if not prefix:
@@ -211,7 +213,7 @@ class _Interpreter:
         result = guarded(node, arrays, spec.fn, ctx, *arrays)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
         for out in outs:  # shapes are static under trace: refuse before XLA allocates
-            if np.size(out) > _load.MAX_ELEMENTS:
+            if not isinstance(out, list) and np.size(out) > _load.MAX_ELEMENTS:
                 raise ResourceLimitError(
                     f"{node_label(node.name, node.op_type)} would create a tensor of shape "
                     f"{list(np.shape(out))} ({np.size(out):.3g} elements, limit "
@@ -256,6 +258,9 @@ def _common_perm(arrays, perms) -> _layout.Perm:
 
 def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
     """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
     shape = tuple(np.shape(value))
     layout = _layout.channels_last(len(shape)) if channels_last else None
     if spec.shape is not None:
@@ -270,9 +275,6 @@ def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
                 raise InvalidInputError(
                     f"input {spec.name!r} has shape {list(onnx_shape)} in ONNX order, but "
                     f"dim {axis} must be {want} (expected {list(spec.shape)})")
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:
-        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
     if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
         raise InvalidInputError(
             f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
@@ -280,6 +282,13 @@ def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
 
 def _family(dtype: np.dtype) -> str:
     return {"f": "float", "c": "complex", "b": "bool", "i": "int", "u": "int"}.get(dtype.kind, dtype.kind)
+
+
+def returned_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
+    """Whether a graph output held as ``perm`` is returned channels-last (image outputs of a
+    channels-last module) rather than in ONNX order."""
+    rank = len(perm)
+    return channels_last and rank >= 3 and perm == _layout.channels_last(rank)
 
 
 class OnnxModule(nn.Module):
@@ -320,8 +329,7 @@ class OnnxModule(nn.Module):
         outputs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
-            rank = len(perm)
-            keep = self.channels_last and rank >= 3 and perm == _layout.channels_last(rank)
+            keep = returned_channels_last(perm, self.channels_last)
             self.program.output_channels_last[spec.name] = keep
             outputs.append(jnp.asarray(value if keep else _layout.to_onnx(value, perm)))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
@@ -40,6 +41,17 @@ def normalize(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
     return _decode_graph(model.graph, opsets, base_dir, outer=frozenset())
 
 
+def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
+    """A copy of ``proto`` for the reference evaluator: a NodeProto taken from the model
+    would keep the whole ModelProto, weights included, alive. Constant nodes are folded
+    from their decoded attributes and need none."""
+    if proto.op_type == "Constant" and not proto.domain:
+        return None
+    copy = onnx.NodeProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
 def _dtype(elem_type: int, what: str) -> np.dtype:
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
@@ -61,6 +73,9 @@ def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
             else (d.dim_param or None) for d in t.shape.dim)
     dtype = _dtype(t.elem_type, f"{what} {info.name!r}") if t.elem_type else None
+    if dtype is not None and dtype.kind in "OSU":
+        raise UnsupportedOpError(f"{what} {info.name!r} is a string tensor; JAX has no string "
+                                 "dtype, onnx2flax converts numeric and bool tensors only")
     return TensorSpec(info.name, shape, dtype)
 
 
@@ -86,7 +101,7 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}
         nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
-                          list(proto.output), attrs, proto))
+                          list(proto.output), attrs, _detached(proto)))
 
     known = set(constants) | {i.name for i in inputs}
     nodes = _sorted(nodes, known, outer)
@@ -190,11 +205,7 @@ def _outer_reads(nodes: list[Node], known: set[str]) -> set[str]:
     produced = set(known)
     reads: set[str] = set()
     for node in nodes:
-        reads.update(i for i in node.inputs if i and i not in produced)
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    reads.update(n for n in sub.outer if n not in produced)
+        reads.update(n for n in node.reads() if n not in produced)
         produced.update(node.outputs)
     return reads
 
@@ -212,16 +223,8 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
                     "defined by another node, input or initializer")
             producer[out] = node
 
-    def deps(node: Node) -> list[str]:
-        names = [i for i in node.inputs if i]
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    names.extend(sub.outer)
-        return names
-
     for node in nodes:
-        for name in deps(node):
+        for name in node.reads():
             if name not in producer and name not in known and name not in outer:
                 raise InvalidModelError(
                     f"{node_label(node.name, node.op_type)} reads {name!r}, which no node, "
@@ -236,7 +239,7 @@ def _sorted(nodes: list[Node], known: set[str], outer: frozenset[str]) -> list[N
                 if state.get(id(node)) == 2:
                     continue
                 state[id(node)] = 1
-            names = deps(node)
+            names = node.reads()
             while i < len(names):
                 dep = producer.get(names[i])
                 i += 1
@@ -295,7 +298,6 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
                     graph.origins[name] = origin
                     graph.folded[name] = node
             continue
-        _drop_computed_zero_bias(graph, node)
         kept.append(node)
     graph.nodes = kept
 
@@ -340,17 +342,6 @@ def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
         else:
             return None
     return None
-
-
-def _drop_computed_zero_bias(graph: Graph, node: Node) -> None:
-    """A Conv bias of zeros that the exporter computed (no initializer behind it) is no
-    bias: the layer then has none, like the bias-free PyTorch layer it came from."""
-    if node.op_type in ("Conv", "ConvTranspose") and not node.domain and len(node.inputs) == 3:
-        bias = node.inputs[2]
-        value = graph.constants.get(bias)
-        if (value is not None and bias not in graph.initializers and bias not in graph.origins
-                and not value.any()):
-            node.inputs = node.inputs[:2]
 
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:

@@ -93,8 +93,11 @@ class _Names:
         self._prefixes: set[Path] = set()
 
     def take(self, path: Path) -> Path:
-        if any(path[:i] in self._leaves for i in range(1, len(path))):
-            path = ("_".join(path),)  # a prefix is already a leaf: renaming the last part can't help
+        # under a leaf (a free 'fc.bias' next to layer 'fc'): join the parts below it
+        # ('fc_bias'), as renaming only the last part could never succeed
+        cut = next((i for i in range(1, len(path)) if path[:i] in self._leaves), None)
+        if cut is not None:
+            path = path[:cut - 1] + ("_".join(path[cut - 1:]),)
         candidate, n = path, 0
         while candidate in self._leaves or candidate in self._prefixes:
             n += 1
@@ -139,19 +142,12 @@ def plan(graph: Graph) -> Program:
         spec = lookup(node.domain, node.op_type, graph.opset)
         static = spec.static_inputs if spec else ()
         # Weights read inside If/Loop/Scan bodies (position None) are params too.
-        reads = [*enumerate(node.inputs), *((None, n) for n in _subgraph_reads(node))]
+        reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
         for k, name in reads:
             if (id(node), k) in consumed or k in static or name in free or not _is_weight(graph, name):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
     return Program(graph, layers, free, _spatial_inputs(graph))
-
-
-def _subgraph_reads(node: Node) -> list[str]:
-    """Names of the enclosing graph that ``node``'s subgraphs read."""
-    return [name for value in node.attrs.values()
-            for sub in (value if isinstance(value, list) else [value]) if isinstance(sub, Graph)
-            for name in sub.outer]
 
 
 def _unchanged(value: np.ndarray) -> np.ndarray:

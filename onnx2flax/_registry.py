@@ -109,10 +109,8 @@ def check_supported(graph: Graph) -> None:
 def _walk(graph: Graph):
     for node in graph.nodes:
         yield node, graph.opsets
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, Graph):
-                    yield from _walk(sub)
+        for sub in node.subgraphs():
+            yield from _walk(sub)
 
 
 _NEEDS_STATIC = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,

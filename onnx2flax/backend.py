@@ -54,9 +54,9 @@ def _jax_device(device: str):
 class OnnxFlaxBackendRep(BackendRep):
     """A prepared (converted) model; ``run`` takes inputs in ONNX layout.
 
-    Graph inputs read where onnx2flax needs a value at conversion time (Reshape's shape,
-    Unsqueeze's axes: the registry's ``static_inputs``) are bound to the values given to
-    ``run``: the model is converted once per distinct value of those inputs. Other models
+    Graph inputs whose values onnx2flax needs at conversion time (those that reach Reshape's
+    shape, Unsqueeze's axes..., the registry's ``static_inputs``) are bound to the values given
+    to ``run``: the model is converted once per distinct value of those inputs. Other models
     are converted once, by ``prepare``.
     """
 
@@ -65,8 +65,11 @@ class OnnxFlaxBackendRep(BackendRep):
         self._device = device
         self._kwargs = convert_kwargs
         initializers = {t.name for t in model.graph.initializer}
-        self.input_names = [i.name for i in model.graph.input if i.name not in initializers]
-        self._static = _static_graph_inputs(model, set(self.input_names))
+        graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+        self.input_names = [i.name for i in graph_inputs]
+        tensors = [i.name for i in graph_inputs  # sequences and optionals cannot be bound
+                   if i.type.WhichOneof("value") in ("tensor_type", None)]
+        self._static = _static_graph_inputs(model, tensors)
         self._converted: dict[tuple, ConvertedModel] = {}
         if not self._static:
             self._converted[()] = convert(model, **convert_kwargs)
@@ -108,19 +111,52 @@ class OnnxFlaxBackendRep(BackendRep):
         return self._converted[key]
 
 
-def _static_graph_inputs(model: onnx.ModelProto, inputs: set[str]) -> list[str]:
-    """Graph inputs that some top-level node reads at a position its handler needs
-    at conversion time."""
+#: Ops that read only their input's shape, never its values.
+_SHAPE_ONLY = {"Shape", "Size"}
+#: Inputs worth binding beyond the handlers' ``static_inputs``: a known trip count and
+#: initial condition give a Loop's scan outputs a static length (a run-time one cannot be
+#: traced).
+_BIND_ALSO = {"Loop": (0, 1)}
+
+
+def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]:
+    """Graph inputs whose values some top-level node needs at conversion time: read at a
+    position its handler declares static, directly or through other nodes."""
     opsets = {(o.domain or ""): o.version for o in model.opset_import}
     opsets.setdefault("", opsets.get("ai.onnx", 1))
-    found: list[str] = []
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    pending = []
     for node in model.graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
         spec = lookup(domain, node.op_type, opsets.get(domain, 1))
-        for k in spec.static_inputs if spec else ():
-            if k < len(node.input) and node.input[k] in inputs and node.input[k] not in found:
-                found.append(node.input[k])
-    return found
+        static = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
+        pending.extend(node.input[k] for k in static if k < len(node.input) and node.input[k])
+    needed: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and node.op_type not in _SHAPE_ONLY:
+            pending.extend(i for i in node.input if i)
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                    pending.extend(_outer_reads(sub))
+    return [name for name in inputs if name in needed]
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph (If/Loop/Scan body) reads from its enclosing graphs."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    reads: set[str] = set()
+    for node in graph.node:
+        reads.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                reads |= _outer_reads(sub)
+        defined.update(node.output)
+    return reads - defined
 
 
 class OnnxFlaxBackend(Backend):

@@ -16,26 +16,24 @@ def _progress(message: str) -> None:
 
 
 def _cmd_convert(args) -> int:
-    from flax import serialization
-
+    from . import codegen
     from ._files import output_dir, write_file
-    from .converter import convert
     from ._inspect import summarize
+    from .converter import convert
 
     start = time.perf_counter()
     _progress(f"converting {args.model}")
     converted = convert(args.model, channels_last=not args.channels_first)
     _progress(f"converted in {time.perf_counter() - start:.2f} s; writing {args.output}")
     folder = output_dir(args.output)
-    state = serialization.to_state_dict(converted.variables)
-    write_file(folder, "variables.msgpack", serialization.msgpack_serialize(state), force=args.force)
-    summary = summarize(args.model).text()
+    written = codegen.save(converted, folder, force=args.force)
     layout = "\n".join(f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
                        for s in converted.inputs + converted.outputs)
-    write_file(folder, "summary.txt", f"{summary}\nlayout at the module boundary:\n{layout}\n"
-               "load the weights: flax.serialization.msgpack_restore("
-               "open('variables.msgpack', 'rb').read())\n", force=args.force)
-    print(f"wrote {folder / 'variables.msgpack'} and {folder / 'summary.txt'}")
+    written.append(write_file(
+        folder, "summary.txt", f"{summarize(args.model).text()}\nlayout at the module "
+        f"boundary:\n{layout}\nuse: from model import Model, load_variables; "
+        "Model().apply(load_variables(), *inputs)\n", force=args.force))
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

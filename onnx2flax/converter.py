@@ -12,11 +12,11 @@ import numpy as np
 from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._graph import TensorSpec
 from ._load import ModelLike, load_model
-from ._module import OnnxModule, check_feed
+from ._module import OnnxModule, _family, check_feed
 from ._normalize import normalize
 from ._plan import Program, plan
 from ._registry import check_supported
-from .errors import InvalidInputError
+from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
 
 __all__ = ["ConvertedModel", "TensorSpec", "convert"]
 
@@ -81,6 +81,9 @@ class ConvertedModel:
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
         Jitted; compiled once per input shape."""
         names = [s.name for s in self.inputs]
+        if not isinstance(feeds, Mapping):
+            raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
+                                    f"{type(feeds).__name__}; the model's inputs are {names}")
         unknown = sorted(set(feeds) - set(names))
         if unknown:
             raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
@@ -93,14 +96,27 @@ class ConvertedModel:
             value = np.asarray(value) if not hasattr(value, "dtype") else value
             plain = replace(spec, channels_last=False)
             check_feed(plain, value, False)
-            arrays.append(_cast(value, spec.dtype))
-        with jax.default_matmul_precision("highest"):
-            outs = self._jitted(self.variables, *arrays)
-        return [_cast(np.asarray(y), spec.dtype) for y, spec in zip(outs, self.outputs)]
+            arrays.append(value if spec.dtype is None or np.dtype(value.dtype) == spec.dtype
+                          else np.asarray(value, dtype=spec.dtype))
+        try:
+            with jax.default_matmul_precision("highest"):
+                outs = self._jitted(self.variables, *arrays)
+        except jax.errors.JaxRuntimeError as exc:  # raised by XLA while compiling or running
+            if "RESOURCE_EXHAUSTED" in str(exc):
+                raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
+            raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
+        return [_cast(np.asarray(y), spec) for y, spec in zip(outs, self.outputs)]
 
 
-def _cast(value: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
-    return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``value`` in the output's declared dtype (JAX computes int64 as int32 without x64),
+    never across dtype families (that would hide a wrong graph)."""
+    if spec.dtype is None or value.dtype == spec.dtype:
+        return value
+    if _family(value.dtype) != _family(spec.dtype):
+        raise InvalidModelError(f"graph output {spec.name!r} is declared {spec.dtype.name}, but "
+                                f"the graph computes {value.dtype.name}")
+    return value.astype(spec.dtype)
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
@@ -127,6 +143,7 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     if report is not None:
         report("load", 1, 1)
     graph = normalize(proto, base_dir)
+    del proto  # the graph holds all it needs: a protobuf we parsed (weights and all) can go
     _fuse.drop_exporter_zero_biases(graph)
     if fold_batchnorm:
         _fuse.fold_batchnorm(graph)

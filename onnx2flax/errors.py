@@ -38,6 +38,16 @@ class ResourceLimitError(OnnxConversionError, MemoryError):
     """A tensor or loop would exceed the configured size or iteration limits."""
 
 
+class OutputExistsError(OnnxConversionError, FileExistsError):
+    """A file to write already exists and overwriting was not asked for (``--force``), or the
+    output path is not a folder."""
+
+
+class UnsafePathError(OnnxConversionError, ValueError):
+    """A file name to write is not a plain name inside the output folder (separators,
+    ``..``, absolute paths, NUL bytes, or a symbolic link in its place)."""
+
+
 class InternalError(OnnxConversionError, RuntimeError):
     """An op handler or layer builder failed in a way no check anticipated: a bug in
     onnx2flax rather than in the model. The original exception is chained

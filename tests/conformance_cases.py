@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ EXPECTED_FAILURES = Path(__file__).with_name("conformance_expected_failures.txt"
 _EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
 
 
+@functools.cache
 def load_cases() -> dict:
     """name -> ``onnx.backend.test`` TestCase for every node test, in the suite's order."""
     from onnx.backend.test.loader import load_model_tests

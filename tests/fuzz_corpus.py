@@ -137,8 +137,66 @@ def opset9_unsqueeze_div():
                   {"d": np.array([2.0, -4.0], np.float32)}, opset=9)
 
 
+def local_function():
+    """A model-local function (Gemm + Relu), inlined by normalization."""
+    rng = np.random.default_rng(7)
+    fn = helper.make_function(
+        "local", "Dense", ["a", "w", "b"], ["y"],
+        [helper.make_node("Gemm", ["a", "w", "b"], ["h"], transB=1),
+         helper.make_node("Relu", ["h"], ["y"])],
+        [helper.make_opsetid("", 17)])
+    model = _model([helper.make_node("Dense", ["x", "fc.weight", "fc.bias"], ["y"], name="dense",
+                                     domain="local")],
+                   [("x", TensorProto.FLOAT, ["N", 4])], [("y", TensorProto.FLOAT, ["N", 3])],
+                   {"fc.weight": _w(rng, 3, 4), "fc.bias": _w(rng, 3)})
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(fn)
+    return model
+
+
+def data_movement():
+    """Run-time Slice, Pad, Resize, Expand, Tile, Split, Where, Softmax, ReduceMean, TopK,
+    LayerNormalization, Range and an If on a constant condition (opset 18)."""
+    rng = np.random.default_rng(8)
+    then_branch = helper.make_graph(
+        [helper.make_node("Neg", ["m"], ["t_out"], name="neg")], "then", [],
+        [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, [2, 1, 10, 1])])
+    else_branch = helper.make_graph(
+        [helper.make_node("Abs", ["m"], ["e_out"], name="abs")], "else", [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, [2, 1, 10, 1])])
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["s"], name="slice"),
+        helper.make_node("Pad", ["s", "pads"], ["p"], name="pad", mode="reflect"),
+        helper.make_node("Resize", ["p", "", "scales"], ["r"], name="resize", mode="nearest"),
+        helper.make_node("Expand", ["r", "expand_to"], ["e"], name="expand"),
+        helper.make_node("Tile", ["e", "reps"], ["t"], name="tile"),
+        helper.make_node("Split", ["t", "split"], ["a", "b"], name="split", axis=1),
+        helper.make_node("Greater", ["a", "b"], ["g"], name="greater"),
+        helper.make_node("Where", ["g", "a", "b"], ["w"], name="where"),
+        helper.make_node("Softmax", ["w"], ["sm"], name="softmax", axis=-1),
+        helper.make_node("LayerNormalization", ["sm", "ln.weight", "ln.bias"], ["ln"],
+                         name="ln", axis=-1),
+        helper.make_node("ReduceMean", ["ln", "raxes"], ["m"], name="mean", keepdims=1),
+        helper.make_node("If", ["flag"], ["f"], name="if", then_branch=then_branch,
+                         else_branch=else_branch),
+        helper.make_node("TopK", ["ln", "k"], ["y", "idx"], name="topk", axis=-1),
+        helper.make_node("Range", ["zero", "limit", "one"], ["rg"], name="range"),
+        helper.make_node("Add", ["y", "f"], ["y2"], name="add"),
+    ]
+    inits = {"starts": i64(0, 1), "ends": i64(2, 100), "axes": i64(0, 2), "steps": i64(1, 1),
+             "pads": i64(0, 0, 1, 0, 0, 0, 1, 0), "scales": np.array([1, 1, 2, 1], np.float32),
+             "expand_to": i64(2, 1, 1, 1), "reps": i64(1, 2, 1, 1), "split": i64(1, 1),
+             "raxes": i64(-1), "flag": np.array(True), "k": i64(2), "zero": np.array(0, np.int64),
+             "limit": np.array(3, np.int64), "one": np.array(1, np.int64),
+             "ln.weight": _w(rng, 3), "ln.bias": _w(rng, 3)}
+    return _model(nodes, [("x", TensorProto.FLOAT, [2, 1, 4, 3])],
+                  [("y2", TensorProto.FLOAT, [2, 1, 10, 2]), ("idx", TensorProto.INT64, [2, 1, 10, 2])],
+                  inits, opset=18)
+
+
 BUILDERS = [conv_bn_relu_gemm, pools, shape_reshape_matmul, constant_subgraphs,
-            residual_two_outputs, opset9_unsqueeze_div]
+            residual_two_outputs, opset9_unsqueeze_div, local_function, data_movement]
 
 
 def feeds_for(converted, rng, max_elements: int = 4096):
@@ -149,12 +207,13 @@ def feeds_for(converted, rng, max_elements: int = 4096):
         shape = [d if isinstance(d, int) else 2 for d in (spec.shape or ())]
         if np.prod(shape, dtype=np.float64) > max_elements:
             return None
-        if spec.dtype.kind == "f":
-            value = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype.kind == "b":
+        dtype = spec.dtype or np.dtype(np.float32)  # an untyped input takes any dtype
+        if dtype.kind == "f":
+            value = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
             value = rng.random(shape) > 0.5
         else:
-            value = rng.integers(0, 3, shape).astype(spec.dtype)
+            value = rng.integers(0, 3, shape).astype(dtype)
         feeds[spec.name] = value
     return feeds
 

@@ -8,6 +8,7 @@ import pytest
 from helpers import make_model, run_ort
 from onnx import helper
 
+import onnx2flax
 import onnx2flax.backend as backend
 from onnx2flax.errors import InvalidInputError
 
@@ -83,3 +84,28 @@ def test_shape_inputs_are_bound_per_value():
         (y,) = rep.run([x, s])
         np.testing.assert_array_equal(y, run_ort(model, {"x": x, "s": s})[0])
     assert len(rep._converted) == 2
+
+
+def test_values_reaching_shapes_are_bound_but_shape_reads_are_not():
+    """``s`` reaches Reshape's shape through Add: bound. ``x`` reaches it only through
+    Shape: stays a run-time input (its values do not matter)."""
+    nodes = [helper.make_node("Add", ["s", "one"], ["s1"]),
+             helper.make_node("Reshape", ["x", "s1"], ["y"]),
+             helper.make_node("Shape", ["x"], ["xs"]),
+             helper.make_node("Reshape", ["y", "xs"], ["z"])]
+    model = make_model(nodes, [("x", np.float32, [2, 3, 4]), ("s", np.int64, [2])],
+                       [("y", np.float32, None), ("z", np.float32, None)],
+                       {"one": np.array([1, 0], np.int64)}, opset=14)
+    rep = backend.prepare(model)
+    assert rep._static == ["s"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    s = np.array([5, 4], np.int64)
+    for got, want in zip(rep.run({"x": x, "s": s}), run_ort(model, {"x": x, "s": s})):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_string_inputs_are_refused_clearly():
+    model = make_model([helper.make_node("Identity", ["x"], ["y"])],
+                       [("x", onnx.TensorProto.STRING, [2])], [("y", onnx.TensorProto.STRING, [2])])
+    with pytest.raises(onnx2flax.UnsupportedOpError, match="string tensor"):
+        backend.prepare(model)

@@ -45,8 +45,9 @@ def test_cli_convert_writes_only_into_its_folder(tmp_path):
     path = str(next(p for p in FIXTURES if p.stem == "tmodel_dynamo"))
     out = tmp_path / "out"
     assert main(["convert", path, "-o", str(out)]) == 0
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "summary.txt", "variables.msgpack"]
-    restored = serialization.msgpack_restore((out / "variables.msgpack").read_bytes())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["model.py", "out", "summary.txt",
+                                                          "weights.msgpack"]
+    restored = serialization.msgpack_restore((out / "weights.msgpack").read_bytes())
     assert restored["params"]["conv"]["kernel"].shape == (2, 2, 3, 4)
     assert main(["convert", path, "-o", str(out)]) == 2  # exists: needs --force
     assert main(["convert", path, "-o", str(out), "--force"]) == 0

@@ -99,3 +99,18 @@ def test_exporter_zero_bias_is_dropped(rng):
     assert [n.op_type for n in converted._program.graph.nodes] == ["Relu", "Conv"]
     np.testing.assert_allclose(converted.run(feeds)[0], run_ort(model, feeds)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_free_bias_next_to_its_dense_layer_gets_a_name(rng):
+    """torch.nn.Linear on a rank-3 input exports as MatMul + Add: the layer takes 'fc' and
+    the free bias 'fc.bias' becomes 'fc_bias' (naming it used to loop forever)."""
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    nodes = [helper.make_node("MatMul", ["x", "fc.weight"], ["m"]),
+             helper.make_node("Add", ["m", "fc.bias"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, [2, 3, 4])], [("y", np.float32, [2, 3, 5])],
+                       {"fc.weight": f32(4, 5), "fc.bias": f32(5)})
+    converted = onnx2flax.convert(model)
+    assert set(converted.variables["params"]) == {"fc", "fc_bias"}
+    feeds = {"x": f32(2, 3, 4)}
+    np.testing.assert_allclose(converted.run(feeds)[0], run_ort(model, feeds)[0],
+                               rtol=1e-5, atol=1e-5)

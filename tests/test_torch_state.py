@@ -43,6 +43,11 @@ class _MLP(torch.nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
+def _encoder():
+    return torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                            batch_first=True)
+
+
 def _setup(cls, shape):
     torch.manual_seed(0)
     model = cls().eval()
@@ -57,8 +62,9 @@ def _setup(cls, shape):
     return model, x, onnx2flax.convert(proto, channels_last=False)
 
 
-@pytest.fixture(scope="module", params=[(_ConvNet, (2, 3, 4, 4)), (_MLP, (2, 5, 4))],
-                ids=["convnet", "mlp"])
+@pytest.fixture(scope="module", params=[(_ConvNet, (2, 3, 4, 4)), (_MLP, (2, 5, 4)),
+                                        (_encoder, (2, 5, 16))],
+                ids=["convnet", "mlp", "transformer"])
 def setup(request):
     return _setup(*request.param)
 

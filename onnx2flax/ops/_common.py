@@ -41,6 +41,14 @@ def auto_pads(ctx: OpContext, in_shape, kernel_shape, strides, dilations, pads):
     return out
 
 
+def check_window_fits(ctx: OpContext, sizes, kernel_shape, dilations, pads) -> None:
+    """Refuse windows (dilated kernels) larger than the padded input: no output at all."""
+    for size, k, d, (pb, pe) in zip(sizes, kernel_shape, dilations, pads):
+        if size + pb + pe < (k - 1) * d + 1:
+            raise ctx.invalid(f"the window {list(kernel_shape)} (dilations {list(dilations)}) is "
+                              f"larger than the padded input {list(sizes)} with pads {pads}")
+
+
 def normalize_axis(ctx: OpContext, axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise ctx.invalid(f"axis {axis} is out of range for a rank-{rank} input")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .. import _layout
 from .._registry import register
@@ -120,9 +121,28 @@ def _hardmax(x, axes):
     return jnp.moveaxis(hot.reshape(moved.shape), trailing, axes)
 
 
+def _shifted(x, axes):
+    """``x - max(x)`` clamped at 0: XLA may recompute ``x`` inside the fused exponent with a
+    rounding different from the one the max saw, and for logits of order 1e9 one ulp above
+    the max overflows ``exp`` (inf / inf = NaN). ``where``, not ``minimum``: at the max
+    ``minimum``'s gradient would be split between its two equal arguments."""
+    shifted = x - lax.stop_gradient(jnp.max(x, axes, keepdims=True))
+    return jnp.where(shifted > 0, jnp.zeros_like(shifted), shifted)
+
+
+def _softmax(x, axes):
+    unnormalized = jnp.exp(_shifted(x, axes))
+    return unnormalized / jnp.sum(unnormalized, axes, keepdims=True)
+
+
+def _log_softmax(x, axes):
+    shifted = _shifted(x, axes)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axes, keepdims=True))
+
+
 _SOFTMAX = {
-    "Softmax": lambda x, axes: jax.nn.softmax(x, axis=axes),
-    "LogSoftmax": lambda x, axes: jax.nn.log_softmax(x, axis=axes),
+    "Softmax": _softmax,
+    "LogSoftmax": _log_softmax,
     "Hardmax": _hardmax,
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 from jax import lax
 
 from .._registry import register
-from ._common import auto_pads, spatial_attrs
+from ._common import auto_pads, check_window_fits, spatial_attrs
 
 
 def _float_weights(weights, required: int):
@@ -106,6 +106,7 @@ def conv(ctx, x, w, b=None):
         raise ctx.invalid(f"input has {x.shape[-1]} channels; weight {list(w.shape)} with group "
                           f"{group} expects {w.shape[1] * group}")
     pads = auto_pads(ctx, x.shape[1:-1], k, strides, dilations, pads)
+    check_window_fits(ctx, x.shape[1:-1], k, dilations, pads)
     if ctx.layer_plan is not None:
         return ctx.layer(nn.Conv, x, features=int(w.shape[0]), kernel_size=k, strides=strides,
                          padding=pads, kernel_dilation=dilations, feature_group_count=group,

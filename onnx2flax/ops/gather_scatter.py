@@ -94,7 +94,7 @@ def scatter_nd(ctx, x, indices, updates):
     return _scatter(ctx, x, _nd_index(ctx, x, indices, 0), updates)
 
 
-@register("OneHot", since=9, static_inputs=(1,))
+@register("OneHot", since=9, static_inputs=(1, 2))
 def one_hot(ctx, indices, depth, values):
     """A new axis ``axis`` of size ``depth``: ``values[1]`` at ``indices`` (negative ones
     count from ``depth``; out-of-range ones give a row of ``values[0]``)."""

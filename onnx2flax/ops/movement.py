@@ -176,6 +176,12 @@ def _pad(ctx, x, pads, value, axes=None):
         return lax.pad(x, value.astype(x.dtype), [(lo, hi, 0) for lo, hi in widths])
     # Crop the negative pads first, then pad the positive ones.
     x = x[tuple(slice(max(-lo, 0), x.shape[a] - max(-hi, 0)) for a, (lo, hi) in enumerate(widths))]
+    if mode in ("reflect", "wrap"):  # as onnxruntime; larger pads would also unroll jnp.pad
+        for a, (lo, hi) in enumerate(widths):
+            most = x.shape[a] - (mode == "reflect")
+            if max(lo, hi) > most:
+                raise ctx.invalid(f"{mode} pads {pads} exceed {most} on an axis of size "
+                                  f"{x.shape[a]}")
     return jnp.pad(x, [(max(lo, 0), max(hi, 0)) for lo, hi in widths], mode=_PAD_MODES[mode])
 
 

@@ -1,7 +1,8 @@
 """Normalization layers: BatchNormalization -> a Flax BatchNorm over the channel axis
 (last, channels-last); Layer/Instance/GroupNormalization -> ``nn.LayerNorm`` /
 ``nn.InstanceNorm`` / ``nn.GroupNorm`` when scale and bias are constants (params ``scale``,
-``bias``), else computed directly; LRN."""
+``bias``), else computed directly; RMSNormalization; MeanVarianceNormalization,
+LpNormalization and LRN."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ def _bn_params(node, weights):
             "sources": {"scale": (1, None), "bias": (2, None), "mean": (3, None), "var": (4, None)}}
 
 
-def _check_channels(ctx, x, **vectors):
-    """Each of ``vectors`` must be ``[C]`` for channels-last ``x`` (C = 1 for a 1-D ``x``)."""
-    channels = x.shape[-1] if x.ndim > 1 else 1
+def _check_channels(ctx, channels, **vectors):
+    """Each of ``vectors`` must be ``[channels]``."""
     for what, value in vectors.items():
         if tuple(value.shape) != (channels,):
             raise ctx.invalid(f"{what} has shape {list(value.shape)}, expected [{channels}]")
@@ -43,7 +43,8 @@ def batch_norm(ctx, x, scale, bias, mean, var):
     if int(ctx.attr("training_mode", 0)) or len([o for o in ctx.node.outputs if o]) > 1:
         raise ctx.fail("training_mode=1 / running-statistics outputs are not supported; "
                        "export the model in eval mode and use apply(..., train=True)")
-    _check_channels(ctx, x, scale=scale, B=bias, mean=mean, var=var)
+    _check_channels(ctx, x.shape[-1] if x.ndim > 1 else 1, scale=scale, B=bias, mean=mean,
+                    var=var)
     if ctx.layer_plan is not None:
         return ctx.layer(BatchNorm, x, epsilon=epsilon, momentum=momentum,
                          call_kwargs={"train": ctx.train})
@@ -58,14 +59,15 @@ def _float_vector(w) -> bool:
 
 def _scale_bias_params(scale, bias, min_size=1):
     """``{'params': {'scale', 'bias'?}}`` when both are constant 1-D float vectors of one
-    shape (``bias`` may be absent), else ``None``."""
+    shape (``bias`` may be absent), else ``None``. They are inputs 1 and 2, unchanged."""
     if not _float_vector(scale) or scale.size < min_size:
         return None
     if bias is None:
-        return {"params": {"scale": scale}}
+        return {"params": {"scale": scale}, "sources": {"scale": (1, None)}}
     if not _float_vector(bias) or bias.shape != scale.shape:
         return None
-    return {"params": {"scale": scale, "bias": bias}}
+    return {"params": {"scale": scale, "bias": bias},
+            "sources": {"scale": (1, None), "bias": (2, None)}}
 
 
 def _standardize(x, axes, epsilon, center=True):
@@ -127,20 +129,54 @@ def rms_norm(ctx, x, scale):
     return _trailing_norm(ctx, x, scale, None, rms=True)[0]
 
 
+@register("MeanVarianceNormalization", since=9, layout="custom")
+def mean_variance_norm(ctx, x):
+    """``(X - E[X]) / (sqrt(Var[X]) + 1e-9)`` over ONNX ``axes`` (default [0, 2, 3])."""
+    perm = ctx.in_perms[0]
+    axes = {normalize_axis(ctx, int(a), x.ndim) for a in ctx.attr("axes", [0, 2, 3])}
+    held = tuple(perm.index(a) for a in sorted(axes))
+    ctx.out_perms = [perm]
+    centered = x - jnp.mean(x, held, keepdims=True)
+    return centered / (jnp.sqrt(jnp.mean(jnp.square(centered), held, keepdims=True)) + 1e-9)
+
+
+@register("LpNormalization", layout="custom")
+def lp_norm(ctx, x):
+    """``X / ||X||_p`` along ``axis`` (default -1), ``p`` 1 or 2; zero vectors stay zero."""
+    perm = ctx.in_perms[0]
+    held = perm.index(normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim))
+    p = int(ctx.attr("p", 2))
+    if p not in (1, 2):
+        raise ctx.invalid(f"p must be 1 or 2, got {p}")
+    ctx.out_perms = [perm]
+    norm = jnp.linalg.norm(x, ord=p, axis=held, keepdims=True)
+    return x / jnp.where(norm == 0, 1, norm)
+
+
 def _instance_norm_params(node, weights):
     return _scale_bias_params(weights[1], weights[2])
 
 
-@register("InstanceNormalization", layout="channels_last", params=_instance_norm_params)
+@register("InstanceNormalization", layout="custom", params=_instance_norm_params)
 def instance_norm(ctx, x, scale, bias):
-    """Per sample and channel over the spatial dims; X ``[N, *spatial, C]``, scale/B ``[C]``."""
+    """Per sample and channel over the spatial dims; scale / B ``[C]``. Works in the held
+    layout (channels-last after a Conv, ONNX order after a Reshape, as in exported
+    GroupNorms), so no transpose is needed, as long as the batch axis leads."""
     epsilon = float(ctx.attr("epsilon", 1e-5))
-    _check_channels(ctx, x, scale=scale, B=bias)
+    perm = ctx.in_perms[0]
+    if perm.index(0) != 0:  # nn.InstanceNorm takes axis 0 as the batch axis
+        target = _layout.channels_last(x.ndim)
+        x, perm = _layout.convert(x, perm, target), target
+    channel = perm.index(1) if x.ndim > 1 else 0
+    ctx.out_perms = [perm]
+    _check_channels(ctx, x.shape[channel], scale=scale, B=bias)
     if ctx.layer_plan is not None:
-        return ctx.layer(nn.InstanceNorm, x, epsilon=epsilon, use_fast_variance=False)
-    return _standardize(x, tuple(range(1, x.ndim - 1)), epsilon)[0] * scale + bias
-
-
+        return ctx.layer(nn.InstanceNorm, x, epsilon=epsilon, use_fast_variance=False,
+                         feature_axes=channel)
+    spatial = tuple(a for a in range(1, x.ndim) if a != channel)
+    shape = [1] * x.ndim
+    shape[channel] = -1
+    return _standardize(x, spatial, epsilon)[0] * scale.reshape(shape) + bias.reshape(shape)
 
 
 def _group_norm(ctx, x, scale, bias, per_group: bool):
@@ -157,7 +193,7 @@ def _group_norm(ctx, x, scale, bias, per_group: bool):
             raise ctx.invalid(f"scale {list(scale.shape)} and bias {list(bias.shape)} must be "
                               f"[num_groups] = [{groups}] (opset 18)")
     else:
-        _check_channels(ctx, x, scale=scale, bias=bias)
+        _check_channels(ctx, channels, scale=scale, bias=bias)
         if ctx.layer_plan is not None:
             return ctx.layer(nn.GroupNorm, x, num_groups=groups, epsilon=epsilon,
                              use_fast_variance=False)

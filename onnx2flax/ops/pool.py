@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from .._registry import register
-from ._common import auto_pads, spatial_attrs
+from ._common import auto_pads, check_window_fits, spatial_attrs
 
 
 def _window(ctx, x):
@@ -27,12 +27,13 @@ def _window(ctx, x):
     sizes = x.shape[1:-1]
     pads = auto_pads(ctx, sizes, k, strides, dilations, pads)
     ceil = int(ctx.attr("ceil_mode", 0))
+    check_window_fits(ctx, sizes, k, dilations, pads)
+    if any(p >= (kk - 1) * d + 1 for kk, d, pad in zip(k, dilations, pads) for p in pad):
+        # A window lying entirely in the padding has no input cell (as onnxruntime, refuse).
+        raise ctx.invalid(f"pads {pads} must be smaller than the (dilated) kernel {list(k)}")
     extra = []
     for size, kk, s, d, (pb, pe) in zip(sizes, k, strides, dilations, pads):
         span = size + pb + pe - ((kk - 1) * d + 1)
-        if span < 0:
-            raise ctx.invalid(f"the window {list(k)} (dilations {list(dilations)}) is larger than "
-                              f"the padded input {list(sizes)} with pads {pads}")
         out = (-(-span // s) if ceil else span // s) + 1
         if ceil and (out - 1) * s >= size + pb:  # the last window must start inside
             out -= 1
@@ -47,15 +48,42 @@ def _reduce(x, init, op, k, strides, dilations, padding):
 
 @register("MaxPool", layout="channels_last")
 def max_pool(ctx, x):
-    """Y ``[N, *out, C]``; the Indices output is not supported."""
-    if len([o for o in ctx.node.outputs if o]) > 1:
-        raise ctx.fail("the Indices output of MaxPool is not supported")
-    if int(ctx.attr("storage_order", 0)) not in (0, 1):
+    """Y ``[N, *out, C]``; with a second output, also Indices ``[N, *out, C]``: where each
+    maximum is in the input flattened in ONNX order (NCHW, spatial dims column-major with
+    ``storage_order=1``)."""
+    storage_order = int(ctx.attr("storage_order", 0))
+    if storage_order not in (0, 1):
         raise ctx.invalid("storage_order must be 0 or 1")
     k, strides, dilations, pads, extra = _window(ctx, x)
     padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
     low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    return _reduce(x, jnp.array(low, x.dtype), lax.max, k, strides, dilations, padding)
+    y = _reduce(x, jnp.array(low, x.dtype), lax.max, k, strides, dilations, padding)
+    if len([o for o in ctx.node.outputs if o]) == 1:
+        return y
+    return y, _argmax_indices(x, low, storage_order, k, strides, dilations, padding)
+
+
+def _argmax_indices(x, low, storage_order, k, strides, dilations, padding):
+    """ONNX MaxPool's Indices for channels-last ``x``: the first maximum of each window
+    (row-major window order, as onnxruntime), as an index into the ONNX-order input."""
+    n, *spatial, c = x.shape
+    size = int(np.prod(spatial))
+    # Row-major position of every cell within its [N, C] plane, held channels-last.
+    position = np.broadcast_to(np.arange(size, dtype=np.int32).reshape(1, *spatial, 1), x.shape)
+
+    def pick(a, b):
+        a_wins = (a[0] > b[0]) | ((a[0] == b[0]) & (a[1] < b[1]))
+        return jnp.where(a_wins, a[0], b[0]), jnp.where(a_wins, a[1], b[1])
+
+    _, best = lax.reduce_window(
+        (x, position), (jnp.array(low, x.dtype), np.int32(np.iinfo(np.int32).max)), pick,
+        (1, *k, 1), (1, *strides, 1), [(0, 0), *padding, (0, 0)],
+        window_dilation=(1, *dilations, 1))
+    if storage_order:  # column-major over the spatial dims
+        best = jnp.asarray(np.arange(size).reshape(spatial[::-1]).T.reshape(-1), jnp.int32)[best]
+    plane = (np.arange(n).reshape(n, *[1] * len(spatial), 1) * c
+             + np.arange(c).reshape(1, *[1] * len(spatial), c)) * size
+    return best + jnp.asarray(plane, jnp.int32)
 
 
 @register("AveragePool", layout="channels_last")

@@ -1,5 +1,5 @@
-"""Reductions (Reduce*, ArgMax / ArgMin), CumSum, and the contractions Einsum and
-MatMulInteger.
+"""Reductions (Reduce*, ArgMax / ArgMin), CumSum / CumProd, and the contractions Einsum
+and MatMulInteger.
 
 Reductions work in the layout the value is held in: ONNX axes are mapped to held axes, and
 without ``keepdims`` the result keeps the remaining axes' relative layout.
@@ -14,6 +14,7 @@ from jax import lax
 from .. import _layout
 from .._registry import register
 from ._common import normalize_axis
+
 
 def _extreme(x, sign):
     """The value ReduceMax (``sign=-1``) / ReduceMin (``+1``) give an empty set: -inf / inf,

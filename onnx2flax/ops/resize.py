@@ -37,24 +37,32 @@ class _Options:
     antialias: bool = False
 
 
-def _source_coords(o: _Options, n_in: int, n_out: int, scale, roi) -> np.ndarray:
-    """Where each output position samples the input (float32, ONNX's formulas)."""
-    x = np.arange(n_out, dtype=_F)
+def _source_coords(o: _Options, n_in: int, n_out: int, scale, roi, exact: bool) -> np.ndarray:
+    """Where each output position samples the input (ONNX's formulas). Computed as
+    onnxruntime rounds: in float32 from a given scale, exactly (float64 ``* in / out``)
+    when the scale comes from ``sizes``; that decides which way ties round."""
+    x = np.arange(n_out, dtype=np.float64 if exact else _F)
+    half = x.dtype.type(0.5)
     scale = _F(scale)
+
+    def unscale(v):
+        return v * n_in / n_out if exact else v / scale
+
     if o.coord == "half_pixel":
-        return (x + _F(0.5)) / scale - _F(0.5)
+        return unscale(x + half) - half
     if o.coord == "half_pixel_symmetric":  # onnxruntime finishes this one in float64
         adjustment = _F(n_out) / (scale * _F(n_in))
         offset = _F(n_in) / _F(2) * (_F(1) - adjustment)
-        return (offset + (x + 0.5) / np.float64(scale) - 0.5).astype(_F)
+        return (offset + (x.astype(_F) + 0.5) / np.float64(scale) - 0.5).astype(_F)
     if o.coord == "pytorch_half_pixel":
-        return (x + _F(0.5)) / scale - _F(0.5) if n_out > 1 else np.zeros(n_out, _F)
+        return unscale(x + half) - half if n_out > 1 else np.zeros(n_out, x.dtype)
+    if o.coord == "asymmetric":
+        return unscale(x)
+    if o.coord == "tf_half_pixel_for_nn":
+        return unscale(x + half)
+    x = x.astype(_F)
     if o.coord == "align_corners":
         return x * _F(n_in - 1) / _F(n_out - 1) if n_out > 1 else np.zeros(n_out, _F)
-    if o.coord == "asymmetric":
-        return x / scale
-    if o.coord == "tf_half_pixel_for_nn":
-        return (x + _F(0.5)) / scale
     start, end = _F(roi[0]), _F(roi[1])  # tf_crop_and_resize
     if n_out > 1:
         return start * _F(n_in - 1) + x * (end - start) * _F(n_in - 1) / _F(n_out - 1)
@@ -130,10 +138,10 @@ def _take(x, idx: np.ndarray, axis: int):
     return jnp.take(x, idx.astype(np.int32), axis=axis)
 
 
-def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi):
+def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi, exact: bool):
     """Resample held axis ``axis`` of ``x`` to ``n_out`` positions."""
     n_in = x.shape[axis]
-    coords = _source_coords(o, n_in, n_out, scale, roi)
+    coords = _source_coords(o, n_in, n_out, scale, roi, exact)
     if o.mode == "nearest":
         idx, w = _nearest_index(o, coords, scale < 1), None
     else:
@@ -155,8 +163,10 @@ def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi):
 
 def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     """Resize held ``x`` over ONNX ``axes`` (all by default) to ``sizes`` or by ``scales``."""
-    if o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ctx.fail(f"{o.mode} resizing of {x.dtype} tensors is not supported")
+    integer = o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating)
+    if integer and (o.antialias or not jnp.issubdtype(x.dtype, jnp.integer)):
+        raise ctx.fail(f"{o.mode} resizing{' with antialias' * o.antialias} of {x.dtype} "
+                       "tensors is not supported")
     perm = ctx.in_perms[0]
     rank = x.ndim
     axes = list(range(rank)) if axes is None else [normalize_axis(ctx, int(a), rank) for a in axes]
@@ -167,6 +177,7 @@ def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     if len(given) != len(axes) or (roi is not None and len(roi) != 2 * len(axes)):
         raise ctx.invalid(f"scales/sizes ({len(given)}) and roi ({len(roi or [])}) must have "
                           f"1 and 2 entries per resized axis ({len(axes)})")
+    scales_from_sizes = False
     if scales is not None:
         scales = [_F(s) for s in scales]
         if any(s <= 0 for s in scales):
@@ -176,6 +187,7 @@ def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     else:
         sizes = [int(s) for s in sizes]
         policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        scales_from_sizes = policy == "stretch"
         if policy == "stretch":
             scales = [_F(s) / _F(n) for s, n in zip(sizes, in_sizes)]
         elif policy in ("not_larger", "not_smaller"):
@@ -189,11 +201,18 @@ def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     if any(s < 0 for s in sizes):
         raise ctx.invalid(f"output sizes {sizes} must be non-negative")
     ctx.out_perms = [perm]
+    dtype = x.dtype
+    if integer:  # interpolate in float32, then truncate and saturate as onnxruntime does
+        x = x.astype(jnp.float32)
     for i, (axis, n_in, n_out, scale) in enumerate(zip(axes, in_sizes, sizes, scales)):
         axis_roi = None if roi is None else (roi[i], roi[len(axes) + i])
         if n_out == n_in and scale == 1 and o.coord != "tf_crop_and_resize":
             continue  # identity along this axis
-        x = _resize_axis(o, x, _layout.axis_in(perm, axis), n_out, float(scale), axis_roi)
+        x = _resize_axis(o, x, _layout.axis_in(perm, axis), n_out, float(scale), axis_roi,
+                         exact=scales_from_sizes)
+    if integer:
+        info = jnp.iinfo(dtype)
+        x = jnp.clip(jnp.trunc(x), float(info.min), float(info.max)).astype(dtype)
     return x
 
 

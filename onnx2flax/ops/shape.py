@@ -1,5 +1,10 @@
-"""Shape and data-movement ops. Shapes are static under ``jit``, so Shape returns NumPy
-and shape subgraphs fold at trace time; these handlers see run-time data."""
+"""Shapes, reshaping, casts and tensor constructors: Shape, Size, Reshape, Flatten, Cast,
+CastLike, Expand, Tile, ConstantOfShape, Range, EyeLike, Trilu, NonZero, Compress.
+
+Shapes are static under ``jit``, so Shape returns NumPy and shape subgraphs fold at trace
+time; nodes whose inputs are all known fold too, so these handlers see run-time data. They
+take and return ONNX order (Reshape and Flatten are where a channels-last value goes back).
+Layout-aware data movement lives in ``movement.py``."""
 
 from __future__ import annotations
 

@@ -92,5 +92,3 @@ def check_chain(middle, x, rng, *, layout_only=False, **kw):
     assert transposes(converted, x, layout_only=layout_only) == 0
     return converted
 
-
-__all__ = ["check_graph", "check_node", "check_chain", "conv_chain", "transposes", "onnx2flax"]

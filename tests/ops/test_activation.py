@@ -31,7 +31,7 @@ def _specs(opset):
     return [(op, ["x"], attrs, np.float32) for op, attrs, since in table if since <= opset]
 
 
-@pytest.mark.parametrize("opset", [6, 13, 20, 24])
+@pytest.mark.parametrize("opset", [6, 24])
 def test_activations(opset):
     check(multi_node_model(_specs(opset), {"x": X}, opset=opset), {"x": X}, rtol=1e-5, atol=1e-6)
 

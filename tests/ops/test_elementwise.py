@@ -42,7 +42,7 @@ _BINARY_FLOAT = ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean"]
 _COMPARE = {"Equal": 11, "Greater": 7, "Less": 7, "GreaterOrEqual": 12, "LessOrEqual": 12}
 
 
-@pytest.mark.parametrize("opset", [7, 12, 14, 22])
+@pytest.mark.parametrize("opset", [7, 14])
 def test_binary_float_broadcasting(opset):
     """``[2, 3, 4]`` against ``[3, 1]`` (numpy broadcasting from opset 7)."""
     b = B.copy()

@@ -3,6 +3,7 @@ scale and bias are constants (params ``scale`` / ``bias``), direct computation o
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from helpers import make_model
@@ -88,6 +89,17 @@ def test_rms_norm():
     assert set(converted.variables["params"]["rms"]) == {"scale"}
 
 
+@pytest.mark.parametrize("opset", [9, 13])
+def test_mean_variance_and_lp_norm(opset):
+    """On a channels-last value: MVN over its default axes and others, Lp norms."""
+    specs = [("MeanVarianceNormalization", [], attrs, np.float32)
+             for attrs in (None, {"axes": [1]}, {"axes": [0, -1]})]
+    specs += [("LpNormalization", [], attrs, np.float32)
+              for attrs in (None, {"axis": 1, "p": 1}, {"axis": 2})]
+    model, feeds = after_conv(specs, opset=opset)
+    check(model, feeds, rtol=1e-5, atol=1e-5)
+
+
 def test_instance_norm():
     """nn.InstanceNorm on channels-last values (2-D and 1-D spatial), and direct when the
     scale is an input."""
@@ -100,6 +112,17 @@ def test_instance_norm():
     assert set(converted.variables["params"]["inorm"]) == {"scale", "bias"}
     feeds = {"x": _vec(2, 3, 7), "s": _vec(3, offset=1.0), "b": _vec(3)}
     check(node_model("InstanceNormalization", feeds, opset=22), feeds, rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm_onnx_order_no_transpose():
+    """On an ONNX-order ``[N, C, L]`` value (how exporters write GroupNorm: Reshape ->
+    InstanceNormalization -> Reshape) the layer normalizes in place, without transposes."""
+    feeds = {"x": _vec(2, 4, 6)}
+    model = node_model("InstanceNormalization", feeds, opset=6,
+                       consts={"gn.weight": _vec(4, offset=1.0), "gn.bias": _vec(4)})
+    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(converted.module.apply)(converted.variables, feeds["x"]))
+    assert "transpose" not in jaxpr
 
 
 @pytest.mark.parametrize("opset", [18, 21])

@@ -1,8 +1,9 @@
-"""Reductions, ArgMax/ArgMin, CumSum and Einsum against onnxruntime, on ONNX-order and
-channels-last values."""
+"""Reductions, ArgMax/ArgMin, CumSum/CumProd, Einsum and MatMulInteger against onnxruntime,
+on ONNX-order and channels-last values."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from mathcheck import after_conv, check, multi_node_model, node_model
@@ -150,3 +151,19 @@ def test_reductions_of_empty_sets():
                                        "ReduceLogSumExp"], data=["x"])
     check(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
           feeds)
+
+
+def test_axis_ops_stay_channels_last():
+    """Reductions, ArgMax and CumSum over a channels-last value remap their axes instead of
+    transposing it: the traced module has no transpose (and still matches ORT)."""
+    consts = {"hw": np.array([2, 3], np.int64), "c": np.array([1], np.int64),
+              "ax": np.array(1, np.int64)}
+    specs = [("ReduceMean", ["hw"], {"keepdims": 0}, np.float32),
+             ("ReduceSum", ["c"], None, np.float32),
+             ("ReduceMax", ["c"], {"keepdims": 0}, np.float32),
+             ("ArgMax", [], {"axis": 1, "keepdims": 0}, np.int64),
+             ("CumSum", ["ax"], None, np.float32)]
+    model, feeds = after_conv(specs, consts=consts, opset=18)
+    converted = check(model, feeds)
+    x = np.moveaxis(feeds["x"], 1, -1)
+    assert "transpose" not in str(jax.make_jaxpr(converted.module.apply)(converted.variables, x))

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
+import onnx2flax
 from _cases import check_chain, check_graph
+from helpers import make_model, run_ort
 
 I64 = np.int64
 COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -72,9 +74,12 @@ def test_resize_axes_and_aspect_ratio(x):
     check_graph(nodes, {"x": x}, consts, opset=18, rtol=1e-4, atol=1e-5)
 
 
-def test_resize_nearest_integer_and_5d(rng):
-    """Nearest gathers exactly (integers too); linear over three spatial axes."""
+def test_resize_integers_and_5d(rng):
+    """Nearest gathers exactly; linear on integers truncates its float result (which may
+    differ by one from onnxruntime's where it lands within rounding of an integer); linear
+    over three spatial axes."""
     xi = rng.integers(-100, 100, (1, 2, 3, 4)).astype(np.int32)
+    xu = rng.integers(0, 255, (1, 2, 3, 4)).astype(np.uint8)
     x5 = rng.standard_normal((1, 2, 3, 4, 5)).astype(np.float32)
     consts = {"s4": np.array([1, 1, 2.5, 0.75], np.float32),
               "s5": np.array([1, 1, 2, 0.5, 1.4], np.float32)}
@@ -82,6 +87,10 @@ def test_resize_nearest_integer_and_5d(rng):
              helper.make_node("Resize", ["x5", "", "s5"], ["b"], mode="linear")]
     check_graph(nodes, {"xi": xi, "x5": x5}, consts, opset=13, out_dtypes={"b": np.float32},
                 rtol=1e-4, atol=1e-5)
+    nodes = [helper.make_node("Resize", ["xi", "", "s4"], ["a"], mode="linear"),
+             helper.make_node("Resize", ["xu", "", "s4"], ["b"], mode="linear")]
+    check_graph(nodes, {"xi": xi, "xu": xu}, consts, opset=13, out_dtypes={"b": np.uint8},
+                rtol=0, atol=1)
 
 
 @pytest.mark.parametrize("opset", [7, 9, 10])
@@ -112,3 +121,44 @@ def test_resize_channels_last(rng, attrs, scales):
     check_chain([helper.make_node("Resize", ["a", "", "sc"], ["b"], **attrs)], x, rng,
                 opset=18, extra={"sc": np.array(scales, np.float32)},
                 layout_only=attrs["mode"] != "nearest")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_opset1(x, mode):
+    """Upsample-1 (height_scale / width_scale; no runtime has it) equals Upsample-7."""
+    expected = check_graph([helper.make_node("Upsample", ["x"], ["y"], scales=[1.0, 1.0, 2.0, 3.0],
+                                             mode="linear" if mode == "bilinear" else mode)],
+                           {"x": x}, opset=7)[2]
+    node = helper.make_node("Upsample", ["x"], ["y"], height_scale=2.0, width_scale=3.0,
+                            mode=mode)
+    model = make_model([node], [("x", np.float32, list(x.shape))], [("y", np.float32, None)],
+                       opset=1)
+    np.testing.assert_allclose(onnx2flax.convert(model).run({"x": x})[0], expected[0],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_resize_dynamic_batch(rng):
+    """A dim_param batch: one conversion serves every batch size."""
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear", axes=[2, 3])
+    model = make_model([node], [("x", np.float32, ["N", 2, 5, 7])], [("y", np.float32, None)],
+                       {"sizes": np.array([3, 9], I64)}, opset=18)
+    converted = onnx2flax.convert(model)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 2, 5, 7)).astype(np.float32)
+        np.testing.assert_allclose(converted.run({"x": x})[0], run_ort(model, {"x": x})[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_resize_nearest_ties_from_sizes():
+    """With ``sizes`` the sampling positions are exact ratios (2 * 7/4 = 3.5 is a tie,
+    which float32's 2 / (4/7) = 3.4999998 would miss), as in onnxruntime."""
+    x = np.arange(7, dtype=np.float32).reshape(1, 7)
+    nodes, consts = [], {}
+    for n_out in (3, 4, 5, 9, 12):
+        consts[f"s{n_out}"] = np.array([1, n_out], I64)
+        for coord in ("asymmetric", "half_pixel"):
+            for rounding in ("round_prefer_ceil", "round_prefer_floor"):
+                nodes.append(helper.make_node(
+                    "Resize", ["x", "", "", f"s{n_out}"], [f"y{n_out}_{coord}_{rounding}"],
+                    mode="nearest", coordinate_transformation_mode=coord, nearest_mode=rounding))
+    check_graph(nodes, {"x": x}, consts, opset=19)

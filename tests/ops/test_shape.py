@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx2flax
-from _cases import check_chain, check_node
+from _cases import (assert_matches_reference, check_chain, check_node, conv_chain,
+                    transposes)
 from helpers import assert_matches_ort, make_model
 from onnx2flax.errors import UnsupportedOpError
 
@@ -302,9 +303,17 @@ def test_depth_to_space(rng, mode):
     check_node("DepthToSpace", {"x": x}, opset=13, attrs=dict(blocksize=2, mode=mode))
 
 
-def test_space_to_depth(x4, rng):
+def test_space_to_depth(rng):
     x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
     check_node("SpaceToDepth", {"x": x}, opset=13, attrs=dict(blocksize=2))
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_space_to_depth_mode_opset28(rng, mode):
+    """Opset 28 adds ``mode`` (onnxruntime lacks it: ONNX's reference evaluator)."""
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    check_node("SpaceToDepth", {"x": x}, opset=28, attrs=dict(blocksize=2, mode=mode),
+               reference="onnx")
 
 
 # --- channels-last: Conv -> op -> Conv stays channels-last, with no transpose ------------------
@@ -344,13 +353,17 @@ def test_channels_last_squeeze_unsqueeze_transpose(img, rng):
 
 
 @pytest.mark.parametrize("op, mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"),
-                                      ("SpaceToDepth", None)])
+                                      ("SpaceToDepth", None), ("SpaceToDepth", "CRD")])
 def test_channels_last_depth_space(rng, op, mode):
+    """The shuffle is done on the channels-last value (SpaceToDepth's mode is opset 28,
+    checked with ONNX's reference evaluator)."""
     attrs = dict(blocksize=2, **({} if mode is None else dict(mode=mode)))
     x = rng.standard_normal((1, 3, 4, 6)).astype(np.float32)
-    model_mid = 1 if op == "DepthToSpace" else 16
-    from _cases import conv_chain, transposes
-    model = conv_chain([helper.make_node(op, ["a"], ["b"], **attrs)], x, rng, c_mid=model_mid)
-    converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    c_mid = 1 if op == "DepthToSpace" else 16
+    opset = 28 if op == "SpaceToDepth" and mode else 17
+    model = conv_chain([helper.make_node(op, ["a"], ["b"], **attrs)], x, rng, c_mid=c_mid,
+                       opset=opset)
+    check = assert_matches_ort if opset == 17 else assert_matches_reference
+    converted, _, _ = check(model, {"x": x}, rtol=1e-4, atol=1e-4)
     # The block shuffle itself is a transpose; nothing else is.
     assert transposes(converted, x) <= 1

@@ -1,0 +1,506 @@
+"""Standalone Flax source for a converted model: ``generate(converted) -> str`` and
+``save(converted, out_dir)`` (``model.py`` + ``weights.msgpack``).
+
+The source is made by walking the graph node by node exactly as the interpreter does: a
+weighted node becomes the same Flax layer constructor call with the same arguments (named
+after the weight, e.g. ``nn.Conv(name='conv', ...)``); every other node becomes the
+``jax.lax`` operations its handler traced to, on the node's actual input shapes. Same ops,
+same order, so the generated module computes the interpreter's outputs bit for bit. Shapes
+are specialized to the shapes traced (the model's static input shapes, dynamic dims as 1
+unless ``inputs`` are given).
+
+ONNX names never become code: identifiers are sanitized (``[A-Za-z0-9_]``, prefixed, unique)
+and names appear only inside comments and string literals, written with ``repr``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import re
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from jax import lax
+
+from . import _layers, _layout
+from ._files import output_dir, write_file
+from ._module import _Env, _Interpreter, returned_channels_last
+from .converter import ConvertedModel
+from .errors import OnnxConversionError, node_label
+
+__all__ = ["generate", "save"]
+
+MODEL_FILE = "model.py"
+WEIGHTS_FILE = "weights.msgpack"
+
+#: Call-like primitives whose body is written inline.
+_INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
+           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+#: Constants up to this many elements are written into the source; larger ones are stored.
+_INLINE_SIZE = 16
+
+
+class CodegenError(OnnxConversionError):
+    """The model converts, but part of it cannot be written as standalone source."""
+
+
+def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None) -> str:
+    """The standalone source of ``converted`` (see :func:`save` for the weights)."""
+    return _Generator(converted, inputs).source
+
+
+def save(converted: ConvertedModel, out_dir, *, force: bool = False,
+         inputs: Sequence[Any] | None = None) -> list[Path]:
+    """Write ``out_dir/model.py`` and ``out_dir/weights.msgpack``; existing files are kept
+    unless ``force``. Returns the paths written."""
+    gen = _Generator(converted, inputs)
+    folder = output_dir(out_dir)
+    weights = serialization.msgpack_serialize(
+        jax.tree.map(np.asarray, gen.variables))
+    return [write_file(folder, MODEL_FILE, gen.source, force=force),
+            write_file(folder, WEIGHTS_FILE, weights, force=force)]
+
+
+class _Names:
+    """Python identifiers from untrusted names: ``[A-Za-z0-9_]`` only, a fixed prefix (so no
+    keyword, builtin or module name can be hit), unique."""
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+
+    def take(self, name: str, prefix: str) -> str:
+        base = prefix + (re.sub(r"[^A-Za-z0-9_]", "_", name)[:48] or "_")
+        candidate, n = base, 0
+        while candidate in self._taken or keyword.iskeyword(candidate):
+            n += 1
+            candidate = f"{base}_{n}"
+        self._taken.add(candidate)
+        return candidate
+
+
+class _LayerCall(BaseException):
+    """Stops a weighted node's trace at its layer call, carrying the call's arguments.
+    A control-flow signal, not an error: it must pass the handlers' error wrapping."""
+
+    def __init__(self, plan, cls, args, kwargs, call_kwargs):
+        super().__init__()
+        self.plan, self.cls, self.args, self.kwargs, self.call_kwargs = (
+            plan, cls, args, kwargs, call_kwargs)
+
+
+class _NoModule:
+    """Stands in for the linen module: nodes are traced one by one, outside any module."""
+
+    @staticmethod
+    def is_mutable_collection(name: str) -> bool:
+        return False
+
+
+class _Generator(_Interpreter):
+    """Runs the interpreter's node walk, tracing each node on its own and writing code."""
+
+    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None):
+        program = converted._program
+        super().__init__(_NoModule(), program, train=False)
+        self.converted = converted
+        self.ids = _Names()
+        self.layer_names = _Names()
+        self.lines: list[str] = []
+        self.var_names: dict[int, str] = {}  # id(stand-in array) -> variable holding it
+        self.keep: list[Any] = []             # stand-ins stay alive while their id is used
+        self.params: dict = {}
+        self.stats: dict = {}
+        self.consts: dict[str, np.ndarray] = {}
+        self.classes: list[type] = []
+        self._temp = 0
+        self._layer_value: Any = None
+        self._write(converted, inputs)
+
+    # --- the walk ---------------------------------------------------------------------
+
+    def _write(self, converted: ConvertedModel, inputs) -> None:
+        graph = self.graph
+        if inputs is None:
+            inputs = [jnp.zeros(converted._module_shape(s), s.dtype) for s in converted.inputs]
+        args = []
+        env = _Env(graph.constants)
+        self._current_env = env
+        for spec, value in zip(converted.inputs, inputs):
+            name = self.ids.take(spec.name, "x_")
+            args.append(name)
+            value = jnp.asarray(value)
+            perm = (_layout.channels_last(value.ndim) if spec.channels_last
+                    else _layout.identity(value.ndim))
+            self._line(f"# input {ascii(spec.name)}: {_shape_text(value)}"
+                       f"{' channels-last' if spec.channels_last else ''}")
+            env.values[spec.name] = (self._stand_in(value, name), perm)
+        for name, path in self.program.free_params.items():
+            value = graph.constants[name]
+            var = self.ids.take("_".join(path), "p_")
+            key = self.layer_names.take("_".join(path), "")
+            self.params[key] = value
+            self._line(f"# parameter {ascii(name)}")
+            self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
+                       f"{tuple(value.shape)!r}, np.{value.dtype.name})")
+            env.values[name] = (self._stand_in(jnp.asarray(value), var),
+                                _layout.identity(value.ndim))
+        self.run(env, graph)
+        outs = []
+        for spec in graph.outputs:
+            value, perm = env.get(spec.name)
+            keep = returned_channels_last(perm, converted.channels_last)
+            outs.append(self._emit_fn(lambda v, p=perm, k=keep: jnp.asarray(v if k else
+                                                                            _layout.to_onnx(v, p)),
+                                      [value], [f"out_{len(outs)}"], f"output {ascii(spec.name)}"))
+        names = [self._name_of(o[0]) for o in outs]
+        result = names[0] if len(names) == 1 else "(" + ", ".join(names) + ",)"
+        self._line(f"return {result}")
+        self.source = self._module_source(converted, args)
+        self.variables = {"params": self.params}
+        if self.stats:
+            self.variables["batch_stats"] = self.stats
+        if self.consts:
+            self.variables["constants"] = self.consts
+
+    def _call(self, spec, node, held):
+        if not self.top:  # a subgraph run inside a node's trace: nothing to write
+            return super()._call(spec, node, held)
+        what = _node_text(node)
+        dynamic = [i for i, (a, _) in enumerate(held)
+                   if a is not None and not isinstance(a, np.ndarray)]
+        values = [held[i][0] for i in dynamic]
+        result: dict[str, Any] = {}
+
+        def run(*traced):
+            h = list(held)
+            for i, v in zip(dynamic, traced):
+                h[i] = (v, held[i][1])
+            outs, perms = super(_Generator, self)._call(spec, node, h)
+            result["outs"], result["perms"] = outs, perms
+            return [o for o in outs if not isinstance(o, np.ndarray)]
+
+        self._line(f"# {what}")
+        if node in self.program.layers:
+            call = self._trace_layer(run, values)
+            layer_out = self._emit_layer(call, node, values)
+
+            def post(*traced):  # the node's outputs from the layer's output
+                self._layer_value = traced[-1]
+                try:
+                    return run(*traced[:-1])
+                finally:
+                    self._layer_value = None
+
+            dyn_outs = self._emit_fn(post, values + [layer_out], None, what)
+        else:
+            dyn_outs = self._emit_fn(run, values, None, what)
+        outs = list(result["outs"])
+        it = iter(dyn_outs)
+        for k, o in enumerate(outs):
+            if not isinstance(o, np.ndarray):
+                outs[k] = next(it)
+        return outs, result["perms"]
+
+    def call_layer(self, plan, cls, args, kwargs, call_kwargs):
+        if self._layer_value is None:
+            raise _LayerCall(plan, cls, args, kwargs, call_kwargs)
+        return self._layer_value
+
+    # --- layers -----------------------------------------------------------------------
+
+    def _trace_layer(self, run, values) -> _LayerCall:
+        captured = {}
+
+        def pre(*traced):
+            try:
+                run(*traced)
+            except _LayerCall as call:
+                captured["call"] = call
+                return list(call.args)
+            raise CodegenError("a weighted node's handler did not call its layer")
+
+        jaxpr, _ = jax.make_jaxpr(pre, return_shape=True)(*values)
+        call = captured["call"]
+        call.jaxpr = jaxpr
+        return call
+
+    def _emit_layer(self, call: _LayerCall, node, values):
+        what = _node_text(node)
+        arg_names = self._emit_jaxpr(call.jaxpr, [self._name_of(v) for v in values], None, what)
+        cls = call.cls
+        if getattr(nn, cls.__name__, None) is cls:
+            ctor = f"nn.{cls.__name__}"
+        elif getattr(_layers, cls.__name__, None) is cls:
+            ctor = cls.__name__
+            if cls not in self.classes:
+                self.classes.append(cls)
+        else:
+            raise CodegenError(f"{node_label(node.name, node.op_type)}: layer class "
+                               f"{cls.__qualname__} cannot be written as standalone source")
+        key = self.layer_names.take("_".join(call.plan.path), "")
+        if call.plan.params:
+            self.params[key] = dict(call.plan.params)
+        if call.plan.batch_stats:
+            self.stats[key] = dict(call.plan.batch_stats)
+        kwargs = ", ".join(f"{k}={_literal(v)}" for k, v in call.kwargs.items())
+        call_kwargs = ", ".join(f"{k}=train" if k == "train" else f"{k}={_literal(v)}"
+                                for k, v in call.call_kwargs.items())
+        var = self._new_temp()
+        args = ", ".join(arg_names + ([call_kwargs] if call_kwargs else []))
+        self._line(f"{var} = {ctor}(name={key!r}{', ' if kwargs else ''}{kwargs})({args})")
+        # The layer's output, abstractly; a stand-in carries the variable name onward.
+        variables = {"params": call.plan.params, "batch_stats": call.plan.batch_stats}
+        shape = jax.eval_shape(lambda *a: cls(**call.kwargs).apply(variables, *a, **call.call_kwargs),
+                               *call.args)
+        return self._stand_in(jnp.zeros(shape.shape, shape.dtype), var)
+
+    # --- jaxprs -> source -------------------------------------------------------------
+
+    def _emit_fn(self, fn, values, out_names, what):
+        """Trace ``fn(*values)`` (values: stand-ins of named variables), write its equations,
+        and return stand-ins for its outputs (named ``out_names`` or temporaries)."""
+        try:
+            jaxpr, shapes = jax.make_jaxpr(fn, return_shape=True)(*values)
+        except _LayerCall:
+            raise CodegenError(f"{what}: a layer was called outside a weighted node") from None
+        in_names = [self._name_of(v) for v in values]
+        names = self._emit_jaxpr(jaxpr, in_names, out_names, what)
+        shapes = shapes if isinstance(shapes, (list, tuple)) else [shapes]
+        outs = [self._stand_in(jnp.zeros(s.shape, s.dtype), n) for s, n in zip(shapes, names)]
+        return outs
+
+    def _emit_jaxpr(self, closed, in_names, out_names, what) -> list[str]:
+        jaxpr = closed.jaxpr
+        env: dict[Any, str] = dict(zip(jaxpr.invars, in_names))
+        for var, value in zip(jaxpr.constvars, closed.consts):
+            env[var] = self._const(np.asarray(value))
+        eqns = _live(jaxpr)
+        self._emit_eqns(eqns, env, what)
+        outs = [self._atom(v, env) for v in jaxpr.outvars]
+        if out_names is None:
+            return outs
+        for name, expr in zip(out_names, outs):
+            self._line(f"{name} = {expr}")
+        return list(out_names)
+
+    def _emit_eqns(self, eqns, env, what) -> None:
+        for eqn in eqns:
+            prim = eqn.primitive.name
+            ins = [self._atom(v, env) for v in eqn.invars]
+            if prim in _INLINE and _INLINE[prim] in eqn.params:
+                inner = eqn.params[_INLINE[prim]]
+                inner_env = dict(zip(inner.jaxpr.invars, ins))
+                for var, value in zip(inner.jaxpr.constvars, inner.consts):
+                    inner_env[var] = self._const(np.asarray(value))
+                self._emit_eqns(_live(inner.jaxpr), inner_env, what)
+                for outer, inner_out in zip(eqn.outvars, inner.jaxpr.outvars):
+                    env[outer] = self._atom(inner_out, inner_env)
+                continue
+            if prim == "reduce_window":
+                self._emit_reduce_window(eqn, ins, env, what)
+                continue
+            if getattr(lax, f"{prim}_p", None) is not eqn.primitive:
+                raise CodegenError(f"{what}: JAX primitive {prim!r} has no public jax.lax "
+                                   "name; it cannot be written as standalone source")
+            try:
+                params = [f"{k}={_literal(v)}" for k, v in eqn.params.items()]
+            except TypeError as exc:
+                raise CodegenError(f"{what}: parameter of {prim!r}: {exc}") from None
+            outs = [self._new_temp() for _ in eqn.outvars]
+            if all(v is None for v in eqn.params.values()) and callable(getattr(lax, prim, None)):
+                expr = f"lax.{prim}({', '.join(ins)})"
+            else:
+                expr = f"lax.{prim}_p.bind({', '.join(ins + params)})"
+            target = ", ".join(outs) if eqn.primitive.multiple_results else outs[0]
+            if eqn.primitive.multiple_results:
+                target = (target + ",") if len(outs) == 1 else target
+            self._line(f"{target} = {expr}")
+            for var, name in zip(eqn.outvars, outs):
+                env[var] = name
+
+    def _emit_reduce_window(self, eqn, ins, env, what) -> None:
+        """``lax.reduce_window`` with a reducer other than plain add / max / min: the
+        reducer's jaxpr becomes a local function."""
+        params = eqn.params
+        if len(ins) != 2 or params["consts"]:
+            raise CodegenError(f"{what}: a variadic reduce_window cannot be written as source")
+        fn = self._emit_function(params["jaxpr"], what)
+        keys = ("window_dimensions", "window_strides", "padding", "base_dilation",
+                "window_dilation")
+        args = ", ".join(f"{k}={_literal(params[k])}" for k in keys)
+        out = self._new_temp()
+        self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
+        env[eqn.outvars[0]] = out
+
+    def _emit_function(self, jaxpr, what) -> str:
+        """A local ``def`` computing ``jaxpr``; returns its name."""
+        name = f"fn{self._new_temp()}"
+        args = [self._new_temp() for _ in jaxpr.invars]
+        outer, self.lines = self.lines, []
+        try:
+            env = dict(zip(jaxpr.invars, args))
+            self._emit_eqns(_live(jaxpr), env, what)
+            outs = [self._atom(v, env) for v in jaxpr.outvars]
+            body = self.lines
+        finally:
+            self.lines = outer
+        self._line(f"def {name}({', '.join(args)}):")
+        for line in body:
+            self._line("    " + line)
+        self._line(f"    return {outs[0] if len(outs) == 1 else '(' + ', '.join(outs) + ',)'}")
+        return name
+
+    def _atom(self, v, env) -> str:
+        if hasattr(v, "val") and not hasattr(v, "count"):  # a Literal
+            return _scalar(np.asarray(v.val, dtype=v.aval.dtype))
+        return env[v]
+
+    def _const(self, value: np.ndarray) -> str:
+        if value.size <= _INLINE_SIZE:
+            if value.ndim == 0:
+                return _scalar(value)
+            return f"np.array({_literal(value.tolist())}, dtype=np.{value.dtype.name})"
+        key = f"c{len(self.consts)}"
+        self.consts[key] = value
+        var = self._new_temp()
+        self._line(f"{var} = self.variable('constants', {key!r}).value")
+        return var
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _stand_in(self, value, name: str):
+        self.var_names[id(value)] = name
+        self.keep.append(value)
+        return value
+
+    def _name_of(self, value) -> str:
+        return self.var_names[id(value)]
+
+    def _new_temp(self) -> str:
+        self._temp += 1
+        return f"t{self._temp}"
+
+    def _line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def _module_source(self, converted, args) -> str:
+        graph = self.graph
+        shapes = ", ".join(f"{_doc(s.name)}: {list(converted._module_shape(s))}"
+                           for s in converted.inputs)
+        header = f'''"""Flax model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
+
+Standalone: imports only jax, flax and numpy. Weights are in ``{WEIGHTS_FILE}`` beside this
+file (Flax msgpack)::
+
+    import model
+    variables = model.load_variables()          # {{'params': ..., 'batch_stats': ...}}
+    y = model.Model().apply(variables, *inputs)  # train=True: BatchNorm uses batch stats
+                                                  # (pass mutable=['batch_stats'])
+
+Shapes are specialized to the traced input shapes {{{shapes}}}
+({'channels-last' if converted.channels_last else 'ONNX'} layout for image tensors).
+Traced in inference mode: Dropout is an identity here. Each block is commented with the
+ONNX node it comes from.
+"""
+'''
+        body = "\n".join("        " + line for line in self.lines)
+        classes = "\n\n".join(inspect.getsource(c) for c in self.classes)
+        signature = ", ".join(["self", *args, "train: bool = False"])
+        return f'''{header}
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from jax import lax
+
+{classes}
+
+class Model(nn.Module):
+    @nn.compact
+    def __call__({signature}):
+{body}
+
+
+def load_variables(path=None):
+    """The weights saved beside this file, as ``{{'params': ..., ...}}``."""
+    if path is None:
+        path = __file__.replace("\\\\", "/").rsplit("/", 1)[0] + "/" + {WEIGHTS_FILE!r}
+    with open(path, "rb") as fh:
+        return serialization.msgpack_restore(fh.read())
+'''
+
+
+def _node_text(node) -> str:
+    """``Conv node 'name'`` for comments and messages: ASCII only, quotes escaped."""
+    return f"{re.sub(r'[^A-Za-z0-9_]', '_', node.op_type)} node {ascii(node.name)}"
+
+
+def _doc(name: str) -> str:
+    """``name`` for a docstring: an ASCII literal with every double quote escaped."""
+    return ascii(name).replace('"', '\\"')
+
+
+def _live(jaxpr) -> list:
+    """Equations whose results are used (dead ones come from traces of layer nodes)."""
+    used = {v for v in jaxpr.outvars if not hasattr(v, "val")}
+    live = []
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in used for v in eqn.outvars):
+            live.append(eqn)
+            used.update(v for v in eqn.invars if not hasattr(v, "val"))
+    return live[::-1]
+
+
+def _shape_text(value) -> str:
+    return f"{np.dtype(value.dtype).name}{list(np.shape(value))}"
+
+
+def _scalar(value: np.ndarray) -> str:
+    v = value.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        v = f"float({repr(v)!r})"
+    else:
+        v = repr(v)
+    return f"np.{value.dtype.name}({v})"
+
+
+def _literal(value) -> str:
+    """Python source for a parameter value; ``TypeError`` for anything else."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value) if np.isfinite(value) else f"float({repr(value)!r})"
+    if isinstance(value, np.generic):
+        return _scalar(np.asarray(value))
+    if isinstance(value, np.dtype):
+        return f"np.dtype({value.name!r})"
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return f"np.{np.dtype(value).name}"
+    if isinstance(value, Enum):
+        owner = type(value).__name__
+        if getattr(lax, owner, None) is type(value):
+            return f"lax.{owner}.{value.name}"
+        raise TypeError(f"enum {type(value).__qualname__} is not in jax.lax")
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        owner = type(value).__name__
+        if getattr(lax, owner, None) is not type(value):
+            raise TypeError(f"{type(value).__qualname__} is not in jax.lax")
+        fields = ", ".join(f"{f}={_literal(getattr(value, f))}" for f in value._fields)
+        return f"lax.{owner}({fields})"
+    if isinstance(value, tuple):
+        items = [_literal(v) for v in value]
+        return f"({items[0]},)" if len(items) == 1 else "(" + ", ".join(items) + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    raise TypeError(f"cannot write a {type(value).__qualname__} as source")

@@ -1,0 +1,179 @@
+"""Generated standalone Flax source: equal to the interpreter bit for bit, safe names."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+import onnx2flax
+from onnx2flax import codegen
+from onnx2flax._files import OutputExistsError
+
+from helpers import make_model
+from test_training import _cnn, _export
+
+
+class _TModel(torch.nn.Module):
+    """The Flax porting guide's model: Conv2d(3, 4, 2) -> view -> Linear(100, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 2)
+        self.fc = torch.nn.Linear(100, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(x.shape[0], -1))
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 6)
+        self.b = torch.nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _load(folder, name):
+    spec = importlib.util.spec_from_file_location(name, folder / codegen.MODEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (flax modules) need their module registered
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+def _check_imports(source: str) -> ast.Module:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots = {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots = {(node.module or "").split(".")[0]}
+        else:
+            continue
+        assert roots <= {"__future__", "jax", "flax", "numpy"}, ast.dump(node)
+    return tree
+
+
+def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False):
+    codegen.save(converted, tmp_path)
+    source = (tmp_path / codegen.MODEL_FILE).read_text()
+    assert source == codegen.generate(converted)
+    _check_imports(source)
+    generated = _load(tmp_path, name)
+    variables = generated.load_variables()
+    got = jax.jit(generated.Model().apply)(variables, *inputs)
+    expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    if train:
+        got, new = jax.jit(lambda v, *x: generated.Model().apply(
+            v, *x, train=True, mutable=["batch_stats"]))(variables, *inputs)
+        expected, ref = jax.jit(lambda v, *x: converted.module.apply(
+            v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        jax.tree.map(np.testing.assert_array_equal, new, ref)
+    return source
+
+
+def test_cnn_with_batch_norm(tmp_path):
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(_cnn(), x))
+    source = _generate_and_compare(tmp_path, converted, [x.numpy().transpose(0, 2, 3, 1)],
+                                   "gen_cnn", train=True)
+    assert "nn.Conv(name='conv'" in source and "BatchNorm(name='bn'" in source
+    assert "# Conv node " in source
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_guide_tmodel(tmp_path, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(_TModel(), x), channels_last=channels_last)
+    feed = x.numpy().transpose(0, 2, 3, 1) if channels_last else x.numpy()
+    _generate_and_compare(tmp_path, converted, [feed], f"gen_tmodel_{channels_last}")
+
+
+def test_transformer_encoder_layer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                             batch_first=True)
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(model, x))
+    _generate_and_compare(tmp_path, converted, [x.numpy()], "gen_transformer")
+
+
+def test_mlp(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(_MLP(), x))
+    _generate_and_compare(tmp_path, converted, [x.numpy()], "gen_mlp")
+
+
+_HOSTILE = [
+    'x"); import os; os.system("echo pwned") #',
+    "__import__('os').system('echo pwned')",
+    "name\nimport os\nos.system('echo pwned')",
+    '"""\nimport os\n"""',
+    "'''\nimport os\n'''",
+    "class\\\r\u2028 def",
+]
+
+
+def test_hostile_names_stay_data(tmp_path):
+    rng = np.random.default_rng(0)
+    weight, bias, offset = _HOSTILE[0], _HOSTILE[1], _HOSTILE[4]
+    nodes = [helper.make_node("Conv", [_HOSTILE[3], weight, bias], ["c"], name=_HOSTILE[2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", offset], [_HOSTILE[5]], name=_HOSTILE[3]),
+             helper.make_node("Relu", [_HOSTILE[5]], ["1 + 1"], name=_HOSTILE[1])]
+    model = make_model(nodes, [(_HOSTILE[3], np.float32, [1, 3, 4, 4])],
+                       [("1 + 1", np.float32, [1, 2, 4, 4])],
+                       {weight: rng.standard_normal((2, 3, 3, 3)).astype(np.float32),
+                        bias: rng.standard_normal(2).astype(np.float32),
+                        offset: rng.standard_normal((2, 1, 1)).astype(np.float32)})
+    model.graph.name = _HOSTILE[3]
+    converted = onnx2flax.convert(model)
+    x = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
+    source = _generate_and_compare(tmp_path, converted, [x], "gen_hostile")
+    tree = _check_imports(source)
+    calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
+             for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not {"system", "__import__", "eval", "exec"} & (calls | names)
+    assert "os" not in names
+    for node in ast.walk(tree):  # every identifier is plain
+        if isinstance(node, (ast.Name, ast.arg)):
+            assert (node.id if isinstance(node, ast.Name) else node.arg).isidentifier()
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])])
+    converted = onnx2flax.convert(model)
+    codegen.save(converted, tmp_path)
+    with pytest.raises(OutputExistsError):
+        codegen.save(converted, tmp_path)
+    codegen.save(converted, tmp_path, force=True)
+
+
+_FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", _FIXTURES, ids=[p.stem for p in _FIXTURES])
+def test_fixture_models(tmp_path, path):
+    converted = onnx2flax.convert(path)
+    inputs = [np.random.default_rng(0).standard_normal(converted._module_shape(s)).astype(s.dtype)
+              for s in converted.inputs]
+    _generate_and_compare(tmp_path, converted, inputs, f"gen_{path.stem}")
