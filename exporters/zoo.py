@@ -80,10 +80,10 @@ def randomize_norms(module) -> None:
                 uniform(bias, -0.5, 0.5)
 
 
-def _select(module, keys: tuple[str, ...], names: tuple[str, ...]):
-    """``module`` called with keyword arguments ``names`` and returning a dict or a
-    ModelOutput, wrapped to take them positionally and return the tensors named ``keys``
-    (one tensor, or a tuple)."""
+def _select(module, keys: tuple[str, ...], names: tuple[str, ...] | None = None):
+    """``module`` returning a dict or a ModelOutput, wrapped to return the tensors named
+    ``keys`` (one tensor, or a tuple); its arguments are passed as keywords ``names``
+    (positionally when ``None``)."""
     import torch
 
     class Select(torch.nn.Module):
@@ -92,7 +92,7 @@ def _select(module, keys: tuple[str, ...], names: tuple[str, ...]):
             self.model = module
 
         def forward(self, *args):
-            out = self.model(**dict(zip(names, args)))
+            out = self.model(*args) if names is None else self.model(**dict(zip(names, args)))
             values = tuple(out[k] for k in keys)
             return values[0] if len(values) == 1 else values
 
@@ -145,7 +145,7 @@ def _tv_segmentation(factory: str, **kwargs):
 
         model = getattr(seg, factory)(weights=None, weights_backbone=None, num_classes=4,
                                       **kwargs)
-        return _select(model, ("out",), ("x",)), _image(batch=1, size=64)
+        return _select(model, ("out",)), _image(batch=1, size=64)
     return build
 
 
@@ -252,11 +252,16 @@ MODELS: dict[str, ZooModel] = {m.name: m for m in [
 
 def build(name: str):
     """``(torch_module in eval mode, inputs)`` for zoo model ``name``: seeded weights,
-    randomized normalization layers."""
+    randomized normalization layers; torchvision's and timm's linear layers get torch's
+    default initialization (some heads start at zero or tiny, giving outputs of ~0)."""
     import torch
 
     torch.manual_seed(SEED)
     module, inputs = MODELS[name].build()
+    if MODELS[name].family in ("torchvision", "timm"):
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.reset_parameters()
     randomize_norms(module)
     return module.eval(), inputs
 
