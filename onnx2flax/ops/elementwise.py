@@ -168,11 +168,13 @@ def clip(ctx, x, lo=None, hi=None):
 
 @register("Dropout", layout="elementwise", static_inputs=(1, 2))
 def dropout(ctx, x, ratio=None, training_mode=None):
-    """Identity at inference; with ``train=True`` drops with probability ``ratio``."""
+    """Identity at inference; with ``train=True`` drops with probability ``ratio``. The
+    optional mask is bool from opset 10, of X's dtype before."""
     rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio").item())
     outputs = [o for o in ctx.node.outputs if o]
+    mask_dtype = bool if ctx.opset >= 10 else x.dtype
     if not ctx.train or rate == 0.0:
-        return (x, jnp.ones(x.shape, bool)) if len(outputs) > 1 else x
+        return (x, jnp.ones(x.shape, mask_dtype)) if len(outputs) > 1 else x
     keep = jax.random.bernoulli(ctx.make_rng("dropout"), 1.0 - rate, x.shape)
     y = jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-    return (y, keep) if len(outputs) > 1 else y
+    return (y, keep.astype(mask_dtype)) if len(outputs) > 1 else y
