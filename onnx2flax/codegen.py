@@ -382,6 +382,8 @@ class _Generator(_Interpreter):
         return value
 
     def _name_of(self, value) -> str:
+        if id(value) not in self.var_names and isinstance(value, np.ndarray):
+            return self._const(value)  # known at conversion time (e.g. a Shape output)
         return self.var_names[id(value)]
 
     def _new_temp(self) -> str:
