@@ -307,16 +307,23 @@ class _Generator(_Interpreter):
             if prim == "reduce_window":
                 self._emit_reduce_window(eqn, ins, env, what)
                 continue
+            prim = prim.replace("-", "_")  # scatter-add is lax.scatter_add_p
             if getattr(lax, f"{prim}_p", None) is not eqn.primitive:
                 raise CodegenError(f"{what}: JAX primitive {prim!r} has no public jax.lax "
                                    "name; it cannot be written as standalone source")
+            # The scatter family's combiner is a jaxpr parameter: call the public function,
+            # which rebuilds the same one.
+            scatter = prim.startswith("scatter") and callable(getattr(lax, prim, None))
             try:
-                params = [f"{k}={_literal(v)}" for k, v in eqn.params.items()]
+                params = [f"{k}={_literal(v)}" for k, v in eqn.params.items()
+                          if not (scatter and k in ("update_jaxpr", "update_consts"))]
             except TypeError as exc:
                 raise CodegenError(f"{what}: parameter of {prim!r}: {exc}") from None
             outs = [self._new_temp() for _ in eqn.outvars]
             if all(v is None for v in eqn.params.values()) and callable(getattr(lax, prim, None)):
                 expr = f"lax.{prim}({', '.join(ins)})"
+            elif scatter:
+                expr = f"lax.{prim}({', '.join(ins + params)})"
             else:
                 expr = f"lax.{prim}_p.bind({', '.join(ins + params)})"
             target = ", ".join(outs) if eqn.primitive.multiple_results else outs[0]
