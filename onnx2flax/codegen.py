@@ -114,6 +114,7 @@ class _Generator(_Interpreter):
         self.ids = _Names()
         self.layer_names = _Names()
         self.lines: list[str] = []
+        self.preamble: list[str] = []
         self.var_names: dict[int, str] = {}  # id(stand-in array) -> variable holding it
         self.keep: list[Any] = []             # stand-ins stay alive while their id is used
         self.params: dict = {}
@@ -176,14 +177,27 @@ class _Generator(_Interpreter):
         what = _node_text(node)
         dynamic = [i for i, (a, _) in enumerate(held)
                    if a is not None and not isinstance(a, np.ndarray)]
-        values = [held[i][0] for i in dynamic]
+        # Values the node's subgraphs read from this graph are arguments of the trace too,
+        # or they would be captured as constants.
+        env = self._current_env
+        outer = [n for n in dict.fromkeys(n for sub in node.subgraphs() for n in sub.outer)
+                 if n in env.values and not isinstance(env.values[n][0], np.ndarray)]
+        values = [held[i][0] for i in dynamic] + [env.values[n][0] for n in outer]
         result: dict[str, Any] = {}
 
         def run(*traced):
             h = list(held)
             for i, v in zip(dynamic, traced):
                 h[i] = (v, held[i][1])
-            outs, perms = super(_Generator, self)._call(spec, node, h)
+            saved = {n: env.values[n] for n in outer}
+            env.values.update({n: (v, saved[n][1]) for n, v in zip(outer, traced[len(dynamic):])})
+            try:
+                outs, perms = super(_Generator, self)._call(spec, node, h)
+            finally:
+                env.values.update(saved)
+            if any(isinstance(o, list) for o in outs):
+                raise CodegenError(f"{what}: sequence values (lists of tensors) cannot be "
+                                   "written as source yet")
             result["outs"], result["perms"] = outs, perms
             return [o for o in outs if not isinstance(o, np.ndarray)]
 
@@ -307,6 +321,11 @@ class _Generator(_Interpreter):
             if prim == "reduce_window":
                 self._emit_reduce_window(eqn, ins, env, what)
                 continue
+            if prim in ("cond", "while", "scan"):
+                outs = getattr(self, f"_emit_{prim}")(eqn.params, ins, what)
+                for var, name in zip(eqn.outvars, outs):
+                    env[var] = name
+                continue
             prim = prim.replace("-", "_")  # scatter-add is lax.scatter_add_p
             if getattr(lax, f"{prim}_p", None) is not eqn.primitive:
                 raise CodegenError(f"{what}: JAX primitive {prim!r} has no public jax.lax "
@@ -347,13 +366,15 @@ class _Generator(_Interpreter):
         self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
         env[eqn.outvars[0]] = out
 
-    def _emit_function(self, jaxpr, what) -> str:
-        """A local ``def`` computing ``jaxpr``; returns its name."""
+    def _emit_function(self, jaxpr, what, consts=(), as_tuple=False) -> str:
+        """A local ``def`` computing ``jaxpr`` (its constvars bound to ``consts``); returns
+        its name. With ``as_tuple`` it always returns a tuple."""
         name = f"fn{self._new_temp()}"
         args = [self._new_temp() for _ in jaxpr.invars]
+        env = {var: self._const(np.asarray(value)) for var, value in zip(jaxpr.constvars, consts)}
         outer, self.lines = self.lines, []
         try:
-            env = dict(zip(jaxpr.invars, args))
+            env.update(zip(jaxpr.invars, args))
             self._emit_eqns(_live(jaxpr), env, what)
             outs = [self._atom(v, env) for v in jaxpr.outvars]
             body = self.lines
@@ -362,8 +383,52 @@ class _Generator(_Interpreter):
         self._line(f"def {name}({', '.join(args)}):")
         for line in body:
             self._line("    " + line)
-        self._line(f"    return {outs[0] if len(outs) == 1 else '(' + ', '.join(outs) + ',)'}")
+        single = len(outs) == 1 and not as_tuple
+        self._line(f"    return {outs[0] if single else '(' + ', '.join(outs) + ',)'}")
         return name
+
+    def _closed(self, closed, what, as_tuple=True) -> str:
+        return self._emit_function(closed.jaxpr, what, closed.consts, as_tuple)
+
+    def _unpack(self, expr: str, count: int) -> list[str]:
+        outs = [self._new_temp() for _ in range(count)]
+        if outs:
+            self._line(f"{', '.join(outs)}, = {expr}")
+        return outs
+
+    def _emit_cond(self, params, ins, what) -> list[str]:
+        """``lax.cond`` / ``lax.switch``: one local function per branch."""
+        branches = [self._closed(b, what) for b in params["branches"]]
+        n_out = len(params["branches"][0].jaxpr.outvars)
+        call = f"lax.switch({ins[0]}, [{', '.join(branches)}], {', '.join(ins[1:])})"
+        return self._unpack(call, n_out)
+
+    def _emit_while(self, params, ins, what) -> list[str]:
+        """``lax.while_loop``: the constants of both functions are closed over."""
+        nc, nb = params["cond_nconsts"], params["body_nconsts"]
+        cond_consts, body_consts, init = ins[:nc], ins[nc:nc + nb], ins[nc + nb:]
+        cond = self._closed(params["cond_jaxpr"], what, as_tuple=False)
+        body = self._closed(params["body_jaxpr"], what)
+        lead_c = "".join(f"{c}, " for c in cond_consts)
+        lead_b = "".join(f"{c}, " for c in body_consts)
+        call = (f"lax.while_loop(lambda c: {cond}({lead_c}*c), lambda c: {body}({lead_b}*c), "
+                f"({', '.join(init)},))")
+        return self._unpack(call, len(init))
+
+    def _emit_scan(self, params, ins, what) -> list[str]:
+        """``lax.scan`` over the body function; carries and stacked outputs unpacked."""
+        n_consts, n_carry = params["num_consts"], params["num_carry"]
+        consts, init, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
+        body = self._closed(params["jaxpr"], what)
+        n_ys = len(params["jaxpr"].jaxpr.outvars) - n_carry
+        lead = "".join(f"{c}, " for c in consts)
+        step = (f"lambda c, x: (lambda r: (r[:{n_carry}], r[{n_carry}:]))"
+                f"({body}({lead}*c, *x))")
+        result = self._new_temp()
+        self._line(f"{result} = lax.scan({step}, ({''.join(f'{v}, ' for v in init)}), "
+                   f"({''.join(f'{v}, ' for v in xs)}), length={params['length']}, "
+                   f"reverse={params['reverse']}, unroll={_literal(params['unroll'])})")
+        return [*self._unpack(f"{result}[0]", n_carry), *self._unpack(f"{result}[1]", n_ys)]
 
     def _atom(self, v, env) -> str:
         if hasattr(v, "val") and not hasattr(v, "count"):  # a Literal
@@ -378,7 +443,8 @@ class _Generator(_Interpreter):
         key = f"c{len(self.consts)}"
         self.consts[key] = value
         var = self._new_temp()
-        self._line(f"{var} = self.variable('constants', {key!r}).value")
+        # At the top of __call__: module state is never read inside a lax function.
+        self.preamble.append(f"{var} = self.variable('constants', {key!r}).value")
         return var
 
     # --- bookkeeping ------------------------------------------------------------------
@@ -420,7 +486,7 @@ Traced in inference mode: Dropout is an identity here. Each block is commented w
 ONNX node it comes from.
 """
 '''
-        body = "\n".join("        " + line for line in self.lines)
+        body = "\n".join("        " + line for line in self.preamble + self.lines)
         classes = "\n\n".join(inspect.getsource(c) for c in self.classes)
         signature = ", ".join(["self", *args, "train: bool = False"])
         return f'''{header}

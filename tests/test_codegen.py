@@ -177,3 +177,52 @@ def test_fixture_models(tmp_path, path):
     inputs = [np.random.default_rng(0).standard_normal(converted._module_shape(s)).astype(s.dtype)
               for s in converted.inputs]
     _generate_and_compare(tmp_path, converted, inputs, f"gen_{path.stem}")
+
+
+def _control_flow_model():
+    """If on a run-time condition (a branch reads an outer value), then a Loop with a static
+    trip count carrying a value and stacking scan outputs, then an LSTM."""
+    FLOAT = 1
+    then = helper.make_graph([helper.make_node("Add", ["z", "z"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", FLOAT, [2, 3])])
+    other = helper.make_graph([helper.make_node("Neg", ["z"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", FLOAT, [2, 3])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Mul", ["acc_in", "half"], ["acc_out"]),
+         helper.make_node("Identity", ["acc_out"], ["scan_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", 7, []), helper.make_tensor_value_info("cond_in", 9, []),
+         helper.make_tensor_value_info("acc_in", FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("cond_out", 9, []),
+         helper.make_tensor_value_info("acc_out", FLOAT, [2, 3]),
+         helper.make_tensor_value_info("scan_out", FLOAT, [2, 3])])
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["z"]),
+        helper.make_node("If", ["c"], ["branch"], then_branch=then, else_branch=other),
+        helper.make_node("Loop", ["trips", "true", "branch"], ["acc", "stacked"], body=body),
+        helper.make_node("LSTM", ["stacked", "W", "R"], ["Y"], hidden_size=4),
+    ]
+    inits = {"trips": np.array(3, np.int64), "true": np.array(True), "half": np.float32(0.5),
+             "W": rng.standard_normal((1, 16, 3)).astype(np.float32),
+             "R": rng.standard_normal((1, 16, 4)).astype(np.float32)}
+    return make_model(nodes, [("c", np.bool_, []), ("x", np.float32, [2, 3])],
+                      [("acc", np.float32, None), ("stacked", np.float32, None),
+                       ("Y", np.float32, None)], inits)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_control_flow_and_recurrent_ops(tmp_path, flag):
+    """lax.cond / scan / while become local functions with the same operations."""
+    converted = onnx2flax.convert(_control_flow_model())
+    inputs = [np.array(flag), np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)]
+    codegen.save(converted, tmp_path)
+    source = (tmp_path / codegen.MODEL_FILE).read_text()
+    _check_imports(source)
+    assert "lax.switch(" in source and "lax.scan(" in source
+    generated = _load(tmp_path, f"generated_control_{flag}")
+    got = jax.jit(generated.Model().apply)(generated.load_variables(), *inputs)
+    expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 got, expected)
