@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
-import sys
 from pathlib import Path
 
 import jax
@@ -17,7 +15,7 @@ import onnx2flax
 from onnx2flax import codegen
 from onnx2flax._files import OutputExistsError
 
-from helpers import make_model
+from helpers import load_generated, make_model
 from test_training import _cnn, _export
 
 
@@ -43,17 +41,6 @@ class _MLP(torch.nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-def _load(folder, name):
-    spec = importlib.util.spec_from_file_location(name, folder / codegen.MODEL_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses (flax modules) need their module registered
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[name]
-    return module
-
-
 def _check_imports(source: str) -> ast.Module:
     tree = ast.parse(source)
     for node in ast.walk(tree):
@@ -72,7 +59,7 @@ def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False):
     source = (tmp_path / codegen.MODEL_FILE).read_text()
     assert source == codegen.generate(converted)
     _check_imports(source)
-    generated = _load(tmp_path, name)
+    generated = load_generated(tmp_path, name)
     variables = generated.load_variables()
     got = jax.jit(generated.Model().apply)(variables, *inputs)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
@@ -221,7 +208,7 @@ def test_control_flow_and_recurrent_ops(tmp_path, flag):
     source = (tmp_path / codegen.MODEL_FILE).read_text()
     _check_imports(source)
     assert "lax.switch(" in source and "lax.scan(" in source
-    generated = _load(tmp_path, f"generated_control_{flag}")
+    generated = load_generated(tmp_path, f"generated_control_{flag}")
     got = jax.jit(generated.Model().apply)(generated.load_variables(), *inputs)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
