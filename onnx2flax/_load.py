@@ -18,6 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from . import _wire
 from .errors import InvalidModelError, ResourceLimitError
 
 #: Largest tensor (in elements) the converter will materialize.
@@ -36,7 +37,10 @@ def load_model(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
         path = Path(model)
         if not path.is_file():
             raise InvalidModelError(f"model file {str(path)!r} does not exist or is not a file")
-        return _parse(path.read_bytes(), str(path)), path.resolve().parent
+        real = path.resolve()
+        # Large embedded weights stay in the file and are read like external data.
+        data = _wire.skeleton(real)
+        return _parse(path.read_bytes() if data is None else data, str(path)), real.parent
     raise InvalidModelError(
         f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
 
@@ -148,14 +152,27 @@ def to_device(array: np.ndarray) -> jax.Array:
     """``array`` as a device array, copied once (a transposed view straight into C order).
 
     Arrays of external data are always copied out of the read-only file mapping (JAX may
-    alias host memory, and a donated buffer must never be the model file). Afterwards the
-    file's pages are released so they do not stay counted in the process's memory next to
-    the copy (a later read of ``array`` pages them in again).
+    alias host memory, and a donated buffer must never be the model file). A C-ordered one
+    is copied into a 64-byte aligned buffer that the CPU backend then adopts without another
+    copy. Afterwards the file's pages are released so they do not stay counted in the
+    process's memory next to the copy (a later read of ``array`` pages them in again).
     """
     mapping = _mapping(array)
     if mapping is None:
         return jnp.asarray(array)  # XLA transposes faster than np.ascontiguousarray
-    out = jnp.array(array, copy=True)
+    if array.flags.c_contiguous:
+        out = jax.device_put(_aligned_copy(array))
+    else:
+        out = jnp.array(array, copy=True)
+    out.block_until_ready()  # the transfer is asynchronous: finish it before dropping pages
     if hasattr(mmap, "MADV_DONTNEED") and not mapping.closed:
         mapping.madvise(mmap.MADV_DONTNEED)
+    return out
+
+
+def _aligned_copy(array: np.ndarray, alignment: int = 64) -> np.ndarray:
+    buffer = np.empty(array.nbytes + alignment, np.uint8)
+    start = -buffer.ctypes.data % alignment
+    out = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    np.copyto(out, array)
     return out
