@@ -1,0 +1,153 @@
+"""Attention-family ops (ONNX order): Attention, RotaryEmbedding, SwiGLU.
+
+Attention works on heads ``[B, H, S, D]``; 3-D inputs ``[B, S, H*D]`` are split into heads
+(``q_num_heads`` / ``kv_num_heads``) on the way in and merged on the way out.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from .._registry import register
+from .shape import _onnx_dtype
+
+
+def _split_heads(ctx, x, heads: int, what: str):
+    """``[B, S, H*D]`` -> ``[B, H, S, D]``."""
+    b, s, hidden = x.shape
+    if heads < 1 or hidden % heads:
+        raise ctx.invalid(f"{what} hidden size {hidden} is not a multiple of {heads} heads")
+    return jnp.transpose(jnp.reshape(x, (b, s, heads, hidden // heads)), (0, 2, 1, 3))
+
+
+def _heads(ctx, q, k, v):
+    """Q, K, V as ``[B, H, S, D]``, checking the head counts (GQA: ``Hq % Hkv == 0``)."""
+    if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
+        raise ctx.invalid(f"Q, K and V must all be 3-D or all 4-D, got shapes "
+                          f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    q_heads, kv_heads = ctx.attr("q_num_heads", None), ctx.attr("kv_num_heads", None)
+    if q.ndim == 3:
+        if q_heads is None or kv_heads is None:
+            raise ctx.invalid("3-D Q, K, V need the q_num_heads and kv_num_heads attributes")
+        q = _split_heads(ctx, q, int(q_heads), "Q")
+        k = _split_heads(ctx, k, int(kv_heads), "K")
+        v = _split_heads(ctx, v, int(kv_heads), "V")
+    elif (q_heads, kv_heads) != (None, None) and (
+            ctx.opset >= 25 or (q_heads or q.shape[1], kv_heads or k.shape[1]) != (q.shape[1],
+                                                                                    k.shape[1])):
+        # Opset 25 forbids them with 4-D inputs; before, they had to agree with the shapes.
+        raise ctx.invalid(f"q_num_heads={q_heads} / kv_num_heads={kv_heads} do not apply to "
+                          f"4-D inputs of shapes {list(q.shape)}, {list(k.shape)}")
+    if (k.shape[:2] != v.shape[:2] or q.shape[0] != k.shape[0] or k.shape[2] != v.shape[2]
+            or q.shape[3] != k.shape[3] or q.shape[1] % k.shape[1]):
+        raise ctx.invalid(f"incompatible Q, K, V heads {list(q.shape)}, {list(k.shape)}, "
+                          f"{list(v.shape)} (as [batch, heads, sequence, head size]; the query "
+                          "heads must be a multiple of the key/value heads)")
+    return q, k, v
+
+
+def _bias(ctx, mask, dtype, sq: int, skv: int, offset, nonpad):
+    """The additive attention bias, broadcastable to ``[B, H, Sq, Skv]`` (``None`` if none):
+    the mask (bool: 0 / -inf; float: added as is; a short key axis padded with -inf) plus
+    -inf outside the causal frontier, the sliding window and the non-padded keys.
+    ``offset`` (a scalar or ``[B, 1, 1, 1]``) is the absolute position of query 0."""
+    neg_inf = jnp.array(-jnp.inf, dtype)
+    terms = []
+    if mask is not None:
+        if not 1 <= mask.ndim <= 4 or mask.shape[-1] > skv:
+            raise ctx.invalid(f"attn_mask of shape {list(mask.shape)} does not broadcast to "
+                              f"[batch, heads, {sq}, {skv}]")
+        mask = (jnp.where(mask, jnp.zeros((), dtype), neg_inf) if mask.dtype == jnp.bool_
+                else mask.astype(dtype))
+        if mask.shape[-1] < skv:
+            mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(0, skv - mask.shape[-1])],
+                           constant_values=-jnp.inf)
+        terms.append(mask)
+    pos_q = jnp.arange(sq)[:, None] + offset
+    pos_k = jnp.arange(skv)
+    allowed = []
+    if int(ctx.attr("is_causal", 0)):
+        allowed.append(pos_k <= pos_q)
+    left, right = int(ctx.attr("left_window_size", -1)), int(ctx.attr("right_window_size", -1))
+    if left < -1 or right < -1:
+        raise ctx.invalid(f"left_window_size ({left}) and right_window_size ({right}) must be "
+                          ">= -1")
+    if left >= 0:
+        allowed.append(pos_q - pos_k <= left)
+    if right >= 0:
+        allowed.append(pos_k - pos_q <= right)
+    if nonpad is not None:
+        allowed.append(pos_k < jnp.reshape(nonpad, (-1, 1, 1, 1)))
+    if allowed:
+        terms.append(jnp.where(functools.reduce(jnp.logical_and, allowed), jnp.zeros((), dtype),
+                               neg_inf))
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def _masked_softmax(x):
+    """Softmax over the last axis where a row of only -inf gives zeros instead of NaN."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    e = jnp.exp(x - jnp.where(jnp.isneginf(top), jnp.zeros((), x.dtype), top))
+    total = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(total == 0, jnp.ones((), x.dtype), total)
+
+
+@register("Attention", since=23)
+def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
+              nonpad_kv_seqlen=None):
+    """Scaled dot-product attention. Q ``[B, Hq, Sq, D]``, K ``[B, Hkv, Skv, D]``, V
+    ``[B, Hkv, Skv, Dv]`` (or 3-D ``[B, S, H*D]``); query heads share the key/value heads in
+    groups of ``Hq / Hkv`` (GQA). Outputs Y (Q's rank), present key/value ``[B, Hkv, P+Skv,
+    D|Dv]`` and the QK output ``[B, Hq, Sq, P+Skv]`` chosen by ``qk_matmul_output_mode``.
+
+    Opset 24 adds ``nonpad_kv_seqlen`` (an external cache: keys past it are padding, the
+    causal frontier is bottom-right aligned to it); opset 25 adds the sliding window."""
+    rank3 = q.ndim == 3
+    q, k, v = _heads(ctx, q, k, v)
+    dtype = q.dtype
+    if (past_key is None) != (past_value is None):
+        raise ctx.invalid("past_key and past_value must be given together")
+    if nonpad_kv_seqlen is not None and past_key is not None:
+        raise ctx.invalid("nonpad_kv_seqlen cannot be combined with past_key / past_value")
+    offset = 0
+    if past_key is not None:
+        offset = past_key.shape[2]
+        k = jnp.concatenate([past_key, k], axis=2)
+        v = jnp.concatenate([past_value, v], axis=2)
+    elif nonpad_kv_seqlen is not None:
+        offset = jnp.reshape(nonpad_kv_seqlen, (-1, 1, 1, 1)) - q.shape[2]
+    present_k, present_v = k, v
+    mode = int(ctx.attr("qk_matmul_output_mode", 0))
+    if mode not in (0, 1, 2, 3):
+        raise ctx.invalid(f"qk_matmul_output_mode must be 0, 1, 2 or 3, got {mode}")
+
+    # Q and K are each scaled by sqrt(scale) (in their own dtype) to keep QK^T in range.
+    scale = ctx.attr("scale", None)
+    scale = 1 / np.sqrt(q.shape[3]) if scale is None else float(scale)
+    root = jnp.asarray(np.sqrt(scale), dtype)
+    groups = q.shape[1] // k.shape[1]
+    k, v = jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1)
+    raw = jnp.matmul(q * root, jnp.swapaxes(k * root, -1, -2))
+    softcap = float(ctx.attr("softcap", 0.0))
+    capped = softcap * jnp.tanh(raw / softcap) if softcap > 0 else raw
+    bias = _bias(ctx, attn_mask, dtype, q.shape[2], k.shape[2], offset, nonpad_kv_seqlen)
+    scores = capped if bias is None else capped + bias
+
+    precision = ctx.attr("softmax_precision", None)
+    probs = _masked_softmax(scores if precision is None
+                            else scores.astype(_onnx_dtype(ctx, precision)))
+    if bias is not None:
+        # A row whose bias is -inf everywhere attends nothing: zeros, even if its logits
+        # are not finite (inf + -inf is NaN).
+        dead = jnp.isneginf(jnp.max(bias, axis=-1, keepdims=True))
+        probs = jnp.where(dead, jnp.zeros((), probs.dtype), probs)
+    probs = probs.astype(dtype)
+    y = jnp.matmul(probs, v).astype(dtype)
+    if rank3:
+        b, h, s, d = y.shape
+        y = jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (b, s, h * d))
+    qk = (raw, capped, scores, probs)[mode].astype(dtype)
+    return (y, present_k, present_v, qk)[:len(ctx.node.outputs)]
