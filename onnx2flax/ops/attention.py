@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -151,3 +152,52 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
         y = jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (b, s, h * d))
     qk = (raw, capped, scores, probs)[mode].astype(dtype)
     return (y, present_k, present_v, qk)[:len(ctx.node.outputs)]
+
+
+@register("RotaryEmbedding", since=23)
+def rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids=None):
+    """RoPE on x ``[B, H, S, D]`` or ``[B, S, H*D]`` (``num_heads``): the first
+    ``rotary_embedding_dim`` (default D) features of each head are rotated as pairs
+    (first half with second half, or even with odd features when ``interleaved``) by the
+    angles whose cos/sin are ``cache[position_ids]`` ``[B, S, R/2]`` (or the caches as given,
+    ``[B, S, R/2]``, without ``position_ids``)."""
+    if x.ndim == 4:
+        heads = jnp.swapaxes(x, 1, 2)  # [B, S, H, D]
+    elif x.ndim == 3:
+        num_heads = int(ctx.attr("num_heads", 0))
+        if num_heads < 1 or x.shape[2] % num_heads:
+            raise ctx.invalid(f"a 3-D input needs num_heads dividing its hidden size "
+                              f"{x.shape[2]}, got num_heads={num_heads}")
+        heads = jnp.reshape(x, x.shape[:2] + (num_heads, x.shape[2] // num_heads))
+    else:
+        raise ctx.invalid(f"the input must be 3-D or 4-D, got shape {list(x.shape)}")
+    head_size = heads.shape[3]
+    dim = int(ctx.attr("rotary_embedding_dim", 0)) or head_size
+    if dim % 2 or dim > head_size:
+        raise ctx.invalid(f"rotary_embedding_dim {dim} must be even and at most the head size "
+                          f"{head_size}")
+    if position_ids is not None:
+        cos_cache = jnp.take(cos_cache, position_ids, axis=0)
+        sin_cache = jnp.take(sin_cache, position_ids, axis=0)
+    if cos_cache.shape != sin_cache.shape or cos_cache.shape[-1] != dim // 2:
+        raise ctx.invalid(f"cos/sin caches {list(cos_cache.shape)}, {list(sin_cache.shape)} "
+                          f"must end in rotary_embedding_dim / 2 = {dim // 2}")
+    cos, sin = cos_cache[:, :, None, :], sin_cache[:, :, None, :]  # [B, S, 1, R/2]
+    rot, rest = heads[..., :dim], heads[..., dim:]
+    interleaved = int(ctx.attr("interleaved", 0))
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else jnp.split(rot, 2, axis=-1)
+    pair = (cos * x1 - sin * x2, sin * x1 + cos * x2)
+    rot = (jnp.stack(pair, axis=-1).reshape(rot.shape) if interleaved
+           else jnp.concatenate(pair, axis=-1))
+    out = jnp.concatenate([rot, rest], axis=-1).astype(x.dtype)
+    return jnp.swapaxes(out, 1, 2) if x.ndim == 4 else jnp.reshape(out, x.shape)
+
+
+@register("SwiGLU", since=28)
+def swiglu(ctx, a, b):
+    """``a * sigmoid(alpha * a) * b`` for gate ``a`` and value ``b`` of one shape."""
+    if a.shape != b.shape:
+        raise ctx.invalid(f"A {list(a.shape)} and B {list(b.shape)} must have the same shape "
+                          "(SwiGLU does not broadcast)")
+    alpha = float(ctx.attr("alpha", 1.0))
+    return (a * jax.nn.sigmoid(alpha * a) * b).astype(a.dtype)
