@@ -201,3 +201,100 @@ def swiglu(ctx, a, b):
                           "(SwiGLU does not broadcast)")
     alpha = float(ctx.attr("alpha", 1.0))
     return (a * jax.nn.sigmoid(alpha * a) * b).astype(a.dtype)
+
+
+_UPDATE_RULES = ("linear", "gated", "delta", "gated_delta")
+
+
+@register("LinearAttention", since=27)
+def linear_attention(ctx, query, key, value, past_state=None, decay=None, beta=None):
+    """Recurrent linear attention over packed ``[B, T, H*D]`` inputs, one token at a time
+    (``lax.scan``) in float32. The state ``S`` ``[B, Hkv, Dk, Dv]`` starts at ``past_state``
+    (or zeros); per token: ``S *= exp(g)`` (gated rules, ``decay`` ``[B, T, Hkv]`` or
+    ``[B, T, Hkv*Dk]``), ``v <- beta * (v - S^T k)`` (delta rules, ``beta`` ``[B, T, Hkv|1]``),
+    ``S += k v^T``, output ``scale * q^T S`` (each KV state shared by ``Hq / Hkv`` query
+    heads). Returns the output ``[B, T, Hq*Dv]`` and the final state."""
+    rule = ctx.attr("update_rule", "gated_delta")
+    if rule not in _UPDATE_RULES:
+        raise ctx.invalid(f"update_rule must be one of {_UPDATE_RULES}, got {rule!r}")
+    gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    if gated != (decay is not None) or delta != (beta is not None):
+        raise ctx.invalid(f"update_rule {rule!r} needs decay {'given' if gated else 'absent'} "
+                          f"and beta {'given' if delta else 'absent'}")
+    q_heads, kv_heads = int(ctx.attr("q_num_heads")), int(ctx.attr("kv_num_heads"))
+    if kv_heads < 1 or q_heads % kv_heads or q_heads < 1:
+        raise ctx.invalid(f"q_num_heads ({q_heads}) must be a positive multiple of "
+                          f"kv_num_heads ({kv_heads})")
+    if not query.ndim == key.ndim == value.ndim == 3:
+        raise ctx.invalid("query, key and value must be 3-D [batch, time, heads * head size]")
+    f32 = jnp.float32
+    q = _split_heads(ctx, query, q_heads, "query").astype(f32)  # [B, Hq, T, Dk]
+    k = _split_heads(ctx, key, kv_heads, "key").astype(f32)
+    v = _split_heads(ctx, value, kv_heads, "value").astype(f32)
+    b, _, t, dk = k.shape
+    dv = v.shape[3]
+    if q.shape[3] != dk or q.shape[:1] + q.shape[2:3] != (b, t) or v.shape[2] != t:
+        raise ctx.invalid(f"query {list(query.shape)}, key {list(key.shape)} and value "
+                          f"{list(value.shape)} disagree on batch, time or key head size")
+    state_dtype = query.dtype if past_state is None else past_state.dtype
+    if past_state is None:
+        past_state = jnp.zeros((b, kv_heads, dk, dv), f32)
+    elif past_state.shape != (b, kv_heads, dk, dv):
+        raise ctx.invalid(f"past_state {list(past_state.shape)} must be "
+                          f"{[b, kv_heads, dk, dv]}")
+
+    def per_token(x, name, widths):
+        """``[B, T, H*W]`` -> ``[T, B, H, W]`` for the scan, H*W in ``widths``."""
+        if x.ndim != 3 or x.shape[:2] != (b, t) or x.shape[2] not in widths:
+            raise ctx.invalid(f"{name} {list(x.shape)} must be [{b}, {t}, one of {widths}]")
+        heads = 1 if x.shape[2] == 1 else kv_heads
+        return jnp.transpose(jnp.reshape(x.astype(f32), (b, t, heads, -1)), (1, 0, 2, 3))
+
+    g = per_token(decay, "decay", (kv_heads, kv_heads * dk)) if gated else None
+    beta = per_token(beta, "beta", (kv_heads, 1)) if delta else None
+
+    def step(state, xs):
+        k_t, v_t, g_t, beta_t = xs  # [B, Hkv, Dk], [B, Hkv, Dv], [B, Hkv, Dk|1], [B, Hkv|1, 1]
+        if gated:
+            state = state * jnp.exp(g_t)[..., None]
+        if delta:
+            v_t = beta_t * (v_t - jnp.einsum("bhkv,bhk->bhv", state, k_t))
+        state = state + k_t[..., :, None] * v_t[..., None, :]
+        return state, state
+
+    time_major = (jnp.moveaxis(k, 2, 0), jnp.moveaxis(v, 2, 0), g, beta)
+    final, states = jax.lax.scan(step, past_state.astype(f32), time_major)  # states [T, B, ...]
+    scale = float(ctx.attr("scale", 0.0)) or 1 / np.sqrt(dk)
+    groups = q_heads // kv_heads
+    out = scale * jnp.einsum("bhtk,tbhkv->bthv", q, jnp.repeat(states, groups, axis=2))
+    return (jnp.reshape(out, (b, t, q_heads * dv)).astype(query.dtype),
+            final.astype(state_dtype))
+
+
+@register("CausalConvWithState", since=27)
+def causal_conv_with_state(ctx, x, weight, bias=None, past_state=None):
+    """Depthwise causal 1-D convolution of x ``[B, C, L]`` with weight ``[C, 1, K]`` after
+    the carried ``past_state`` ``[B, C, K-1]`` (zeros if absent), with an optional bias and
+    fused SiLU (``activation`` 'silu' / 'swish'). Returns the output ``[B, C, L]`` and the
+    last ``K-1`` steps of the padded sequence as the next state."""
+    activation = ctx.attr("activation", "none")
+    if activation not in ("none", "silu", "swish"):
+        raise ctx.invalid(f"activation must be 'none', 'silu' or 'swish', got {activation!r}")
+    if x.ndim != 3 or weight.ndim != 3 or weight.shape[:2] != (x.shape[1], 1):
+        raise ctx.invalid(f"input {list(x.shape)} must be [batch, channels, length] and weight "
+                          f"{list(weight.shape)} [channels, 1, kernel]")
+    b, c, _ = x.shape
+    k = weight.shape[2]
+    if past_state is None:
+        past_state = jnp.zeros((b, c, k - 1), x.dtype)
+    elif past_state.shape != (b, c, k - 1):
+        raise ctx.invalid(f"past_state {list(past_state.shape)} must be {[b, c, k - 1]}")
+    padded = jnp.concatenate([past_state.astype(x.dtype), x], axis=2)
+    y = jax.lax.conv_general_dilated(padded, weight.astype(x.dtype), (1,), "VALID",
+                                     dimension_numbers=("NCH", "OIH", "NCH"),
+                                     feature_group_count=c)
+    if bias is not None:
+        y = y + jnp.reshape(bias, (c, 1)).astype(x.dtype)
+    if activation != "none":
+        y = jax.nn.silu(y.astype(jnp.float32)).astype(x.dtype)
+    return y, padded[:, :, padded.shape[2] - (k - 1):]
