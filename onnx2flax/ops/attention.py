@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._graph import Graph
 from .._registry import register
 from .shape import _onnx_dtype
 
@@ -88,6 +89,18 @@ def _bias(ctx, mask, dtype, sq: int, skv: int, offset, nonpad):
     return sum(terms[1:], terms[0]) if terms else None
 
 
+def _scores(ctx, q, k, v):
+    """``Q K^T * scale`` ``[B, Hq, Sq, Skv]`` (``scale`` defaults to ``1/sqrt(D)``) and V with
+    each key/value head repeated for its group of ``Hq / Hkv`` query heads (GQA)."""
+    scale = ctx.attr("scale", None)
+    scale = 1 / np.sqrt(q.shape[3]) if scale is None else float(scale)
+    # Q and K are each scaled by sqrt(scale) (in their own dtype) to keep QK^T in range.
+    root = jnp.asarray(np.sqrt(scale), q.dtype)
+    groups = q.shape[1] // k.shape[1]
+    k, v = jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1)
+    return jnp.matmul(q * root, jnp.swapaxes(k * root, -1, -2)), v
+
+
 def _masked_softmax(x):
     """Softmax over the last axis where a row of only -inf gives zeros instead of NaN."""
     top = jnp.max(x, axis=-1, keepdims=True)
@@ -125,13 +138,7 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
     if mode not in (0, 1, 2, 3):
         raise ctx.invalid(f"qk_matmul_output_mode must be 0, 1, 2 or 3, got {mode}")
 
-    # Q and K are each scaled by sqrt(scale) (in their own dtype) to keep QK^T in range.
-    scale = ctx.attr("scale", None)
-    scale = 1 / np.sqrt(q.shape[3]) if scale is None else float(scale)
-    root = jnp.asarray(np.sqrt(scale), dtype)
-    groups = q.shape[1] // k.shape[1]
-    k, v = jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1)
-    raw = jnp.matmul(q * root, jnp.swapaxes(k * root, -1, -2))
+    raw, v = _scores(ctx, q, k, v)
     softcap = float(ctx.attr("softcap", 0.0))
     capped = softcap * jnp.tanh(raw / softcap) if softcap > 0 else raw
     bias = _bias(ctx, attn_mask, dtype, q.shape[2], k.shape[2], offset, nonpad_kv_seqlen)
@@ -298,3 +305,37 @@ def causal_conv_with_state(ctx, x, weight, bias=None, past_state=None):
     if activation != "none":
         y = jax.nn.silu(y.astype(jnp.float32)).astype(x.dtype)
     return y, padded[:, :, padded.shape[2] - (k - 1):]
+
+
+def _modifier(ctx, name: str, x):
+    """Run the optional one-in, one-out subgraph attribute ``name`` on ``x``."""
+    graph = ctx.attr(name, None)
+    if graph is None:
+        return x
+    if not isinstance(graph, Graph) or len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ctx.invalid(f"{name} must be a graph with one input and one output")
+    (out,) = ctx.run_graph(graph, [x])
+    if np.shape(out) != x.shape:
+        raise ctx.invalid(f"{name} must keep the shape {list(x.shape)}, got "
+                          f"{list(np.shape(out))}")
+    return jnp.asarray(out).astype(x.dtype)
+
+
+@register("FlexAttention", since=1, domain="ai.onnx.preview")
+def flex_attention(ctx, q, k, v):
+    """Attention on Q ``[B, Hq, L, D]``, K ``[B, Hkv, S, D]``, V ``[B, Hkv, S, Dv]`` (GQA as
+    in Attention) with the optional subgraphs ``score_mod`` (on the scaled scores) and
+    ``prob_mod`` (on the softmax), both ``[B, Hq, L, S]`` in ``softmax_precision`` (default
+    float32). A row that score_mod masks entirely (all -inf) gives zeros, as torch's
+    flex_attention does."""
+    if not q.ndim == k.ndim == v.ndim == 4:
+        raise ctx.invalid(f"Q, K and V must be 4-D, got shapes {list(q.shape)}, "
+                          f"{list(k.shape)}, {list(v.shape)}")
+    q, k, v = _heads(ctx, q, k, v)
+    scores, v = _scores(ctx, q, k, v)
+    precision = ctx.attr("softmax_precision", None)
+    compute = (jnp.dtype(jnp.float32) if precision is None
+               else _onnx_dtype(ctx, precision))
+    scores = _modifier(ctx, "score_mod", scores.astype(compute))
+    probs = _modifier(ctx, "prob_mod", _masked_softmax(scores))
+    return jnp.matmul(probs, v.astype(compute)).astype(v.dtype)
