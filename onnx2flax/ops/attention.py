@@ -1,4 +1,5 @@
-"""Attention-family ops (ONNX order): Attention, RotaryEmbedding, SwiGLU.
+"""Attention-family ops (ONNX order): Attention, RotaryEmbedding, SwiGLU, LinearAttention,
+CausalConvWithState and ai.onnx.preview::FlexAttention.
 
 Attention works on heads ``[B, H, S, D]``; 3-D inputs ``[B, S, H*D]`` are split into heads
 (``q_num_heads`` / ``kv_num_heads``) on the way in and merged on the way out.
@@ -37,12 +38,12 @@ def _heads(ctx, q, k, v):
         q = _split_heads(ctx, q, int(q_heads), "Q")
         k = _split_heads(ctx, k, int(kv_heads), "K")
         v = _split_heads(ctx, v, int(kv_heads), "V")
-    elif (q_heads, kv_heads) != (None, None) and (
-            ctx.opset >= 25 or (q_heads or q.shape[1], kv_heads or k.shape[1]) != (q.shape[1],
-                                                                                    k.shape[1])):
-        # Opset 25 forbids them with 4-D inputs; before, they had to agree with the shapes.
-        raise ctx.invalid(f"q_num_heads={q_heads} / kv_num_heads={kv_heads} do not apply to "
-                          f"4-D inputs of shapes {list(q.shape)}, {list(k.shape)}")
+    elif q_heads is not None or kv_heads is not None:
+        # Opset 25 forbids them with 4-D inputs; before, they must agree with the shapes.
+        given = (q_heads or q.shape[1], kv_heads or k.shape[1])
+        if ctx.opset >= 25 or given != (q.shape[1], k.shape[1]):
+            raise ctx.invalid(f"q_num_heads={q_heads} / kv_num_heads={kv_heads} do not apply "
+                              f"to 4-D inputs of shapes {list(q.shape)}, {list(k.shape)}")
     if (k.shape[:2] != v.shape[:2] or q.shape[0] != k.shape[0] or k.shape[2] != v.shape[2]
             or q.shape[3] != k.shape[3] or q.shape[1] % k.shape[1]):
         raise ctx.invalid(f"incompatible Q, K, V heads {list(q.shape)}, {list(k.shape)}, "
@@ -144,7 +145,7 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
     bias = _bias(ctx, attn_mask, dtype, q.shape[2], k.shape[2], offset, nonpad_kv_seqlen)
     scores = capped if bias is None else capped + bias
 
-    precision = ctx.attr("softmax_precision", None)
+    precision = ctx.attr("softmax_precision", None)  # DOUBLE is float32 unless JAX has x64
     probs = _masked_softmax(scores if precision is None
                             else scores.astype(_onnx_dtype(ctx, precision)))
     if bias is not None:
@@ -287,7 +288,8 @@ def causal_conv_with_state(ctx, x, weight, bias=None, past_state=None):
     activation = ctx.attr("activation", "none")
     if activation not in ("none", "silu", "swish"):
         raise ctx.invalid(f"activation must be 'none', 'silu' or 'swish', got {activation!r}")
-    if x.ndim != 3 or weight.ndim != 3 or weight.shape[:2] != (x.shape[1], 1):
+    if (x.ndim != 3 or weight.ndim != 3 or weight.shape[:2] != (x.shape[1], 1)
+            or weight.shape[2] < 1):
         raise ctx.invalid(f"input {list(x.shape)} must be [batch, channels, length] and weight "
                           f"{list(weight.shape)} [channels, 1, kernel]")
     b, c, _ = x.shape
