@@ -7,7 +7,9 @@ For each model: conversion time (no jit) and peak memory during conversion (in a
 process, RSS above the baseline, against the weights' size); then, for every engine, the
 first call (trace + compile + run) and the steady-state latency, with the engines'
 repetitions interleaved (noisy machines: the ratios are the figures that count); and the
-number of ``transpose`` ops in the compiled HLO of the converted and hand-written models.
+number of ``transpose`` ops in the compiled HLO of the converted and hand-written models,
+and whether their optimized HLO is the same program (``canonical_hlo``): when it is, any
+latency ratio away from 1.00 is the machine's noise, not overhead of the converter.
 A model with an op onnx2flax cannot convert yet gets an ``unsupported: ...`` row.
 """
 
@@ -119,9 +121,33 @@ def weights_bytes(path: Path) -> int:
     return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
-def count_transposes(fn, *args) -> int:
-    text = jax.jit(fn).lower(*args).compile().as_text()
-    return len(re.findall(r"=\s*\S+\s+transpose\(", text))
+def compiled_hlo(fn, *args) -> str:
+    """The optimized HLO text of ``jax.jit(fn)`` on ``args``."""
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def count_transposes(hlo: str) -> int:
+    return len(re.findall(r"=\s*\S+\s+transpose\(", hlo))
+
+
+def canonical_hlo(hlo: str) -> str:
+    """``hlo`` without what does not change the computation: module and instruction names
+    (renumbered in order of first use), metadata, the debug tables of source files and stack
+    frames; scalar constants are written at their uses, so the order in which XLA happened
+    to declare them does not matter. Two programs with equal canonical text are the same
+    program."""
+    hlo = re.sub(r"\n\n(FileNames|FunctionNames|FileLocations|StackFrames)\n.*?(?=\n\n)", "",
+                 hlo, flags=re.S)
+    hlo = re.sub(r",?\s*(metadata=\{[^}]*\}|stack_frame_id=\d+)", "", hlo)
+    hlo = re.sub(r"^HloModule \S+", "HloModule m", hlo, flags=re.M)
+    constants = dict(re.findall(r"^\s*(%\S+) = (\S+\[\] constant\([^)]*\))$", hlo, flags=re.M))
+    hlo = re.sub(r"^\s*%\S+ = \S+\[\] constant\([^)]*\)\n", "", hlo, flags=re.M)
+    names: dict[str, str] = {}
+
+    def rename(match):
+        token = match.group(0)
+        return constants.get(token) or names.setdefault(token, f"%v{len(names)}")
+    return re.sub(r"%[\w.\-]+|\b[A-Za-z_][\w\-]*\.\d+\b", rename, hlo)
 
 
 @dataclass
@@ -132,6 +158,7 @@ class Engine:
     first: list = field(default_factory=list)
     steady: list = field(default_factory=list)
     transposes: int | None = None
+    hlo: str | None = None
 
 
 def _block(out):
@@ -144,7 +171,8 @@ def _jax_engine(name, module, variables, inputs):
         fn = jax.jit(module.apply)
         return lambda *x: fn(variables, *x)
     engine = Engine(name, make, inputs)
-    engine.transposes = count_transposes(module.apply, variables, *inputs)
+    engine.hlo = canonical_hlo(hlo := compiled_hlo(module.apply, variables, *inputs))
+    engine.transposes = count_transposes(hlo)
     return engine
 
 
@@ -161,7 +189,7 @@ def run_model(key: str, spec: Spec, batch: int, args, cache: Path) -> list[str]:
             cpu.append(time.process_time() - c)
     except onnx2flax.OnnxConversionError as exc:
         return [f"| {label} | unsupported: {str(exc).splitlines()[0][:90]} "
-                + "| " * 7]
+                + "| " * 8]
     memory = measure_convert_memory(path)["peak"] if args.memory else float("nan")
     wbytes = weights_bytes(path)
     onnx_inputs = spec.inputs(batch)
@@ -233,8 +261,9 @@ def run_model(key: str, spec: Spec, batch: int, args, cache: Path) -> list[str]:
         mem = (f"{memory / 2**20:.0f} / {wbytes / 2**20:.0f} ({memory / wbytes:.2f}x)"
                if e.name == "onnx2flax" and memory == memory else "")
         err = f"{errors[e.name]:.1e}" if e.name in errors else ""
+        same = ("yes" if e.hlo == hand.hlo else "no") if hand and e.hlo and e is not hand else ""
         rows.append(f"| {label} | {e.name} | {conv} | {mem} | {first:.2f} | {cratio} | "
-                    f"{lat * 1e3:.1f} | {ratio} | "
+                    f"{lat * 1e3:.1f} | {ratio} | {same} | "
                     f"{'' if e.transposes is None else e.transposes} | {err} |")
     return rows
 
@@ -261,8 +290,9 @@ def main(argv=None) -> None:
           f"onnxruntime {ort.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| model | engine | convert s | convert peak MB / weights MB | first call s | "
-          "vs hand | latency ms | vs hand | transposes | max err vs ORT |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "vs hand | latency ms | vs hand | same program as hand | transposes | "
+          "max err vs ORT |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key in keys:
         spec = SPECS[key]
         for batch in (spec.batches[:1] if args.quick else spec.batches):
