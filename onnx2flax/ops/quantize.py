@@ -41,6 +41,14 @@ def _saturate(ctx, y, zero_point, dtype: np.dtype):
     return jnp.clip(q, info.min, info.max).astype(jnp.int32).astype(dtype)
 
 
+def _divide(x, scale):
+    """``x / scale`` rounded once, as IEEE division: XLA rewrites a division by a broadcast
+    into a multiplication by the reciprocal, whose extra rounding moves results across
+    rounding ties (0.045 / 0.01 would no longer be 4.5); the barrier keeps the division."""
+    x, scale = jnp.broadcast_arrays(x, scale)
+    return x / lax.optimization_barrier(scale)
+
+
 def _onnx_shape(x, perm) -> list[int]:
     return [int(np.shape(x)[perm.index(i)]) for i in range(len(perm))]
 
@@ -97,7 +105,7 @@ def quantize_linear(ctx, x, scale, zero_point=None):
     if compute not in _REAL_TYPES:
         compute = np.dtype(np.float32)
     s = _laid_out(ctx, scale, 1, dims, perm, "y_scale")
-    y = jnp.asarray(x).astype(compute) / s.astype(compute)
+    y = _divide(jnp.asarray(x).astype(compute), s.astype(compute))
     zero = None if zero_point is None else _laid_out(ctx, zero_point, 2, dims, perm, "y_zero_point")
     ctx.out_perms = [perm]
     return _saturate(ctx, y, zero, dtype)
@@ -142,13 +150,14 @@ def dequantize_linear(ctx, x, scale, zero_point=None):
 @register("DynamicQuantizeLinear", since=11, layout="custom")
 def dynamic_quantize_linear(ctx, x):
     """uint8 quantization of float ``x`` over its range widened to include 0: returns
-    ``y`` (``x``'s layout), ``y_scale = (max - min) / 255`` (1/255 for an all-zero x) and
+    ``y`` (``x``'s layout), ``y_scale = (max - min) / 255`` (1 for an all-zero x, as
+    onnxruntime does, where the formula would divide by zero) and
     ``y_zero_point = round(clip(-min / y_scale, 0, 255))``."""
     lo = jnp.minimum(jnp.min(x), 0.0)
     hi = jnp.maximum(jnp.max(x), 0.0)
-    scale = jnp.where(hi == lo, 1.0, hi - lo).astype(jnp.float32) / 255
+    scale = jnp.where(hi == lo, 1.0, (hi - lo).astype(jnp.float32) / 255)
     zero = jnp.round(jnp.clip(-lo / scale, 0, 255))
-    y = _saturate(ctx, x / scale, zero, np.dtype(np.uint8))
+    y = _saturate(ctx, _divide(x, scale), zero, np.dtype(np.uint8))
     ctx.out_perms = [ctx.in_perms[0], (), ()]
     return y, scale.astype(x.dtype), zero.astype(jnp.uint8)
 
@@ -185,7 +194,8 @@ def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_sc
                    y_zero_point):
     """``quantize((A - a_zp) @ (B - b_zp) * a_scale * b_scale / y_scale, y_zp)``; scales and
     zero points are scalars, or per row of A / per column of B (1-D, or N-D ``[..., M, 1]`` /
-    ``[..., 1, N]``). Integer operands accumulate in int32; float8 ones in float32."""
+    ``[..., 1, N]``). Integer operands accumulate in int32, float8 ones in float32; the
+    scales multiply in float32 whatever their type."""
     for scale, zero, what in ((a_scale, a_zero_point, "a"), (b_scale, b_zero_point, "b"),
                               (y_scale, y_zero_point, "y")):
         if np.shape(scale) != np.shape(zero) and np.size(scale) * np.size(zero) != 1:
@@ -195,10 +205,12 @@ def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_sc
     if a.dtype != b.dtype:
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     acc = jnp.matmul(a, b, preferred_element_type=a.dtype)
-    multiplier = (_per_row_or_column(a_scale, True) * _per_row_or_column(b_scale, False)
-                  / jnp.asarray(y_scale))
-    return _saturate(ctx, acc.astype(jnp.float32) * multiplier.astype(jnp.float32),
-                     y_zero_point, _quantized_type(ctx, y_zero_point))
+    a_scale, b_scale, y_scale = (jnp.asarray(v).astype(jnp.float32)  # as onnxruntime does
+                                 for v in (a_scale, b_scale, y_scale))
+    multiplier = _divide(_per_row_or_column(a_scale, True) * _per_row_or_column(b_scale, False),
+                         y_scale)
+    return _saturate(ctx, acc.astype(jnp.float32) * multiplier, y_zero_point,
+                     _quantized_type(ctx, y_zero_point))
 
 
 def _per_output_channel(ctx, value, w, what: str):
@@ -248,7 +260,8 @@ def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scal
     if b is not None:
         acc = acc + jnp.asarray(b).astype(jnp.int32)
     w_scale = _per_output_channel(ctx, w_scale, w, "w_scale")
-    multiplier = _scalar(ctx, x_scale, "x_scale") * w_scale / _scalar(ctx, y_scale, "y_scale")
+    multiplier = _divide(_scalar(ctx, x_scale, "x_scale") * w_scale,
+                         _scalar(ctx, y_scale, "y_scale"))
     return _saturate(ctx, acc.astype(jnp.float32) * multiplier.astype(jnp.float32),
                      _scalar(ctx, y_zero_point, "y_zero_point"), _quantized_type(ctx, y_zero_point))
 
