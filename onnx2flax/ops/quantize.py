@@ -120,6 +120,8 @@ def _quantized_type(ctx, zero_point) -> np.dtype:
             raise ctx.invalid(f"output_dtype {wanted.name} differs from the zero point's type "
                               f"{dtype.name}")
         dtype = wanted
+    if dtype.name.startswith("float6_"):
+        raise ctx.fail(f"quantizing to {dtype.name} is not supported (JAX has no such dtype)")
     if dtype not in _INT_TARGETS | _FLOAT_TARGETS:
         raise ctx.invalid(f"cannot quantize to {dtype.name}")
     return dtype

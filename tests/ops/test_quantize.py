@@ -7,6 +7,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
+from _cases import check_chain
 from helpers import make_model
 from mathcheck import after_conv, check, node_model
 from onnx import TensorProto, helper
@@ -199,6 +200,31 @@ def test_quantize_dequantize_channels_last_roundtrip():
     model = make_model(nodes, [("x", np.float32, x.shape)], [("y", np.float32, None)],
                        {"w": w, "s": scale, "z": zero}, opset=21)
     check(model, {"x": x}, atol=1e-4)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qdq_between_convs_needs_no_transpose(per_channel):
+    """Quantize / dequantize keep the channels-last layout of a Conv output."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    s = np.float32([0.05, 0.1, 0.02, 0.08]) if per_channel else np.float32(0.05)
+    z = np.int8([0, 3, -2, 1]) if per_channel else np.int8(2)
+    middle = [helper.make_node("QuantizeLinear", ["a", "s", "z"], ["q"]),
+              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["b"])]
+    check_chain(middle, x, rng, extra={"s": s, "z": z}, opset=13)
+
+
+def test_qlinear_conv_between_convs_needs_no_transpose():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    extra = {"sx": np.float32(0.05), "zx": np.uint8(128), "w": _ints(np.int8, (4, 4, 3, 3)),
+             "sw": np.float32(0.01), "zw": np.int8(0), "sy": np.float32(0.2),
+             "zy": np.uint8(120)}
+    middle = [helper.make_node("QuantizeLinear", ["a", "sx", "zx"], ["qa"]),
+              helper.make_node("QLinearConv", ["qa", "sx", "zx", "w", "sw", "zw", "sy", "zy"],
+                               ["qb"], pads=[1, 1, 1, 1]),
+              helper.make_node("DequantizeLinear", ["qb", "sy", "zy"], ["b"])]
+    check_chain(middle, x, rng, extra=extra, opset=13)
 
 
 # ---- DynamicQuantizeLinear ---------------------------------------------------------------
