@@ -262,6 +262,17 @@ def test_matmul_integer(a_type, b_type):
                      out_dtypes=[np.int32]), {"a": a, "b": b})
 
 
+@pytest.mark.parametrize("zero_points", ["none", "scalar", "vector"])
+def test_matmul_integer_zero_points(zero_points):
+    feeds = {"a": RNG.integers(0, 255, (2, 3, 4)).astype(np.uint8),
+             "b": RNG.integers(0, 255, (4, 5)).astype(np.uint8)}
+    consts = {"none": {}, "scalar": {"az": np.array(7, np.uint8), "bz": np.array(200, np.uint8)},
+              "vector": {"az": np.array([9], np.uint8),  # ORT takes only 1-element A zero points
+                         "bz": RNG.integers(0, 255, 5).astype(np.uint8)}}[zero_points]
+    model = node_model("MatMulInteger", feeds, consts=consts, opset=10, out_dtypes=[np.int32])
+    check(model, feeds, rtol=0, atol=0)
+
+
 def _per_row_pair(op, a, b, consts, a_names, **kwargs):
     """``op`` with 1-D per-row constants ``a_names`` for A, and the same model with them as
     ``[M, 1]`` columns (the form the reference evaluator broadcasts per row)."""
