@@ -1,8 +1,13 @@
-"""Helpers shared by op families: spatial attributes, padding, axis handling."""
+"""Helpers shared by op families: spatial attributes, padding, axis handling, casts."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+from jax import lax
+from onnx import helper
 
 from .._module import OpContext
 
@@ -57,3 +62,58 @@ def normalize_axis(ctx: OpContext, axis: int, rank: int) -> int:
 
 def const_array(value) -> np.ndarray:
     return np.asarray(value)
+
+
+NARROW_INTS = {np.dtype(t) for t in (ml_dtypes.int2, ml_dtypes.uint2, ml_dtypes.int4,
+                                     ml_dtypes.uint4)}
+
+
+def onnx_dtype(ctx: OpContext, to: int) -> np.dtype:
+    """The NumPy dtype of ONNX element type ``to`` as JAX holds it (int64 is int32
+    without x64); string types and types XLA lacks (float6) are refused."""
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(to)))
+    except (KeyError, ValueError, TypeError):
+        raise ctx.invalid(f"{to} is not a known ONNX element type") from None
+    if dtype.kind in "OSU" or dtype.name in ("float6_e2m3fn", "float6_e3m2fn"):
+        raise ctx.fail(f"{dtype.name} is not supported (JAX has no such dtype)")
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def cast_to(ctx: OpContext, x, dtype: np.dtype):
+    """``x.astype(dtype)``; with ``saturate`` (default 1) floats out of a float8 type's range
+    become its largest finite value instead of inf/NaN; 2- and 4-bit integers wrap around;
+    float8e8m0 follows ``round_mode``."""
+    x = jnp.asarray(x)
+    saturate = bool(int(ctx.attr("saturate", 1)))
+    if dtype == np.dtype(ml_dtypes.float8_e8m0fnu):
+        return _to_e8m0(ctx, x, saturate, ctx.attr("round_mode", "up"))
+    if dtype.name.startswith("float8") and saturate and jnp.issubdtype(x.dtype, jnp.floating):
+        top = float(ml_dtypes.finfo(dtype).max)
+        x = jnp.clip(x, -top, top)
+    if dtype in NARROW_INTS:
+        info = ml_dtypes.iinfo(dtype)
+        x = (x.astype(jnp.int32) - info.min) % (info.max - info.min + 1) + info.min
+    return x.astype(dtype)
+
+
+def _to_e8m0(ctx: OpContext, x, saturate: bool, round_mode: str):
+    """float8e8m0 holds only powers of two ``2**(e - 127)``, with float32's exponent bias: the
+    result is x's float32 exponent, plus one when rounding up ('up': any fraction, 'nearest':
+    a fraction of at least 1/2, 'down': never). NaN stays NaN; with ``saturate``, Inf and
+    overflow give the largest value 2**127, without it NaN. The sign is ignored (negative
+    inputs are undefined in ONNX)."""
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    exponent = (bits >> 23) & 0xFF
+    fraction = bits & 0x7FFFFF
+    if round_mode == "up":
+        bump = fraction != 0
+    elif round_mode == "nearest":  # ties (1.5 * 2**e) round up; 2**-127 itself is exact
+        bump = (fraction >= 0x400000) & ((fraction > 0x400000) | (exponent > 0))
+    elif round_mode == "down":
+        bump = jnp.zeros_like(fraction, bool)
+    else:
+        raise ctx.invalid(f"round_mode must be 'up', 'down' or 'nearest', got {round_mode!r}")
+    code = jnp.minimum(exponent + bump, 254 if saturate else 255)  # 255 is NaN
+    code = jnp.where((exponent == 255) & (fraction != 0), 255, code)
+    return lax.bitcast_convert_type(code.astype(jnp.uint8), jnp.float8_e8m0fnu)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._graph import Graph
 from .._registry import register
-from .shape import _onnx_dtype
+from ._common import onnx_dtype
 
 
 def _split_heads(ctx, x, heads: int, what: str):
@@ -147,7 +147,7 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
 
     precision = ctx.attr("softmax_precision", None)  # DOUBLE is float32 unless JAX has x64
     probs = _masked_softmax(scores if precision is None
-                            else scores.astype(_onnx_dtype(ctx, precision)))
+                            else scores.astype(onnx_dtype(ctx, precision)))
     if bias is not None:
         # A row whose bias is -inf everywhere attends nothing: zeros, even if its logits
         # are not finite (inf + -inf is NaN).
@@ -337,7 +337,7 @@ def flex_attention(ctx, q, k, v):
     scores, v = _scores(ctx, q, k, v)
     precision = ctx.attr("softmax_precision", None)
     compute = (jnp.dtype(jnp.float32) if precision is None
-               else _onnx_dtype(ctx, precision))
+               else onnx_dtype(ctx, precision))
     scores = _modifier(ctx, "score_mod", scores.astype(compute))
     probs = _modifier(ctx, "prob_mod", _masked_softmax(scores))
     return jnp.matmul(probs, v.astype(compute)).astype(v.dtype)

@@ -75,14 +75,16 @@ def _conv_transpose_kernel_inverse(kernel: np.ndarray, group: int) -> np.ndarray
     return np.reshape(w, (group * c_in_g, c_out // group, *k))
 
 
-def _conv_nd(x, kernel, strides, pads, dilations, group, lhs_dilation=None):
+def _conv_nd(x, kernel, strides, pads, dilations, group, lhs_dilation=None,
+             preferred_element_type=None):
     """Channels-last convolution with a ``[*k, I, O]`` kernel."""
     n = kernel.ndim - 2
     dims = lax.ConvDimensionNumbers((0, n + 1, *range(1, n + 1)), (n + 1, n, *range(n)),
                                     (0, n + 1, *range(1, n + 1)))
     return lax.conv_general_dilated(x, kernel, strides, pads, lhs_dilation=lhs_dilation,
                                     rhs_dilation=dilations, dimension_numbers=dims,
-                                    feature_group_count=group)
+                                    feature_group_count=group,
+                                    preferred_element_type=preferred_element_type)
 
 
 def _kernel_shape(ctx, w) -> tuple[int, ...]:
@@ -94,9 +96,10 @@ def _kernel_shape(ctx, w) -> tuple[int, ...]:
     return k
 
 
-@register("Conv", layout="channels_last", params=_conv_params)
-def conv(ctx, x, w, b=None):
-    """Y = conv(X, W) + B; X ``[N, *spatial, C_in]`` (channels-last), W ``[C_out, C_in/g, *k]``."""
+def conv_geometry(ctx, x, w):
+    """Checked ``kernel_shape, group, strides, dilations, pads`` of a Conv-like node (also
+    ConvInteger, QLinearConv); X ``[N, *spatial, C_in]`` (channels-last), W
+    ``[C_out, C_in/g, *k]``; ``auto_pad`` resolved into ``pads``."""
     k = _kernel_shape(ctx, w)
     group = int(ctx.attr("group", 1))
     strides, dilations, pads = spatial_attrs(ctx, k)
@@ -107,6 +110,21 @@ def conv(ctx, x, w, b=None):
                           f"{group} expects {w.shape[1] * group}")
     pads = auto_pads(ctx, x.shape[1:-1], k, strides, dilations, pads)
     check_window_fits(ctx, x.shape[1:-1], k, dilations, pads)
+    return k, group, strides, dilations, pads
+
+
+def integer_conv(ctx, x, w):
+    """conv(X, W) of integer tensors accumulated exactly in int32 (X channels-last, W in ONNX
+    order ``[C_out, C_in/g, *k]``; zero points already subtracted)."""
+    _, group, strides, dilations, pads = conv_geometry(ctx, x, w)
+    return _conv_nd(jnp.asarray(x, jnp.int32), _conv_kernel(jnp.asarray(w, jnp.int32)), strides,
+                    pads, dilations, group, preferred_element_type=jnp.int32)
+
+
+@register("Conv", layout="channels_last", params=_conv_params)
+def conv(ctx, x, w, b=None):
+    """Y = conv(X, W) + B; X ``[N, *spatial, C_in]`` (channels-last), W ``[C_out, C_in/g, *k]``."""
+    k, group, strides, dilations, pads = conv_geometry(ctx, x, w)
     if ctx.layer_plan is not None:
         return ctx.layer(nn.Conv, x, features=int(w.shape[0]), kernel_size=k, strides=strides,
                          padding=pads, kernel_dilation=dilations, feature_group_count=group,

@@ -1,5 +1,5 @@
-"""Reductions (Reduce*, ArgMax / ArgMin), CumSum / CumProd, and the contractions Einsum
-and MatMulInteger.
+"""Reductions (Reduce*, ArgMax / ArgMin), CumSum / CumProd, and the contraction Einsum
+(MatMulInteger lives with the quantized ops in ``quantize.py``).
 
 Reductions work in the layout the value is held in: ONNX axes are mapped to held axes, and
 without ``keepdims`` the result keeps the remaining axes' relative layout.
@@ -133,17 +133,3 @@ def einsum(ctx, *operands):
     """``equation`` in numpy's notation (ellipsis, implicit output); inputs in ONNX order."""
     equation = ctx.attr("equation").replace(" ", "")
     return jnp.einsum(equation, *operands)
-
-
-@register("MatMulInteger", since=10)
-def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
-    """``(A - a_zero_point) @ (B - b_zero_point)`` in int32 (inputs int8 / uint8). A 1-D
-    ``a_zero_point`` is per row of A, a 1-D ``b_zero_point`` per column of B."""
-    a = jnp.asarray(a, jnp.int32)
-    b = jnp.asarray(b, jnp.int32)
-    if a_zero_point is not None:
-        zero = jnp.asarray(a_zero_point, jnp.int32)
-        a = a - (zero.reshape(-1, 1) if zero.ndim == 1 else zero)
-    if b_zero_point is not None:
-        b = b - jnp.asarray(b_zero_point, jnp.int32)
-    return jnp.matmul(a, b, preferred_element_type=jnp.int32)

@@ -8,14 +8,11 @@ Layout-aware data movement lives in ``movement.py``."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
-from onnx import helper
 
 from .._registry import register
-from ._common import normalize_axis
+from ._common import cast_to, normalize_axis, onnx_dtype
 
 
 @register("Shape", layout="custom")
@@ -75,45 +72,17 @@ def flatten(ctx, x):
     return jnp.reshape(x, (lead, int(np.prod(x.shape[axis:]))))
 
 
-_NARROW_INTS = {np.dtype(t) for t in (ml_dtypes.int2, ml_dtypes.uint2, ml_dtypes.int4,
-                                      ml_dtypes.uint4)}
-
-
-def _onnx_dtype(ctx, to: int) -> np.dtype:
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(to)))
-    except (KeyError, ValueError, TypeError):
-        raise ctx.invalid(f"{to} is not a known ONNX element type") from None
-    if dtype.kind in "OSU" or dtype.name.startswith("float8_e8m0"):
-        raise ctx.fail(f"casting to {dtype.name} is not supported")
-    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))  # int64 is int32 without x64
-
-
-def _cast(ctx, x, dtype: np.dtype):
-    """``x.astype(dtype)``; with ``saturate`` (default 1) floats out of a float8 type's range
-    become its largest finite value instead of inf/NaN; 2- and 4-bit integers wrap around."""
-    x = jnp.asarray(x)
-    if (dtype.name.startswith("float8") and int(ctx.attr("saturate", 1))
-            and jnp.issubdtype(x.dtype, jnp.floating)):
-        top = float(ml_dtypes.finfo(dtype).max)
-        x = jnp.clip(x, -top, top)
-    if dtype in _NARROW_INTS:
-        info = ml_dtypes.iinfo(dtype)
-        x = (x.astype(jnp.int32) - info.min) % (info.max - info.min + 1) + info.min
-    return x.astype(dtype)
-
-
 @register("Cast", layout="elementwise")
 def cast(ctx, x):
     """Float -> int truncates toward zero, -> bool tests for non-zero (as C casts do)."""
-    return _cast(ctx, x, _onnx_dtype(ctx, ctx.attr("to")))
+    return cast_to(ctx, x, onnx_dtype(ctx, ctx.attr("to")))
 
 
 @register("CastLike", since=15, layout="custom")
 def cast_like(ctx, x, target):
     """Cast to ``target``'s element type; the result keeps ``x``'s layout."""
     ctx.out_perms = [ctx.in_perms[0]]
-    return _cast(ctx, x, np.dtype(target.dtype))
+    return cast_to(ctx, x, np.dtype(target.dtype))
 
 
 @register("Expand", since=8, static_inputs=(1,))
@@ -173,7 +142,7 @@ def eye_like(ctx, x):
     ``x``'s. Only the shape is read, so the result is a conversion-time constant."""
     if np.ndim(x) != 2:
         raise ctx.invalid(f"input must be 2-D, got shape {list(np.shape(x))}")
-    dtype = x.dtype if ctx.attr("dtype", None) is None else _onnx_dtype(ctx, ctx.attr("dtype"))
+    dtype = x.dtype if ctx.attr("dtype", None) is None else onnx_dtype(ctx, ctx.attr("dtype"))
     return np.eye(*np.shape(x), k=int(ctx.attr("k", 0)), dtype=dtype)
 
 

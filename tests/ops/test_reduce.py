@@ -1,4 +1,4 @@
-"""Reductions, ArgMax/ArgMin, CumSum/CumProd, Einsum and MatMulInteger against onnxruntime,
+"""Reductions, ArgMax/ArgMin, CumSum/CumProd, and Einsum against onnxruntime,
 on ONNX-order and channels-last values."""
 
 from __future__ import annotations
@@ -131,17 +131,6 @@ def test_reduce_axes_must_be_static():
     model = node_model("ReduceSum", feeds, opset=13)
     with pytest.raises(onnx2flax.errors.UnsupportedOpError, match="axes"):
         onnx2flax.convert(model).run(feeds)
-
-
-@pytest.mark.parametrize("zero_points", ["none", "scalar", "vector"])
-def test_matmul_integer(zero_points):
-    feeds = {"a": RNG.integers(0, 255, (2, 3, 4)).astype(np.uint8),
-             "b": RNG.integers(0, 255, (4, 5)).astype(np.uint8)}
-    consts = {"none": {}, "scalar": {"az": np.array(7, np.uint8), "bz": np.array(200, np.uint8)},
-              "vector": {"az": np.array([9], np.uint8),  # ORT takes only 1-element A zero points
-                         "bz": RNG.integers(0, 255, 5).astype(np.uint8)}}[zero_points]
-    model = node_model("MatMulInteger", feeds, consts=consts, opset=10, out_dtypes=[np.int32])
-    check(model, feeds, rtol=0, atol=0)
 
 
 def test_reductions_of_empty_sets():
