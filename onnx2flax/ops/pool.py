@@ -106,6 +106,32 @@ def average_pool(ctx, x):
     return total / jnp.asarray(counts[None, ..., None], x.dtype)
 
 
+def _lp_power(ctx, x):
+    """The ``p`` attribute and ``|x|^p`` (an exact integer power when ``p`` is whole)."""
+    p = float(ctx.attr("p", 2))
+    if not p > 0:
+        raise ctx.invalid(f"p must be positive, got {p}")
+    return p, jnp.abs(x) ** (int(p) if p.is_integer() else p)
+
+
+@register("LpPool", layout="channels_last")
+def lp_pool(ctx, x):
+    """``(sum |x|^p)^(1/p)`` over each window (pads add nothing). ``p`` is a float
+    attribute in opset 1, an int from opset 2; dilations and ceil_mode from opset 18."""
+    p, power = _lp_power(ctx, x)
+    k, strides, dilations, pads, extra = _window(ctx, x)
+    padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
+    total = _reduce(power, jnp.array(0, x.dtype), lax.add, k, strides, dilations, padding)
+    return total ** (1 / p)
+
+
+@register("GlobalLpPool", layout="channels_last")
+def global_lp_pool(ctx, x):
+    """``[N, *spatial, C] -> [N, 1, ..., 1, C]``: the Lp norm over all spatial positions."""
+    p, power = _lp_power(ctx, x)
+    return jnp.sum(power, axis=tuple(range(1, x.ndim - 1)), keepdims=True) ** (1 / p)
+
+
 @register("GlobalAveragePool", layout="channels_last")
 def global_average_pool(ctx, x):
     """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""

@@ -82,10 +82,11 @@ def _nearest_index(o: _Options, x: np.ndarray, downsampling: bool) -> np.ndarray
     return idx.astype(np.int64)[:, None]
 
 
-def _cubic(t: np.ndarray, a: float) -> np.ndarray:
-    t = np.abs(t)
-    return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
-                    np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+def _cubic(t, a: float, xp=np):
+    """Keys' cubic kernel at distances ``t`` (NumPy, or ``xp=jnp`` on traced values)."""
+    t = xp.abs(t)
+    return xp.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    xp.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
 
 
 def _filter(o: _Options, t: np.ndarray) -> np.ndarray:
@@ -283,3 +284,114 @@ def upsample_v7(ctx, x):
 def upsample(ctx, x, scales):
     """Opset 9-10 (deprecated; Resize-10 semantics): ``scales`` is an input."""
     return resize_v10(ctx, x, scales)
+
+
+_GRID_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
+               20: {"linear": "linear", "nearest": "nearest", "cubic": "cubic"}}
+
+
+def _reflect(x, lo: float, hi: float):
+    """Fold coordinates ``x`` into ``[lo, hi]`` by reflecting at the nearer border."""
+    span = hi - lo
+    if span <= 0:
+        return jnp.full_like(x, lo)
+    below = x < lo
+    dist = jnp.where(below, lo - x, x - hi)
+    flips = jnp.floor(dist / span)
+    rest = dist - flips * span
+    even = jnp.mod(flips, 2) == 0
+    inside = jnp.where(below == even, lo + rest, hi - rest)
+    return jnp.where((x < lo) | (x > hi), inside, x)
+
+
+@register("GridSample", since=16, layout="channels_last")
+def grid_sample(ctx, x, grid):
+    """X ``[N, *spatial, C]`` (channels-last), grid ``[N, *out, r]`` (ONNX order; its last
+    axis lists coordinates in ``[-1, 1]`` fastest spatial axis first, x before y) ->
+    Y ``[N, *out, C]``. Opset 16: 2-D only, modes bilinear / nearest / bicubic; opset 20:
+    any rank, modes linear / nearest / cubic. As torch: nearest rounds half to even;
+    border / reflection move coordinates lying outside into the image, then every tap
+    outside it reads 0 (zeros), the edge (border) or its mirror (reflection)."""
+    names = _GRID_MODES[20 if ctx.opset >= 20 else 16]
+    mode = ctx.attr("mode", "linear" if ctx.opset >= 20 else "bilinear")
+    padding = ctx.attr("padding_mode", "zeros")
+    align = int(ctx.attr("align_corners", 0))
+    if mode not in names or padding not in ("zeros", "border", "reflection"):
+        raise ctx.invalid(f"mode {mode!r} (one of {sorted(names)} in opset {ctx.opset}) or "
+                          f"padding_mode {padding!r} (zeros, border, reflection) is invalid")
+    mode = names[mode]
+    n, *dims, c = x.shape
+    r = len(dims)
+    if grid.ndim != r + 2 or grid.shape[0] != n or grid.shape[-1] != r:
+        raise ctx.invalid(f"grid of shape {list(grid.shape)} does not fit a {r}-D input of "
+                          f"batch {n}: expected [N, *out, {r}]")
+    if ctx.opset < 20 and r != 2:
+        raise ctx.invalid(f"opset {ctx.opset} GridSample takes 4-D inputs only, got rank {r + 2}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
+    out = grid.shape[1:-1]
+    grid = jnp.asarray(grid, x.dtype)
+    offsets = {"nearest": [0], "linear": [0, 1], "cubic": [-1, 0, 1, 2]}[mode]
+    taps = len(offsets)
+    flat = jnp.zeros((n,) + out + (1,) * r, np.int32)
+    weight = jnp.ones((n,) + out + (1,) * r, x.dtype)
+    valid = jnp.ones((n,) + out + (1,) * r, bool)
+    stride = 1
+    for i in reversed(range(r)):  # spatial axis i reads grid coordinate r - 1 - i
+        size = dims[i]
+        v = grid[..., r - 1 - i]
+        v = (v + 1) / 2 * (size - 1) if align else ((v + 1) * size - 1) / 2
+        lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+        if mode == "nearest":
+            v = jnp.round(v)
+        if padding == "border":
+            v = jnp.where((v < lo) | (v > hi), jnp.clip(v, 0, size - 1), v)
+        elif padding == "reflection":
+            v = _reflect(v, lo, hi)
+        base = jnp.floor(v)
+        idx = base[..., None] + jnp.asarray(offsets, x.dtype)  # [N, *out, taps]
+        frac = (v - base)[..., None]
+        if mode == "linear":
+            w = jnp.concatenate([1 - frac, frac], axis=-1)
+        elif mode == "cubic":
+            w = _cubic(frac - jnp.asarray(offsets, x.dtype), -0.75, xp=jnp)
+        else:
+            w = jnp.ones_like(idx)
+        if padding == "reflection":
+            idx = jnp.trunc(_reflect(idx, lo, hi))
+        inside = (idx >= 0) & (idx <= size - 1)
+        idx = jnp.clip(idx, 0, size - 1).astype(np.int32)
+        shape = (n,) + out + (1,) * i + (taps,) + (1,) * (r - 1 - i)
+        flat = flat + jnp.reshape(idx, shape) * stride
+        weight = weight * jnp.reshape(w, shape)
+        valid = valid & jnp.reshape(inside, shape)
+        stride *= size
+    if padding == "zeros":  # border / reflection taps were clamped / mirrored inside
+        weight = jnp.where(valid, weight, 0)
+    values = jnp.take_along_axis(jnp.reshape(x, (n, -1, c)),
+                                 jnp.reshape(flat, (n, -1, 1)), axis=1)
+    values = jnp.reshape(values, (n,) + out + (taps ** r, c))
+    return jnp.sum(values * jnp.reshape(weight, (n,) + out + (taps ** r, 1)), axis=-2)
+
+
+@register("AffineGrid", since=20, static_inputs=(1,))
+def affine_grid(ctx, theta, size):
+    """theta ``[N, 2, 3]`` / ``[N, 3, 4]`` and size ``[N, C, H, W]`` / ``[N, C, D, H, W]``
+    -> grid ``[N, H, W, 2]`` / ``[N, D, H, W, 3]`` of normalized ``(x, y[, z])``
+    coordinates, as GridSample reads them."""
+    size = [int(s) for s in ctx.static(size, "size").reshape(-1)]
+    align = int(ctx.attr("align_corners", 0))
+    r = len(size) - 2
+    if r not in (2, 3) or theta.shape[1:] != (r, r + 1) or theta.shape[0] != size[0]:
+        raise ctx.invalid(f"theta {list(theta.shape)} and size {size} must be [N, 2, 3] with "
+                          "[N, C, H, W] or [N, 3, 4] with [N, C, D, H, W]")
+    axes = []
+    for dim in reversed(size[2:]):  # x runs along the last axis
+        step = np.arange(dim, dtype=np.float64)
+        axes.append(step * 2 / (dim - 1) - 1 if align and dim > 1
+                    else (2 * step + 1) / dim - 1 if not align else np.zeros(dim))
+    mesh = list(np.meshgrid(*axes[::-1], indexing="ij"))[::-1]  # [spatial...] each, x first
+    base = np.stack(mesh + [np.ones_like(mesh[0])], axis=-1).astype(np.float32)
+    base = jnp.asarray(base, theta.dtype)
+    return jnp.einsum("...k,nck->n...c", base, theta,
+                      precision=lax.Precision.HIGHEST)
