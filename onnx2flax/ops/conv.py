@@ -178,3 +178,34 @@ def conv_transpose(ctx, x, w, b=None):
     y = _conv_nd(x, _conv_transpose_kernel(w, group), (1,) * n, padding, dilations, group,
                  lhs_dilation=strides)
     return y if b is None else y + b
+
+
+@register("Col2Im", since=18, static_inputs=(1, 2))
+def col2im(ctx, x, image_shape, block_shape):
+    """``[N, C * prod(block), L] -> [N, C, *image]``: sum every column of sliding blocks
+    back into the (padded, then cropped) image; the inverse of im2col."""
+    image = [int(v) for v in ctx.static(image_shape, "image_shape").reshape(-1)]
+    block = tuple(int(v) for v in ctx.static(block_shape, "block_shape").reshape(-1))
+    strides, dilations, pads = spatial_attrs(ctx, block)
+    n_cells = int(np.prod(block))
+    if len(image) != len(block) or x.ndim != 3 or any(b < 1 for b in block) or \
+            x.shape[1] % max(n_cells, 1):
+        raise ctx.invalid(f"input {list(x.shape)}, image_shape {image} and block_shape "
+                          f"{list(block)} do not fit: expected [N, C * {n_cells}, L]")
+    padded = [n + pb + pe for n, (pb, pe) in zip(image, pads)]
+    counts = [(p - (b - 1) * d - 1) // s + 1 for p, b, d, s in zip(padded, block, dilations,
+                                                                    strides)]
+    if any(c < 1 for c in counts) or int(np.prod(counts)) != x.shape[2]:
+        raise ctx.invalid(f"{x.shape[2]} columns do not match the {counts} blocks that fit "
+                          f"the padded image {padded}")
+    # Flat position in the padded image of block cell k in block l, per axis then combined.
+    where = np.zeros((1, 1), np.int64)
+    for size, b, d, s, c in zip(padded, block, dilations, strides, counts):
+        along = np.arange(b)[:, None] * d + np.arange(c)[None, :] * s
+        where = (where[:, None, :, None] * size + along[None, :, None, :]).reshape(
+            where.shape[0] * b, where.shape[1] * c)
+    n, channels = x.shape[0], x.shape[1] // n_cells
+    y = jnp.zeros((n, channels, int(np.prod(padded))), x.dtype)
+    y = y.at[:, :, where.reshape(-1)].add(jnp.reshape(x, (n, channels, -1)))
+    y = y.reshape((n, channels, *padded))
+    return y[(slice(None), slice(None), *(slice(pb, pb + m) for m, (pb, _) in zip(image, pads)))]
