@@ -395,3 +395,94 @@ def affine_grid(ctx, theta, size):
     base = jnp.asarray(base, theta.dtype)
     return jnp.einsum("...k,nck->n...c", base, theta,
                       precision=lax.Precision.HIGHEST)
+
+
+def _roi_taps(start, bin_size, grid, n_grid: int, n_out: int, size: int):
+    """Bilinear taps of RoiAlign's sampling points along one axis: for roi ``r``, output
+    bin ``p`` and sample ``i``, two indices and weights ``[R, n_out, n_grid, 2]`` and whether
+    sample ``i`` is one of the roi's ``grid[r]`` samples ``[R, n_out, n_grid]``."""
+    start, bin_size, grid = (jnp.asarray(v)[:, None, None] for v in (start, bin_size, grid))
+    at = (start + np.arange(n_out)[:, None] * bin_size
+          + (np.arange(n_grid) + 0.5) * bin_size / grid)
+    inside = (at >= -1) & (at <= size)  # samples further out read 0
+    at = jnp.maximum(at, 0)
+    low = jnp.floor(at)
+    edge = low >= size - 1
+    low = jnp.where(edge, size - 1, low)
+    at = jnp.where(edge, low, at)
+    frac = (at - low)[..., None]
+    weights = jnp.concatenate([1 - frac, frac], axis=-1) * inside[..., None]
+    idx = jnp.stack([low, jnp.where(edge, low, low + 1)], axis=-1).astype(np.int32)
+    return idx, weights, jnp.broadcast_to(np.arange(n_grid) < grid, at.shape)
+
+
+def _roi_align(ctx, x, rois, batch_indices, half_pixel: bool):
+    """X ``[N, H, W, C]`` (channels-last), rois ``[R, 4]`` (x1, y1, x2, y2), batch_indices
+    ``[R]`` -> ``[R, out_h, out_w, C]``: each bin averages (or maxes) bilinear samples on a
+    regular grid, ``sampling_ratio`` per axis (0: ``ceil(roi size / bins)``, which needs
+    the rois known at conversion time)."""
+    mode = ctx.attr("mode", "avg")
+    out_h, out_w = int(ctx.attr("output_height", 1)), int(ctx.attr("output_width", 1))
+    ratio = int(ctx.attr("sampling_ratio", 0))
+    scale = float(ctx.attr("spatial_scale", 1.0))
+    if mode not in ("avg", "max") or min(out_h, out_w) < 1 or ratio < 0:
+        raise ctx.invalid(f"mode {mode!r} must be avg or max, output sizes ({out_h}, {out_w}) "
+                          f"positive and sampling_ratio {ratio} >= 0")
+    if x.ndim != 4 or rois.ndim != 2 or rois.shape[1] != 4 or \
+            batch_indices.shape != (rois.shape[0],):
+        raise ctx.invalid(f"X {list(x.shape)}, rois {list(rois.shape)} and batch_indices "
+                          f"{list(batch_indices.shape)} must be [N, C, H, W], [R, 4] and [R]")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
+    _, height, width, _ = x.shape
+    xp = np if isinstance(rois, np.ndarray) else jnp
+    box = xp.asarray(rois, np.float32) * np.float32(scale) - np.float32(0.5 * half_pixel)
+    size_w, size_h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    if not half_pixel:
+        size_w, size_h = xp.maximum(size_w, 1), xp.maximum(size_h, 1)
+    bin_h, bin_w = size_h / out_h, size_w / out_w
+    if ratio:
+        grid_h = grid_w = np.full(rois.shape[0], ratio)
+    elif xp is np:
+        grid_h, grid_w = np.ceil(bin_h).astype(np.int64), np.ceil(bin_w).astype(np.int64)
+    else:
+        raise ctx.fail("sampling_ratio 0 samples each roi on a grid sized by the roi, which "
+                       "needs the rois known at conversion time (a constant)")
+    n_gh, n_gw = max(int(np.max(grid_h, initial=1)), 1), max(int(np.max(grid_w, initial=1)), 1)
+    yi, wy, use_y = _roi_taps(box[:, 1], bin_h, grid_h, n_gh, out_h, height)
+    xi, wx, use_x = _roi_taps(box[:, 0], bin_w, grid_w, n_gw, out_w, width)
+    # Axes [R, out_h, grid_h, out_w, grid_w] (then C) for every sample, one corner at a time.
+    b = jnp.asarray(batch_indices).astype(np.int32)[:, None, None, None, None]
+    used = (use_y[:, :, :, None, None] & use_x[:, None, None, :, :])[..., None]
+    result = None
+    for cy in range(2):
+        for cx in range(2):
+            v = x[b, yi[:, :, :, None, None, cy], xi[:, None, None, :, :, cx]]
+            v = v * (wy[:, :, :, None, None, cy] * wx[:, None, None, :, :, cx])[..., None]
+            if mode == "avg":
+                v = jnp.sum(jnp.where(used, v, 0), axis=(2, 4))
+                result = v if result is None else result + v
+            else:
+                v = jnp.max(jnp.where(used, v, -jnp.inf), axis=(2, 4))
+                result = v if result is None else jnp.maximum(result, v)
+    if mode == "avg":
+        count = jnp.maximum(jnp.asarray(grid_h * grid_w, x.dtype), 1)
+        result = result / count[:, None, None, None]
+    return result.astype(x.dtype)
+
+
+@register("RoiAlign", since=10, layout="channels_last")
+def roi_align_v10(ctx, x, rois, batch_indices):
+    """Opset 10: roi corners are pixel indices (output_half_pixel), rois at least 1x1."""
+    return _roi_align(ctx, x, rois, batch_indices, half_pixel=False)
+
+
+@register("RoiAlign", since=16, layout="channels_last")
+def roi_align(ctx, x, rois, batch_indices):
+    """Opset 16: ``coordinate_transformation_mode`` half_pixel (default) shifts corners by
+    -0.5; output_half_pixel is opset 10's behaviour."""
+    coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if coord not in ("half_pixel", "output_half_pixel"):
+        raise ctx.invalid(f"coordinate_transformation_mode {coord!r} must be half_pixel or "
+                          "output_half_pixel")
+    return _roi_align(ctx, x, rois, batch_indices, half_pixel=coord == "half_pixel")
