@@ -1,8 +1,8 @@
 """Signal processing: DFT, STFT, the window functions and MelWeightMatrix.
 
 ONNX holds complex values as a trailing axis of size 2 (real, imaginary); a real signal has
-a trailing axis of size 1. Transforms run in complex64 with ``jnp.fft``. Window and mel
-matrices depend only on their (static) sizes and are computed in NumPy at conversion time.
+a trailing axis of size 1. Transforms run in complex64 with ``jnp.fft``. Windows and mel
+matrices depend only on their sizes, which must be constants: they are folded.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from onnx import helper
 
 from .._registry import register
 from ._common import normalize_axis
@@ -122,57 +121,10 @@ def stft(ctx, signal, frame_step, window=None, frame_length=None):
     return _from_complex(y, signal.dtype)
 
 
-# cos coefficients of the generalized cosine windows: w[n] = sum_k a_k cos(2 pi k n / N).
-_WINDOWS = {"HannWindow": (0.5, -0.5), "HammingWindow": (25 / 46, -21 / 46),
-            "BlackmanWindow": (0.42, -0.5, 0.08)}
-
-
-def _output_dtype(ctx):
-    code = int(ctx.attr("output_datatype", 1))
-    try:
-        return helper.tensor_dtype_to_np_dtype(code)
-    except KeyError:
-        raise ctx.invalid(f"output_datatype {code} is not a tensor data type") from None
-
-
-@register(*_WINDOWS, since=17, static_inputs=(0,))
-def window(ctx, size):
-    """``[size]``: a cosine window, periodic (``N = size``, default) or symmetric
-    (``N = size - 1``), in ``output_datatype`` (default float32)."""
-    size = int(_scalar(ctx, size, "size"))
-    periodic = int(ctx.attr("periodic", 1))
-    if size < 0 or periodic not in (0, 1):
-        raise ctx.invalid(f"size {size} must be >= 0 and periodic 0 or 1")
-    period = size if periodic else size - 1
-    phase = 2 * np.pi * np.arange(size) / max(period, 1)
-    w = sum(a * np.cos(k * phase) for k, a in enumerate(_WINDOWS[ctx.node.op_type]))
-    return np.asarray(w).astype(_output_dtype(ctx))
-
-
+@register("HannWindow", "HammingWindow", "BlackmanWindow", since=17, static_inputs=(0,))
 @register("MelWeightMatrix", since=17, static_inputs=(0, 1, 2, 3, 4))
-def mel_weight_matrix(ctx, num_mel_bins, dft_length, sample_rate, lower_edge_hertz,
-                      upper_edge_hertz):
-    """``[dft_length // 2 + 1, num_mel_bins]``: triangular filters peaking at 1, their
-    edges equally spaced on the mel scale ``2595 log10(1 + f / 700)`` and rounded down to
-    DFT bins (as onnxruntime and ONNX's reference)."""
-    bins = int(_scalar(ctx, num_mel_bins, "num_mel_bins"))
-    n = int(_scalar(ctx, dft_length, "dft_length"))
-    rate = _scalar(ctx, sample_rate, "sample_rate")
-    low, high = (float(_scalar(ctx, v, w)) for v, w in ((lower_edge_hertz, "lower_edge_hertz"),
-                                                          (upper_edge_hertz, "upper_edge_hertz")))
-    if bins < 1 or n < 1 or rate <= 0 or not 0 <= low <= high:
-        raise ctx.invalid(f"num_mel_bins {bins}, dft_length {n}, sample_rate {rate} must be "
-                          f"positive and 0 <= lower_edge_hertz {low} <= upper_edge_hertz {high}")
-
-    def mel(f):
-        return 2595 * np.log10(1 + f / 700)
-
-    # bins + 2 edge points; the mel step divides the range by bins + 2, as onnxruntime.
-    points = mel(low) + np.arange(bins + 2) * (mel(high) - mel(low)) / (bins + 2)
-    edges = ((n + 1) * (700 * (10 ** (points / 2595) - 1)) // rate).astype(np.int64)
-    left, center, right = edges[:-2], edges[1:-1], edges[2:]
-    j = np.arange(n // 2 + 1)[:, None]
-    rise = np.where(center > left, (j - left) / np.maximum(center - left, 1), 1.0)
-    fall = (right - j) / np.maximum(right - center, 1)
-    w = np.where((j >= left) & (j <= center), rise, np.where((j > center) & (j < right), fall, 0))
-    return w.astype(_output_dtype(ctx))
+def constant_only(ctx, *inputs):
+    """Folded at conversion time (by ONNX's reference evaluator) when the inputs are
+    known then, as they must be: the output's shape depends on their values."""
+    raise ctx.fail("the output's shape depends on the inputs' values, which are only known at "
+                   "run time; the op is supported on conversion-time constants only")
