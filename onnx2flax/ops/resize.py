@@ -311,7 +311,9 @@ def grid_sample(ctx, x, grid):
     Y ``[N, *out, C]``. Opset 16: 2-D only, modes bilinear / nearest / bicubic; opset 20:
     any rank, modes linear / nearest / cubic. As torch: nearest rounds half to even;
     border / reflection move coordinates lying outside into the image, then every tap
-    outside it reads 0 (zeros), the edge (border) or its mirror (reflection)."""
+    outside it reads 0 (zeros), the edge (border) or its mirror (reflection). Cubic with
+    border clamps only the taps, as torch and onnxruntime (ONNX's reference clamps the
+    coordinate as well: it differs near the edges)."""
     names = _GRID_MODES[20 if ctx.opset >= 20 else 16]
     mode = ctx.attr("mode", "linear" if ctx.opset >= 20 else "bilinear")
     padding = ctx.attr("padding_mode", "zeros")
@@ -344,7 +346,7 @@ def grid_sample(ctx, x, grid):
         lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
         if mode == "nearest":
             v = jnp.round(v)
-        if padding == "border":
+        if padding == "border" and mode != "cubic":  # cubic clamps its taps only, as torch
             v = jnp.where((v < lo) | (v > hi), jnp.clip(v, 0, size - 1), v)
         elif padding == "reflection":
             v = _reflect(v, lo, hi)
@@ -388,8 +390,10 @@ def affine_grid(ctx, theta, size):
     axes = []
     for dim in reversed(size[2:]):  # x runs along the last axis
         step = np.arange(dim, dtype=np.float64)
-        axes.append(step * 2 / (dim - 1) - 1 if align and dim > 1
-                    else (2 * step + 1) / dim - 1 if not align else np.zeros(dim))
+        if align:  # a lone position sits at -1 (ONNX's reference; torch: 0, onnxruntime: 1)
+            axes.append(step * 2 / max(dim - 1, 1) - 1)
+        else:
+            axes.append((2 * step + 1) / dim - 1)
     mesh = list(np.meshgrid(*axes[::-1], indexing="ij"))[::-1]  # [spatial...] each, x first
     base = np.stack(mesh + [np.ones_like(mesh[0])], axis=-1).astype(np.float32)
     base = jnp.asarray(base, theta.dtype)
@@ -471,13 +475,15 @@ def _roi_align(ctx, x, rois, batch_indices, half_pixel: bool):
     return result.astype(x.dtype)
 
 
-@register("RoiAlign", since=10, layout="channels_last")
+# rois: static so that constant rois stay NumPy (sampling_ratio 0 needs them); run-time
+# rois are fine with a positive sampling_ratio.
+@register("RoiAlign", since=10, layout="channels_last", static_inputs=(1,))
 def roi_align_v10(ctx, x, rois, batch_indices):
     """Opset 10: roi corners are pixel indices (output_half_pixel), rois at least 1x1."""
     return _roi_align(ctx, x, rois, batch_indices, half_pixel=False)
 
 
-@register("RoiAlign", since=16, layout="channels_last")
+@register("RoiAlign", since=16, layout="channels_last", static_inputs=(1,))
 def roi_align(ctx, x, rois, batch_indices):
     """Opset 16: ``coordinate_transformation_mode`` half_pixel (default) shifts corners by
     -0.5; output_half_pixel is opset 10's behaviour."""
