@@ -139,7 +139,9 @@ def top_k(ctx, x, k):
 def tensor_scatter(ctx, past, update, write_indices=None):
     """KV-cache update: ``present = past`` with ``update`` (``past``'s shape but
     ``sequence_length <= max_sequence_length`` along ``axis``) written at
-    ``write_indices[b]`` (default 0) for batch entry ``b``; "circular" wraps around."""
+    ``write_indices[b]`` (default 0) for batch entry ``b``; "circular" wraps around,
+    "linear" drops writes past the end (onnxruntime refuses them; the indices are run-time
+    values here)."""
     mode = ctx.attr("mode", "linear")
     if mode not in ("linear", "circular"):
         raise ctx.invalid(f"mode must be linear or circular, got {mode!r}")
