@@ -1,5 +1,6 @@
 """Indexing ops: Gather, GatherElements, GatherND, ScatterElements (Scatter), ScatterND,
-TensorScatter, OneHot, TopK. Inputs in ONNX order; negative indices count from the end of their axis."""
+TensorScatter, OneHot, TopK. Inputs in ONNX order; negative indices count from the end of
+their axis."""
 
 from __future__ import annotations
 
@@ -150,8 +151,8 @@ def tensor_scatter(ctx, past, update, write_indices=None):
         raise ctx.invalid("axis must not be the batch axis 0")
     length, steps = past.shape[axis], update.shape[axis]
     others = [d for i, d in enumerate(past.shape) if i != axis]
-    if update.ndim != past.ndim or [d for i, d in enumerate(update.shape) if i != axis] != \
-            others or steps > length:
+    if update.ndim != past.ndim or steps > length or \
+            [d for i, d in enumerate(update.shape) if i != axis] != others:
         raise ctx.invalid(f"update {list(update.shape)} must match past {list(past.shape)} "
                           f"except along axis {axis}, where it may not be longer")
     if steps == 0:

@@ -117,7 +117,8 @@ def test_roi_align(mode, coord, opset, ratio):
 
 
 def test_roi_align_adaptive_sampling_needs_constant_rois():
-    x, rois, batch = _normal(1, 2, 6, 6), np.array([[0, 0, 4, 4]], np.float32), np.zeros(1, np.int64)
+    x, rois = _normal(1, 2, 6, 6), np.array([[0, 0, 4, 4]], np.float32)
+    batch = np.zeros(1, np.int64)
     model = node_model("RoiAlign", {"x": x, "rois": rois, "batch": batch}, opset=16,
                        out_dtypes=[np.float32])
     with pytest.raises(OnnxConversionError, match="RoiAlign.*sampling_ratio 0"):
