@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_model
+from helpers import assert_codegen_matches, make_model
 from mathcheck import check, node_model
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
@@ -162,3 +162,18 @@ def test_deform_conv_without_offsets_is_conv(shape, k):
     got = onnx2flax.convert(model).run({"x": x, "w": w, "offset": offset})[0]
     np.testing.assert_allclose(got, check(conv, {"x": x, "w": w}).run({"x": x, "w": w})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_codegen_writes_the_samplers():
+    """GridSample, RoiAlign and DeformConv as generated source give the same bits."""
+    x, grid = _normal(1, 2, 5, 6), _grid(1, (3, 4), 2)
+    rois, batch = np.array([[0.5, 1, 4, 3.5]], np.float32), np.zeros(1, np.int64)
+    offset, w = _normal(1, 8, 4, 5), _normal(3, 2, 2, 2)
+    for model, feeds in [
+        (node_model("GridSample", {"x": x, "grid": grid}, attrs={"mode": "bicubic"}, opset=16),
+         [x, grid]),
+        (node_model("RoiAlign", {"x": x, "rois": rois, "batch": batch}, opset=16,
+                    attrs={"sampling_ratio": 2, "output_height": 2}), [x, rois, batch]),
+        (node_model("DeformConv", {"x": x, "w": w, "offset": offset}, opset=19),
+         [x, w, offset])]:
+        assert_codegen_matches(onnx2flax.convert(model, channels_last=False), feeds)

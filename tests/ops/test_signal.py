@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_codegen_matches
 from mathcheck import check, node_model
 from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
@@ -98,3 +99,13 @@ def test_window_of_run_time_size_is_refused():
     model = node_model("HannWindow", feeds, out_dtypes=[np.float32])
     with pytest.raises(OnnxConversionError, match="HannWindow.*conversion-time constants"):
         onnx2flax.convert(model).run(feeds)
+
+
+@pytest.mark.parametrize("op, attrs, consts", [
+    ("DFT", {"axis": 1}, {}), ("DFT", {"axis": 1, "inverse": 1, "onesided": 1}, {}),
+    ("STFT", {}, {"step": np.array(8, np.int64), "w": np.hanning(16).astype(np.float32)})])
+def test_codegen_writes_the_transforms(op, attrs, consts):
+    """Generated source computes the same bits (lax.FftType parameters written as source)."""
+    x = _signal((2, 64, 2 if attrs.get("onesided") else 1))
+    converted = onnx2flax.convert(node_model(op, {"x": x}, attrs=attrs, consts=consts, opset=17))
+    assert_codegen_matches(converted, [x])
