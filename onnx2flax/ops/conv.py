@@ -240,7 +240,8 @@ def deform_conv(ctx, x, w, offset, b=None, mask=None):
                           f"[{n}, {offset_group * cells}, *{out}]")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ctx.fail(f"deformable convolution of {x.dtype} inputs is not supported")
-    offset = jnp.reshape(offset, (n, offset_group, cells, r, *out)).astype(x.dtype)
+    ctype = jnp.promote_types(x.dtype, jnp.float32)  # positions and weights: >= float32
+    offset = jnp.reshape(offset, (n, offset_group, cells, r, *out)).astype(ctype)
     cell = np.indices(k).reshape(r, cells)  # kernel cell -> its index along each axis
     # Per axis: the sampling position of every (batch, offset group, cell, output position).
     taps = []
@@ -266,11 +267,11 @@ def deform_conv(ctx, x, w, offset, b=None, mask=None):
         sampled = sampled + values * jnp.reshape(weight, (n, offset_group, -1, 1))
     sampled = jnp.reshape(sampled, (n, offset_group, cells, *out, -1))
     if mask is not None:
-        sampled = sampled * jnp.reshape(mask, (n, offset_group, cells, *out, 1)).astype(x.dtype)
+        sampled = sampled * jnp.reshape(mask, (n, offset_group, cells, *out, 1)).astype(ctype)
     # [N, og, cells, *out, C/og] -> [N, *out, group, C/group, cells]
     cols = jnp.moveaxis(sampled, (1, 2), (-3, -1))
     cols = jnp.reshape(cols, (n, *out, group, c // group, cells))
-    kernel = jnp.reshape(jnp.asarray(w, x.dtype), (group, w.shape[0] // group, c // group, cells))
+    kernel = jnp.reshape(jnp.asarray(w, ctype), (group, w.shape[0] // group, c // group, cells))
     y = jnp.einsum("n...gck,gock->n...go", cols, kernel, precision=lax.Precision.HIGHEST)
     y = jnp.reshape(y, (n, *out, w.shape[0]))
-    return y if b is None else y + jnp.asarray(b, x.dtype)
+    return (y if b is None else y + jnp.asarray(b, ctype)).astype(x.dtype)

@@ -332,11 +332,12 @@ def grid_sample(ctx, x, grid):
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
     out = grid.shape[1:-1]
-    grid = jnp.asarray(grid, x.dtype)
+    ctype = jnp.promote_types(x.dtype, jnp.float32)  # positions and weights: >= float32
+    grid = jnp.asarray(grid, ctype)
     offsets = {"nearest": [0], "linear": [0, 1], "cubic": [-1, 0, 1, 2]}[mode]
     taps = len(offsets)
     flat = jnp.zeros((n,) + out + (1,) * r, np.int32)
-    weight = jnp.ones((n,) + out + (1,) * r, x.dtype)
+    weight = jnp.ones((n,) + out + (1,) * r, ctype)
     valid = jnp.ones((n,) + out + (1,) * r, bool)
     stride = 1
     for i in reversed(range(r)):  # spatial axis i reads grid coordinate r - 1 - i
@@ -351,12 +352,12 @@ def grid_sample(ctx, x, grid):
         elif padding == "reflection":
             v = _reflect(v, lo, hi)
         base = jnp.floor(v)
-        idx = base[..., None] + jnp.asarray(offsets, x.dtype)  # [N, *out, taps]
+        idx = base[..., None] + jnp.asarray(offsets, ctype)  # [N, *out, taps]
         frac = (v - base)[..., None]
         if mode == "linear":
             w = jnp.concatenate([1 - frac, frac], axis=-1)
         elif mode == "cubic":
-            w = _cubic(frac - jnp.asarray(offsets, x.dtype), -0.75, xp=jnp)
+            w = _cubic(frac - jnp.asarray(offsets, ctype), -0.75, xp=jnp)
         else:
             w = jnp.ones_like(idx)
         if padding == "reflection":
@@ -373,7 +374,8 @@ def grid_sample(ctx, x, grid):
     values = jnp.take_along_axis(jnp.reshape(x, (n, -1, c)),
                                  jnp.reshape(flat, (n, -1, 1)), axis=1)
     values = jnp.reshape(values, (n,) + out + (taps ** r, c))
-    return jnp.sum(values * jnp.reshape(weight, (n,) + out + (taps ** r, 1)), axis=-2)
+    y = jnp.sum(values * jnp.reshape(weight, (n,) + out + (taps ** r, 1)), axis=-2)
+    return y.astype(x.dtype)
 
 
 @register("AffineGrid", since=20, static_inputs=(1,))
