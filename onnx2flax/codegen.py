@@ -552,6 +552,11 @@ def _scalar(value: np.ndarray) -> str:
 
 def _literal(value) -> str:
     """Python source for a parameter value; ``TypeError`` for anything else."""
+    if isinstance(value, Enum):  # before int: lax.FftType is an IntEnum
+        owner = type(value).__name__
+        if getattr(lax, owner, None) is type(value):
+            return f"lax.{owner}.{value.name}"
+        raise TypeError(f"enum {type(value).__qualname__} is not in jax.lax")
     if value is None or isinstance(value, (bool, int, str)):
         return repr(value)
     if isinstance(value, float):
@@ -562,11 +567,6 @@ def _literal(value) -> str:
         return f"np.dtype({value.name!r})"
     if isinstance(value, type) and issubclass(value, np.generic):
         return f"np.{np.dtype(value).name}"
-    if isinstance(value, Enum):
-        owner = type(value).__name__
-        if getattr(lax, owner, None) is type(value):
-            return f"lax.{owner}.{value.name}"
-        raise TypeError(f"enum {type(value).__qualname__} is not in jax.lax")
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         owner = type(value).__name__
         if getattr(lax, owner, None) is not type(value):

@@ -7,6 +7,7 @@ ONNX kernels are ``[C_out, C_in/group, *k]`` (Conv) and ``[C_in, C_out/group, *k
 from __future__ import annotations
 
 import functools
+import itertools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -196,3 +197,99 @@ def conv_transpose(ctx, x, w, b=None):
     y = _conv_nd(x, _conv_transpose_kernel(w, group), (1,) * n, padding, dilations, group,
                  lhs_dilation=strides)
     return y if b is None else y + b
+
+
+@register("Col2Im", since=18, static_inputs=(1, 2))
+def col2im(ctx, x, image_shape, block_shape):
+    """``[N, C * prod(block), L] -> [N, C, *image]``: sum every column of sliding blocks
+    back into the (padded, then cropped) image; the inverse of im2col."""
+    image = [int(v) for v in ctx.static(image_shape, "image_shape").reshape(-1)]
+    block = tuple(int(v) for v in ctx.static(block_shape, "block_shape").reshape(-1))
+    strides, dilations, pads = spatial_attrs(ctx, block)
+    n_cells = int(np.prod(block))
+    if len(image) != len(block) or x.ndim != 3 or any(b < 1 for b in block) or \
+            x.shape[1] % max(n_cells, 1):
+        raise ctx.invalid(f"input {list(x.shape)}, image_shape {image} and block_shape "
+                          f"{list(block)} do not fit: expected [N, C * {n_cells}, L]")
+    padded = [n + pb + pe for n, (pb, pe) in zip(image, pads)]
+    counts = [(p - (b - 1) * d - 1) // s + 1 for p, b, d, s in zip(padded, block, dilations,
+                                                                    strides)]
+    if any(c < 1 for c in counts) or int(np.prod(counts)) != x.shape[2]:
+        raise ctx.invalid(f"{x.shape[2]} columns do not match the {counts} blocks that fit "
+                          f"the padded image {padded}")
+    # Flat position in the padded image of block cell k in block l, per axis then combined.
+    where = np.zeros((1, 1), np.int64)
+    for size, b, d, s, c in zip(padded, block, dilations, strides, counts):
+        along = np.arange(b)[:, None] * d + np.arange(c)[None, :] * s
+        where = (where[:, None, :, None] * size + along[None, :, None, :]).reshape(
+            where.shape[0] * b, where.shape[1] * c)
+    n, channels = x.shape[0], x.shape[1] // n_cells
+    y = jnp.zeros((n, channels, int(np.prod(padded))), x.dtype)
+    y = y.at[:, :, where.reshape(-1)].add(jnp.reshape(x, (n, channels, -1)))
+    y = y.reshape((n, channels, *padded))
+    return y[(slice(None), slice(None), *(slice(pb, pb + m) for m, (pb, _) in zip(image, pads)))]
+
+
+@register("DeformConv", since=19, layout="channels_last")
+def deform_conv(ctx, x, w, offset, b=None, mask=None):
+    """X ``[N, *spatial, C]`` (channels-last); W ``[oC, C/group, *k]``, offset
+    ``[N, offset_group * prod(k) * n, *out]`` and mask ``[N, offset_group * prod(k), *out]``
+    (ONNX order) -> ``[N, *out, oC]``. Each kernel cell samples X (linear interpolation,
+    zeros outside) at its position moved by its offset (per axis, in axis order), scaled
+    by its mask; the samples are then convolved with W as a grouped convolution."""
+    k = _kernel_shape(ctx, w)
+    r = len(k)
+    group = int(ctx.attr("group", 1))
+    offset_group = int(ctx.attr("offset_group", 1))
+    strides, dilations, pads = spatial_attrs(ctx, k)
+    n, *sizes, c = x.shape
+    cells = int(np.prod(k))
+    if x.ndim != r + 2 or group < 1 or offset_group < 1 or c != w.shape[1] * group or \
+            w.shape[0] % group or c % offset_group:
+        raise ctx.invalid(f"input {list(x.shape)} (channels last), weight {list(w.shape)}, "
+                          f"group {group} and offset_group {offset_group} do not fit")
+    out = [(m + pb + pe - (kk - 1) * d - 1) // s + 1
+           for m, kk, d, s, (pb, pe) in zip(sizes, k, dilations, strides, pads)]
+    if offset.shape != (n, offset_group * cells * r, *out) or (
+            mask is not None and mask.shape != (n, offset_group * cells, *out)):
+        raise ctx.invalid(f"offset {list(offset.shape)} and mask "
+                          f"{None if mask is None else list(mask.shape)} must be "
+                          f"[{n}, {offset_group * cells * r}, *{out}] and "
+                          f"[{n}, {offset_group * cells}, *{out}]")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ctx.fail(f"deformable convolution of {x.dtype} inputs is not supported")
+    ctype = jnp.promote_types(x.dtype, jnp.float32)  # positions and weights: >= float32
+    offset = jnp.reshape(offset, (n, offset_group, cells, r, *out)).astype(ctype)
+    cell = np.indices(k).reshape(r, cells)  # kernel cell -> its index along each axis
+    # Per axis: the sampling position of every (batch, offset group, cell, output position).
+    taps = []
+    for i in range(r):
+        view = [1] * r
+        view[i] = out[i]
+        base = (np.arange(out[i]).reshape(view) * strides[i] - pads[i][0]
+                + cell[i].reshape((cells,) + (1,) * r) * dilations[i])
+        at = base + offset[:, :, :, i]
+        low = jnp.floor(at)
+        frac = at - low
+        taps.append([(low + t, frac if t else 1 - frac) for t in (0, 1)])
+    groups = jnp.reshape(x, (n, -1, offset_group, c // offset_group)).transpose(0, 2, 1, 3)
+    sampled = 0
+    for corner in itertools.product((0, 1), repeat=r):
+        flat, weight = 0, 1
+        for i, t in enumerate(corner):
+            idx, wt = taps[i][t]
+            weight = weight * jnp.where((idx >= 0) & (idx <= sizes[i] - 1), wt, 0)
+            flat = flat * sizes[i] + jnp.clip(idx, 0, sizes[i] - 1).astype(np.int32)
+        values = groups[np.arange(n)[:, None, None], np.arange(offset_group)[None, :, None],
+                        jnp.reshape(flat, (n, offset_group, -1))]
+        sampled = sampled + values * jnp.reshape(weight, (n, offset_group, -1, 1))
+    sampled = jnp.reshape(sampled, (n, offset_group, cells, *out, -1))
+    if mask is not None:
+        sampled = sampled * jnp.reshape(mask, (n, offset_group, cells, *out, 1)).astype(ctype)
+    # [N, og, cells, *out, C/og] -> [N, *out, group, C/group, cells]
+    cols = jnp.moveaxis(sampled, (1, 2), (-3, -1))
+    cols = jnp.reshape(cols, (n, *out, group, c // group, cells))
+    kernel = jnp.reshape(jnp.asarray(w, ctype), (group, w.shape[0] // group, c // group, cells))
+    y = jnp.einsum("n...gck,gock->n...go", cols, kernel, precision=lax.Precision.HIGHEST)
+    y = jnp.reshape(y, (n, *out, w.shape[0]))
+    return (y if b is None else y + jnp.asarray(b, ctype)).astype(x.dtype)

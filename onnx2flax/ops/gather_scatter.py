@@ -1,5 +1,6 @@
 """Indexing ops: Gather, GatherElements, GatherND, ScatterElements (Scatter), ScatterND,
-OneHot, TopK. Inputs in ONNX order; negative indices count from the end of their axis."""
+TensorScatter, OneHot, TopK. Inputs in ONNX order; negative indices count from the end of
+their axis."""
 
 from __future__ import annotations
 
@@ -133,3 +134,36 @@ def top_k(ctx, x, k):
     """``K`` is an input (known at conversion time); opset 11 adds ``largest`` and
     ``sorted`` (unsorted output may be in any order: it is sorted here)."""
     return _top_k(ctx, x, ctx.static(k, "K"), bool(int(ctx.attr("largest", 1))))
+
+
+@register("TensorScatter", since=24)
+def tensor_scatter(ctx, past, update, write_indices=None):
+    """KV-cache update: ``present = past`` with ``update`` (``past``'s shape but
+    ``sequence_length <= max_sequence_length`` along ``axis``) written at
+    ``write_indices[b]`` (default 0) for batch entry ``b``; "circular" wraps around,
+    "linear" drops writes past the end (onnxruntime refuses them; the indices are run-time
+    values here)."""
+    mode = ctx.attr("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise ctx.invalid(f"mode must be linear or circular, got {mode!r}")
+    axis = normalize_axis(ctx, int(ctx.attr("axis", -2)), past.ndim)
+    if axis == 0:
+        raise ctx.invalid("axis must not be the batch axis 0")
+    length, steps = past.shape[axis], update.shape[axis]
+    others = [d for i, d in enumerate(past.shape) if i != axis]
+    if update.ndim != past.ndim or steps > length or \
+            [d for i, d in enumerate(update.shape) if i != axis] != others:
+        raise ctx.invalid(f"update {list(update.shape)} must match past {list(past.shape)} "
+                          f"except along axis {axis}, where it may not be longer")
+    if steps == 0:
+        return past
+    start = (jnp.zeros(past.shape[0], np.int32) if write_indices is None
+             else jnp.asarray(write_indices).astype(np.int32))
+    # For every cache slot: which update step lands there (if any).
+    step = np.arange(length).reshape([length if i == axis else 1 for i in range(past.ndim)])
+    step = step - start.reshape([-1] + [1] * (past.ndim - 1))
+    if mode == "circular":
+        step = jnp.mod(step, length)
+    written = (step >= 0) & (step < steps)
+    source = jnp.broadcast_to(jnp.clip(step, 0, steps - 1), past.shape)
+    return jnp.where(written, jnp.take_along_axis(update, source, axis=axis), past)

@@ -1,4 +1,4 @@
-"""Gemm and MatMul with a constant weight -> ``nn.Dense`` (kernel ``[in, out]``)."""
+"""Gemm and MatMul with a constant weight -> ``nn.Dense`` (kernel ``[in, out]``); Det."""
 
 from __future__ import annotations
 
@@ -76,3 +76,13 @@ def matmul(ctx, a, b):
             raise ctx.invalid(f"A {list(a.shape)} and B {list(b.shape)} do not multiply")
         return ctx.layer(nn.Dense, a, features=int(b.shape[1]), use_bias=False)
     return jnp.matmul(a, b)
+
+
+@register("Det", since=11)
+def det(ctx, x):
+    """``[*, M, M] -> [*]``: determinants of square float matrices."""
+    if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+        raise ctx.invalid(f"input must be [*, M, M], got shape {list(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ctx.invalid(f"input must be floating point, got {x.dtype}")
+    return jnp.linalg.det(x)

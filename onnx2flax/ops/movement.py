@@ -1,5 +1,5 @@
 """Layout-aware data movement: Transpose, Concat, Split, Slice, Pad, Squeeze, Unsqueeze,
-DepthToSpace, SpaceToDepth.
+DepthToSpace, SpaceToDepth, CenterCropPad, ReverseSequence.
 
 These handlers take their input as held (e.g. channels-last after a Conv), remap ONNX axes
 onto the held axes with ``_layout.axis_in`` and return the result in the same layout, so a
@@ -313,3 +313,46 @@ def space_to_depth(ctx, x):
 def _check_divisible(ctx, size: int, block: int, what: str) -> None:
     if size % block:
         raise ctx.invalid(f"{what} {size} is not divisible by {block}")
+
+
+# --- CenterCropPad, ReverseSequence ------------------------------------------------------
+
+@register("CenterCropPad", since=18, layout="custom", static_inputs=(1,))
+def center_crop_pad(ctx, x, shape):
+    """Crop or zero-pad each of ``axes`` (all by default) to ``shape``, centered; an odd
+    difference leaves the extra cell at the end."""
+    sizes = _ints(ctx.static(shape, "shape"))
+    axes = ctx.attr("axes", None)
+    axes = _held_axes(ctx, range(x.ndim) if axes is None else axes, x.ndim)
+    if len(sizes) != len(axes) or any(s < 0 for s in sizes):
+        raise ctx.invalid(f"shape {sizes} must give one non-negative size per axis ({len(axes)})")
+    pads = [(0, 0)] * x.ndim
+    for axis, size in zip(axes, sizes):
+        diff = x.shape[axis] - size
+        if diff > 0:
+            x = lax.slice_in_dim(x, diff // 2, diff // 2 + size, axis=axis)
+        else:
+            pads[axis] = (-diff // 2, -diff - (-diff // 2))
+    _keep_layout(ctx)
+    return jnp.pad(x, pads)
+
+
+@register("ReverseSequence", since=10)
+def reverse_sequence(ctx, x, lens):
+    """Reverse the first ``lens[b]`` steps along ``time_axis`` of every batch entry ``b``
+    (``batch_axis``); the rest is copied. Axes 0 and 1, defaults time 0, batch 1."""
+    time_axis = int(ctx.attr("time_axis", 0))
+    batch_axis = int(ctx.attr("batch_axis", 1))
+    if {time_axis, batch_axis} != {0, 1} or x.ndim < 2:
+        raise ctx.invalid(f"time_axis {time_axis} and batch_axis {batch_axis} must be 0 and 1 "
+                          f"(in some order) of an input of rank >= 2, got rank {x.ndim}")
+    if lens.shape != (x.shape[batch_axis],):
+        raise ctx.invalid(f"sequence_lens of shape {list(lens.shape)} must be "
+                          f"[{x.shape[batch_axis]}]")
+    steps = x.shape[time_axis]
+    t = np.arange(steps).reshape((steps, 1) if time_axis == 0 else (1, steps))
+    lens = jnp.clip(jnp.asarray(lens).astype(np.int32), 0, steps)
+    lens = lens.reshape((1, -1) if batch_axis == 1 else (-1, 1))
+    source = jnp.where(t < lens, lens - 1 - t, t)  # [time, batch] in the axes' order
+    source = jnp.broadcast_to(source.reshape(source.shape + (1,) * (x.ndim - 2)), x.shape)
+    return jnp.take_along_axis(x, source, axis=time_axis)

@@ -106,6 +106,32 @@ def average_pool(ctx, x):
     return total / jnp.asarray(counts[None, ..., None], x.dtype)
 
 
+def _lp_power(ctx, x):
+    """The ``p`` attribute and ``|x|^p`` (an exact integer power when ``p`` is whole)."""
+    p = float(ctx.attr("p", 2))
+    if not p > 0:
+        raise ctx.invalid(f"p must be positive, got {p}")
+    return p, jnp.abs(x) ** (int(p) if p.is_integer() else p)
+
+
+@register("LpPool", layout="channels_last")
+def lp_pool(ctx, x):
+    """``(sum |x|^p)^(1/p)`` over each window (pads add nothing). ``p`` is a float
+    attribute in opset 1, an int from opset 2; dilations and ceil_mode from opset 18."""
+    p, power = _lp_power(ctx, x)
+    k, strides, dilations, pads, extra = _window(ctx, x)
+    padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
+    total = _reduce(power, jnp.array(0, x.dtype), lax.add, k, strides, dilations, padding)
+    return total ** (1 / p)
+
+
+@register("GlobalLpPool", layout="channels_last")
+def global_lp_pool(ctx, x):
+    """``[N, *spatial, C] -> [N, 1, ..., 1, C]``: the Lp norm over all spatial positions."""
+    p, power = _lp_power(ctx, x)
+    return jnp.sum(power, axis=tuple(range(1, x.ndim - 1)), keepdims=True) ** (1 / p)
+
+
 @register("GlobalAveragePool", layout="channels_last")
 def global_average_pool(ctx, x):
     """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""
@@ -116,3 +142,28 @@ def global_average_pool(ctx, x):
 def global_max_pool(ctx, x):
     """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""
     return jnp.max(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+
+
+@register("MaxUnpool", since=9, static_inputs=(2,))
+def max_unpool(ctx, x, indices, output_shape=None):
+    """X and I ``[N, C, *in]`` (ONNX order; I as MaxPool's Indices) -> ``[N, C, *out]``:
+    zeros with each ``X`` value at its flat index ``I`` into the output. The output shape
+    is ``output_shape`` (opset 11; pads are then ignored) or ``(in - 1) * stride - pads +
+    kernel``. As the spec and onnxruntime, ``I`` indexes the output (MaxPool's input)
+    even when ``output_shape`` enlarges it; ONNX's reference indexes the smaller shape."""
+    k = tuple(int(v) for v in ctx.attr("kernel_shape"))
+    strides, _, pads = spatial_attrs(ctx, k)
+    if x.ndim != len(k) + 2 or indices.shape != x.shape:
+        raise ctx.invalid(f"X {list(x.shape)} and I {list(indices.shape)} must have one shape "
+                          f"of rank {len(k) + 2} for kernel_shape {list(k)}")
+    if output_shape is not None:
+        shape = [int(v) for v in ctx.static(output_shape, "output_shape").reshape(-1)]
+    else:
+        shape = [*x.shape[:2], *((n - 1) * s - pb - pe + kk for n, s, kk, (pb, pe)
+                                 in zip(x.shape[2:], strides, k, pads))]
+    if len(shape) != x.ndim or shape[:2] != list(x.shape[:2]) or min(shape) < 1:
+        raise ctx.invalid(f"output shape {shape} must be positive, of rank {x.ndim}, with "
+                          f"X's batch and channels {list(x.shape[:2])}")
+    y = jnp.zeros(int(np.prod(shape)), x.dtype)
+    y = y.at[jnp.asarray(indices).reshape(-1)].set(jnp.reshape(x, -1), mode="drop")
+    return y.reshape(shape)

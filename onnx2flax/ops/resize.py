@@ -82,10 +82,11 @@ def _nearest_index(o: _Options, x: np.ndarray, downsampling: bool) -> np.ndarray
     return idx.astype(np.int64)[:, None]
 
 
-def _cubic(t: np.ndarray, a: float) -> np.ndarray:
-    t = np.abs(t)
-    return np.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
-                    np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+def _cubic(t, a: float, xp=np):
+    """Keys' cubic kernel at distances ``t`` (NumPy, or ``xp=jnp`` on traced values)."""
+    t = xp.abs(t)
+    return xp.where(t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1,
+                    xp.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
 
 
 def _filter(o: _Options, t: np.ndarray) -> np.ndarray:
@@ -283,3 +284,213 @@ def upsample_v7(ctx, x):
 def upsample(ctx, x, scales):
     """Opset 9-10 (deprecated; Resize-10 semantics): ``scales`` is an input."""
     return resize_v10(ctx, x, scales)
+
+
+_GRID_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
+               20: {"linear": "linear", "nearest": "nearest", "cubic": "cubic"}}
+
+
+def _reflect(x, lo: float, hi: float):
+    """Fold coordinates ``x`` into ``[lo, hi]`` by reflecting at the nearer border."""
+    span = hi - lo
+    if span <= 0:
+        return jnp.full_like(x, lo)
+    below = x < lo
+    dist = jnp.where(below, lo - x, x - hi)
+    flips = jnp.floor(dist / span)
+    rest = dist - flips * span
+    even = jnp.mod(flips, 2) == 0
+    inside = jnp.where(below == even, lo + rest, hi - rest)
+    return jnp.where((x < lo) | (x > hi), inside, x)
+
+
+@register("GridSample", since=16, layout="channels_last")
+def grid_sample(ctx, x, grid):
+    """X ``[N, *spatial, C]`` (channels-last), grid ``[N, *out, r]`` (ONNX order; its last
+    axis lists coordinates in ``[-1, 1]`` fastest spatial axis first, x before y) ->
+    Y ``[N, *out, C]``. Opset 16: 2-D only, modes bilinear / nearest / bicubic; opset 20:
+    any rank, modes linear / nearest / cubic. As torch: nearest rounds half to even;
+    border / reflection move coordinates lying outside into the image, then every tap
+    outside it reads 0 (zeros), the edge (border) or its mirror (reflection). Cubic with
+    border clamps only the taps, as torch and onnxruntime (ONNX's reference clamps the
+    coordinate as well: it differs near the edges)."""
+    names = _GRID_MODES[20 if ctx.opset >= 20 else 16]
+    mode = ctx.attr("mode", "linear" if ctx.opset >= 20 else "bilinear")
+    padding = ctx.attr("padding_mode", "zeros")
+    align = int(ctx.attr("align_corners", 0))
+    if mode not in names or padding not in ("zeros", "border", "reflection"):
+        raise ctx.invalid(f"mode {mode!r} (one of {sorted(names)} in opset {ctx.opset}) or "
+                          f"padding_mode {padding!r} (zeros, border, reflection) is invalid")
+    mode = names[mode]
+    n, *dims, c = x.shape
+    r = len(dims)
+    if grid.ndim != r + 2 or grid.shape[0] != n or grid.shape[-1] != r:
+        raise ctx.invalid(f"grid of shape {list(grid.shape)} does not fit a {r}-D input of "
+                          f"batch {n}: expected [N, *out, {r}]")
+    if ctx.opset < 20 and r != 2:
+        raise ctx.invalid(f"opset {ctx.opset} GridSample takes 4-D inputs only, got rank {r + 2}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
+    out = grid.shape[1:-1]
+    ctype = jnp.promote_types(x.dtype, jnp.float32)  # positions and weights: >= float32
+    grid = jnp.asarray(grid, ctype)
+    offsets = {"nearest": [0], "linear": [0, 1], "cubic": [-1, 0, 1, 2]}[mode]
+    taps = len(offsets)
+    flat = jnp.zeros((n,) + out + (1,) * r, np.int32)
+    weight = jnp.ones((n,) + out + (1,) * r, ctype)
+    valid = jnp.ones((n,) + out + (1,) * r, bool)
+    stride = 1
+    for i in reversed(range(r)):  # spatial axis i reads grid coordinate r - 1 - i
+        size = dims[i]
+        v = grid[..., r - 1 - i]
+        v = (v + 1) / 2 * (size - 1) if align else ((v + 1) * size - 1) / 2
+        lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+        if mode == "nearest":
+            v = jnp.round(v)
+        if padding == "border" and mode != "cubic":  # cubic clamps its taps only, as torch
+            v = jnp.where((v < lo) | (v > hi), jnp.clip(v, 0, size - 1), v)
+        elif padding == "reflection":
+            v = _reflect(v, lo, hi)
+        base = jnp.floor(v)
+        idx = base[..., None] + jnp.asarray(offsets, ctype)  # [N, *out, taps]
+        frac = (v - base)[..., None]
+        if mode == "linear":
+            w = jnp.concatenate([1 - frac, frac], axis=-1)
+        elif mode == "cubic":
+            w = _cubic(frac - jnp.asarray(offsets, ctype), -0.75, xp=jnp)
+        else:
+            w = jnp.ones_like(idx)
+        if padding == "reflection":
+            idx = jnp.trunc(_reflect(idx, lo, hi))
+        inside = (idx >= 0) & (idx <= size - 1)
+        idx = jnp.clip(idx, 0, size - 1).astype(np.int32)
+        shape = (n,) + out + (1,) * i + (taps,) + (1,) * (r - 1 - i)
+        flat = flat + jnp.reshape(idx, shape) * stride
+        weight = weight * jnp.reshape(w, shape)
+        valid = valid & jnp.reshape(inside, shape)
+        stride *= size
+    if padding == "zeros":  # border / reflection taps were clamped / mirrored inside
+        weight = jnp.where(valid, weight, 0)
+    values = jnp.take_along_axis(jnp.reshape(x, (n, -1, c)),
+                                 jnp.reshape(flat, (n, -1, 1)), axis=1)
+    values = jnp.reshape(values, (n,) + out + (taps ** r, c))
+    y = jnp.sum(values * jnp.reshape(weight, (n,) + out + (taps ** r, 1)), axis=-2)
+    return y.astype(x.dtype)
+
+
+@register("AffineGrid", since=20, static_inputs=(1,))
+def affine_grid(ctx, theta, size):
+    """theta ``[N, 2, 3]`` / ``[N, 3, 4]`` and size ``[N, C, H, W]`` / ``[N, C, D, H, W]``
+    -> grid ``[N, H, W, 2]`` / ``[N, D, H, W, 3]`` of normalized ``(x, y[, z])``
+    coordinates, as GridSample reads them."""
+    size = [int(s) for s in ctx.static(size, "size").reshape(-1)]
+    align = int(ctx.attr("align_corners", 0))
+    r = len(size) - 2
+    if r not in (2, 3) or theta.shape[1:] != (r, r + 1) or theta.shape[0] != size[0]:
+        raise ctx.invalid(f"theta {list(theta.shape)} and size {size} must be [N, 2, 3] with "
+                          "[N, C, H, W] or [N, 3, 4] with [N, C, D, H, W]")
+    axes = []
+    for dim in reversed(size[2:]):  # x runs along the last axis
+        step = np.arange(dim, dtype=np.float64)
+        if align:  # a lone position sits at -1 (ONNX's reference; torch: 0, onnxruntime: 1)
+            axes.append(step * 2 / max(dim - 1, 1) - 1)
+        else:
+            axes.append((2 * step + 1) / dim - 1)
+    mesh = list(np.meshgrid(*axes[::-1], indexing="ij"))[::-1]  # [spatial...] each, x first
+    base = np.stack(mesh + [np.ones_like(mesh[0])], axis=-1).astype(np.float32)
+    base = jnp.asarray(base, theta.dtype)
+    return jnp.einsum("...k,nck->n...c", base, theta,
+                      precision=lax.Precision.HIGHEST)
+
+
+def _roi_taps(start, bin_size, grid, n_grid: int, n_out: int, size: int):
+    """Bilinear taps of RoiAlign's sampling points along one axis: for roi ``r``, output
+    bin ``p`` and sample ``i``, two indices and weights ``[R, n_out, n_grid, 2]`` and whether
+    sample ``i`` is one of the roi's ``grid[r]`` samples ``[R, n_out, n_grid]``."""
+    start, bin_size, grid = (jnp.asarray(v)[:, None, None] for v in (start, bin_size, grid))
+    at = (start + np.arange(n_out)[:, None] * bin_size
+          + (np.arange(n_grid) + 0.5) * bin_size / grid)
+    inside = (at >= -1) & (at <= size)  # samples further out read 0
+    at = jnp.maximum(at, 0)
+    low = jnp.floor(at)
+    edge = low >= size - 1
+    low = jnp.where(edge, size - 1, low)
+    at = jnp.where(edge, low, at)
+    frac = (at - low)[..., None]
+    weights = jnp.concatenate([1 - frac, frac], axis=-1) * inside[..., None]
+    idx = jnp.stack([low, jnp.where(edge, low, low + 1)], axis=-1).astype(np.int32)
+    return idx, weights, jnp.broadcast_to(np.arange(n_grid) < grid, at.shape)
+
+
+def _roi_align(ctx, x, rois, batch_indices, half_pixel: bool):
+    """X ``[N, H, W, C]`` (channels-last), rois ``[R, 4]`` (x1, y1, x2, y2), batch_indices
+    ``[R]`` -> ``[R, out_h, out_w, C]``: each bin averages (or maxes) bilinear samples on a
+    regular grid, ``sampling_ratio`` per axis (0: ``ceil(roi size / bins)``, which needs
+    the rois known at conversion time)."""
+    mode = ctx.attr("mode", "avg")
+    out_h, out_w = int(ctx.attr("output_height", 1)), int(ctx.attr("output_width", 1))
+    ratio = int(ctx.attr("sampling_ratio", 0))
+    scale = float(ctx.attr("spatial_scale", 1.0))
+    if mode not in ("avg", "max") or min(out_h, out_w) < 1 or ratio < 0:
+        raise ctx.invalid(f"mode {mode!r} must be avg or max, output sizes ({out_h}, {out_w}) "
+                          f"positive and sampling_ratio {ratio} >= 0")
+    if x.ndim != 4 or rois.ndim != 2 or rois.shape[1] != 4 or \
+            batch_indices.shape != (rois.shape[0],):
+        raise ctx.invalid(f"X {list(x.shape)}, rois {list(rois.shape)} and batch_indices "
+                          f"{list(batch_indices.shape)} must be [N, C, H, W], [R, 4] and [R]")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
+    _, height, width, _ = x.shape
+    xp = np if isinstance(rois, np.ndarray) else jnp
+    box = xp.asarray(rois, np.float32) * np.float32(scale) - np.float32(0.5 * half_pixel)
+    size_w, size_h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    if not half_pixel:
+        size_w, size_h = xp.maximum(size_w, 1), xp.maximum(size_h, 1)
+    bin_h, bin_w = size_h / out_h, size_w / out_w
+    if ratio:
+        grid_h = grid_w = np.full(rois.shape[0], ratio)
+    elif xp is np:
+        grid_h, grid_w = np.ceil(bin_h).astype(np.int64), np.ceil(bin_w).astype(np.int64)
+    else:
+        raise ctx.fail("sampling_ratio 0 samples each roi on a grid sized by the roi, which "
+                       "needs the rois known at conversion time (a constant)")
+    n_gh, n_gw = max(int(np.max(grid_h, initial=1)), 1), max(int(np.max(grid_w, initial=1)), 1)
+    yi, wy, use_y = _roi_taps(box[:, 1], bin_h, grid_h, n_gh, out_h, height)
+    xi, wx, use_x = _roi_taps(box[:, 0], bin_w, grid_w, n_gw, out_w, width)
+    # Axes [R, out_h, grid_h, out_w, grid_w] (then C) for every sample, one corner at a time.
+    b = jnp.asarray(batch_indices).astype(np.int32)[:, None, None, None, None]
+    used = (use_y[:, :, :, None, None] & use_x[:, None, None, :, :])[..., None]
+    result = None
+    for cy in range(2):
+        for cx in range(2):
+            v = x[b, yi[:, :, :, None, None, cy], xi[:, None, None, :, :, cx]]
+            v = v * (wy[:, :, :, None, None, cy] * wx[:, None, None, :, :, cx])[..., None]
+            if mode == "avg":
+                v = jnp.sum(jnp.where(used, v, 0), axis=(2, 4))
+                result = v if result is None else result + v
+            else:
+                v = jnp.max(jnp.where(used, v, -jnp.inf), axis=(2, 4))
+                result = v if result is None else jnp.maximum(result, v)
+    if mode == "avg":
+        count = jnp.maximum(jnp.asarray(grid_h * grid_w, x.dtype), 1)
+        result = result / count[:, None, None, None]
+    return result.astype(x.dtype)
+
+
+# rois: static so that constant rois stay NumPy (sampling_ratio 0 needs them); run-time
+# rois are fine with a positive sampling_ratio.
+@register("RoiAlign", since=10, layout="channels_last", static_inputs=(1,))
+def roi_align_v10(ctx, x, rois, batch_indices):
+    """Opset 10: roi corners are pixel indices (output_half_pixel), rois at least 1x1."""
+    return _roi_align(ctx, x, rois, batch_indices, half_pixel=False)
+
+
+@register("RoiAlign", since=16, layout="channels_last", static_inputs=(1,))
+def roi_align(ctx, x, rois, batch_indices):
+    """Opset 16: ``coordinate_transformation_mode`` half_pixel (default) shifts corners by
+    -0.5; output_half_pixel is opset 10's behaviour."""
+    coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if coord not in ("half_pixel", "output_half_pixel"):
+        raise ctx.invalid(f"coordinate_transformation_mode {coord!r} must be half_pixel or "
+                          "output_half_pixel")
+    return _roi_align(ctx, x, rois, batch_indices, half_pixel=coord == "half_pixel")
