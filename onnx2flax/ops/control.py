@@ -58,8 +58,8 @@ def if_(ctx, cond):
         return tuple(lax.cond(pred, branches[1], branches[0]))
     except TypeError as exc:
         raise ctx.fail("with a condition known only at run time both branches must produce "
-                       "outputs of the same kinds, shapes and dtypes (jax.lax.cond; sequences "
-                       "of equal lengths, optionals both empty or both set); they differ: "
+                       "outputs of the same shapes and dtypes (jax.lax.cond; sequences of equal "
+                       "lengths, optionals both empty or both set); they differ: "
                        f"{exc}") from None
 
 
