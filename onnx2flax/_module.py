@@ -103,6 +103,12 @@ class OpContext:
         return self._interp.run_subgraph(graph, list(feeds))
 
 
+#: Ops that take sequences (Python lists while tracing) as inputs.
+_TAKES_SEQUENCES = frozenset((
+    "Identity", "Optional", "OptionalHasElement", "OptionalGetElement", "Loop", "SequenceMap",
+    "SequenceAt", "SequenceInsert", "SequenceErase", "SequenceLength", "ConcatFromSequence"))
+
+
 class _Env:
     def __init__(self, constants: dict[str, np.ndarray], parent: _Env | None = None):
         self.values: dict[str, tuple[Any, _layout.Perm]] = {}
@@ -176,6 +182,11 @@ class _Interpreter:
                 raise InvalidModelError(f"{node_label(node.name, node.op_type)} reads {name!r}"
                                         ", which is not defined") from None
         arrays = [a for a, _ in held]
+        takes_sequences = node.domain in ("", "ai.onnx") and node.op_type in _TAKES_SEQUENCES
+        if not takes_sequences and any(isinstance(a, list) for a in arrays):
+            k = next(k for k, a in enumerate(arrays) if isinstance(a, list))
+            raise InvalidModelError(f"{node_label(node.name, node.op_type)}: input {k} "
+                                    f"({node.inputs[k]!r}) is a sequence; the op takes tensors")
         is_layer = self.top and node in self.program.layers
         if (not is_layer and foldable(node) and arrays  # absent inputs only, not empty optionals
                 and all(isinstance(a, np.ndarray) or not name
