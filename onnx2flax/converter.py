@@ -99,12 +99,8 @@ class ConvertedModel:
             raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {names}")
         arrays = []
         for spec in self.inputs:
-            value = feeds[spec.name]
-            if value is not None:
-                value = [_as_array(v) for v in value] if isinstance(value, (list, tuple)) \
-                    else _as_array(value)
-            plain = replace(spec, channels_last=False)
-            check_feed(plain, value, False)
+            value = _as_feed(feeds[spec.name], spec)
+            check_feed(replace(spec, channels_last=False), value, False)
             arrays.append(_map_tensors(lambda x, s=spec: x if s.dtype is None or x.dtype == s.dtype
                                        else np.asarray(x, dtype=s.dtype), value))
         try:
@@ -116,6 +112,16 @@ class ConvertedModel:
             raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
         return [_map_tensors(lambda y, s=spec: _cast(np.asarray(y), s), out)
                 for out, spec in zip(outs, self.outputs)]
+
+
+def _as_feed(value: Any, spec: TensorSpec):
+    """``value`` with its tensors as arrays: a list or tuple given for a sequence becomes a
+    list of arrays, any other value (nested lists too) one array; ``None`` stays."""
+    if value is None:
+        return None
+    if spec.sequence and isinstance(value, (list, tuple)):
+        return [_as_array(v) for v in value]
+    return _as_array(value)
 
 
 def _as_array(value: Any):

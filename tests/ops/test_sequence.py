@@ -210,7 +210,9 @@ def test_sequence_map_sequences_of_different_lengths_are_refused():
 
 @pytest.mark.parametrize("feeds,message", [
     ({"s": np.ones(2, F), "x": np.ones(2, F)}, "input 's' is a sequence: it takes a list"),
-    ({"s": [np.ones(2, F)], "x": [np.ones(2, F)]}, "input 'x' is a tensor, not a sequence"),
+    # run() reads a nested list given for a tensor as one array; apply() refuses a list
+    ({"s": [np.ones(2, F)], "x": [np.ones(2, F)] * 2},
+     "input 'x' (is a tensor, not a sequence|must have rank 1)"),
     ({"s": None, "x": np.ones(2, F)}, "input 's' is a sequence, got None"),
     ({"s": [np.ones(2, np.int32)], "x": np.ones(2, F)}, "element 0 of input 's' must be float32"),
     ({"s": [np.ones((2, 2), F)], "x": np.ones(2, F)}, "element 0 of input 's' must have rank 1"),
