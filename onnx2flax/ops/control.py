@@ -14,11 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._graph import Graph
 from .._load import MAX_ELEMENTS
 from .._registry import register
 from ..errors import ResourceLimitError, UnsupportedOpError
-from ._common import normalize_axis
+from ._common import normalize_axis, subgraph
 
 #: Most iterations a Loop may run when only its condition bounds it, and most a static
 #: trip count may ask for. Loops that could exceed it are refused at conversion time.
@@ -26,13 +25,6 @@ MAX_LOOP_ITERATIONS = 2 ** 20
 #: Most iterations of a Loop unrolled while tracing (one that carries sequences or
 #: optionals, or whose body needs the iteration number at conversion time).
 MAX_UNROLLED_ITERATIONS = 1024
-
-
-def _subgraph(ctx, name: str) -> Graph:
-    graph = ctx.attr(name)
-    if not isinstance(graph, Graph):
-        raise ctx.invalid(f"attribute {name!r} must be a graph, got {type(graph).__name__}")
-    return graph
 
 
 def _pred(ctx, cond):
@@ -48,7 +40,7 @@ def _pred(ctx, cond):
 def if_(ctx, cond):
     """A condition known while tracing runs only the taken branch; a run-time condition
     becomes ``lax.cond``, whose branches must give outputs of equal shapes and dtypes."""
-    then_branch, else_branch = _subgraph(ctx, "then_branch"), _subgraph(ctx, "else_branch")
+    then_branch, else_branch = subgraph(ctx, "then_branch"), subgraph(ctx, "else_branch")
     pred = _pred(ctx, cond)
     if isinstance(pred, np.ndarray):
         return tuple(ctx.run_graph(then_branch if pred else else_branch, []))
@@ -99,7 +91,7 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     A loop that carries sequences or optionals, or whose body needs the iteration number at
     conversion time (a Slice by it), is unrolled while tracing (:func:`_unrolled`).
     """
-    body = _subgraph(ctx, "body")
+    body = subgraph(ctx, "body")
     n_carried = len(initial)
     n_scan = len(body.outputs) - 1 - n_carried
     if len(body.inputs) != 2 + n_carried or n_scan < 0:
@@ -248,7 +240,7 @@ def _scan_counts(ctx, body, inputs):
 def scan(ctx, *inputs):
     """Opset 9+: states then ``num_scan_inputs`` scan inputs, scanned along
     ``scan_input_axes``; scan outputs stacked along ``scan_output_axes``."""
-    body = _subgraph(ctx, "body")
+    body = subgraph(ctx, "body")
     n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
     in_axes = ctx.attr("scan_input_axes", [0] * n_in)
     in_dirs = ctx.attr("scan_input_directions", [0] * n_in)
@@ -265,7 +257,7 @@ def scan(ctx, *inputs):
 def scan_v8(ctx, sequence_lens, *inputs):
     """Opset 8: every input and output has a leading batch axis; scan inputs are
     ``[batch, seq, ...]``. Runs the opset-9 scan per batch entry (``vmap``)."""
-    body = _subgraph(ctx, "body")
+    body = subgraph(ctx, "body")
     n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
     in_dirs = ctx.attr("directions", [0] * n_in)
     if len(in_dirs) != n_in:

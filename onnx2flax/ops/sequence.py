@@ -8,9 +8,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .._graph import Graph
 from .._registry import register
-from ._common import normalize_axis
+from ._common import normalize_axis, subgraph
 
 
 def _seq(ctx, value) -> list:
@@ -105,9 +104,7 @@ def sequence_map(ctx, seq, *others):
     """The ``body`` graph applied to each element of ``seq`` (and of the other sequence
     inputs, all of its length; tensor inputs are passed whole). One output sequence per body
     output. Unrolled while tracing, so elements may differ in shape."""
-    body = ctx.attr("body")
-    if not isinstance(body, Graph):
-        raise ctx.invalid(f"attribute 'body' must be a graph, got {type(body).__name__}")
+    body = subgraph(ctx, "body")
     inputs = [_seq(ctx, seq), *others]
     if len(body.inputs) != len(inputs) or len(body.outputs) != len(ctx.node.outputs):
         raise ctx.invalid(f"the body takes {len(body.inputs)} inputs and gives "
