@@ -22,7 +22,8 @@ _NEVER_FOLD = {
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
     "Bernoulli", "If", "Loop", "Scan", "Dropout", "SequenceConstruct", "SequenceAt",
     "SequenceInsert", "SequenceEmpty", "SplitToSequence", "ConcatFromSequence",
-    "SequenceLength", "SequenceErase", "Optional", "OptionalGetElement", "OptionalHasElement",
+    "SequenceLength", "SequenceErase", "SequenceMap", "Optional", "OptionalGetElement",
+    "OptionalHasElement",
 }
 
 # One evaluator per node and opsets, dropped with the node (keys by id() would be reused).

@@ -15,23 +15,33 @@ Dim = int | str | None
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A graph input or output.
+    """A graph input or output: a tensor, a sequence of tensors, or an optional of either.
 
     ``shape`` is in ONNX (channels-first) order; a dynamic dim is its ``dim_param``
     name, or ``None`` when the file gives no name. ``dtype`` is a NumPy dtype (``None``
     when the file leaves the value untyped: any dtype is accepted and kept).
     ``channels_last`` says whether ``module.apply`` takes / returns this tensor with
     the channel axis moved last (image tensors when converted with ``channels_last=True``).
+
+    ``sequence``: the value is a list of tensors (``shape`` and ``dtype`` describe each
+    element). ``optional``: the value may be ``None`` (an empty optional).
     """
 
     name: str
     shape: tuple[Dim, ...] | None
     dtype: np.dtype | None
     channels_last: bool = False
+    sequence: bool = False
+    optional: bool = False
 
     @property
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
+
+    @property
+    def kind(self) -> str:
+        """``'tensor'``, ``'sequence'``, ``'optional tensor'`` or ``'optional sequence'``."""
+        return ("optional " if self.optional else "") + ("sequence" if self.sequence else "tensor")
 
 
 @dataclass(eq=False)

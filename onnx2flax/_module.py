@@ -2,7 +2,9 @@
 
 Values live in an environment as ``(array, perm)``: ``array`` is a NumPy array when it is
 known at trace time (constants, shapes: folded with ONNX's reference evaluator) and a JAX
-array otherwise; ``perm`` is its layout relative to ONNX order (see ``_layout``).
+array otherwise; ``perm`` is its layout relative to ONNX order (see ``_layout``). A sequence
+is a Python list of tensors in ONNX order and an empty optional is ``None``; both have
+``perm`` ``None``.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ class OpContext:
         return self._interp.run_subgraph(graph, list(feeds))
 
 
+#: Ops that take sequences (Python lists while tracing) as inputs.
+_TAKES_SEQUENCES = frozenset((
+    "Identity", "Optional", "OptionalHasElement", "OptionalGetElement", "Loop", "SequenceMap",
+    "SequenceAt", "SequenceInsert", "SequenceErase", "SequenceLength", "ConcatFromSequence"))
+
+
 class _Env:
     def __init__(self, constants: dict[str, np.ndarray], parent: _Env | None = None):
         self.values: dict[str, tuple[Any, _layout.Perm]] = {}
@@ -174,9 +182,15 @@ class _Interpreter:
                 raise InvalidModelError(f"{node_label(node.name, node.op_type)} reads {name!r}"
                                         ", which is not defined") from None
         arrays = [a for a, _ in held]
+        takes_sequences = node.domain in ("", "ai.onnx") and node.op_type in _TAKES_SEQUENCES
+        if not takes_sequences and any(isinstance(a, list) for a in arrays):
+            k = next(k for k, a in enumerate(arrays) if isinstance(a, list))
+            raise InvalidModelError(f"{node_label(node.name, node.op_type)}: input {k} "
+                                    f"({node.inputs[k]!r}) is a sequence; the op takes tensors")
         is_layer = self.top and node in self.program.layers
-        if (not is_layer and foldable(node) and arrays
-                and all(a is None or isinstance(a, np.ndarray) for a in arrays)):
+        if (not is_layer and foldable(node) and arrays  # absent inputs only, not empty optionals
+                and all(isinstance(a, np.ndarray) or not name
+                        for a, name in zip(arrays, node.inputs))):
             outs = fold(node, arrays, graph.opsets)
             for name, value in zip(node.outputs, outs):
                 if name:
@@ -189,7 +203,7 @@ class _Interpreter:
         for name, value, perm in zip(node.outputs, outs, perms):
             if name:
                 env.values[name] = (value, perm)
-                if self.record:
+                if self.record and perm is not None:
                     self.module.sow("intermediates", name, jnp.asarray(_layout.to_onnx(value, perm)))
 
     def _call(self, spec: OpSpec, node: Node, held: list):
@@ -224,26 +238,36 @@ class _Interpreter:
             out_perms = [out_perm if np.ndim(o) == len(out_perm) else _layout.identity(np.ndim(o))
                          for o in outs]
         else:
-            # A sequence (a Python list of tensors, ops/sequence.py) has no layout.
-            out_perms = [None if isinstance(o, list) else _layout.identity(np.ndim(o))
-                         for o in outs]
+            out_perms = [_layout_of(o) for o in outs]
+        # A sequence (a Python list of tensors) or an empty optional (None) has no layout.
+        out_perms = [None if o is None or isinstance(o, list) else p
+                     for o, p in zip(outs, out_perms)]
         return outs, out_perms
 
     def run_subgraph(self, graph: Graph, feeds: list[Any]) -> list[Any]:
         env = _Env(graph.constants, parent=self._current_env)
         for spec, value in zip(graph.inputs, feeds):
-            env.values[spec.name] = (value, _layout.identity(np.ndim(value)))
+            env.values[spec.name] = (value, _layout_of(value))
         outer_top, self.top = self.top, False
         outer_record, self.record = self.record, False
         outer_env, self._current_env = self._current_env, env
         try:
             self.run(env, graph)
-            return [_layout.to_onnx(*env.get(o.name)) for o in graph.outputs]
+            return [_in_onnx_order(*env.get(o.name)) for o in graph.outputs]
         finally:
             self.top, self._current_env = outer_top, outer_env
             self.record = outer_record
 
     _current_env: _Env | None = None
+
+
+def _layout_of(value) -> _layout.Perm | None:
+    """The layout of a value given in ONNX order: ``None`` for sequences and empty optionals."""
+    return None if value is None or isinstance(value, list) else _layout.identity(np.ndim(value))
+
+
+def _in_onnx_order(value, perm: _layout.Perm | None):
+    return value if perm is None else _layout.to_onnx(value, perm)
 
 
 def _common_perm(arrays, perms) -> _layout.Perm:
@@ -257,27 +281,66 @@ def _common_perm(arrays, perms) -> _layout.Perm:
 
 
 def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
-    """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``."""
+    """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``: an array for a
+    tensor, a list of arrays for a sequence, ``None`` too for an optional."""
+    what = f"input {spec.name!r}"
+    if value is None:
+        if not spec.optional:
+            raise InvalidInputError(f"{what} is a {spec.kind}, got None (only optional inputs "
+                                    "may be None)")
+        return
+    if spec.sequence:
+        if not isinstance(value, (list, tuple)):
+            raise InvalidInputError(f"{what} is a {spec.kind}: it takes a list of arrays, got "
+                                    f"{type(value).__name__}")
+        for i, element in enumerate(value):
+            _check_tensor(spec, element, False, f"element {i} of {what}")
+        return
+    if isinstance(value, (list, tuple)):
+        raise InvalidInputError(f"{what} is a {spec.kind}, not a sequence: it takes an array, "
+                                f"got a {type(value).__name__}")
+    _check_tensor(spec, value, channels_last, what)
+
+
+def _check_tensor(spec: TensorSpec, value: Any, channels_last: bool, what: str) -> None:
     dtype = getattr(value, "dtype", None)
     if dtype is None:
-        raise InvalidInputError(f"input {spec.name!r} must be an array, got {type(value).__name__}")
+        raise InvalidInputError(f"{what} must be an array, got {type(value).__name__}")
     shape = tuple(np.shape(value))
     layout = _layout.channels_last(len(shape)) if channels_last else None
     if spec.shape is not None:
         if len(shape) != len(spec.shape):
             raise InvalidInputError(
-                f"input {spec.name!r} must have rank {len(spec.shape)} (shape {list(spec.shape)}"
+                f"{what} must have rank {len(spec.shape)} (shape {list(spec.shape)}"
                 f"{', channels-last' if channels_last else ''}), got shape {list(shape)}")
         onnx_shape = shape if layout is None else tuple(
             shape[layout.index(i)] for i in range(len(shape)))
         for axis, (want, got) in enumerate(zip(spec.shape, onnx_shape)):
             if isinstance(want, int) and want != got:
                 raise InvalidInputError(
-                    f"input {spec.name!r} has shape {list(onnx_shape)} in ONNX order, but "
+                    f"{what} has shape {list(onnx_shape)} in ONNX order, but "
                     f"dim {axis} must be {want} (expected {list(spec.shape)})")
     if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
         raise InvalidInputError(
-            f"input {spec.name!r} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
+            f"{what} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
+
+
+def check_output(spec: TensorSpec, value: Any) -> None:
+    """Raise :class:`InvalidModelError` when graph output ``spec`` is declared a tensor and
+    the graph computes a sequence or an empty optional, or the other way round."""
+    typed = spec.sequence or spec.optional or spec.dtype is not None or spec.shape is not None
+    if value is None:
+        found = "an empty optional"
+        ok = spec.optional or not typed
+    elif isinstance(value, list):
+        found = "a sequence"
+        ok = spec.sequence or not typed
+    else:
+        found = "a tensor"
+        ok = not spec.sequence
+    if not ok:
+        raise InvalidModelError(f"graph output {spec.name!r} is declared a {spec.kind}, but "
+                                f"the graph computes {found}")
 
 
 def _family(dtype: np.dtype) -> str:
@@ -294,10 +357,12 @@ def returned_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
 class OnnxModule(nn.Module):
     """A converted ONNX graph as a ``flax.linen`` module.
 
-    ``apply(variables, *inputs, train=False)`` takes the graph's inputs in order. With
+    ``apply(variables, *inputs, train=False)`` takes the graph's inputs in order: an array
+    per tensor, a list of arrays per sequence, ``None`` (or a value) per optional. With
     ``channels_last=True`` image inputs (``ConvertedModel.inputs[i].channels_last``) are
     ``[N, *spatial, C]`` like a hand-written Flax model, and image outputs come back the same
-    way; other tensors are in ONNX order. Returns one array, or a tuple for several outputs.
+    way; other tensors are in ONNX order. Returns one output, or a tuple for several
+    (a sequence output is a list of arrays, an empty optional output ``None``).
     ``train=True`` makes BatchNormalization use (and, with ``mutable=['batch_stats']``,
     update) batch statistics and Dropout drop (needs ``rngs={'dropout': key}``).
     """
@@ -318,6 +383,9 @@ class OnnxModule(nn.Module):
         for spec, value in zip(graph.inputs, inputs):
             spatial = self.channels_last and spec.name in self.program.spatial_inputs
             check_feed(spec, value, spatial)
+            if value is None or isinstance(value, (list, tuple)):
+                env.values[spec.name] = (_as_jax(value), None)
+                continue
             perm = _layout.channels_last(np.ndim(value)) if spatial else _layout.identity(np.ndim(value))
             env.values[spec.name] = (jnp.asarray(value), perm)
         for name, path in self.program.free_params.items():
@@ -329,7 +397,17 @@ class OnnxModule(nn.Module):
         outputs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
+            check_output(spec, value)
+            if perm is None:
+                self.program.output_channels_last[spec.name] = False
+                outputs.append(_as_jax(value))
+                continue
             keep = returned_channels_last(perm, self.channels_last)
             self.program.output_channels_last[spec.name] = keep
             outputs.append(jnp.asarray(value if keep else _layout.to_onnx(value, perm)))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _as_jax(value):
+    """A sequence (list or tuple of arrays) as a list of JAX arrays; ``None`` stays."""
+    return None if value is None else [jnp.asarray(v) for v in value]

@@ -7,6 +7,7 @@ nodes whose inputs are all constant.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,23 +61,36 @@ def _dtype(elem_type: int, what: str) -> np.dtype:
 
 
 def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
-    kind = info.type.WhichOneof("value")
+    return _type_spec(info.name, info.type, f"{what} {info.name!r}")
+
+
+def _type_spec(name: str, tp: onnx.TypeProto, what: str) -> TensorSpec:
+    """The :class:`TensorSpec` of a tensor, a sequence of tensors or an optional of either."""
+    kind = tp.WhichOneof("value")
     if kind is None:  # legal, e.g. for subgraph inputs and outputs: typed by what flows in
-        return TensorSpec(info.name, None, None)
+        return TensorSpec(name, None, None)
+    if kind in ("sequence_type", "optional_type"):
+        inner = _type_spec(name, getattr(tp, kind).elem_type, what)
+        if inner.optional or (inner.sequence and kind == "sequence_type"):
+            raise UnsupportedOpError(f"{what} is a {kind.removesuffix('_type')} of "
+                                     f"{inner.kind}s; onnx2flax supports sequences of tensors "
+                                     "and optionals of tensors or sequences only")
+        return replace(inner, sequence=True) if kind == "sequence_type" \
+            else replace(inner, optional=True)
     if kind != "tensor_type":
-        raise UnsupportedOpError(f"{what} {info.name!r} is a {kind}; "
-                                 "onnx2flax converts tensor inputs and outputs only")
-    t = info.type.tensor_type
+        raise UnsupportedOpError(f"{what} is a {kind}; onnx2flax converts tensors, sequences "
+                                 "of tensors and optionals of these only")
+    t = tp.tensor_type
     shape = None
     if t.HasField("shape"):
         shape = tuple(
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
             else (d.dim_param or None) for d in t.shape.dim)
-    dtype = _dtype(t.elem_type, f"{what} {info.name!r}") if t.elem_type else None
+    dtype = _dtype(t.elem_type, what) if t.elem_type else None
     if dtype is not None and dtype.kind in "OSU":
-        raise UnsupportedOpError(f"{what} {info.name!r} is a string tensor; JAX has no string "
+        raise UnsupportedOpError(f"{what} is a string tensor; JAX has no string "
                                  "dtype, onnx2flax converts numeric and bool tensors only")
-    return TensorSpec(info.name, shape, dtype)
+    return TensorSpec(name, shape, dtype)
 
 
 def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | None,
@@ -146,8 +160,10 @@ def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, bas
         return [_decode_graph(sub, opsets, base_dir, scope) for sub in a.graphs]
     if a.type == onnx.AttributeProto.TENSORS:
         return [tensor_to_array(t, base_dir, what) for t in a.tensors]
+    if a.type == onnx.AttributeProto.TYPE_PROTO:  # Optional's element type
+        return _type_spec("", a.tp, what)
     if a.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.SPARSE_TENSORS,
-                  onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS):
+                  onnx.AttributeProto.TYPE_PROTOS):
         raise UnsupportedOpError(f"{what} has type {onnx.AttributeProto.AttributeType.Name(a.type)},"
                                  " which onnx2flax does not support")
     try:

@@ -171,7 +171,7 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
             consumers.setdefault(i, []).append(node)
     found = set()
     for spec in graph.inputs:
-        if spec.rank is None or not 3 <= spec.rank <= 5:
+        if spec.rank is None or not 3 <= spec.rank <= 5 or spec.sequence or spec.optional:
             continue
         frontier, seen = [spec.name], set()
         while frontier and spec.name not in found:
@@ -183,6 +183,6 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
                 seen.add(id(node))
                 if op.layout == "channels_last" and node.inputs[0] == name:
                     found.add(spec.name)
-                elif op.layout == "elementwise":
+                elif op.layout == "elementwise" or node.op_type == "Identity":
                     frontier.extend(node.outputs)
     return frozenset(found)

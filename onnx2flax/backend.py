@@ -115,7 +115,8 @@ class OnnxFlaxBackendRep(BackendRep):
 _SHAPE_ONLY = {"Shape", "Size"}
 #: Inputs worth binding beyond the handlers' ``static_inputs``: a known trip count and
 #: initial condition give a Loop's scan outputs a static length (a run-time one cannot be
-#: traced).
+#: traced), and let a Loop that carries sequences be unrolled. (An If whose branches give
+#: sequences or optionals has its condition bound too.)
 _BIND_ALSO = {"Loop": (0, 1)}
 
 
@@ -130,6 +131,8 @@ def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]
         domain = "" if node.domain == "ai.onnx" else node.domain
         spec = lookup(domain, node.op_type, opsets.get(domain, 1))
         static = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
+        if node.op_type == "If" and _gives_sequences_or_optionals(node):
+            static += (0,)
         pending.extend(node.input[k] for k in static if k < len(node.input) and node.input[k])
     needed: set[str] = set()
     while pending:
@@ -144,6 +147,14 @@ def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]
                 for sub in [attr.g] if attr.HasField("g") else attr.graphs:
                     pending.extend(_outer_reads(sub))
     return [name for name in inputs if name in needed]
+
+
+def _gives_sequences_or_optionals(node: onnx.NodeProto) -> bool:
+    """Whether the branches of an If declare sequence or optional outputs: those differ in
+    length or emptiness between branches, which ``lax.cond`` cannot select at run time, so
+    the condition is bound."""
+    return any(out.type.WhichOneof("value") in ("sequence_type", "optional_type")
+               for attr in node.attribute if attr.HasField("g") for out in attr.g.output)
 
 
 def _outer_reads(graph: onnx.GraphProto) -> set[str]:

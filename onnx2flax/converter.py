@@ -28,7 +28,8 @@ class ConvertedModel:
       module: a ``flax.linen.Module``; ``module.apply(variables, *inputs)``.
       variables: ``{'params': ..., 'batch_stats': ...}`` in Flax layout (HWIO conv kernels,
         ``[in, out]`` Dense kernels); ``batch_stats`` only when the model has BatchNorm.
-      inputs / outputs: :class:`TensorSpec` per graph input / output, shapes in ONNX order.
+      inputs / outputs: :class:`TensorSpec` per graph input / output, shapes in ONNX order
+        (``.sequence`` / ``.optional`` for sequences of tensors and optionals).
       opset: the model's default-domain opset.
     """
 
@@ -51,13 +52,18 @@ class ConvertedModel:
     def outputs(self) -> list[TensorSpec]:
         if self._outputs is None:
             if not self._program.output_channels_last:
-                dummies = [jax.ShapeDtypeStruct(self._module_shape(s), s.dtype or np.float32)
-                           for s in self.inputs]
+                dummies = [self._dummy(s) for s in self.inputs]
                 jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables, *dummies)
             flags = self._program.output_channels_last
             self._outputs = [replace(s, channels_last=flags.get(s.name, False))
                              for s in self._program.graph.outputs]
         return self._outputs
+
+    @classmethod
+    def _dummy(cls, spec: TensorSpec):
+        """A stand-in input for tracing: a sequence gets one element, an optional a value."""
+        tensor = jax.ShapeDtypeStruct(cls._module_shape(spec), spec.dtype or np.float32)
+        return [tensor] if spec.sequence else tensor
 
     @staticmethod
     def _module_shape(spec: TensorSpec) -> tuple[int, ...]:
@@ -76,10 +82,11 @@ class ConvertedModel:
             _layout.to_onnx(y, _layout.channels_last(y.ndim)) if flags.get(spec.name) else y
             for spec, y in zip(self._program.graph.outputs, outs))
 
-    def run(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+    def run(self, feeds: Mapping[str, Any]) -> list[Any]:
         """Run on ``feeds`` (name -> array, ONNX layout), like onnxruntime's
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
-        Jitted; compiled once per input shape."""
+        A sequence is given and returned as a list of arrays, an empty optional as ``None``.
+        Jitted; compiled once per input shape (and per sequence length)."""
         names = [s.name for s in self.inputs]
         if not isinstance(feeds, Mapping):
             raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
@@ -92,12 +99,10 @@ class ConvertedModel:
             raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {names}")
         arrays = []
         for spec in self.inputs:
-            value = feeds[spec.name]
-            value = np.asarray(value) if not hasattr(value, "dtype") else value
-            plain = replace(spec, channels_last=False)
-            check_feed(plain, value, False)
-            arrays.append(value if spec.dtype is None or np.dtype(value.dtype) == spec.dtype
-                          else np.asarray(value, dtype=spec.dtype))
+            value = _as_feed(feeds[spec.name], spec)
+            check_feed(replace(spec, channels_last=False), value, False)
+            arrays.append(_map_tensors(lambda x, s=spec: x if s.dtype is None or x.dtype == s.dtype
+                                       else np.asarray(x, dtype=s.dtype), value))
         try:
             with jax.default_matmul_precision("highest"):
                 outs = self._jitted(self.variables, *arrays)
@@ -105,7 +110,29 @@ class ConvertedModel:
             if "RESOURCE_EXHAUSTED" in str(exc):
                 raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
             raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
-        return [_cast(np.asarray(y), spec) for y, spec in zip(outs, self.outputs)]
+        return [_map_tensors(lambda y, s=spec: _cast(np.asarray(y), s), out)
+                for out, spec in zip(outs, self.outputs)]
+
+
+def _as_feed(value: Any, spec: TensorSpec):
+    """``value`` with its tensors as arrays: a list or tuple given for a sequence becomes a
+    list of arrays, any other value (nested lists too) one array; ``None`` stays."""
+    if value is None:
+        return None
+    if spec.sequence and isinstance(value, (list, tuple)):
+        return [_as_array(v) for v in value]
+    return _as_array(value)
+
+
+def _as_array(value: Any):
+    return value if hasattr(value, "dtype") else np.asarray(value)
+
+
+def _map_tensors(fn, value):
+    """``fn`` applied to a tensor, to each tensor of a sequence; ``None`` stays."""
+    if value is None:
+        return None
+    return [fn(v) for v in value] if isinstance(value, list) else fn(value)
 
 
 def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -163,14 +163,20 @@ def test_string_constant():
     _convert_error(model, UnsupportedOpError, "Constant node 'c'", "value_strings")
 
 
-@pytest.mark.parametrize("kind", ["sequence", "map"])
-def test_non_tensor_inputs(kind):
+def test_map_inputs():
     model = _add_model(initializers={"w": np.ones(2, F)})
-    model.graph.input[0].type.CopyFrom({
-        "sequence": helper.make_sequence_type_proto(helper.make_tensor_type_proto(1, [2])),
-        "map": helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(1, [2])),
-    }[kind])
-    _convert_error(model, UnsupportedOpError, "graph input 'x'", "tensor inputs")
+    model.graph.input[0].type.CopyFrom(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(1, [2])))
+    _convert_error(model, UnsupportedOpError, "graph input 'x'", "map_type", "sequences")
+
+
+def test_sequence_fed_to_a_tensor_op():
+    model = _add_model(initializers={"w": np.ones(2, F)})
+    model.graph.input[0].type.CopyFrom(
+        helper.make_sequence_type_proto(helper.make_tensor_type_proto(1, [2])))
+    converted = onnx2flax.convert(model)
+    with pytest.raises(InvalidModelError, match="Add node .*input 0 .'x'. is a sequence"):
+        converted.run({"x": [np.ones(2, F), np.ones(2, F)]})
 
 
 @pytest.mark.parametrize("untyped", ["no type", "element type 0"])
@@ -543,8 +549,10 @@ def test_apply_checks_feeds(two_inputs):
         module.apply(variables, x, np.zeros((3, 3, 2), F))
     with pytest.raises(InvalidInputError, match="input 'skip' must be float32, got bool"):
         module.apply(variables, x, np.zeros((1, 3, 3, 2), bool))
-    with pytest.raises(InvalidInputError, match="input 'x' must be an array, got list"):
+    with pytest.raises(InvalidInputError, match="input 'x' is a tensor, not a sequence"):
         module.apply(variables, [[1.0]], x)
+    with pytest.raises(InvalidInputError, match="input 'x' must be an array, got float"):
+        module.apply(variables, 1.0, x)
 
 
 # ------------------------------------------------------------------ no code from the model

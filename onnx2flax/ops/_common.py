@@ -1,4 +1,5 @@
-"""Helpers shared by op families: spatial attributes, padding, axis handling, casts."""
+"""Helpers shared by op families: subgraphs, spatial attributes, padding, axis handling,
+casts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import numpy as np
 from jax import lax
 from onnx import helper
 
+from .._graph import Graph
 from .._module import OpContext
+
+
+def subgraph(ctx: OpContext, name: str) -> Graph:
+    """The graph attribute ``name`` (If branches, Loop / Scan / SequenceMap bodies)."""
+    graph = ctx.attr(name)
+    if not isinstance(graph, Graph):
+        raise ctx.invalid(f"attribute {name!r} must be a graph, got {type(graph).__name__}")
+    return graph
 
 
 def spatial_attrs(ctx: OpContext, kernel_shape: tuple[int, ...]):

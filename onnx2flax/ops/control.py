@@ -2,7 +2,9 @@
 
 Subgraph inputs and outputs are in ONNX layout; a subgraph reads values of the enclosing
 graphs directly and has its own initializers. Whatever is known at trace time stays NumPy,
-so a branch or loop decided by constants or shapes is resolved while tracing.
+so a branch or loop decided by constants or shapes is resolved while tracing. Sequences
+(Python lists) and optionals (``None`` when empty) exist only while tracing: a Loop that
+carries them is unrolled.
 """
 
 from __future__ import annotations
@@ -12,22 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._graph import Graph
 from .._load import MAX_ELEMENTS
 from .._registry import register
-from ..errors import ResourceLimitError
-from ._common import normalize_axis
+from ..errors import ResourceLimitError, UnsupportedOpError
+from ._common import normalize_axis, subgraph
 
 #: Most iterations a Loop may run when only its condition bounds it, and most a static
 #: trip count may ask for. Loops that could exceed it are refused at conversion time.
 MAX_LOOP_ITERATIONS = 2 ** 20
-
-
-def _subgraph(ctx, name: str) -> Graph:
-    graph = ctx.attr(name)
-    if not isinstance(graph, Graph):
-        raise ctx.invalid(f"attribute {name!r} must be a graph, got {type(graph).__name__}")
-    return graph
+#: Most iterations of a Loop unrolled while tracing (one that carries sequences or
+#: optionals, or whose body needs the iteration number at conversion time).
+MAX_UNROLLED_ITERATIONS = 1024
 
 
 def _pred(ctx, cond):
@@ -43,18 +40,26 @@ def _pred(ctx, cond):
 def if_(ctx, cond):
     """A condition known while tracing runs only the taken branch; a run-time condition
     becomes ``lax.cond``, whose branches must give outputs of equal shapes and dtypes."""
-    then_branch, else_branch = _subgraph(ctx, "then_branch"), _subgraph(ctx, "else_branch")
+    then_branch, else_branch = subgraph(ctx, "then_branch"), subgraph(ctx, "else_branch")
     pred = _pred(ctx, cond)
     if isinstance(pred, np.ndarray):
         return tuple(ctx.run_graph(then_branch if pred else else_branch, []))
-    branches = [lambda g=g: [jnp.asarray(v) for v in ctx.run_graph(g, [])]
+    branches = [lambda g=g: [_traced(v) for v in ctx.run_graph(g, [])]
                 for g in (else_branch, then_branch)]
     try:
         return tuple(lax.cond(pred, branches[1], branches[0]))
     except TypeError as exc:
         raise ctx.fail("with a condition known only at run time both branches must produce "
-                       "outputs of the same shapes and dtypes (jax.lax.cond); they differ: "
+                       "outputs of the same shapes and dtypes (jax.lax.cond; sequences of equal "
+                       "lengths, optionals both empty or both set); they differ: "
                        f"{exc}") from None
+
+
+def _traced(value):
+    """A tensor, sequence (list) or empty optional (``None``) as JAX values."""
+    if value is None:
+        return None
+    return [jnp.asarray(v) for v in value] if isinstance(value, list) else jnp.asarray(value)
 
 
 class _DynamicCondition(Exception):
@@ -82,17 +87,17 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     INT64_MAX torch writes for ``while`` loops) could run forever and is refused with
     :class:`~onnx2flax.errors.ResourceLimitError`; a trip count given as a run-time input
     bounds the loop by that value.
+
+    A loop that carries sequences or optionals, or whose body needs the iteration number at
+    conversion time (a Slice by it), is unrolled while tracing (:func:`_unrolled`).
     """
-    body = _subgraph(ctx, "body")
+    body = subgraph(ctx, "body")
     n_carried = len(initial)
     n_scan = len(body.outputs) - 1 - n_carried
     if len(body.inputs) != 2 + n_carried or n_scan < 0:
         raise ctx.invalid(f"the body takes {len(body.inputs)} inputs and gives "
                           f"{len(body.outputs)} outputs; with {n_carried} loop-carried values it "
                           f"must take {2 + n_carried} and give at least {1 + n_carried}")
-    if any(v is None for v in initial):
-        raise ctx.fail("optional (empty) loop-carried values are not supported")
-    carried = [jnp.asarray(v) for v in initial]
     start = True if cond is None else _pred(ctx, cond)
     static_start = isinstance(start, (bool, np.ndarray))
     if trip_count is None or isinstance(trip_count, np.ndarray):
@@ -100,6 +105,9 @@ def loop(ctx, trip_count=None, cond=None, *initial):
         bound = m if m is not None and m <= MAX_LOOP_ITERATIONS else None
     else:
         m = bound = jnp.reshape(trip_count, ())  # given at run time: it bounds the loop
+    if any(v is None or isinstance(v, list) for v in initial):
+        return _unrolled(ctx, body, m, start, list(initial))
+    carried = [jnp.asarray(v) for v in initial]
 
     def body_fn(i, cond_in, values):
         outs = ctx.run_graph(body, [i, cond_in, *values])
@@ -125,6 +133,10 @@ def loop(ctx, trip_count=None, cond=None, *initial):
             return (*final, *ys)
         except _DynamicCondition:
             pass
+        except UnsupportedOpError:  # e.g. a Slice by the iteration number: known if unrolled
+            if n > MAX_UNROLLED_ITERATIONS:
+                raise
+            return _unrolled(ctx, body, n, start, list(initial))
     if n_scan:
         raise ctx.fail(f"{n_scan} scan output(s) with an iteration count that depends on run-time "
                        "data: their length would not be known when tracing")
@@ -147,6 +159,45 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     _, _, final = lax.while_loop(keep_going, while_step,
                                  (jnp.asarray(0), jnp.asarray(start), carried))
     return tuple(final)
+
+
+def _unrolled(ctx, body, trip_count, start, values):
+    """The loop run in Python while tracing: the iteration number and the condition are
+    NumPy values, loop-carried values may be sequences or optionals and may change shape.
+    Needs a trip count and conditions known at conversion time, and at most
+    :data:`MAX_UNROLLED_ITERATIONS` iterations."""
+    n_carried = len(values)
+    if not isinstance(trip_count, (int, type(None))) or not isinstance(start, (bool, np.ndarray)):
+        raise ctx.fail("a Loop that carries sequences or optionals, or whose body needs the "
+                       "iteration number at conversion time, is unrolled while tracing: its trip "
+                       "count and condition must be known at conversion time")
+    going, i, scans = bool(start), 0, []
+    while going and (trip_count is None or i < trip_count):
+        if i == MAX_UNROLLED_ITERATIONS:
+            raise ResourceLimitError(f"{ctx.label}: an unrolled loop may run at most "
+                                     f"onnx2flax.ops.control.MAX_UNROLLED_ITERATIONS = "
+                                     f"{MAX_UNROLLED_ITERATIONS} iterations")
+        outs = ctx.run_graph(body, [np.asarray(i, np.int64), np.asarray(going), *values])
+        if not isinstance(outs[0], np.ndarray):
+            raise ctx.fail("the loop is unrolled while tracing (it carries sequences or "
+                           "optionals, or its body needs the iteration number), so its "
+                           "condition must not depend on run-time data")
+        going, i = bool(_pred(ctx, outs[0])), i + 1
+        values = outs[1:1 + n_carried]
+        scans.append(outs[1 + n_carried:])
+    n_scan = len(body.outputs) - 1 - n_carried
+    if n_scan and not scans:
+        raise ctx.fail("scan outputs of an unrolled loop that runs no iteration: their shapes "
+                       "are not known")
+    ys = []
+    for k, column in enumerate(zip(*scans)):
+        shapes = {np.shape(y) for y in column}
+        if len(shapes) > 1:
+            raise ctx.fail(f"scan output {body.outputs[1 + n_carried + k].name!r} changes shape "
+                           f"between iterations {sorted(shapes)}; it cannot be stacked")
+        static = all(isinstance(y, np.ndarray) for y in column)
+        ys.append((np if static else jnp).stack(column))
+    return (*values, *ys)
 
 
 def _scan(ctx, body, states, xs, in_dirs, out_axes, out_dirs):
@@ -189,7 +240,7 @@ def _scan_counts(ctx, body, inputs):
 def scan(ctx, *inputs):
     """Opset 9+: states then ``num_scan_inputs`` scan inputs, scanned along
     ``scan_input_axes``; scan outputs stacked along ``scan_output_axes``."""
-    body = _subgraph(ctx, "body")
+    body = subgraph(ctx, "body")
     n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
     in_axes = ctx.attr("scan_input_axes", [0] * n_in)
     in_dirs = ctx.attr("scan_input_directions", [0] * n_in)
@@ -206,7 +257,7 @@ def scan(ctx, *inputs):
 def scan_v8(ctx, sequence_lens, *inputs):
     """Opset 8: every input and output has a leading batch axis; scan inputs are
     ``[batch, seq, ...]``. Runs the opset-9 scan per batch entry (``vmap``)."""
-    body = _subgraph(ctx, "body")
+    body = subgraph(ctx, "body")
     n_state, n_in, n_out = _scan_counts(ctx, body, inputs)
     in_dirs = ctx.attr("directions", [0] * n_in)
     if len(in_dirs) != n_in:

@@ -22,8 +22,14 @@ def _unary(name, fn, since=1):
     register(name, layout="elementwise", since=since)(lambda ctx, x, _fn=fn: _fn(x))
 
 
+@register("Identity", layout="custom")
+def identity(ctx, x):
+    """Passes any value through as held: a tensor in its layout, a sequence, an optional."""
+    ctx.out_perms = [ctx.in_perms[0]]
+    return (x,)
+
+
 for _name, _fn, _since in [
-    ("Identity", lambda x: x, 1),
     ("Relu", jax.nn.relu, 1), ("Sigmoid", jax.nn.sigmoid, 1), ("Tanh", jnp.tanh, 1),
     ("Abs", jnp.abs, 1), ("Neg", jnp.negative, 1), ("Sign", jnp.sign, 9),
     ("Ceil", jnp.ceil, 1), ("Floor", jnp.floor, 1), ("Round", jnp.round, 11),  # half to even

@@ -17,6 +17,8 @@ from ._common import normalize_axis
 
 
 def _bn_params(node, weights):
+    if node.attrs.get("training_mode", 0):  # computed from the batch: no Flax layer
+        return None
     if len(weights) < 5 or any(w is None or w.dtype.kind != "f" for w in weights[1:5]):
         return None
     scale, bias, mean, var = weights[1:5]
@@ -35,16 +37,28 @@ def _check_channels(ctx, channels, **vectors):
 
 @register("BatchNormalization", layout="channels_last", params=_bn_params)
 def batch_norm(ctx, x, scale, bias, mean, var):
-    """Y = (X - mean) / sqrt(var + epsilon) * scale + bias over channels; X channels-last."""
+    """Y = (X - mean) / sqrt(var + epsilon) * scale + bias over channels; X channels-last.
+
+    ``training_mode=1`` (opset 14+) normalizes with the batch's mean and (population)
+    variance over all axes but the channels, and also returns the running statistics
+    ``input * momentum + batch * (1 - momentum)``."""
     epsilon = float(ctx.attr("epsilon", 1e-5))
     momentum = float(ctx.attr("momentum", 0.9))
     if int(ctx.attr("spatial", 1)) != 1:
         raise ctx.fail("spatial=0 (per-activation statistics) is not supported")
-    if int(ctx.attr("training_mode", 0)) or len([o for o in ctx.node.outputs if o]) > 1:
-        raise ctx.fail("training_mode=1 / running-statistics outputs are not supported; "
-                       "export the model in eval mode and use apply(..., train=True)")
+    training = bool(int(ctx.attr("training_mode", 0)))
+    if not training and len([o for o in ctx.node.outputs if o]) > 1:
+        raise ctx.fail("running-statistics outputs without training_mode=1 (before opset 14) "
+                       "are not supported; export the model in eval mode and use "
+                       "apply(..., train=True)")
     _check_channels(ctx, x.shape[-1] if x.ndim > 1 else 1, scale=scale, B=bias, mean=mean,
                     var=var)
+    if training:
+        axes = tuple(range(x.ndim - 1))
+        batch_mean, batch_var = jnp.mean(x, axes), jnp.var(x, axes)
+        y = (x - batch_mean) * (scale * lax.rsqrt(batch_var + epsilon)) + bias
+        return (y, mean * momentum + batch_mean * (1 - momentum),
+                var * momentum + batch_var * (1 - momentum))
     if ctx.layer_plan is not None:
         return ctx.layer(BatchNorm, x, epsilon=epsilon, momentum=momentum,
                          call_kwargs={"train": ctx.train})

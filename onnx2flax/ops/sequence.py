@@ -1,6 +1,7 @@
-"""Sequence ops. A sequence is a Python list of tensors (ONNX layout) while tracing, so
-positions and split sizes must be known at conversion time; sequences cannot be graph
-inputs or outputs, nor cross a ``lax`` loop."""
+"""Sequence and optional ops. A sequence is a Python list of tensors (ONNX layout) while
+tracing, so positions and split sizes must be known at conversion time and a sequence
+cannot cross a ``lax`` loop (a Loop that carries one is unrolled, ops/control.py). An
+optional is its value, or ``None`` when empty."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._registry import register
-from ._common import normalize_axis
+from ._common import normalize_axis, subgraph
 
 
 def _seq(ctx, value) -> list:
@@ -96,3 +97,47 @@ def split_to_sequence(ctx, x, split=None):
     if any(s < 0 for s in sizes) or sum(sizes) != length:
         raise ctx.invalid(f"split sizes {sizes} do not add up to the axis length {length}")
     return (jnp.split(x, np.cumsum(sizes)[:-1].tolist(), axis),)
+
+
+@register("SequenceMap", since=17)
+def sequence_map(ctx, seq, *others):
+    """The ``body`` graph applied to each element of ``seq`` (and of the other sequence
+    inputs, all of its length; tensor inputs are passed whole). One output sequence per body
+    output. Unrolled while tracing, so elements may differ in shape."""
+    body = subgraph(ctx, "body")
+    inputs = [_seq(ctx, seq), *others]
+    if len(body.inputs) != len(inputs) or len(body.outputs) != len(ctx.node.outputs):
+        raise ctx.invalid(f"the body takes {len(body.inputs)} inputs and gives "
+                          f"{len(body.outputs)} outputs; the node has {len(inputs)} and "
+                          f"{len(ctx.node.outputs)}")
+    lengths = {len(x) for x in inputs if isinstance(x, list)}
+    if len(lengths) > 1:
+        raise ctx.invalid(f"the input sequences have different lengths {sorted(lengths)}")
+    outs = [[] for _ in body.outputs]
+    for i in range(len(inputs[0])):
+        feeds = [x[i] if isinstance(x, list) else x for x in inputs]
+        for out, value in zip(outs, ctx.run_graph(body, feeds)):
+            out.append(value)
+    return tuple(outs)
+
+
+@register("Optional", since=15)
+def optional(ctx, value=None):
+    """An optional holding ``value``, or an empty one (``None``) when the input is absent."""
+    if value is None and "type" not in ctx.node.attrs:
+        raise ctx.invalid("an empty Optional (no input) needs the 'type' attribute")
+    return (value,)
+
+
+@register("OptionalHasElement", since=15)
+def optional_has_element(ctx, value=None):
+    """False for an empty optional or an absent input; true for any tensor or sequence."""
+    return np.asarray(value is not None)
+
+
+@register("OptionalGetElement", since=15)
+def optional_get_element(ctx, value):
+    """The optional's value (a tensor or sequence given directly is returned as is)."""
+    if value is None:
+        raise ctx.invalid("the optional is empty; OptionalGetElement needs a value")
+    return (value,)

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper
 from onnx.numpy_helper import from_array
 
 import onnx2flax
+import onnx2flax.backend
 from onnx2flax.errors import ResourceLimitError, UnsupportedOpError
 from helpers import assert_matches_ort, make_model
 
@@ -149,15 +150,82 @@ def test_loop_scan_outputs_with_runtime_condition_are_refused():
         onnx2flax.convert(model).run({"x": np.ones(3, F), "acc0": np.ones(3, F)})
 
 
-def test_loop_carried_value_changing_shape_is_refused():
+def _growing_loop(m):
     body = _graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
                    helper.make_node("Concat", ["acc", "acc"], ["acc_out"], axis=0)], "body",
                   [("i", I64, []), ("cond_in", BOOL, []), ("acc", FLOAT, None)],
                   [("cond_out", BOOL, []), ("acc_out", FLOAT, None)])
-    model = make_model([helper.make_node("Loop", ["m", "", "x"], ["y"], name="grow", body=body)],
-                       [("x", F, [3])], [("y", F, None)], {"m": np.array(2, np.int64)})
+    return make_model([helper.make_node("Loop", ["m", "", "x"], ["y"], name="grow", body=body)],
+                      [("x", F, [3])], [("y", F, None)], {"m": np.array(m, np.int64)})
+
+
+def test_loop_carried_value_changing_shape_is_unrolled(rng):
+    assert_matches_ort(_growing_loop(3), {"x": rng.standard_normal(3).astype(F)})
+
+
+def test_loop_carried_value_changing_shape_is_refused_beyond_the_unroll_limit():
+    model = _growing_loop(onnx2flax.ops.control.MAX_UNROLLED_ITERATIONS + 1)
     with pytest.raises(UnsupportedOpError, match="Loop node 'grow'.*changes shape"):
         onnx2flax.convert(model).run({"x": np.ones(3, F)})
+
+
+def test_loop_slicing_by_iteration_number_is_unrolled(rng):
+    """A Slice whose starts and ends come from the iteration number needs them at conversion
+    time: the loop is unrolled (``lax.scan`` would make them run-time values)."""
+    body = _graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+                   helper.make_node("Add", ["i", "one"], ["end"]),
+                   helper.make_node("Unsqueeze", ["i", "zero"], ["starts"]),
+                   helper.make_node("Unsqueeze", ["end", "zero"], ["ends"]),
+                   helper.make_node("Slice", ["x", "starts", "ends"], ["piece"]),
+                   helper.make_node("Add", ["acc", "piece"], ["acc_out"]),
+                   helper.make_node("Identity", ["acc_out"], ["scan"])], "body",
+                  [("i", I64, []), ("cond_in", BOOL, []), ("acc", FLOAT, [1])],
+                  [("cond_out", BOOL, []), ("acc_out", FLOAT, [1]), ("scan", FLOAT, [1])],
+                  {"one": np.array(1, np.int64), "zero": np.array([0], np.int64)})
+    model = make_model([helper.make_node("Loop", ["m", "", "acc0"], ["acc", "scans"], body=body)],
+                       [("x", F, [5]), ("acc0", F, [1])], [("acc", F, [1]), ("scans", F, None)],
+                       {"m": np.array(4, np.int64)})
+    assert_matches_ort(model, {"x": rng.standard_normal(5).astype(F),
+                               "acc0": rng.standard_normal(1).astype(F)})
+
+
+def test_loop_carrying_a_sequence_is_unrolled(rng):
+    """Each iteration appends ``x * i``: the sequence grows, so the loop is unrolled."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Cast", ["i"], ["fi"], to=FLOAT),
+         helper.make_node("Mul", ["x", "fi"], ["xi"]),
+         helper.make_node("SequenceInsert", ["seq", "xi"], ["seq_out"])], "body",
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
+         helper.make_tensor_sequence_value_info("seq", FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", BOOL, []),
+         helper.make_tensor_sequence_value_info("seq_out", FLOAT, None)])
+    model = make_model([helper.make_node("SequenceEmpty", [], ["empty"], dtype=FLOAT),
+                        helper.make_node("Loop", ["m", "", "empty"], ["seq"], body=body),
+                        helper.make_node("ConcatFromSequence", ["seq"], ["y"], axis=0, new_axis=1)],
+                       [("x", F, [3])], [("y", F, None)], {"m": np.array(4, np.int64)})
+    assert_matches_ort(model, {"x": rng.standard_normal(3).astype(F)})
+
+
+def test_if_runtime_condition_with_optional_branches_is_refused():
+    """An empty optional in one branch and a set one in the other: ``lax.cond`` cannot pick."""
+    empty = helper.make_graph(
+        [helper.make_node("Optional", [], ["o"], type=helper.make_tensor_type_proto(FLOAT, [2]))],
+        "then", [], [helper.make_value_info("o", helper.make_optional_type_proto(
+            helper.make_tensor_type_proto(FLOAT, [2])))])
+    full = helper.make_graph(
+        [helper.make_node("Optional", ["x"], ["o"])], "else", [],
+        [helper.make_value_info("o", helper.make_optional_type_proto(
+            helper.make_tensor_type_proto(FLOAT, [2])))])
+    model = make_model(
+        [helper.make_node("If", ["c"], ["o"], name="pick", then_branch=empty, else_branch=full),
+         helper.make_node("OptionalHasElement", ["o"], ["has"])],
+        [("c", np.bool_, []), ("x", F, [2])], [("has", np.bool_, [])], opset=18)
+    with pytest.raises(UnsupportedOpError, match="If node 'pick'.*optionals both empty"):
+        onnx2flax.convert(model).run({"c": np.array(True), "x": np.ones(2, F)})
+    for flag in (True, False):  # the backend binds such a condition: one conversion per value
+        has, = onnx2flax.backend.run_model(model, [np.array(flag), np.ones(2, F)])
+        assert has.item() is (not flag)
 
 
 def test_if_inside_loop_reads_top_level_value(rng):

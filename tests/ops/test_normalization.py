@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import onnx
 import pytest
 from helpers import make_model
-from mathcheck import after_conv, check, node_model
+from mathcheck import after_conv, check, node_model, sandwich
 from onnx import helper
 
 import onnx2flax
@@ -159,3 +160,46 @@ def test_lrn(opset):
     model, feeds = after_conv(specs, opset=opset, shape=(2, 5, 3, 4))
     check(model, feeds, rtol=1e-5, atol=1e-6)
 
+
+
+_BN_NAMES = ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+
+
+def _bn_stats(c):
+    return {"bn.weight": _vec(c, offset=1.0), "bn.bias": _vec(c), "bn.running_mean": _vec(c),
+            "bn.running_var": (RNG.random(c) + 0.5).astype(np.float32)}
+
+
+@pytest.mark.parametrize("opset", [14, 15])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (4, 3)])
+def test_batch_norm_training_mode(opset, shape):
+    """Normalized with the batch statistics; outputs the updated running statistics."""
+    feeds = {"x": (RNG.standard_normal(shape) * 2 + 1).astype(np.float32),
+             **_bn_stats(shape[1])}
+    model = node_model("BatchNormalization", feeds, outputs=3, opset=opset,
+                       attrs={"training_mode": 1, "momentum": 0.7, "epsilon": 1e-3})
+    check(model, feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_training_mode_with_constant_statistics_channels_last():
+    """Conv -> BatchNormalization with constant weights: X arrives channels-last and the
+    node is computed directly (no Flax layer, no ``batch_stats``)."""
+    model, feeds = sandwich("Identity", tail=False)
+    model.graph.node[-1].output[0] = "h2"
+    model.graph.node.append(helper.make_node(
+        "BatchNormalization", ["h2", *_BN_NAMES], ["y", "mean", "var"], training_mode=1))
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k)
+                                   for k, v in _bn_stats(3).items())
+    model.graph.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [3])
+                               for n in ("mean", "var")])
+    model.opset_import[0].version = 15
+    converted = check(model, feeds, rtol=1e-4, atol=1e-5)
+    assert "batch_stats" not in converted.variables
+
+
+def test_batch_norm_statistics_outputs_before_opset_14_are_refused():
+    feeds = {"x": RNG.standard_normal((2, 3, 4)).astype(np.float32), **_bn_stats(3)}
+    model = node_model("BatchNormalization", feeds, outputs=3, opset=9)
+    with pytest.raises(onnx2flax.errors.UnsupportedOpError,
+                       match="BatchNormalization node .*running-statistics outputs"):
+        onnx2flax.convert(model).run(feeds)
