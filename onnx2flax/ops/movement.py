@@ -39,13 +39,22 @@ def _keep_layout(ctx, n_outputs: int = 1) -> None:
 
 @register("Transpose", layout="custom")
 def transpose(ctx, x):
-    """Free: the data stays where it is and only its recorded layout changes."""
+    """Free when the input is held in a layout of ours (e.g. channels-last after a Conv):
+    the data stays where it is and only its recorded layout changes. A tensor held in ONNX
+    order is transposed, so that it and everything computed from it stay in ONNX order
+    instead of being transposed back at each reader (a transformer's residual stream after
+    its patch embedding). Before a layer that wants channels-last (tf2onnx's NHWC -> NCHW
+    Transpose before a Conv), XLA cancels this transpose against the layer's own."""
     held = ctx.in_perms[0]
     perm = [int(p) for p in ctx.attr("perm", list(range(x.ndim))[::-1])]
     if sorted(perm) != list(range(x.ndim)):
         raise ctx.invalid(f"perm {perm} is not a permutation of {x.ndim} axes")
-    ctx.out_perms = [tuple(perm.index(p) for p in held)]
-    return x
+    recorded = tuple(perm.index(p) for p in held)
+    if not _layout.is_identity(held):
+        ctx.out_perms = [recorded]
+        return x
+    ctx.out_perms = [_layout.identity(x.ndim)]
+    return jnp.transpose(x, perm)
 
 
 @register("Concat", layout="custom")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _layout
 from .._registry import register
 from ._common import cast_to, normalize_axis, onnx_dtype
 
@@ -31,33 +32,50 @@ def size(ctx, x):
     return np.asarray(np.size(x), np.int64)
 
 
-def _reshape_target(ctx, x, target, allowzero):
+def _reshape_target(ctx, dims, target, allowzero):
+    """The output shape of reshaping ONNX-order ``dims`` to ``target`` (0s and -1 resolved)."""
     target = [int(v) for v in target]
-    dims = list(x.shape)
+    dims, size = list(dims), int(np.prod(dims))
     if not allowzero:
         target = [dims[i] if v == 0 and i < len(dims) else v for i, v in enumerate(target)]
     if target.count(-1) > 1:
         raise ctx.invalid(f"shape {target} has more than one -1")
     known = int(np.prod([v for v in target if v != -1]))
     if -1 in target:
-        if known == 0 or x.size % known:
+        if known == 0 or size % known:
             raise ctx.invalid(f"cannot reshape {dims} to {target}")
-        target[target.index(-1)] = x.size // known
-    if int(np.prod(target)) != x.size or any(v < 0 for v in target):
-        raise ctx.invalid(f"cannot reshape {dims} ({x.size} elements) to {target}")
+        target[target.index(-1)] = size // known
+    if int(np.prod(target)) != size or any(v < 0 for v in target):
+        raise ctx.invalid(f"cannot reshape {dims} ({size} elements) to {target}")
     return target
 
 
-@register("Reshape")
+def _reshape(ctx, x, target, allowzero):
+    """Reshape held ``x`` to ONNX shape ``target``. A channels-last value whose batch and
+    channel dims stay while only its spatial dims are regrouped (a ViT's patch embedding
+    ``[N, C, H, W] -> [N, C, H*W]``) is reshaped in place and stays channels-last: the
+    spatial order is the same in both layouts. Anything else goes through ONNX order."""
+    held = ctx.in_perms[0]
+    onnx_dims = [x.shape[held.index(i)] for i in range(x.ndim)]
+    out = _reshape_target(ctx, onnx_dims, target, allowzero)
+    if (x.ndim >= 3 and held == _layout.channels_last(x.ndim) and len(out) >= 3
+            and out[:2] == onnx_dims[:2]):
+        ctx.out_perms = [_layout.channels_last(len(out))]
+        return jnp.reshape(x, (out[0], *out[2:], out[1]))
+    ctx.out_perms = [_layout.identity(len(out))]
+    return jnp.reshape(_layout.to_onnx(x, held), out)
+
+
+@register("Reshape", layout="custom")
 def reshape_v1(ctx, x):
-    return jnp.reshape(x, _reshape_target(ctx, x, ctx.attr("shape"), False))
+    return _reshape(ctx, x, ctx.attr("shape"), False)
 
 
-@register("Reshape", since=5, static_inputs=(1,))
+@register("Reshape", since=5, static_inputs=(1,), layout="custom")
 def reshape(ctx, x, target):
     """``shape`` must be known at conversion time (it usually comes from a shape subgraph)."""
     target = ctx.static(target, "shape").reshape(-1)
-    return jnp.reshape(x, _reshape_target(ctx, x, target, int(ctx.attr("allowzero", 0))))
+    return _reshape(ctx, x, target, int(ctx.attr("allowzero", 0)))
 
 
 @register("Flatten")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import onnx
 import pytest
@@ -369,3 +370,46 @@ def test_channels_last_depth_space(rng, op, mode):
     converted, _, _ = check(model, {"x": x}, rtol=1e-4, atol=1e-4)
     # The block shuffle itself is a transpose; nothing else is.
     assert transposes(converted, x) <= 1
+
+
+def test_transpose_of_onnx_order_values_is_done_once():
+    """A ViT patch embedding: Conv -> Reshape [N, C, L] -> Transpose [N, L, C] -> Add ->
+    LayerNormalization -> MatMul -> Add (residual) -> LayerNormalization. The Transpose of an
+    ONNX-order value is done (not recorded), so the residual stream stays in ONNX order: the
+    compiled program has no more than the one transpose of the embedding."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    inits = {"w": rng.standard_normal((6, 3, 4, 4)).astype(np.float32),
+             "shape": np.array([2, 6, 4], np.int64),
+             "pos": rng.standard_normal((1, 4, 6)).astype(np.float32),
+             "g": rng.uniform(0.5, 1.5, 6).astype(np.float32),
+             "m": rng.standard_normal((6, 6)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[4, 4]),
+             helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Add", ["t", "pos"], ["e"]),
+             helper.make_node("LayerNormalization", ["e", "g"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", "m"], ["h"]),
+             helper.make_node("Add", ["e", "h"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g"], ["y"], axis=-1)]
+    model = make_model(nodes, [("x", np.float32, [2, 3, 8, 8])], [("y", np.float32, None)],
+                       inits)
+    converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    assert transposes(converted, x) <= 1
+
+
+def test_nhwc_input_transposed_for_a_conv_compiles_without_transposes():
+    """tf2onnx's pattern: an NHWC graph input, Transpose to NCHW, Conv, Relu, Transpose back
+    to NHWC. The transposes cancel against the channels-last layout: none in the program."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1])]
+    model = make_model(nodes, [("x", np.float32, [2, 8, 8, 3])], [("y", np.float32, None)],
+                       {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)})
+    converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x for s in converted.inputs]
+    hlo = jax.jit(converted.module.apply).lower(converted.variables, *inputs).compile().as_text()
+    assert " transpose(" not in hlo
