@@ -156,15 +156,19 @@ def _unique_bounded(x, axis: int | None, is_sorted: bool, n: int):
     """Unique on run-time data, padded to ``n`` (see :func:`unique`)."""
     slices = jnp.reshape(x, (-1,)) if axis is None else jnp.moveaxis(x, axis, 0)
     m = slices.shape[0]
+    if m == 0:
+        y = jnp.zeros((n, *slices.shape[1:]), x.dtype)
+        return (y if axis is None else jnp.moveaxis(y, 0, axis), jnp.full((n,), -1, jnp.int32),
+                jnp.zeros((0,), jnp.int32), jnp.zeros((n,), jnp.int32))
     rows = jnp.reshape(slices, (m, -1))
-    if m == 0 or rows.shape[1] == 0:  # no slices, or every slice is empty (all equal)
+    if rows.shape[1] == 0:  # every slice is empty: all equal
         rows = jnp.zeros((m, 1), x.dtype)
     order = jnp.lexsort(rows.T[::-1])  # stable: the first occurrence leads each group
     ranked = rows[order]
     same = ranked[1:] == ranked[:-1]
     if jnp.issubdtype(x.dtype, jnp.inexact):  # NaNs count as equal, as in numpy.unique
         same |= jnp.isnan(ranked[1:]) & jnp.isnan(ranked[:-1])
-    new = jnp.concatenate([jnp.ones((min(m, 1),), bool), ~jnp.all(same, axis=1)])
+    new = jnp.concatenate([jnp.ones((1,), bool), ~jnp.all(same, axis=1)])
     group = jnp.cumsum(new) - 1
     (starts,) = jnp.nonzero(new, size=m, fill_value=m)
     valid = starts < m
