@@ -28,8 +28,8 @@ def _bound(ctx, why: str, most: int) -> int:
     name = ctx.node.outputs[0]
     raise ctx.fail(f"{why}, so its output shape is not known when tracing. Give a static bound "
                    f"N, onnx2flax.convert(model, bounds={{{name!r}: N}}) (command line: --bound "
-                   f"{name}=N), to get exactly N results padded with -1 (here at most {most} "
-                   "results can occur), or make its inputs constants")
+                   f"{name}=N), to get exactly N results, padded (indices with -1; here at most "
+                   f"{most} results can occur), or make its inputs constants")
 
 
 def _fit(a, n: int, fill):
