@@ -8,7 +8,7 @@ to ONNX order) and the first node whose output diverges is reported.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -24,7 +24,10 @@ __all__ = ["Comparison", "ComparisonReport", "compare", "random_feeds"]
 
 @dataclass(frozen=True)
 class Comparison:
-    """One tensor of onnx2flax compared with a reference engine."""
+    """One tensor of onnx2flax compared with a reference engine.
+
+    ``valid``: set when onnx2flax's output is padded (``convert(bounds=...)``) and only its
+    leading part of that shape, the reference's shape, was compared."""
 
     name: str
     reference: str
@@ -34,12 +37,20 @@ class Comparison:
     where: tuple[int, ...]
     ok: bool
     node: str = ""
+    valid: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, name: str, reference: str, got: np.ndarray, want: np.ndarray, rtol: float,
-           atol: float, node: str = "") -> Comparison:
+           atol: float, node: str = "", padded: bool = False) -> Comparison:
+        """``padded``: ``got`` may be longer than ``want`` along any axis (bounded ops pad
+        their results at the end); then its leading part is compared."""
         got = np.asarray(got)
         want = np.asarray(want)
+        if padded and got.shape != want.shape and got.ndim == want.ndim \
+                and all(g >= w for g, w in zip(got.shape, want.shape)):
+            part = cls.of(name, reference, got[tuple(slice(0, w) for w in want.shape)], want,
+                          rtol, atol, node)
+            return replace(part, shape=got.shape, valid=want.shape)
         if got.shape != want.shape:
             return cls(name, reference, tuple(got.shape), float("inf"), float("inf"), (), False, node)
         if got.size == 0:
@@ -75,7 +86,7 @@ class ComparisonReport:
 
     def table(self) -> str:
         header = ("output", "reference", "shape", "max abs err", "max rel err", "at", "status")
-        rows = [(c.name, c.reference, "x".join(map(str, c.shape)) or "scalar", f"{c.max_abs:.3g}",
+        rows = [(c.name, c.reference, _shape_text(c), f"{c.max_abs:.3g}",
                  f"{c.max_rel:.3g}", str(list(c.where)), "ok" if c.ok else "MISMATCH")
                 for c in self.outputs]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -94,6 +105,11 @@ class ComparisonReport:
         return "\n".join(out)
 
     __str__ = table
+
+
+def _shape_text(c: Comparison) -> str:
+    shape = "x".join(map(str, c.shape)) or "scalar"
+    return shape if c.valid is None else f"{shape} (first {'x'.join(map(str, c.valid))})"
 
 
 def random_feeds(inputs: list[TensorSpec], *, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
@@ -165,20 +181,24 @@ def _with_all_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def compare(model: ModelLike | ConvertedModel, feeds: Mapping[str, np.ndarray] | None = None, *,
             onnx_model: ModelLike | None = None, torch_module: Any = None, rtol: float = 1e-4,
-            atol: float = 1e-5, per_node: bool = False, seed: int = 0) -> ComparisonReport:
+            atol: float = 1e-5, per_node: bool = False, seed: int = 0,
+            bounds: Mapping[str, int] | None = None) -> ComparisonReport:
     """Run ``model`` through onnx2flax and onnxruntime (and ``torch_module`` if given).
 
     ``model`` is anything :func:`convert` takes (pass ``onnx_model`` too when giving an
-    already converted model). ``feeds`` are ONNX-layout inputs; random ones (seeded) when
-    ``None``. Returns a :class:`ComparisonReport`; ``report.ok`` is True when every output
-    satisfies ``|flax - ref| <= atol + rtol * |ref|`` for every reference.
+    already converted model); ``bounds`` go to :func:`convert`, and where they make an output
+    longer than the reference's (padded), its leading part is compared. ``feeds`` are
+    ONNX-layout inputs; random ones (seeded) when ``None``. Returns a
+    :class:`ComparisonReport`; ``report.ok`` is True when every output satisfies
+    ``|flax - ref| <= atol + rtol * |ref|`` for every reference.
     """
     if isinstance(model, ConvertedModel):
         if onnx_model is None:
             raise ValueError("pass onnx_model= (the ONNX source) together with a ConvertedModel")
         converted, source = model, onnx_model
     else:
-        converted, source = convert(model), model
+        converted, source = convert(model, bounds=bounds), model
+    padded = bool(converted._program.bounds)
     proto, base_dir = load_model(source)
     feeds = dict(feeds) if feeds is not None else random_feeds(converted.inputs, seed=seed)
     names = [s.name for s in converted.inputs]
@@ -188,10 +208,10 @@ def compare(model: ModelLike | ConvertedModel, feeds: Mapping[str, np.ndarray] |
     session = _ort_session(_with_all_outputs(proto) if per_node else proto, base_dir)
     ort_names = [o.name for o in session.get_outputs()]
     ort_values = dict(zip(ort_names, session.run(None, {n: feeds[n] for n in names})))
-    rows = [Comparison.of(n, "onnxruntime", g, ort_values[n], rtol, atol)
+    rows = [Comparison.of(n, "onnxruntime", g, ort_values[n], rtol, atol, padded=padded)
             for n, g in zip(out_names, got)]
     if torch_module is not None:
-        rows += [Comparison.of(n, "torch", g, t, rtol, atol)
+        rows += [Comparison.of(n, "torch", g, t, rtol, atol, padded=padded)
                  for n, g, t in zip(out_names, got, _torch_outputs(torch_module, feeds, names))]
     report = ComparisonReport(rows, rtol, atol)
     if per_node:
@@ -211,7 +231,8 @@ def _compare_nodes(converted: ConvertedModel, feeds, ort_values, report: Compari
             if name in recorded and name in ort_values:
                 (value,) = recorded[name]
                 c = Comparison.of(name, "onnxruntime", np.asarray(value), ort_values[name],
-                                  report.rtol, report.atol, f"{node.op_type} node {node.name!r}")
+                                  report.rtol, report.atol, f"{node.op_type} node {node.name!r}",
+                                  padded=bool(converted._program.bounds))
                 report.nodes.append(c)
                 if not c.ok and report.first_divergence is None:
                     report.first_divergence = c

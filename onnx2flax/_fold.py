@@ -17,13 +17,16 @@ from . import _load
 from ._graph import Node
 from .errors import InvalidModelError, ResourceLimitError, node_label
 
-# Ops that must never be folded: random, or with subgraphs / side channels.
+# Ops that must never be folded: random, with subgraphs / side channels, or misevaluated.
 _NEVER_FOLD = {
     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
     "Bernoulli", "If", "Loop", "Scan", "Dropout", "SequenceConstruct", "SequenceAt",
     "SequenceInsert", "SequenceEmpty", "SplitToSequence", "ConcatFromSequence",
     "SequenceLength", "SequenceErase", "SequenceMap", "Optional", "OptionalGetElement",
     "OptionalHasElement",
+    # The reference evaluator orders an unsorted Unique wrongly (or fails); ops/dynamic.py
+    # computes constant inputs exactly.
+    "Unique",
 }
 
 # One evaluator per node and opsets, dropped with the node (keys by id() would be reused).

@@ -13,6 +13,11 @@ import numpy as np
 Dim = int | str | None
 
 
+def node_name(name: str, op_type: str, index: int) -> str:
+    """A node's name: the file's, or ``{op_type}_{index}`` (its position in its graph)."""
+    return name or f"{op_type}_{index}"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: a tensor, a sequence of tensors, or an optional of either.

@@ -60,6 +60,11 @@ class OpContext:
         return self._interp.train
 
     @property
+    def bound(self) -> int | None:
+        """The user's static bound on this node's number of results (``convert(bounds=...)``)."""
+        return self._interp.program.bound_of(self.node)
+
+    @property
     def label(self) -> str:
         return node_label(self.node.name, self.node.op_type)
 

@@ -16,7 +16,7 @@ import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
-from ._graph import Graph, Node, TensorSpec
+from ._graph import Graph, Node, TensorSpec, node_name
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
 
@@ -110,7 +110,7 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
 
     nodes = []
     for index, proto in enumerate(g.node):
-        name = proto.name or f"{proto.op_type}_{index}"
+        name = node_name(proto.name, proto.op_type, index)
         _check_schema(proto, name, opsets)
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}

@@ -45,6 +45,7 @@ class Program:
     """Everything the Flax module needs: the graph, the layer and parameter plan.
 
     ``spatial_inputs`` are inputs taken channels-last when the module is channels-last.
+    ``bounds`` are the user's static bounds by node or first-output name (``_bounds``).
     ``output_channels_last`` is filled in when the module is traced.
     """
 
@@ -52,7 +53,15 @@ class Program:
     layers: dict[Node, LayerPlan]
     free_params: dict[str, Path]
     spatial_inputs: frozenset[str]
+    bounds: dict[str, int] = field(default_factory=dict)
     output_channels_last: dict[str, bool] = field(default_factory=dict)
+
+    def bound_of(self, node: Node) -> int | None:
+        """The static bound given for ``node`` (by its name or first output), if any."""
+        for name in (node.name, *node.outputs[:1]):
+            if name in self.bounds:
+                return self.bounds[name]
+        return None
 
     def variables(self, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
         """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``.
@@ -116,8 +125,9 @@ def _layer_path(node: Node, weight_name: str) -> Path:
     return ("_".join(_parts(node.name)) or node.op_type,)
 
 
-def plan(graph: Graph) -> Program:
-    """Plan layers, free parameters and spatial inputs for ``graph``."""
+def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
+    """Plan layers, free parameters and spatial inputs for ``graph``; ``bounds`` are kept
+    for the handlers (checked by ``_bounds.check_bounds``)."""
     names = _Names()
     layers: dict[Node, LayerPlan] = {}
     consumed: set[tuple[int, int]] = set()
@@ -140,14 +150,14 @@ def plan(graph: Graph) -> Program:
     free: dict[str, Path] = {}
     for node in graph.nodes:
         spec = lookup(node.domain, node.op_type, graph.opset)
-        static = spec.static_inputs if spec else ()
+        static = spec.constant_inputs(len(node.inputs)) if spec else ()
         # Weights read inside If/Loop/Scan bodies (position None) are params too.
         reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
         for k, name in reads:
             if (id(node), k) in consumed or k in static or name in free or not _is_weight(graph, name):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
-    return Program(graph, layers, free, _spatial_inputs(graph))
+    return Program(graph, layers, free, _spatial_inputs(graph), dict(bounds or {}))
 
 
 def _unchanged(value: np.ndarray) -> np.ndarray:

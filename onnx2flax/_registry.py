@@ -14,6 +14,10 @@ newest handler at or below its opset. Handlers also declare how they treat layou
 ``"custom"``
     inputs are given as held; the handler reads ``ctx.in_perms`` and sets ``ctx.out_perms``.
 
+Ops whose output size depends on input values (NonZero, NonMaxSuppression, Unique) register
+``bounded=True``: on run-time inputs their handler needs the user's static bound
+(``convert(bounds=...)``, read as ``ctx.bound``) and pads its results to it.
+
 Ops with weights also register a ``params`` builder: a function of ``(node, weights)``
 (weights: the node's constant inputs, ``None`` where not constant) returning
 ``{"params": {...}, "batch_stats": {...}}`` in Flax layout, or ``None`` when the node has no
@@ -49,17 +53,26 @@ class OpSpec:
     layout: Layout
     params: ParamsBuilder | None
     static_inputs: tuple[int, ...]
+    bounded: bool = False
+
+    def constant_inputs(self, count: int) -> tuple[int, ...]:
+        """Input positions (of ``count``) kept as conversion-time constants rather than made
+        params: the static ones, and every input of a bounded op (constants give it its
+        exact result)."""
+        return tuple(range(count)) if self.bounded else self.static_inputs
 
 
 _REGISTRY: dict[tuple[str, str], list[OpSpec]] = {}
 
 
 def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = "onnx",
-             params: ParamsBuilder | None = None, static_inputs: tuple[int, ...] = ()):
+             params: ParamsBuilder | None = None, static_inputs: tuple[int, ...] = (),
+             bounded: bool = False):
     """Decorator registering ``fn(ctx, *inputs)`` for ``op_types`` from opset ``since`` on.
 
     ``static_inputs`` are input positions that must be known at conversion time (shapes,
     axes, scales): a float initializer there stays a constant instead of becoming a param.
+    ``bounded``: the op's output size depends on its input values (see the module's doc).
     """
 
     def wrap(fn):
@@ -67,7 +80,8 @@ def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = 
             specs = _REGISTRY.setdefault((domain, op), [])
             if any(s.since == since for s in specs):
                 raise RuntimeError(f"{domain or 'ai.onnx'}::{op} since {since} registered twice")
-            specs.append(OpSpec(domain, op, since, fn, layout, params, tuple(static_inputs)))
+            specs.append(OpSpec(domain, op, since, fn, layout, params, tuple(static_inputs),
+                                bounded))
             specs.sort(key=lambda s: s.since)
         return fn
 

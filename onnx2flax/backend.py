@@ -15,7 +15,10 @@ contract whatever layout the module uses inside. Devices: ``'CPU'`` always; ``'C
 
 JAX needs shapes at trace time, so a graph input that feeds a shape-like position (Reshape's
 ``shape``, Unsqueeze's ``axes``...) is bound to the value given to ``run`` and the model is
-converted for that value (once per distinct value), as if it were an initializer.
+converted for that value (once per distinct value), as if it were an initializer. So are the
+inputs that reach an op whose output size depends on the data (NonZero, NonMaxSuppression,
+Unique), unless ``prepare(..., bounds=...)`` bounds that node: its exact result is computed
+at conversion time, as the backend contract (exact output shapes) asks.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
+from ._graph import node_name
 from ._registry import lookup
 from .converter import ConvertedModel, convert
 from .errors import InvalidInputError
@@ -55,9 +59,10 @@ class OnnxFlaxBackendRep(BackendRep):
     """A prepared (converted) model; ``run`` takes inputs in ONNX layout.
 
     Graph inputs whose values onnx2flax needs at conversion time (those that reach Reshape's
-    shape, Unsqueeze's axes..., the registry's ``static_inputs``) are bound to the values given
-    to ``run``: the model is converted once per distinct value of those inputs. Other models
-    are converted once, by ``prepare``.
+    shape, Unsqueeze's axes..., the registry's ``static_inputs``, or any input of an unbounded
+    op of data-dependent output size) are bound to the values given to ``run``: the model is
+    converted once per distinct value of those inputs. Other models are converted once, by
+    ``prepare``.
     """
 
     def __init__(self, model: onnx.ModelProto, device, convert_kwargs: dict[str, Any]):
@@ -69,7 +74,7 @@ class OnnxFlaxBackendRep(BackendRep):
         self.input_names = [i.name for i in graph_inputs]
         tensors = [i.name for i in graph_inputs  # sequences and optionals cannot be bound
                    if i.type.WhichOneof("value") in ("tensor_type", None)]
-        self._static = _static_graph_inputs(model, tensors)
+        self._static = _static_graph_inputs(model, tensors, convert_kwargs.get("bounds") or {})
         self._converted: dict[tuple, ConvertedModel] = {}
         if not self._static:
             self._converted[()] = convert(model, **convert_kwargs)
@@ -120,19 +125,24 @@ _SHAPE_ONLY = {"Shape", "Size"}
 _BIND_ALSO = {"Loop": (0, 1)}
 
 
-def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str]) -> list[str]:
+def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str],
+                         bounds: Mapping[str, int]) -> list[str]:
     """Graph inputs whose values some top-level node needs at conversion time: read at a
-    position its handler declares static, directly or through other nodes."""
+    position its handler declares static, or by a bounded op without a bound in ``bounds``,
+    directly or through other nodes."""
     opsets = {(o.domain or ""): o.version for o in model.opset_import}
     opsets.setdefault("", opsets.get("ai.onnx", 1))
     producer = {out: node for node in model.graph.node for out in node.output if out}
     pending = []
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         domain = "" if node.domain == "ai.onnx" else node.domain
         spec = lookup(domain, node.op_type, opsets.get(domain, 1))
         static = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
         if node.op_type == "If" and _gives_sequences_or_optionals(node):
             static += (0,)
+        names = (node_name(node.name, node.op_type, index), *node.output[:1])
+        if spec is not None and spec.bounded and not any(n in bounds for n in names):
+            static = spec.constant_inputs(len(node.input))
         pending.extend(node.input[k] for k in static if k < len(node.input) and node.input[k])
     needed: set[str] = set()
     while pending:

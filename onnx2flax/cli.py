@@ -23,7 +23,8 @@ def _cmd_convert(args) -> int:
 
     start = time.perf_counter()
     _progress(f"converting {args.model}")
-    converted = convert(args.model, channels_last=not args.channels_first)
+    converted = convert(args.model, channels_last=not args.channels_first,
+                        bounds=dict(args.bound or ()))
     _progress(f"converted in {time.perf_counter() - start:.2f} s; writing {args.output}")
     folder = output_dir(args.output)
     written = codegen.save(converted, folder, force=args.force)
@@ -42,7 +43,7 @@ def _cmd_compare(args) -> int:
 
     _progress(f"comparing {args.model} with onnxruntime")
     report = compare(args.model, rtol=args.rtol, atol=args.atol, seed=args.seed,
-                     per_node=args.per_node)
+                     per_node=args.per_node, bounds=dict(args.bound or ()))
     print(report.table())
     return 0 if report.ok else 1
 
@@ -60,6 +61,19 @@ def _shape(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1,3,224,224") from None
+
+
+def _bound(text: str) -> tuple[str, int]:
+    name, _, count = text.rpartition("=")
+    if not name or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=N (N a non-negative integer)")
+    return name, int(count)
+
+
+def _add_bound(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bound", type=_bound, action="append", metavar="NAME=N",
+                   help="at most N results for the NonZero / NonMaxSuppression / Unique node "
+                   "NAME (node or output name): its output is padded to N (repeatable)")
 
 
 def _cmd_export(args) -> int:
@@ -93,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
     p.add_argument("--channels-first", action="store_true",
                    help="keep ONNX's NCHW layout at the module boundary")
+    _add_bound(p)
     p.set_defaults(fn=_cmd_convert)
 
     p = sub.add_parser("compare", help="compare onnx2flax with onnxruntime on random inputs "
@@ -103,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-node", action="store_true",
                    help="compare every intermediate tensor; report the first divergence")
+    _add_bound(p)
     p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("inspect", help="list ops (and which are supported), inputs, outputs, "

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
+from ._bounds import Bounds, check_bounds
 from ._graph import TensorSpec
 from ._load import ModelLike, load_model
 from ._module import OnnxModule, _family, check_feed
@@ -147,6 +148,7 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
+            bounds: Bounds | None = None,
             progress: bool | _progress.Progress | None = None) -> ConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
 
@@ -158,14 +160,26 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     constant: one layer fewer, no ``batch_stats`` for it, so ``train=True`` no longer
     updates those statistics.
 
+    ``bounds``: ``{name: N}`` static bounds for ops whose number of results depends on the
+    data (NonZero, NonMaxSuppression, Unique), ``name`` being the node's name or its first
+    output's. On run-time inputs such a node needs one (the error says so, naming it): it then
+    returns exactly ``N`` results, the real ones first in the op's own order (results past
+    ``N`` are dropped), then padding that cannot be mistaken for a result: -1 for indices
+    (NonZero ``[rank, N]`` columns, NonMaxSuppression ``[N, 3]`` rows, Unique's indices),
+    0 for Unique's counts and values. Downstream ops see the padding (Gather reads index -1
+    as the last element): mask with ``index >= 0``. Nodes whose inputs are constants are
+    computed exactly whatever the bound.
+
     ``progress``: ``True`` prints each stage (and the count of weight arrays placed) to
     stderr, ``False`` is silent, a callable is called as ``progress(stage, done, total)``;
     the default (``None``) prints only for large models (1 GiB of weights or 20,000 nodes).
 
-    Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models and
-    :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once).
+    Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models,
+    :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once) and
+    :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node.
     """
     proto, base_dir = load_model(model)
+    bounds = check_bounds(proto, bounds)
     report = _progress.reporter(progress, proto)
     if report is not None:
         report("load", 1, 1)
@@ -177,7 +191,7 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     check_supported(graph)
     if report is not None:
         report("normalize", 1, 1)
-    program = plan(graph)
+    program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
     return ConvertedModel(program, channels_last, report)

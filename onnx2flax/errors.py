@@ -31,7 +31,8 @@ class UnsupportedOpError(OnnxConversionError, NotImplementedError):
 
 class InvalidInputError(OnnxConversionError, ValueError):
     """Feeds given to ``ConvertedModel.run`` or ``module.apply`` do not match the model's
-    inputs (unknown or missing names, wrong rank, static dims or dtype)."""
+    inputs (unknown or missing names, wrong rank, static dims or dtype), or ``convert``'s
+    ``bounds`` name no node they can apply to."""
 
 
 class ResourceLimitError(OnnxConversionError, MemoryError):

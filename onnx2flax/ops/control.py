@@ -1,4 +1,4 @@
-"""Control flow: If, Loop and Scan (subgraphs run by the interpreter), NonMaxSuppression.
+"""Control flow: If, Loop and Scan (subgraphs run by the interpreter).
 
 Subgraph inputs and outputs are in ONNX layout; a subgraph reads values of the enclosing
 graphs directly and has its own initializers. Whatever is known at trace time stays NumPy,
@@ -274,13 +274,3 @@ def scan_v8(ctx, sequence_lens, *inputs):
 
     return jax.vmap(one)([jnp.asarray(s) for s in inputs[:n_state]],
                          [jnp.asarray(x) for x in inputs[n_state:]])
-
-
-@register("NonMaxSuppression", since=10)
-def non_max_suppression(ctx, *inputs):
-    """With all inputs known at conversion time the node is folded (by ONNX's reference
-    evaluator) before it gets here. On run-time boxes the number of selected boxes depends
-    on the data, which a traced JAX program cannot return, so it is refused."""
-    raise ctx.fail("the number of selected boxes depends on the run-time boxes and scores, "
-                   "so the output shape is not known when tracing; NonMaxSuppression is "
-                   "supported only when all its inputs are constants")

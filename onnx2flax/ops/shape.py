@@ -1,5 +1,6 @@
 """Shapes, reshaping, casts and tensor constructors: Shape, Size, Reshape, Flatten, Cast,
-CastLike, Expand, Tile, ConstantOfShape, Range, EyeLike, Trilu, NonZero, Compress.
+CastLike, Expand, Tile, ConstantOfShape, Range, EyeLike, Trilu, Compress (NonZero is in
+``dynamic.py``).
 
 Shapes are static under ``jit``, so Shape returns NumPy and shape subgraphs fold at trace
 time; nodes whose inputs are all known fold too, so these handlers see run-time data. They
@@ -169,13 +170,6 @@ def trilu(ctx, x, k=None):
     """Upper (``upper=1``) or lower triangle of the last two axes, from diagonal ``k``."""
     k = 0 if k is None else int(ctx.static(k, "k").reshape(()))
     return jnp.triu(x, k) if int(ctx.attr("upper", 1)) else jnp.tril(x, k)
-
-
-@register("NonZero", since=9, static_inputs=(0,))
-def non_zero(ctx, x):
-    """Folded when its input is known at conversion time; otherwise refused."""
-    raise ctx.fail("the output shape depends on the input's values, which are only known at "
-                   "run time; NonZero is supported only on conversion-time constants")
 
 
 @register("Compress", since=9, static_inputs=(1,))

@@ -1,0 +1,66 @@
+"""Static bounds for ops whose output size depends on the data: ``convert(bounds=...)``.
+
+JAX traces a program for fixed shapes, so NonZero, NonMaxSuppression and Unique on run-time
+inputs can only return a fixed number of results. The user gives that number per node,
+``{name: N}`` with ``name`` the node's name or its first output's name; the handler then
+returns results padded to ``N`` (see each handler for its padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import onnx
+
+from ._graph import node_name
+from ._registry import lookup
+from .errors import InvalidInputError
+
+Bounds = Mapping[str, int]
+
+
+def check_bounds(model: onnx.ModelProto, bounds: Bounds | None) -> dict[str, int]:
+    """``bounds`` as a plain dict, checked against ``model``: every name must be the name or
+    the first output of a node (in the graph or a subgraph) whose op is bounded, each node
+    named once, every ``N`` a non-negative int."""
+    if not bounds:
+        return {}
+    if not isinstance(bounds, Mapping):
+        raise InvalidInputError(f"bounds must be a dict of node or output name -> count, got "
+                                f"{type(bounds).__name__}")
+    opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
+    opsets.setdefault("", opsets.get("ai.onnx", 1))
+    nodes: dict[str, tuple[int, str, bool]] = {}  # name -> (node number, label, bounded)
+    for key, (op_type, domain, names) in enumerate(_nodes(model.graph)):
+        spec = lookup(domain, op_type, opsets.get(domain or "", 1))
+        label = f"{op_type} node {names[0]!r}"
+        for name in names:
+            nodes.setdefault(name, (key, label, spec is not None and spec.bounded))
+    out: dict[str, int] = {}
+    seen: dict[int, str] = {}
+    for name, n in bounds.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidInputError(f"bounds[{name!r}] must be a non-negative int, got {n!r}")
+        if name not in nodes:
+            raise InvalidInputError(f"bounds names {name!r}, but the model has no node or node "
+                                    "output of that name")
+        key, label, bounded = nodes[name]
+        if not bounded:
+            raise InvalidInputError(
+                f"bounds names {name!r}, a {label}; bounds apply only to ops whose output size "
+                "depends on the data (NonZero, NonMaxSuppression, Unique)")
+        if key in seen:
+            raise InvalidInputError(f"bounds gives {label} twice ({seen[key]!r} and {name!r})")
+        seen[key] = name
+        out[name] = int(n)
+    return out
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[tuple[str, str, list[str]]]:
+    """``(op_type, domain, [name, first output])`` of every node, subgraphs included."""
+    for index, proto in enumerate(graph.node):
+        names = [node_name(proto.name, proto.op_type, index)] + list(proto.output[:1])
+        yield proto.op_type, proto.domain, [n for n in names if n]
+        for attr in proto.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                yield from _nodes(sub)
