@@ -149,23 +149,22 @@ def _mapping(array: np.ndarray) -> mmap.mmap | None:
 
 
 def to_device(array: np.ndarray) -> jax.Array:
-    """``array`` as a device array, copied once (a transposed view straight into C order).
+    """``array`` as a device array, copied at most once.
 
-    Arrays of external data are always copied out of the read-only file mapping (JAX may
-    alias host memory, and a donated buffer must never be the model file). A C-ordered one
-    is copied into a 64-byte aligned buffer that the CPU backend then adopts without another
-    copy. Afterwards the file's pages are released so they do not stay counted in the
-    process's memory next to the copy (a later read of ``array`` pages them in again).
+    A C-ordered NumPy array is handed to JAX as is (the CPU backend may adopt its buffer).
+    A transposed view (a kernel in Flax's layout) or an array of external data is copied,
+    transposing on the way, into a 64-byte aligned buffer that the CPU backend then adopts
+    without another copy: no XLA program is compiled per kernel shape, and external data is
+    never aliased (a donated buffer must never be the model file). Afterwards a mapped
+    file's pages are released so they do not stay counted in the process's memory next to
+    the copy (a later read of ``array`` pages them in again).
     """
     mapping = _mapping(array)
-    if mapping is None:
-        return jnp.asarray(array)  # XLA transposes faster than np.ascontiguousarray
-    if array.flags.c_contiguous:
-        out = jax.device_put(_aligned_copy(array))
-    else:
-        out = jnp.array(array, copy=True)
+    if mapping is None and array.flags.c_contiguous:
+        return jnp.asarray(array)
+    out = jax.device_put(_aligned_copy(array))
     out.block_until_ready()  # the transfer is asynchronous: finish it before dropping pages
-    if hasattr(mmap, "MADV_DONTNEED") and not mapping.closed:
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED") and not mapping.closed:
         mapping.madvise(mmap.MADV_DONTNEED)
     return out
 
