@@ -120,6 +120,7 @@ class _Generator(_Interpreter):
         self.params: dict = {}
         self.stats: dict = {}
         self.consts: dict[str, np.ndarray] = {}
+        self.const_vars: dict[tuple, str] = {}  # (dtype, shape, bytes) -> variable
         self.classes: list[type] = []
         self._temp = 0
         self._layer_value: Any = None
@@ -354,17 +355,23 @@ class _Generator(_Interpreter):
 
     def _emit_reduce_window(self, eqn, ins, env, what) -> None:
         """``lax.reduce_window`` with a reducer other than plain add / max / min: the
-        reducer's jaxpr becomes a local function."""
+        reducer's jaxpr becomes a local function. Variadic (several operands, as MaxPool's
+        Indices): tuples of operands and initial values, the reducer called on flat args."""
         params = eqn.params
-        if len(ins) != 2 or params["consts"]:
-            raise CodegenError(f"{what}: a variadic reduce_window cannot be written as source")
-        fn = self._emit_function(params["jaxpr"], what)
+        n = len(ins) // 2
+        fn = self._emit_function(params["jaxpr"], what, params["consts"], as_tuple=n > 1)
         keys = ("window_dimensions", "window_strides", "padding", "base_dilation",
                 "window_dilation")
         args = ", ".join(f"{k}={_literal(params[k])}" for k in keys)
-        out = self._new_temp()
-        self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
-        env[eqn.outvars[0]] = out
+        if n == 1:
+            out = self._new_temp()
+            self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
+            env[eqn.outvars[0]] = out
+            return
+        operands, inits = _literal_names(ins[:n]), _literal_names(ins[n:])
+        call = (f"lax.reduce_window({operands}, {inits}, lambda a, b: {fn}(*a, *b), {args})")
+        for var, name in zip(eqn.outvars, self._unpack(call, n)):
+            env[var] = name
 
     def _emit_function(self, jaxpr, what, consts=(), as_tuple=False) -> str:
         """A local ``def`` computing ``jaxpr`` (its constvars bound to ``consts``); returns
@@ -440,9 +447,14 @@ class _Generator(_Interpreter):
             if value.ndim == 0:
                 return _scalar(value)
             return f"np.array({_literal(value.tolist())}, dtype=np.{value.dtype.name})"
+        # One variable per distinct constant, as XLA merges equal constants in the
+        # interpreter's program (the fusions it makes then depend on it).
+        fingerprint = (value.dtype.str, value.shape, value.tobytes())
+        if fingerprint in self.const_vars:
+            return self.const_vars[fingerprint]
         key = f"c{len(self.consts)}"
         self.consts[key] = value
-        var = self._new_temp()
+        var = self.const_vars[fingerprint] = self._new_temp()
         # At the top of __call__: module state is never read inside a lax function.
         self.preamble.append(f"{var} = self.variable('constants', {key!r}).value")
         return var
@@ -537,6 +549,11 @@ def _live(jaxpr) -> list:
     return live[::-1]
 
 
+def _literal_names(names: Sequence[str]) -> str:
+    """A tuple display of variable names: ``(a, b,)``."""
+    return "(" + "".join(f"{n}, " for n in names) + ")"
+
+
 def _shape_text(value) -> str:
     return f"{np.dtype(value.dtype).name}{list(np.shape(value))}"
 
@@ -552,6 +569,11 @@ def _scalar(value: np.ndarray) -> str:
 
 def _literal(value) -> str:
     """Python source for a parameter value; ``TypeError`` for anything else."""
+    if isinstance(value, Enum):  # before int: lax.RoundingMethod is an IntEnum
+        owner = type(value).__name__
+        if getattr(lax, owner, None) is type(value):
+            return f"lax.{owner}.{value.name}"
+        raise TypeError(f"enum {type(value).__qualname__} is not in jax.lax")
     if value is None or isinstance(value, (bool, int, str)):
         return repr(value)
     if isinstance(value, float):
@@ -562,11 +584,6 @@ def _literal(value) -> str:
         return f"np.dtype({value.name!r})"
     if isinstance(value, type) and issubclass(value, np.generic):
         return f"np.{np.dtype(value).name}"
-    if isinstance(value, Enum):
-        owner = type(value).__name__
-        if getattr(lax, owner, None) is type(value):
-            return f"lax.{owner}.{value.name}"
-        raise TypeError(f"enum {type(value).__qualname__} is not in jax.lax")
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         owner = type(value).__name__
         if getattr(lax, owner, None) is not type(value):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import tempfile
+import types
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -45,12 +46,17 @@ def assert_matches_ort(model, feeds, *, rtol=1e-5, atol=1e-5, channels_last=True
     for g, e in zip(got, expected):
         assert g.shape == e.shape, (g.shape, e.shape)
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
-    if os.environ.get("ONNX2FLAX_CHECK_CODEGEN"):
-        inputs = [np.asarray(feeds[s.name]) for s in converted.inputs]
-        inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
-                  for s, x in zip(converted.inputs, inputs)]
-        assert_codegen_matches(converted, inputs)
+    assert_codegen_matches(converted, feeds, got)
     return converted, got, expected
+
+
+def convert_and_run(model, feeds, **convert_kwargs) -> list[np.ndarray]:
+    """``onnx2flax.convert(model, **convert_kwargs).run(feeds)``, the generated source checked
+    against it (``assert_codegen_matches``)."""
+    converted = onnx2flax.convert(model, **convert_kwargs)
+    got = converted.run(feeds)
+    assert_codegen_matches(converted, feeds, got)
+    return got
 
 
 def load_generated(folder: Path, name: str):
@@ -65,16 +71,54 @@ def load_generated(folder: Path, name: str):
     return module
 
 
-def assert_codegen_matches(converted, inputs):
-    """The generated source computes the interpreter's outputs bit for bit (both jitted).
-    Runs after every ``assert_matches_ort`` when ``ONNX2FLAX_CHECK_CODEGEN=1``."""
+def import_source(source: str, name: str):
+    """Import generated ``source`` as module ``name`` without writing it anywhere."""
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses (flax modules) need their module registered
+    try:
+        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+def assert_codegen_matches(converted, feeds, expected=None):
+    """The generated source of ``converted`` computes the interpreter's outputs bit for bit
+    on ``feeds`` (name -> array, ONNX layout), both jitted. ``expected``: the outputs of
+    ``converted.run(feeds)`` when the caller has them (the interpreter is not run again).
+
+    Runs on every model the tests convert (``assert_matches_ort``, the op tests' helpers);
+    ``ONNX2FLAX_SKIP_CODEGEN=1`` turns it off. Cheap by construction: the source is compiled
+    in memory, the weights take a msgpack round trip in memory, and only the generated module
+    is compiled anew (the interpreter's compiled ``run`` is reused)."""
+    from flax import serialization
+
     from onnx2flax import codegen
 
-    with tempfile.TemporaryDirectory() as folder:
-        codegen.save(converted, folder, inputs=inputs)
-        generated = load_generated(folder, "onnx2flax_generated_check")
-        variables = generated.load_variables()
-    got = jax.jit(generated.Model().apply)(variables, *inputs)
-    expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 got, expected)
+    if os.environ.get("ONNX2FLAX_SKIP_CODEGEN"):
+        return
+    if expected is None:
+        expected = converted.run(feeds)
+    inputs = [np.asarray(feeds[s.name], dtype=s.dtype) for s in converted.inputs]
+    module_inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
+                     for s, x in zip(converted.inputs, inputs)]
+    generated = codegen._Generator(converted, module_inputs)
+    variables = serialization.msgpack_restore(serialization.msgpack_serialize(
+        jax.tree.map(np.asarray, generated.variables)))
+    model = import_source(generated.source, "onnx2flax_generated_check").Model()
+
+    def apply(variables, *xs):  # the generated module with ConvertedModel.run's layout moves
+        xs = [jnp.moveaxis(x, 1, -1) if s.channels_last else x
+              for s, x in zip(converted.inputs, xs)]
+        outs = model.apply(variables, *xs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return [jnp.moveaxis(y, -1, 1) if s.channels_last else y
+                for s, y in zip(converted.outputs, outs)]
+
+    with jax.default_matmul_precision("highest"):  # as ConvertedModel.run
+        got = jax.jit(apply)(variables, *inputs)
+    assert len(got) == len(expected)
+    for spec, g, e in zip(converted.outputs, got, expected):
+        g = np.asarray(g)
+        assert g.shape == e.shape, (spec.name, g.shape, e.shape)
+        np.testing.assert_array_equal(g.astype(e.dtype), e, err_msg=f"output {spec.name!r}")
