@@ -131,19 +131,20 @@ class _Generator(_Interpreter):
     def _write(self, converted: ConvertedModel, inputs) -> None:
         graph = self.graph
         if inputs is None:
-            inputs = [jnp.zeros(converted._module_shape(s), s.dtype) for s in converted.inputs]
+            inputs = [jax.ShapeDtypeStruct(converted._module_shape(s), s.dtype)
+                      for s in converted.inputs]
         args = []
         env = _Env(graph.constants)
         self._current_env = env
         for spec, value in zip(converted.inputs, inputs):
             name = self.ids.take(spec.name, "x_")
             args.append(name)
-            value = jnp.asarray(value)
+            value = self._stand_in(value, name)
             perm = (_layout.channels_last(value.ndim) if spec.channels_last
                     else _layout.identity(value.ndim))
             self._line(f"# input {ascii(spec.name)}: {_shape_text(value)}"
                        f"{' channels-last' if spec.channels_last else ''}")
-            env.values[spec.name] = (self._stand_in(value, name), perm)
+            env.values[spec.name] = (value, perm)
         for name, path in self.program.free_params.items():
             value = graph.constants[name]
             var = self.ids.take("_".join(path), "p_")
@@ -152,7 +153,7 @@ class _Generator(_Interpreter):
             self._line(f"# parameter {ascii(name)}")
             self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
                        f"{tuple(value.shape)!r}, np.{value.dtype.name})")
-            env.values[name] = (self._stand_in(jnp.asarray(value), var),
+            env.values[name] = (self._stand_in(value, var),
                                 _layout.identity(value.ndim))
         self.run(env, graph)
         outs = []
@@ -162,7 +163,7 @@ class _Generator(_Interpreter):
             outs.append(self._emit_fn(lambda v, p=perm, k=keep: jnp.asarray(v if k else
                                                                             _layout.to_onnx(v, p)),
                                       [value], [f"out_{len(outs)}"], f"output {ascii(spec.name)}"))
-        names = [self._name_of(o[0]) for o in outs]
+        names = [self._name_of(o) for o in outs]
         result = names[0] if len(names) == 1 else "(" + ", ".join(names) + ",)"
         self._line(f"return {result}")
         self.source = self._module_source(converted, args)
@@ -196,9 +197,6 @@ class _Generator(_Interpreter):
                 outs, perms = super(_Generator, self)._call(spec, node, h)
             finally:
                 env.values.update(saved)
-            if any(isinstance(o, list) for o in outs):
-                raise CodegenError(f"{what}: sequence values (lists of tensors) cannot be "
-                                   "written as source yet")
             result["outs"], result["perms"] = outs, perms
             return [o for o in outs if not isinstance(o, np.ndarray)]
 
@@ -249,7 +247,7 @@ class _Generator(_Interpreter):
 
     def _emit_layer(self, call: _LayerCall, node, values):
         what = _node_text(node)
-        arg_names = self._emit_jaxpr(call.jaxpr, [self._name_of(v) for v in values], None, what)
+        arg_names = self._emit_jaxpr(call.jaxpr, self._names_of(values), None, what)
         cls = call.cls
         if getattr(nn, cls.__name__, None) is cls:
             ctor = f"nn.{cls.__name__}"
@@ -275,22 +273,22 @@ class _Generator(_Interpreter):
         variables = {"params": call.plan.params, "batch_stats": call.plan.batch_stats}
         shape = jax.eval_shape(lambda *a: cls(**call.kwargs).apply(variables, *a, **call.call_kwargs),
                                *call.args)
-        return self._stand_in(jnp.zeros(shape.shape, shape.dtype), var)
+        return self._stand_in(shape, var)
 
     # --- jaxprs -> source -------------------------------------------------------------
 
     def _emit_fn(self, fn, values, out_names, what):
-        """Trace ``fn(*values)`` (values: stand-ins of named variables), write its equations,
-        and return stand-ins for its outputs (named ``out_names`` or temporaries)."""
+        """Trace ``fn(*values)`` (values: stand-ins of named variables, or sequences: lists
+        of them), write its equations, and return stand-ins for its outputs (named
+        ``out_names`` or temporaries) in the structure ``fn`` returns. A sequence is one
+        variable per tensor in the source: its length is static, so no list is written."""
         try:
             jaxpr, shapes = jax.make_jaxpr(fn, return_shape=True)(*values)
         except _LayerCall:
             raise CodegenError(f"{what}: a layer was called outside a weighted node") from None
-        in_names = [self._name_of(v) for v in values]
-        names = self._emit_jaxpr(jaxpr, in_names, out_names, what)
-        shapes = shapes if isinstance(shapes, (list, tuple)) else [shapes]
-        outs = [self._stand_in(jnp.zeros(s.shape, s.dtype), n) for s, n in zip(shapes, names)]
-        return outs
+        names = self._emit_jaxpr(jaxpr, self._names_of(values), out_names, what)
+        leaves, tree = jax.tree.flatten(shapes)
+        return tree.unflatten([self._stand_in(s, n) for s, n in zip(leaves, names)])
 
     def _emit_jaxpr(self, closed, in_names, out_names, what) -> list[str]:
         jaxpr = closed.jaxpr
@@ -461,7 +459,11 @@ class _Generator(_Interpreter):
 
     # --- bookkeeping ------------------------------------------------------------------
 
-    def _stand_in(self, value, name: str):
+    def _stand_in(self, like, name: str) -> jax.ShapeDtypeStruct:
+        """An abstract value with ``like``'s shape and dtype, standing for variable ``name``
+        in the traces (abstract: tracing a node allocates nothing and runs nothing)."""
+        dtype = jax.dtypes.canonicalize_dtype(like.dtype)  # int64 -> int32 as jnp.asarray
+        value = jax.ShapeDtypeStruct(tuple(np.shape(like)), dtype)
         self.var_names[id(value)] = name
         self.keep.append(value)
         return value
@@ -470,6 +472,10 @@ class _Generator(_Interpreter):
         if id(value) not in self.var_names and isinstance(value, np.ndarray):
             return self._const(value)  # known at conversion time (e.g. a Shape output)
         return self.var_names[id(value)]
+
+    def _names_of(self, values) -> list[str]:
+        """The variables holding ``values``' arrays, in ``jax.tree.leaves`` order."""
+        return [self._name_of(v) for v in jax.tree.leaves(values)]
 
     def _new_temp(self) -> str:
         self._temp += 1
@@ -555,7 +561,7 @@ def _literal_names(names: Sequence[str]) -> str:
 
 
 def _shape_text(value) -> str:
-    return f"{np.dtype(value.dtype).name}{list(np.shape(value))}"
+    return f"{np.dtype(value.dtype).name}{list(value.shape)}"
 
 
 def _scalar(value: np.ndarray) -> str:
