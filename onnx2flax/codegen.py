@@ -21,13 +21,13 @@ import re
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
+from flax import nnx, serialization
 from jax import lax
 
 from . import _layers, _layout
@@ -46,22 +46,31 @@ _INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
 #: Constants up to this many elements are written into the source; larger ones are stored.
 _INLINE_SIZE = 16
+#: Attribute names an NNX model's weights must not take (``nnx.Module``'s own, and ours).
+_NNX_RESERVED = frozenset(dir(nnx.Module)) | {"constants"}
 
 
 class CodegenError(OnnxConversionError):
     """The model converts, but part of it cannot be written as standalone source."""
 
 
-def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None) -> str:
-    """The standalone source of ``converted`` (see :func:`save` for the weights)."""
-    return _Generator(converted, inputs).source
+API = Literal["linen", "nnx"]
+
+
+def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None, *,
+             api: API = "linen") -> str:
+    """The standalone source of ``converted`` (see :func:`save` for the weights):
+    a ``flax.linen`` module (``api="linen"``) or a ``flax.nnx`` module (``api="nnx"``).
+    ``converted`` may also be an ``NnxConvertedModel`` (its ``linen`` model is used)."""
+    return _Generator(converted, inputs, api).source
 
 
 def save(converted: ConvertedModel, out_dir, *, force: bool = False,
-         inputs: Sequence[Any] | None = None) -> list[Path]:
+         inputs: Sequence[Any] | None = None, api: API = "linen") -> list[Path]:
     """Write ``out_dir/model.py`` and ``out_dir/weights.msgpack``; existing files are kept
-    unless ``force``. Returns the paths written."""
-    gen = _Generator(converted, inputs)
+    unless ``force``. ``api``: as :func:`generate` (the weights file is the same for both).
+    Returns the paths written."""
+    gen = _Generator(converted, inputs, api)
     folder = output_dir(out_dir)
     weights = serialization.msgpack_serialize(
         jax.tree.map(np.asarray, gen.variables))
@@ -71,13 +80,16 @@ def save(converted: ConvertedModel, out_dir, *, force: bool = False,
 
 class _Names:
     """Python identifiers from untrusted names: ``[A-Za-z0-9_]`` only, a fixed prefix (so no
-    keyword, builtin or module name can be hit), unique."""
+    keyword, builtin or module name can be hit), unique, none of ``reserved``. With an empty
+    prefix a name that does not start with a letter gets ``w`` (no dunder, no digit)."""
 
-    def __init__(self) -> None:
-        self._taken: set[str] = set()
+    def __init__(self, reserved=()) -> None:
+        self._taken: set[str] = set(reserved)
 
     def take(self, name: str, prefix: str) -> str:
         base = prefix + (re.sub(r"[^A-Za-z0-9_]", "_", name)[:48] or "_")
+        if not base[0].isalpha():
+            base = "w" + base
         candidate, n = base, 0
         while candidate in self._taken or keyword.iskeyword(candidate):
             n += 1
@@ -107,12 +119,18 @@ class _NoModule:
 class _Generator(_Interpreter):
     """Runs the interpreter's node walk, tracing each node on its own and writing code."""
 
-    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None):
+    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None, api: API):
+        if api not in ("linen", "nnx"):
+            raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
+        converted = getattr(converted, "linen", converted)  # an NnxConvertedModel
         program = converted._program
         super().__init__(_NoModule(), program, train=False)
         self.converted = converted
+        self.api = api
         self.ids = _Names()
-        self.layer_names = _Names()
+        # Keys of the weights file; NNX attributes too, so none may shadow nnx.Module's.
+        self.layer_names = _Names(_NNX_RESERVED)
+        self.attrs: list[str] = []            # NNX: the lines of Model.__init__
         self.lines: list[str] = []
         self.preamble: list[str] = []
         self.var_names: dict[int, str] = {}  # id(stand-in array) -> variable holding it
@@ -151,8 +169,12 @@ class _Generator(_Interpreter):
             key = self.layer_names.take("_".join(path), "")
             self.params[key] = value
             self._line(f"# parameter {ascii(name)}")
-            self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
-                       f"{tuple(value.shape)!r}, np.{value.dtype.name})")
+            if self.api == "nnx":
+                self.attrs.append(f"self.{key} = nnx.Param(jnp.asarray(params[{key!r}]))")
+                self._line(f"{var} = self.{key}.get_value()")
+            else:
+                self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
+                           f"{tuple(value.shape)!r}, np.{value.dtype.name})")
             env.values[name] = (self._stand_in(value, var),
                                 _layout.identity(value.ndim))
         self.run(env, graph)
@@ -248,6 +270,14 @@ class _Generator(_Interpreter):
     def _emit_layer(self, call: _LayerCall, node, values):
         what = _node_text(node)
         arg_names = self._emit_jaxpr(call.jaxpr, self._names_of(values), None, what)
+        key = self.layer_names.take("_".join(call.plan.path), "")
+        if call.plan.params:
+            self.params[key] = dict(call.plan.params)
+        if call.plan.batch_stats:
+            self.stats[key] = dict(call.plan.batch_stats)
+        if self.api == "nnx":
+            args = [self._stand_in(a, n) for a, n in zip(call.args, arg_names)]
+            return self._emit_nnx_layer(call, key, args, what)
         cls = call.cls
         if getattr(nn, cls.__name__, None) is cls:
             ctor = f"nn.{cls.__name__}"
@@ -258,11 +288,6 @@ class _Generator(_Interpreter):
         else:
             raise CodegenError(f"{node_label(node.name, node.op_type)}: layer class "
                                f"{cls.__qualname__} cannot be written as standalone source")
-        key = self.layer_names.take("_".join(call.plan.path), "")
-        if call.plan.params:
-            self.params[key] = dict(call.plan.params)
-        if call.plan.batch_stats:
-            self.stats[key] = dict(call.plan.batch_stats)
         kwargs = ", ".join(f"{k}={_literal(v)}" for k, v in call.kwargs.items())
         call_kwargs = ", ".join(f"{k}=train" if k == "train" else f"{k}={_literal(v)}"
                                 for k, v in call.call_kwargs.items())
@@ -274,6 +299,51 @@ class _Generator(_Interpreter):
         shape = jax.eval_shape(lambda *a: cls(**call.kwargs).apply(variables, *a, **call.call_kwargs),
                                *call.args)
         return self._stand_in(shape, var)
+
+    def _emit_nnx_layer(self, call: _LayerCall, key: str, args: list, what: str):
+        """An NNX layer: its variables are attributes of ``self.<key>`` (``nnx.Param`` /
+        ``nnx.BatchStat``), its computation the ``jax.lax`` operations the linen layer
+        traces to. A layer with a ``train`` flag (BatchNorm) is traced both ways; the
+        training branch writes the updated statistics back."""
+        plan, cls = call.plan, call.cls
+        variables: dict[str, dict] = {}
+        fields = []
+        for collection, kind, source, leaves in (
+                ("params", "Param", "params", plan.params),
+                ("batch_stats", "BatchStat", "stats", plan.batch_stats)):
+            for leaf, value in leaves.items():
+                var = self._new_temp()
+                self._line(f"{var} = self.{key}.{leaf}.get_value()")
+                variables.setdefault(collection, {})[leaf] = self._stand_in(value, var)
+                fields.append(f"{leaf}=nnx.{kind}(jnp.asarray({source}[{key!r}][{leaf!r}]))")
+        self.attrs.append(f"self.{key} = Weights(\n    " + ",\n    ".join(fields) + ")")
+
+        def layer(train: bool | None):
+            kwargs = dict(call.call_kwargs) if train is None else {**call.call_kwargs,
+                                                                    "train": train}
+            mutable = ["batch_stats"] if train else False
+            return lambda v, *a: cls(**call.kwargs).apply(v, *a, **kwargs, mutable=mutable)
+
+        out = self._new_temp()
+        if "train" not in call.call_kwargs:
+            return self._emit_fn(layer(None), [variables, *args], [out], what)
+        else:
+            outer, self.lines = self.lines, []
+            try:
+                y, updates = self._emit_fn(layer(True), [variables, *args], None, what)
+                for leaf, value in updates.get("batch_stats", {}).items():
+                    self._line(f"self.{key}.{leaf}.set_value({self._name_of(value)})")
+                self._line(f"{out} = {self._name_of(y)}")
+                train_lines, self.lines = self.lines, []
+                y = self._emit_fn(layer(False), [variables, *args], [out], what)
+                eval_lines = self.lines
+            finally:
+                self.lines = outer
+            self._line("if train:")
+            self.lines += ["    " + line for line in train_lines]
+            self._line("else:")
+            self.lines += ["    " + line for line in eval_lines]
+            return y
 
     # --- jaxprs -> source -------------------------------------------------------------
 
@@ -454,7 +524,10 @@ class _Generator(_Interpreter):
         self.consts[key] = value
         var = self.const_vars[fingerprint] = self._new_temp()
         # At the top of __call__: module state is never read inside a lax function.
-        self.preamble.append(f"{var} = self.variable('constants', {key!r}).value")
+        if self.api == "nnx":
+            self.preamble.append(f"{var} = self.constants.{key}.get_value()")
+        else:
+            self.preamble.append(f"{var} = self.variable('constants', {key!r}).value")
         return var
 
     # --- bookkeeping ------------------------------------------------------------------
@@ -488,15 +561,26 @@ class _Generator(_Interpreter):
         graph = self.graph
         shapes = ", ".join(f"{_doc(s.name)}: {list(converted._module_shape(s))}"
                            for s in converted.inputs)
-        header = f'''"""Flax model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
+        nnx_api = self.api == "nnx"
+        if nnx_api:
+            usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack); the module
+is built holding them (``nnx.Param``, ``nnx.BatchStat``): no random initialization::
 
-Standalone: imports only jax, flax and numpy. Weights are in ``{WEIGHTS_FILE}`` beside this
-file (Flax msgpack)::
+    import model
+    net = model.load_model()              # == model.Model(model.load_variables())
+    y = net(*inputs)                      # nnx.jit(lambda m, *x: m(*x)) to compile
+    y = net(*inputs, train=True)          # BatchNorm: batch statistics, updated in place"""
+        else:
+            usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack)::
 
     import model
     variables = model.load_variables()          # {{'params': ..., 'batch_stats': ...}}
     y = model.Model().apply(variables, *inputs)  # train=True: BatchNorm uses batch stats
-                                                  # (pass mutable=['batch_stats'])
+                                                  # (pass mutable=['batch_stats'])"""
+        header = f'''"""Flax {'NNX' if nnx_api else 'linen'} model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
+
+Standalone: imports only jax, flax and numpy.
+{usage}
 
 Shapes are specialized to the traced input shapes {{{shapes}}}
 ({'channels-last' if converted.channels_last else 'ONNX'} layout for image tensors).
@@ -505,25 +589,61 @@ ONNX node it comes from.
 """
 '''
         body = "\n".join("        " + line for line in self.preamble + self.lines)
-        classes = "\n\n".join(inspect.getsource(c) for c in self.classes)
         signature = ", ".join(["self", *args, "train: bool = False"])
-        return f'''{header}
-from __future__ import annotations
+        if nnx_api:
+            consts = ", ".join(f"{k}=Constant(jnp.asarray(constants[{k!r}]))"
+                               for k in self.consts)
+            init = "\n".join("        " + line for line in "\n".join([
+                'params = variables["params"]',
+                'stats = variables.get("batch_stats", {})',
+                'constants = variables.get("constants", {})',
+                *self.attrs,
+                f"self.constants = Weights({consts})"]).splitlines())
+            model = f'''class Weights(nnx.Module):
+    """A layer's variables (``nnx.Param`` / ``nnx.BatchStat``) as attributes."""
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import serialization
-from jax import lax
+    def __init__(self, **variables):
+        for name, variable in variables.items():
+            setattr(self, name, variable)
 
-{classes}
 
-class Model(nn.Module):
-    @nn.compact
+class Constant(nnx.Variable):
+    """A tensor the graph computes with that is not trained (not an ``nnx.Param``)."""
+
+
+class Model(nnx.Module):
+    def __init__(self, variables):
+        """``variables``: ``load_variables()``, the converted weights."""
+{init}
+
     def __call__({signature}):
 {body}
 
+
+def load_model(path=None) -> Model:
+    """The model holding the weights saved beside this file (or at ``path``)."""
+    return Model(load_variables(path))
+'''
+        else:
+            classes = "".join(inspect.getsource(c) + "\n\n" for c in self.classes)
+            model = f'''{classes}class Model(nn.Module):
+    @nn.compact
+    def __call__({signature}):
+{body}
+'''
+        flax_imports = ("from flax import nnx, serialization" if nnx_api else
+                        "import flax.linen as nn\nfrom flax import serialization")
+        return f'''{header}
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+{flax_imports}
+from jax import lax
+
+
+{model}
 
 def load_variables(path=None):
     """The weights saved beside this file, as ``{{'params': ..., ...}}``."""

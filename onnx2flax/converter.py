@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import jax
 import numpy as np
@@ -17,6 +17,9 @@ from ._normalize import normalize
 from ._plan import Program, plan
 from ._registry import check_supported
 from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
+
+if TYPE_CHECKING:
+    from .nnx import NnxConvertedModel
 
 __all__ = ["ConvertedModel", "TensorSpec", "convert"]
 
@@ -80,6 +83,9 @@ class ConvertedModel:
         """Run on ``feeds`` (name -> array, ONNX layout), like onnxruntime's
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
         Jitted; compiled once per input shape."""
+        return self._run(feeds, self.variables)
+
+    def _run(self, feeds: Mapping[str, Any], variables) -> list[np.ndarray]:
         names = [s.name for s in self.inputs]
         if not isinstance(feeds, Mapping):
             raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
@@ -100,7 +106,7 @@ class ConvertedModel:
                           else np.asarray(value, dtype=spec.dtype))
         try:
             with jax.default_matmul_precision("highest"):
-                outs = self._jitted(self.variables, *arrays)
+                outs = self._jitted(variables, *arrays)
         except jax.errors.JaxRuntimeError as exc:  # raised by XLA while compiling or running
             if "RESOURCE_EXHAUSTED" in str(exc):
                 raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
@@ -119,9 +125,27 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return value.astype(spec.dtype)
 
 
+@overload
+def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
+            progress: bool | _progress.Progress | None = ...,
+            api: Literal["linen"] = ...) -> ConvertedModel: ...
+
+
+@overload
+def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
+            progress: bool | _progress.Progress | None = ...,
+            api: Literal["nnx"]) -> NnxConvertedModel: ...
+
+
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
-            progress: bool | _progress.Progress | None = None) -> ConvertedModel:
+            progress: bool | _progress.Progress | None = None,
+            api: Literal["linen", "nnx"] = "linen") -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
+
+    ``api="linen"`` (default) returns a :class:`ConvertedModel` (a ``flax.linen`` module and
+    its variables); ``api="nnx"`` an :class:`~onnx2flax.nnx.NnxConvertedModel` whose
+    ``module`` is an ``nnx.Module`` holding the same weights as ``nnx.Param`` /
+    ``nnx.BatchStat`` (no random initialization), with the same outputs.
 
     ``channels_last=True`` (default) makes image tensors ``[N, *spatial, C]`` at the module's
     boundary, as a hand-written Flax model; ``False`` keeps ONNX's ``[N, C, *spatial]``.
@@ -138,6 +162,8 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models and
     :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once).
     """
+    if api not in ("linen", "nnx"):
+        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     proto, base_dir = load_model(model)
     report = _progress.reporter(progress, proto)
     if report is not None:
@@ -153,4 +179,8 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     program = plan(graph)
     if report is not None:
         report("plan", 1, 1)
-    return ConvertedModel(program, channels_last, report)
+    converted = ConvertedModel(program, channels_last, report)
+    if api == "nnx":
+        from .nnx import NnxConvertedModel
+        return NnxConvertedModel(converted)
+    return converted
