@@ -119,7 +119,8 @@ class _NoModule:
 class _Generator(_Interpreter):
     """Runs the interpreter's node walk, tracing each node on its own and writing code."""
 
-    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None, api: API):
+    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None,
+                 api: API = "linen"):
         if api not in ("linen", "nnx"):
             raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
         converted = getattr(converted, "linen", converted)  # an NnxConvertedModel
@@ -174,7 +175,7 @@ class _Generator(_Interpreter):
                 self._line(f"{var} = self.{key}.get_value()")
             else:
                 self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
-                           f"{tuple(value.shape)!r}, np.{value.dtype.name})")
+                           f"{tuple(value.shape)!r}, {_dtype_text(value.dtype)})")
             env.values[name] = (self._stand_in(value, var),
                                 _layout.identity(value.ndim))
         self.run(env, graph)
@@ -514,7 +515,7 @@ class _Generator(_Interpreter):
         if value.size <= _INLINE_SIZE:
             if value.ndim == 0:
                 return _scalar(value)
-            return f"np.array({_literal(value.tolist())}, dtype=np.{value.dtype.name})"
+            return f"np.array({_literal(value.tolist())}, dtype={_dtype_text(value.dtype)})"
         # One variable per distinct constant, as XLA merges equal constants in the
         # interpreter's program (the fusions it makes then depend on it).
         fingerprint = (value.dtype.str, value.shape, value.tobytes())
@@ -684,13 +685,22 @@ def _shape_text(value) -> str:
     return f"{np.dtype(value.dtype).name}{list(value.shape)}"
 
 
+def _dtype_text(dtype) -> str:
+    """Source for a NumPy scalar type: ``np.float32``, or for the types ``ml_dtypes`` adds
+    (registered by importing jax) ``np.dtype('bfloat16').type``."""
+    dtype = np.dtype(dtype)
+    if getattr(np, dtype.name, None) is dtype.type:
+        return f"np.{dtype.name}"
+    return f"np.dtype({dtype.name!r}).type"
+
+
 def _scalar(value: np.ndarray) -> str:
     v = value.item()
     if isinstance(v, float) and not np.isfinite(v):
         v = f"float({repr(v)!r})"
     else:
         v = repr(v)
-    return f"np.{value.dtype.name}({v})"
+    return f"{_dtype_text(value.dtype)}({v})"
 
 
 def _literal(value) -> str:
@@ -709,7 +719,7 @@ def _literal(value) -> str:
     if isinstance(value, np.dtype):
         return f"np.dtype({value.name!r})"
     if isinstance(value, type) and issubclass(value, np.generic):
-        return f"np.{np.dtype(value).name}"
+        return _dtype_text(value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         owner = type(value).__name__
         if getattr(lax, owner, None) is not type(value):
