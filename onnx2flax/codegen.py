@@ -44,10 +44,12 @@ WEIGHTS_FILE = "weights.msgpack"
 #: Call-like primitives whose body is written inline.
 _INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
-#: Constants up to this many elements are written into the source; larger ones are stored.
+#: Constants up to this many elements are written as array literals; larger ones as bytes.
 _INLINE_SIZE = 16
+#: Hex digits per line of a constant's bytes.
+_HEX_LINE = 88
 #: Attribute names an NNX model's weights must not take (``nnx.Module``'s own, and ours).
-_NNX_RESERVED = frozenset(dir(nnx.Module)) | {"constants"}
+_NNX_RESERVED = frozenset(dir(nnx.Module))
 
 
 class CodegenError(OnnxConversionError):
@@ -133,12 +135,11 @@ class _Generator(_Interpreter):
         self.layer_names = _Names(_NNX_RESERVED)
         self.attrs: list[str] = []            # NNX: the lines of Model.__init__
         self.lines: list[str] = []
-        self.preamble: list[str] = []
+        self.constants: list[str] = []       # module-level lines defining the constants
         self.var_names: dict[int, str] = {}  # id(stand-in array) -> variable holding it
         self.keep: list[Any] = []             # stand-ins stay alive while their id is used
         self.params: dict = {}
         self.stats: dict = {}
-        self.consts: dict[str, np.ndarray] = {}
         self.const_vars: dict[tuple, str] = {}  # (dtype, shape, bytes) -> variable
         self.classes: list[type] = []
         self._temp = 0
@@ -193,8 +194,6 @@ class _Generator(_Interpreter):
         self.variables = {"params": self.params}
         if self.stats:
             self.variables["batch_stats"] = self.stats
-        if self.consts:
-            self.variables["constants"] = self.consts
 
     def _call(self, spec, node, held):
         if not self.top:  # a subgraph run inside a node's trace: nothing to write
@@ -516,19 +515,17 @@ class _Generator(_Interpreter):
             if value.ndim == 0:
                 return _scalar(value)
             return f"np.array({_literal(value.tolist())}, dtype={_dtype_text(value.dtype)})"
-        # One variable per distinct constant, as XLA merges equal constants in the
-        # interpreter's program (the fusions it makes then depend on it).
+        # A module-level NumPy array, as the interpreter's constants are: XLA sees a
+        # literal it may fold (a jit argument would compile to other code, other roundings).
+        # One per distinct value, as XLA merges equal constants (its fusions depend on it).
         fingerprint = (value.dtype.str, value.shape, value.tobytes())
         if fingerprint in self.const_vars:
             return self.const_vars[fingerprint]
-        key = f"c{len(self.consts)}"
-        self.consts[key] = value
-        var = self.const_vars[fingerprint] = self._new_temp()
-        # At the top of __call__: module state is never read inside a lax function.
-        if self.api == "nnx":
-            self.preamble.append(f"{var} = self.constants.{key}.get_value()")
-        else:
-            self.preamble.append(f"{var} = self.variable('constants', {key!r}).value")
+        var = self.const_vars[fingerprint] = f"C{len(self.const_vars)}"
+        data = value.tobytes().hex()
+        chunks = "".join(f'\n    "{data[i:i + _HEX_LINE]}"' for i in range(0, len(data), _HEX_LINE))
+        self.constants.append(f"{var} = np.frombuffer(bytes.fromhex({chunks}),\n"
+                              f"    {_dtype_text(value.dtype)}).reshape({tuple(value.shape)!r})")
         return var
 
     # --- bookkeeping ------------------------------------------------------------------
@@ -589,27 +586,19 @@ Traced in inference mode: Dropout is an identity here. Each block is commented w
 ONNX node it comes from.
 """
 '''
-        body = "\n".join("        " + line for line in self.preamble + self.lines)
+        body = "\n".join("        " + line for line in self.lines)
         signature = ", ".join(["self", *args, "train: bool = False"])
         if nnx_api:
-            consts = ", ".join(f"{k}=Constant(jnp.asarray(constants[{k!r}]))"
-                               for k in self.consts)
             init = "\n".join("        " + line for line in "\n".join([
                 'params = variables["params"]',
                 'stats = variables.get("batch_stats", {})',
-                'constants = variables.get("constants", {})',
-                *self.attrs,
-                f"self.constants = Weights({consts})"]).splitlines())
+                *self.attrs]).splitlines())
             model = f'''class Weights(nnx.Module):
     """A layer's variables (``nnx.Param`` / ``nnx.BatchStat``) as attributes."""
 
     def __init__(self, **variables):
         for name, variable in variables.items():
             setattr(self, name, variable)
-
-
-class Constant(nnx.Variable):
-    """A tensor the graph computes with that is not trained (not an ``nnx.Param``)."""
 
 
 class Model(nnx.Module):
@@ -632,18 +621,22 @@ def load_model(path=None) -> Model:
     def __call__({signature}):
 {body}
 '''
-        flax_imports = ("from flax import nnx, serialization" if nnx_api else
-                        "import flax.linen as nn\nfrom flax import serialization")
+        constants = "\n\n".join(self.constants)
+        if constants:
+            constants = ("\n# The graph's constants (tensors it computes with that are not weights, "
+                         "such as index\n# tables): raw bytes in native (little-endian) order.\n"
+                         + constants + "\n\n")
+        imports = ("import jax\nimport jax.numpy as jnp\nimport numpy as np\n"
+                   "from flax import nnx, serialization" if nnx_api else
+                   "import flax.linen as nn\nimport jax\nimport jax.numpy as jnp\n"
+                   "import numpy as np\nfrom flax import serialization")
         return f'''{header}
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-{flax_imports}
+{imports}
 from jax import lax
 
-
+{constants}
 {model}
 
 def load_variables(path=None):
