@@ -1,5 +1,6 @@
 """Standalone Flax source for a converted model: ``generate(converted) -> str`` and
-``save(converted, out_dir)`` (``model.py`` + ``weights.msgpack``).
+``save(converted, out_dir)`` (``model.py`` + ``weights.msgpack``), as a ``flax.linen``
+module (``api="linen"``, default) or a ``flax.nnx`` module (``api="nnx"``).
 
 The source is made by walking the graph node by node exactly as the interpreter does: a
 weighted node becomes the same Flax layer constructor call with the same arguments (named
@@ -7,10 +8,19 @@ after the weight, e.g. ``nn.Conv(name='conv', ...)``); every other node becomes 
 ``jax.lax`` operations its handler traced to, on the node's actual input shapes. Same ops,
 same order, so the generated module computes the interpreter's outputs bit for bit. Shapes
 are specialized to the shapes traced (the model's static input shapes, dynamic dims as 1
-unless ``inputs`` are given).
+unless ``inputs`` are given). Sequences (lists of tensors, static length) become one
+variable per tensor. The graph's constants other than weights are module-level NumPy
+arrays written into the source, so that XLA sees them as constants, as it does in the
+interpreter (as jit arguments, they compile to other code: other fusions, other roundings).
 
-ONNX names never become code: identifiers are sanitized (``[A-Za-z0-9_]``, prefixed, unique)
-and names appear only inside comments and string literals, written with ``repr``.
+NNX: the weights are ``nnx.Param`` / ``nnx.BatchStat`` attributes (``self.conv.kernel``),
+filled from ``weights.msgpack`` when the module is built (no random initialization); a
+layer's computation is the ``jax.lax`` operations its linen layer traces to, and BatchNorm's
+``train=True`` branch writes the updated statistics back.
+
+ONNX names never become code: identifiers are sanitized (``[A-Za-z0-9_]``, prefixed, unique,
+never one of ``nnx.Module``'s attributes) and names appear only inside comments and string
+literals, written with ``repr``.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ _INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
 _INLINE_SIZE = 16
 #: Hex digits per line of a constant's bytes.
 _HEX_LINE = 88
-#: Attribute names an NNX model's weights must not take (``nnx.Module``'s own, and ours).
+#: Attribute names an NNX model's weights must not take: ``nnx.Module``'s own.
 _NNX_RESERVED = frozenset(dir(nnx.Module))
 
 
@@ -327,23 +337,22 @@ class _Generator(_Interpreter):
         out = self._new_temp()
         if "train" not in call.call_kwargs:
             return self._emit_fn(layer(None), [variables, *args], [out], what)
-        else:
-            outer, self.lines = self.lines, []
-            try:
-                y, updates = self._emit_fn(layer(True), [variables, *args], None, what)
-                for leaf, value in updates.get("batch_stats", {}).items():
-                    self._line(f"self.{key}.{leaf}.set_value({self._name_of(value)})")
-                self._line(f"{out} = {self._name_of(y)}")
-                train_lines, self.lines = self.lines, []
-                y = self._emit_fn(layer(False), [variables, *args], [out], what)
-                eval_lines = self.lines
-            finally:
-                self.lines = outer
-            self._line("if train:")
-            self.lines += ["    " + line for line in train_lines]
-            self._line("else:")
-            self.lines += ["    " + line for line in eval_lines]
-            return y
+        outer, self.lines = self.lines, []
+        try:
+            y, updates = self._emit_fn(layer(True), [variables, *args], None, what)
+            for leaf, value in updates.get("batch_stats", {}).items():
+                self._line(f"self.{key}.{leaf}.set_value({self._name_of(value)})")
+            self._line(f"{out} = {self._name_of(y)}")
+            train_lines, self.lines = self.lines, []
+            y = self._emit_fn(layer(False), [variables, *args], [out], what)
+            eval_lines = self.lines
+        finally:
+            self.lines = outer
+        self._line("if train:")
+        self.lines += ["    " + line for line in train_lines]
+        self._line("else:")
+        self.lines += ["    " + line for line in eval_lines]
+        return y
 
     # --- jaxprs -> source -------------------------------------------------------------
 
@@ -437,7 +446,7 @@ class _Generator(_Interpreter):
             env[eqn.outvars[0]] = out
             return
         operands, inits = _literal_names(ins[:n]), _literal_names(ins[n:])
-        call = (f"lax.reduce_window({operands}, {inits}, lambda a, b: {fn}(*a, *b), {args})")
+        call = f"lax.reduce_window({operands}, {inits}, lambda a, b: {fn}(*a, *b), {args})"
         for var, name in zip(eqn.outvars, self._unpack(call, n)):
             env[var] = name
 
@@ -561,8 +570,8 @@ class _Generator(_Interpreter):
                            for s in converted.inputs)
         nnx_api = self.api == "nnx"
         if nnx_api:
-            usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack); the module
-is built holding them (``nnx.Param``, ``nnx.BatchStat``): no random initialization::
+            usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack); the
+module is built holding them (``nnx.Param``, ``nnx.BatchStat``): no random init::
 
     import model
     net = model.load_model()              # == model.Model(model.load_variables())
@@ -575,7 +584,8 @@ is built holding them (``nnx.Param``, ``nnx.BatchStat``): no random initializati
     variables = model.load_variables()          # {{'params': ..., 'batch_stats': ...}}
     y = model.Model().apply(variables, *inputs)  # train=True: BatchNorm uses batch stats
                                                   # (pass mutable=['batch_stats'])"""
-        header = f'''"""Flax {'NNX' if nnx_api else 'linen'} model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
+        kind = "NNX" if nnx_api else "linen"
+        header = f'''"""Flax {kind} model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
 
 Standalone: imports only jax, flax and numpy.
 {usage}
@@ -623,9 +633,9 @@ def load_model(path=None) -> Model:
 '''
         constants = "\n\n".join(self.constants)
         if constants:
-            constants = ("\n# The graph's constants (tensors it computes with that are not weights, "
-                         "such as index\n# tables): raw bytes in native (little-endian) order.\n"
-                         + constants + "\n\n")
+            constants = ("\n# The graph's constants (tensors it computes with that are not "
+                         "weights, such as index\n# tables): raw bytes in native (little-endian) "
+                         "order.\n" + constants + "\n\n")
         imports = ("import jax\nimport jax.numpy as jnp\nimport numpy as np\n"
                    "from flax import nnx, serialization" if nnx_api else
                    "import flax.linen as nn\nimport jax\nimport jax.numpy as jnp\n"
