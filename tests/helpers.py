@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import jax
@@ -82,6 +83,10 @@ def import_source(source: str, name: str):
     return module
 
 
+#: converted model -> input signatures whose generated source was checked.
+_CODEGEN_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def assert_codegen_matches(converted, feeds, expected=None):
     """The generated source of ``converted`` computes the interpreter's outputs bit for bit
     on ``feeds`` (name -> array, ONNX layout), both jitted. ``expected``: the outputs of
@@ -97,9 +102,14 @@ def assert_codegen_matches(converted, feeds, expected=None):
 
     if os.environ.get("ONNX2FLAX_SKIP_CODEGEN"):
         return
+    inputs = [np.asarray(feeds[s.name], dtype=s.dtype) for s in converted.inputs]
+    signature = tuple((x.shape, x.dtype.str) for x in inputs)
+    checked = _CODEGEN_CHECKED.setdefault(converted, set())
+    if signature in checked:  # the same source again (a test's run already checked it)
+        return
+    checked.add(signature)
     if expected is None:
         expected = converted.run(feeds)
-    inputs = [np.asarray(feeds[s.name], dtype=s.dtype) for s in converted.inputs]
     module_inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
                      for s, x in zip(converted.inputs, inputs)]
     generated = codegen._Generator(converted, module_inputs)
@@ -124,3 +134,16 @@ def assert_codegen_matches(converted, feeds, expected=None):
         if g.tobytes() != e.tobytes():  # bit for bit: NaNs, signed zeros
             np.testing.assert_array_equal(g, e, err_msg=f"output {spec.name!r}")
             raise AssertionError(f"output {spec.name!r}: equal values, different bits")
+
+
+def check_codegen_on_run(monkeypatch):
+    """Make ``ConvertedModel.run`` also check the generated source (``assert_codegen_matches``):
+    always in the ONNX node tests, in every test with ``pytest --codegen-all``."""
+    run = onnx2flax.ConvertedModel.run
+
+    def checked(self, feeds):
+        got = run(self, feeds)
+        assert_codegen_matches(self, feeds, got)
+        return got
+
+    monkeypatch.setattr(onnx2flax.ConvertedModel, "run", checked)

@@ -28,10 +28,9 @@ from collections import defaultdict
 import onnx.backend.test
 import pytest
 from conformance_cases import expected_failures, is_expanded, op_of
-from helpers import assert_codegen_matches
+from helpers import check_codegen_on_run
 
 from onnx2flax.backend import OnnxFlaxBackend
-from onnx2flax.converter import ConvertedModel
 
 _PER_OP = 2
 
@@ -46,14 +45,7 @@ if _failing:
 @pytest.fixture(autouse=True)
 def _check_codegen(monkeypatch):
     """``ConvertedModel.run`` (what the backend calls) also checks the generated source."""
-    run = ConvertedModel.run
-
-    def checked(self, feeds):
-        got = run(self, feeds)
-        assert_codegen_matches(self, feeds, got)
-        return got
-
-    monkeypatch.setattr(ConvertedModel, "run", checked)
+    check_codegen_on_run(monkeypatch)
 
 
 def _fast_subset(names: list[str]) -> set[str]:
