@@ -89,14 +89,16 @@ _CODEGEN_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def assert_codegen_matches(converted, feeds, expected=None):
     """The generated source of ``converted`` computes the interpreter's outputs bit for bit
-    on ``feeds`` (name -> array, ONNX layout), both jitted. ``expected``: the outputs of
-    ``converted.run(feeds)`` when the caller has them (the interpreter is not run again).
+    on ``feeds`` (name -> array, ONNX layout), both jitted: the linen source, and for models
+    with layers (the only part written differently) the NNX source too. ``expected``: the
+    outputs of ``converted.run(feeds)`` when the caller has them.
 
-    Runs on every model the tests convert (``assert_matches_ort``, the op tests' helpers);
-    ``ONNX2FLAX_SKIP_CODEGEN=1`` turns it off. Cheap by construction: the source is compiled
-    in memory, the weights take a msgpack round trip in memory, and only the generated module
-    is compiled anew (the interpreter's compiled ``run`` is reused)."""
-    from flax import serialization
+    Runs on every model the op tests convert (``assert_matches_ort``, the op tests' helpers)
+    and the ONNX node tests run (``check_codegen_on_run``); ``ONNX2FLAX_SKIP_CODEGEN=1`` turns
+    it off. Cheap by construction: the source is compiled in memory, the weights take a
+    msgpack round trip in memory, and only the generated module is compiled anew (the
+    interpreter's compiled ``run`` is reused)."""
+    from flax import nnx, serialization
 
     from onnx2flax import codegen
 
@@ -112,28 +114,35 @@ def assert_codegen_matches(converted, feeds, expected=None):
         expected = converted.run(feeds)
     module_inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
                      for s, x in zip(converted.inputs, inputs)]
-    generated = codegen._Generator(converted, module_inputs)
-    variables = serialization.msgpack_restore(serialization.msgpack_serialize(
-        jax.tree.map(np.asarray, generated.variables)))
-    model = import_source(generated.source, "onnx2flax_generated_check").Model()
 
-    def apply(variables, *xs):  # the generated module with ConvertedModel.run's layout moves
+    def onnx_layout(call, *xs):  # a generated module with ConvertedModel.run's layout moves
         xs = [jnp.moveaxis(x, 1, -1) if s.channels_last else x
               for s, x in zip(converted.inputs, xs)]
-        outs = model.apply(variables, *xs)
+        outs = call(*xs)
         outs = outs if isinstance(outs, tuple) else (outs,)
         return [jnp.moveaxis(y, -1, 1) if s.channels_last else y
                 for s, y in zip(converted.outputs, outs)]
 
-    with jax.default_matmul_precision("highest"):  # as ConvertedModel.run
-        got = jax.jit(apply)(variables, *inputs)
-    assert len(got) == len(expected)
-    for spec, g, e in zip(converted.outputs, got, expected):
-        g = np.asarray(g).astype(e.dtype)  # as run casts int32 to int64
-        assert g.shape == e.shape, (spec.name, g.shape, e.shape)
-        if g.tobytes() != e.tobytes():  # bit for bit: NaNs, signed zeros
-            np.testing.assert_array_equal(g, e, err_msg=f"output {spec.name!r}")
-            raise AssertionError(f"output {spec.name!r}: equal values, different bits")
+    apis = ["linen", "nnx"] if converted._program.layers else ["linen"]
+    for api in apis:
+        generated = codegen._Generator(converted, module_inputs, api)
+        variables = serialization.msgpack_restore(serialization.msgpack_serialize(
+            jax.tree.map(np.asarray, generated.variables)))
+        module = import_source(generated.source, "onnx2flax_generated_check")
+        with jax.default_matmul_precision("highest"):  # as ConvertedModel.run
+            if api == "nnx":
+                got = nnx.jit(lambda m, *xs: onnx_layout(m, *xs))(module.Model(variables),
+                                                                  *inputs)
+            else:
+                got = jax.jit(lambda v, *xs: onnx_layout(
+                    lambda *a: module.Model().apply(v, *a), *xs))(variables, *inputs)
+        assert len(got) == len(expected)
+        for spec, g, e in zip(converted.outputs, got, expected):
+            g = np.asarray(g).astype(e.dtype)  # as run casts int32 to int64
+            assert g.shape == e.shape, (api, spec.name, g.shape, e.shape)
+            if g.tobytes() != e.tobytes():  # bit for bit: NaNs, signed zeros
+                np.testing.assert_array_equal(g, e, err_msg=f"{api}: output {spec.name!r}")
+                raise AssertionError(f"{api}: output {spec.name!r}: equal values, different bits")
 
 
 def check_codegen_on_run(monkeypatch):
