@@ -3,7 +3,8 @@
 Public API:
 
 - :func:`convert` -> :class:`ConvertedModel` (``.module``, ``.variables``, ``.inputs``,
-  ``.outputs``, ``.run``);
+  ``.outputs``, ``.run``); ``convert(..., api="nnx")`` -> :class:`NnxConvertedModel` (the
+  same, ``.module`` an ``nnx.Module`` holding the weights);
 - :func:`export`: PyTorch -> ONNX keeping parameter names and BatchNorm;
 - :func:`compare` -> :class:`ComparisonReport`: onnx2flax vs onnxruntime (and torch),
   per output or per node;
@@ -15,13 +16,14 @@ from ._compare import Comparison, ComparisonReport, compare, random_feeds
 from ._export import export
 from ._inspect import ModelSummary, summarize
 from .converter import ConvertedModel, TensorSpec, convert
+from .nnx import NnxConvertedModel
 from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
                      OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvertedModel", "TensorSpec", "convert", "export",
+    "ConvertedModel", "NnxConvertedModel", "TensorSpec", "convert", "export",
     "Comparison", "ComparisonReport", "compare", "random_feeds",
     "ModelSummary", "summarize",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",

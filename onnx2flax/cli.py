@@ -27,15 +27,19 @@ def _cmd_convert(args) -> int:
                         bounds=dict(args.bound or ()))
     _progress(f"converted in {time.perf_counter() - start:.2f} s; writing {args.output}")
     folder = output_dir(args.output)
-    written = codegen.save(converted, folder, force=args.force)
+    written = codegen.save(converted, folder, force=args.force, api=args.api)
     layout = "\n".join(f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
                        for s in converted.inputs + converted.outputs)
     written.append(write_file(
         folder, "summary.txt", f"{summarize(args.model).text()}\nlayout at the module "
-        f"boundary:\n{layout}\nuse: from model import Model, load_variables; "
-        "Model().apply(load_variables(), *inputs)\n", force=args.force))
+        f"boundary:\n{layout}\n{_USAGE[args.api]}\n", force=args.force))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+_USAGE = {"linen": "use: from model import Model, load_variables; "
+                   "Model().apply(load_variables(), *inputs)",
+          "nnx": "use: from model import load_model; load_model()(*inputs)"}
 
 
 def _cmd_compare(args) -> int:
@@ -108,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-first", action="store_true",
                    help="keep ONNX's NCHW layout at the module boundary")
     _add_bound(p)
+    p.add_argument("--api", choices=("linen", "nnx"), default="linen",
+                   help="write a flax.linen module (default) or a flax.nnx module")
     p.set_defaults(fn=_cmd_convert)
 
     p = sub.add_parser("compare", help="compare onnx2flax with onnxruntime on random inputs "

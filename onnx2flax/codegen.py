@@ -1,5 +1,6 @@
 """Standalone Flax source for a converted model: ``generate(converted) -> str`` and
-``save(converted, out_dir)`` (``model.py`` + ``weights.msgpack``).
+``save(converted, out_dir)`` (``model.py`` + ``weights.msgpack``), as a ``flax.linen``
+module (``api="linen"``, default) or a ``flax.nnx`` module (``api="nnx"``).
 
 The source is made by walking the graph node by node exactly as the interpreter does: a
 weighted node becomes the same Flax layer constructor call with the same arguments (named
@@ -7,10 +8,19 @@ after the weight, e.g. ``nn.Conv(name='conv', ...)``); every other node becomes 
 ``jax.lax`` operations its handler traced to, on the node's actual input shapes. Same ops,
 same order, so the generated module computes the interpreter's outputs bit for bit. Shapes
 are specialized to the shapes traced (the model's static input shapes, dynamic dims as 1
-unless ``inputs`` are given).
+unless ``inputs`` are given). Sequences (lists of tensors, static length) become one
+variable per tensor. The graph's constants other than weights are module-level NumPy
+arrays written into the source, so that XLA sees them as constants, as it does in the
+interpreter (as jit arguments, they compile to other code: other fusions, other roundings).
 
-ONNX names never become code: identifiers are sanitized (``[A-Za-z0-9_]``, prefixed, unique)
-and names appear only inside comments and string literals, written with ``repr``.
+NNX: the weights are ``nnx.Param`` / ``nnx.BatchStat`` attributes (``self.conv.kernel``),
+filled from ``weights.msgpack`` when the module is built (no random initialization); a
+layer's computation is the ``jax.lax`` operations its linen layer traces to, and BatchNorm's
+``train=True`` branch writes the updated statistics back.
+
+ONNX names never become code: identifiers are sanitized (``[A-Za-z0-9_]``, prefixed, unique,
+never one of ``nnx.Module``'s attributes) and names appear only inside comments and string
+literals, written with ``repr``.
 """
 
 from __future__ import annotations
@@ -21,13 +31,13 @@ import re
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
+from flax import nnx, serialization
 from jax import lax
 
 from . import _layers, _layout
@@ -44,24 +54,35 @@ WEIGHTS_FILE = "weights.msgpack"
 #: Call-like primitives whose body is written inline.
 _INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
            "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
-#: Constants up to this many elements are written into the source; larger ones are stored.
+#: Constants up to this many elements are written as array literals; larger ones as bytes.
 _INLINE_SIZE = 16
+#: Hex digits per line of a constant's bytes.
+_HEX_LINE = 88
+#: Attribute names an NNX model's weights must not take: ``nnx.Module``'s own.
+_NNX_RESERVED = frozenset(dir(nnx.Module))
 
 
 class CodegenError(OnnxConversionError):
     """The model converts, but part of it cannot be written as standalone source."""
 
 
-def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None) -> str:
-    """The standalone source of ``converted`` (see :func:`save` for the weights)."""
-    return _Generator(converted, inputs).source
+API = Literal["linen", "nnx"]
+
+
+def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None, *,
+             api: API = "linen") -> str:
+    """The standalone source of ``converted`` (see :func:`save` for the weights):
+    a ``flax.linen`` module (``api="linen"``) or a ``flax.nnx`` module (``api="nnx"``).
+    ``converted`` may also be an ``NnxConvertedModel`` (its ``linen`` model is used)."""
+    return _Generator(converted, inputs, api).source
 
 
 def save(converted: ConvertedModel, out_dir, *, force: bool = False,
-         inputs: Sequence[Any] | None = None) -> list[Path]:
+         inputs: Sequence[Any] | None = None, api: API = "linen") -> list[Path]:
     """Write ``out_dir/model.py`` and ``out_dir/weights.msgpack``; existing files are kept
-    unless ``force``. Returns the paths written."""
-    gen = _Generator(converted, inputs)
+    unless ``force``. ``api``: as :func:`generate` (the weights file is the same for both).
+    Returns the paths written."""
+    gen = _Generator(converted, inputs, api)
     folder = output_dir(out_dir)
     weights = serialization.msgpack_serialize(
         jax.tree.map(np.asarray, gen.variables))
@@ -71,13 +92,16 @@ def save(converted: ConvertedModel, out_dir, *, force: bool = False,
 
 class _Names:
     """Python identifiers from untrusted names: ``[A-Za-z0-9_]`` only, a fixed prefix (so no
-    keyword, builtin or module name can be hit), unique."""
+    keyword, builtin or module name can be hit), unique, none of ``reserved``. With an empty
+    prefix a name that does not start with a letter gets ``w`` (no dunder, no digit)."""
 
-    def __init__(self) -> None:
-        self._taken: set[str] = set()
+    def __init__(self, reserved=()) -> None:
+        self._taken: set[str] = set(reserved)
 
     def take(self, name: str, prefix: str) -> str:
         base = prefix + (re.sub(r"[^A-Za-z0-9_]", "_", name)[:48] or "_")
+        if not base[0].isalpha():
+            base = "w" + base
         candidate, n = base, 0
         while candidate in self._taken or keyword.iskeyword(candidate):
             n += 1
@@ -107,19 +131,26 @@ class _NoModule:
 class _Generator(_Interpreter):
     """Runs the interpreter's node walk, tracing each node on its own and writing code."""
 
-    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None):
+    def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None,
+                 api: API = "linen"):
+        if api not in ("linen", "nnx"):
+            raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
+        converted = getattr(converted, "linen", converted)  # an NnxConvertedModel
         program = converted._program
         super().__init__(_NoModule(), program, train=False)
         self.converted = converted
+        self.api = api
         self.ids = _Names()
-        self.layer_names = _Names()
+        # Keys of the weights file; NNX attributes too, so none may shadow nnx.Module's.
+        self.layer_names = _Names(_NNX_RESERVED)
+        self.attrs: list[str] = []            # NNX: the lines of Model.__init__
         self.lines: list[str] = []
-        self.preamble: list[str] = []
+        self.constants: list[str] = []       # module-level lines defining the constants
         self.var_names: dict[int, str] = {}  # id(stand-in array) -> variable holding it
         self.keep: list[Any] = []             # stand-ins stay alive while their id is used
         self.params: dict = {}
         self.stats: dict = {}
-        self.consts: dict[str, np.ndarray] = {}
+        self.const_vars: dict[tuple, str] = {}  # (dtype, shape, bytes) -> variable
         self.classes: list[type] = []
         self._temp = 0
         self._layer_value: Any = None
@@ -130,28 +161,33 @@ class _Generator(_Interpreter):
     def _write(self, converted: ConvertedModel, inputs) -> None:
         graph = self.graph
         if inputs is None:
-            inputs = [jnp.zeros(converted._module_shape(s), s.dtype) for s in converted.inputs]
+            inputs = [jax.ShapeDtypeStruct(converted._module_shape(s), s.dtype)
+                      for s in converted.inputs]
         args = []
         env = _Env(graph.constants)
         self._current_env = env
         for spec, value in zip(converted.inputs, inputs):
             name = self.ids.take(spec.name, "x_")
             args.append(name)
-            value = jnp.asarray(value)
+            value = self._stand_in(value, name)
             perm = (_layout.channels_last(value.ndim) if spec.channels_last
                     else _layout.identity(value.ndim))
             self._line(f"# input {ascii(spec.name)}: {_shape_text(value)}"
                        f"{' channels-last' if spec.channels_last else ''}")
-            env.values[spec.name] = (self._stand_in(value, name), perm)
+            env.values[spec.name] = (value, perm)
         for name, path in self.program.free_params.items():
             value = graph.constants[name]
             var = self.ids.take("_".join(path), "p_")
             key = self.layer_names.take("_".join(path), "")
             self.params[key] = value
             self._line(f"# parameter {ascii(name)}")
-            self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
-                       f"{tuple(value.shape)!r}, np.{value.dtype.name})")
-            env.values[name] = (self._stand_in(jnp.asarray(value), var),
+            if self.api == "nnx":
+                self.attrs.append(f"self.{key} = nnx.Param(jnp.asarray(params[{key!r}]))")
+                self._line(f"{var} = self.{key}.get_value()")
+            else:
+                self._line(f"{var} = self.param({key!r}, nn.initializers.zeros, "
+                           f"{tuple(value.shape)!r}, {_dtype_text(value.dtype)})")
+            env.values[name] = (self._stand_in(value, var),
                                 _layout.identity(value.ndim))
         self.run(env, graph)
         outs = []
@@ -161,15 +197,13 @@ class _Generator(_Interpreter):
             outs.append(self._emit_fn(lambda v, p=perm, k=keep: jnp.asarray(v if k else
                                                                             _layout.to_onnx(v, p)),
                                       [value], [f"out_{len(outs)}"], f"output {ascii(spec.name)}"))
-        names = [self._name_of(o[0]) for o in outs]
+        names = [self._name_of(o) for o in outs]
         result = names[0] if len(names) == 1 else "(" + ", ".join(names) + ",)"
         self._line(f"return {result}")
         self.source = self._module_source(converted, args)
         self.variables = {"params": self.params}
         if self.stats:
             self.variables["batch_stats"] = self.stats
-        if self.consts:
-            self.variables["constants"] = self.consts
 
     def _call(self, spec, node, held):
         if not self.top:  # a subgraph run inside a node's trace: nothing to write
@@ -195,9 +229,6 @@ class _Generator(_Interpreter):
                 outs, perms = super(_Generator, self)._call(spec, node, h)
             finally:
                 env.values.update(saved)
-            if any(isinstance(o, list) for o in outs):
-                raise CodegenError(f"{what}: sequence values (lists of tensors) cannot be "
-                                   "written as source yet")
             result["outs"], result["perms"] = outs, perms
             return [o for o in outs if not isinstance(o, np.ndarray)]
 
@@ -248,7 +279,15 @@ class _Generator(_Interpreter):
 
     def _emit_layer(self, call: _LayerCall, node, values):
         what = _node_text(node)
-        arg_names = self._emit_jaxpr(call.jaxpr, [self._name_of(v) for v in values], None, what)
+        arg_names = self._emit_jaxpr(call.jaxpr, self._names_of(values), None, what)
+        key = self.layer_names.take("_".join(call.plan.path), "")
+        if call.plan.params:
+            self.params[key] = dict(call.plan.params)
+        if call.plan.batch_stats:
+            self.stats[key] = dict(call.plan.batch_stats)
+        if self.api == "nnx":
+            args = [self._stand_in(a, n) for a, n in zip(call.args, arg_names)]
+            return self._emit_nnx_layer(call, key, args, what)
         cls = call.cls
         if getattr(nn, cls.__name__, None) is cls:
             ctor = f"nn.{cls.__name__}"
@@ -259,11 +298,6 @@ class _Generator(_Interpreter):
         else:
             raise CodegenError(f"{node_label(node.name, node.op_type)}: layer class "
                                f"{cls.__qualname__} cannot be written as standalone source")
-        key = self.layer_names.take("_".join(call.plan.path), "")
-        if call.plan.params:
-            self.params[key] = dict(call.plan.params)
-        if call.plan.batch_stats:
-            self.stats[key] = dict(call.plan.batch_stats)
         kwargs = ", ".join(f"{k}={_literal(v)}" for k, v in call.kwargs.items())
         call_kwargs = ", ".join(f"{k}=train" if k == "train" else f"{k}={_literal(v)}"
                                 for k, v in call.call_kwargs.items())
@@ -274,22 +308,66 @@ class _Generator(_Interpreter):
         variables = {"params": call.plan.params, "batch_stats": call.plan.batch_stats}
         shape = jax.eval_shape(lambda *a: cls(**call.kwargs).apply(variables, *a, **call.call_kwargs),
                                *call.args)
-        return self._stand_in(jnp.zeros(shape.shape, shape.dtype), var)
+        return self._stand_in(shape, var)
+
+    def _emit_nnx_layer(self, call: _LayerCall, key: str, args: list, what: str):
+        """An NNX layer: its variables are attributes of ``self.<key>`` (``nnx.Param`` /
+        ``nnx.BatchStat``), its computation the ``jax.lax`` operations the linen layer
+        traces to. A layer with a ``train`` flag (BatchNorm) is traced both ways; the
+        training branch writes the updated statistics back."""
+        plan, cls = call.plan, call.cls
+        variables: dict[str, dict] = {}
+        fields = []
+        for collection, kind, source, leaves in (
+                ("params", "Param", "params", plan.params),
+                ("batch_stats", "BatchStat", "stats", plan.batch_stats)):
+            for leaf, value in leaves.items():
+                var = self._new_temp()
+                self._line(f"{var} = self.{key}.{leaf}.get_value()")
+                variables.setdefault(collection, {})[leaf] = self._stand_in(value, var)
+                fields.append(f"{leaf}=nnx.{kind}(jnp.asarray({source}[{key!r}][{leaf!r}]))")
+        self.attrs.append(f"self.{key} = Weights(\n    " + ",\n    ".join(fields) + ")")
+
+        def layer(train: bool | None):
+            kwargs = dict(call.call_kwargs) if train is None else {**call.call_kwargs,
+                                                                    "train": train}
+            mutable = ["batch_stats"] if train else False
+            return lambda v, *a: cls(**call.kwargs).apply(v, *a, **kwargs, mutable=mutable)
+
+        out = self._new_temp()
+        if "train" not in call.call_kwargs:
+            return self._emit_fn(layer(None), [variables, *args], [out], what)
+        outer, self.lines = self.lines, []
+        try:
+            y, updates = self._emit_fn(layer(True), [variables, *args], None, what)
+            for leaf, value in updates.get("batch_stats", {}).items():
+                self._line(f"self.{key}.{leaf}.set_value({self._name_of(value)})")
+            self._line(f"{out} = {self._name_of(y)}")
+            train_lines, self.lines = self.lines, []
+            y = self._emit_fn(layer(False), [variables, *args], [out], what)
+            eval_lines = self.lines
+        finally:
+            self.lines = outer
+        self._line("if train:")
+        self.lines += ["    " + line for line in train_lines]
+        self._line("else:")
+        self.lines += ["    " + line for line in eval_lines]
+        return y
 
     # --- jaxprs -> source -------------------------------------------------------------
 
     def _emit_fn(self, fn, values, out_names, what):
-        """Trace ``fn(*values)`` (values: stand-ins of named variables), write its equations,
-        and return stand-ins for its outputs (named ``out_names`` or temporaries)."""
+        """Trace ``fn(*values)`` (values: stand-ins of named variables, or sequences: lists
+        of them), write its equations, and return stand-ins for its outputs (named
+        ``out_names`` or temporaries) in the structure ``fn`` returns. A sequence is one
+        variable per tensor in the source: its length is static, so no list is written."""
         try:
             jaxpr, shapes = jax.make_jaxpr(fn, return_shape=True)(*values)
         except _LayerCall:
             raise CodegenError(f"{what}: a layer was called outside a weighted node") from None
-        in_names = [self._name_of(v) for v in values]
-        names = self._emit_jaxpr(jaxpr, in_names, out_names, what)
-        shapes = shapes if isinstance(shapes, (list, tuple)) else [shapes]
-        outs = [self._stand_in(jnp.zeros(s.shape, s.dtype), n) for s, n in zip(shapes, names)]
-        return outs
+        names = self._emit_jaxpr(jaxpr, self._names_of(values), out_names, what)
+        leaves, tree = jax.tree.flatten(shapes)
+        return tree.unflatten([self._stand_in(s, n) for s, n in zip(leaves, names)])
 
     def _emit_jaxpr(self, closed, in_names, out_names, what) -> list[str]:
         jaxpr = closed.jaxpr
@@ -354,17 +432,23 @@ class _Generator(_Interpreter):
 
     def _emit_reduce_window(self, eqn, ins, env, what) -> None:
         """``lax.reduce_window`` with a reducer other than plain add / max / min: the
-        reducer's jaxpr becomes a local function."""
+        reducer's jaxpr becomes a local function. Variadic (several operands, as MaxPool's
+        Indices): tuples of operands and initial values, the reducer called on flat args."""
         params = eqn.params
-        if len(ins) != 2 or params["consts"]:
-            raise CodegenError(f"{what}: a variadic reduce_window cannot be written as source")
-        fn = self._emit_function(params["jaxpr"], what)
+        n = len(ins) // 2
+        fn = self._emit_function(params["jaxpr"], what, params["consts"], as_tuple=n > 1)
         keys = ("window_dimensions", "window_strides", "padding", "base_dilation",
                 "window_dilation")
         args = ", ".join(f"{k}={_literal(params[k])}" for k in keys)
-        out = self._new_temp()
-        self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
-        env[eqn.outvars[0]] = out
+        if n == 1:
+            out = self._new_temp()
+            self._line(f"{out} = lax.reduce_window({ins[0]}, {ins[1]}, {fn}, {args})")
+            env[eqn.outvars[0]] = out
+            return
+        operands, inits = _literal_names(ins[:n]), _literal_names(ins[n:])
+        call = f"lax.reduce_window({operands}, {inits}, lambda a, b: {fn}(*a, *b), {args})"
+        for var, name in zip(eqn.outvars, self._unpack(call, n)):
+            env[var] = name
 
     def _emit_function(self, jaxpr, what, consts=(), as_tuple=False) -> str:
         """A local ``def`` computing ``jaxpr`` (its constvars bound to ``consts``); returns
@@ -439,17 +523,27 @@ class _Generator(_Interpreter):
         if value.size <= _INLINE_SIZE:
             if value.ndim == 0:
                 return _scalar(value)
-            return f"np.array({_literal(value.tolist())}, dtype=np.{value.dtype.name})"
-        key = f"c{len(self.consts)}"
-        self.consts[key] = value
-        var = self._new_temp()
-        # At the top of __call__: module state is never read inside a lax function.
-        self.preamble.append(f"{var} = self.variable('constants', {key!r}).value")
+            return f"np.array({_literal(value.tolist())}, dtype={_dtype_text(value.dtype)})"
+        # A module-level NumPy array, as the interpreter's constants are: XLA sees a
+        # literal it may fold (a jit argument would compile to other code, other roundings).
+        # One per distinct value, as XLA merges equal constants (its fusions depend on it).
+        fingerprint = (value.dtype.str, value.shape, value.tobytes())
+        if fingerprint in self.const_vars:
+            return self.const_vars[fingerprint]
+        var = self.const_vars[fingerprint] = f"C{len(self.const_vars)}"
+        data = value.tobytes().hex()
+        chunks = "".join(f'\n    "{data[i:i + _HEX_LINE]}"' for i in range(0, len(data), _HEX_LINE))
+        self.constants.append(f"{var} = np.frombuffer(bytes.fromhex({chunks}),\n"
+                              f"    {_dtype_text(value.dtype)}).reshape({tuple(value.shape)!r})")
         return var
 
     # --- bookkeeping ------------------------------------------------------------------
 
-    def _stand_in(self, value, name: str):
+    def _stand_in(self, like, name: str) -> jax.ShapeDtypeStruct:
+        """An abstract value with ``like``'s shape and dtype, standing for variable ``name``
+        in the traces (abstract: tracing a node allocates nothing and runs nothing)."""
+        dtype = jax.dtypes.canonicalize_dtype(like.dtype)  # int64 -> int32 as jnp.asarray
+        value = jax.ShapeDtypeStruct(tuple(np.shape(like)), dtype)
         self.var_names[id(value)] = name
         self.keep.append(value)
         return value
@@ -458,6 +552,10 @@ class _Generator(_Interpreter):
         if id(value) not in self.var_names and isinstance(value, np.ndarray):
             return self._const(value)  # known at conversion time (e.g. a Shape output)
         return self.var_names[id(value)]
+
+    def _names_of(self, values) -> list[str]:
+        """The variables holding ``values``' arrays, in ``jax.tree.leaves`` order."""
+        return [self._name_of(v) for v in jax.tree.leaves(values)]
 
     def _new_temp(self) -> str:
         self._temp += 1
@@ -470,15 +568,27 @@ class _Generator(_Interpreter):
         graph = self.graph
         shapes = ", ".join(f"{_doc(s.name)}: {list(converted._module_shape(s))}"
                            for s in converted.inputs)
-        header = f'''"""Flax model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
+        nnx_api = self.api == "nnx"
+        if nnx_api:
+            usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack); the
+module is built holding them (``nnx.Param``, ``nnx.BatchStat``): no random init::
 
-Standalone: imports only jax, flax and numpy. Weights are in ``{WEIGHTS_FILE}`` beside this
-file (Flax msgpack)::
+    import model
+    net = model.load_model()              # == model.Model(model.load_variables())
+    y = net(*inputs)                      # nnx.jit(lambda m, *x: m(*x)) to compile
+    y = net(*inputs, train=True)          # BatchNorm: batch statistics, updated in place"""
+        else:
+            usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack)::
 
     import model
     variables = model.load_variables()          # {{'params': ..., 'batch_stats': ...}}
     y = model.Model().apply(variables, *inputs)  # train=True: BatchNorm uses batch stats
-                                                  # (pass mutable=['batch_stats'])
+                                                  # (pass mutable=['batch_stats'])"""
+        kind = "NNX" if nnx_api else "linen"
+        header = f'''"""Flax {kind} model generated by onnx2flax from ONNX graph {_doc(graph.name)}.
+
+Standalone: imports only jax, flax and numpy.
+{usage}
 
 Shapes are specialized to the traced input shapes {{{shapes}}}
 ({'channels-last' if converted.channels_last else 'ONNX'} layout for image tensors).
@@ -486,26 +596,58 @@ Traced in inference mode: Dropout is an identity here. Each block is commented w
 ONNX node it comes from.
 """
 '''
-        body = "\n".join("        " + line for line in self.preamble + self.lines)
-        classes = "\n\n".join(inspect.getsource(c) for c in self.classes)
+        body = "\n".join("        " + line for line in self.lines)
         signature = ", ".join(["self", *args, "train: bool = False"])
-        return f'''{header}
-from __future__ import annotations
+        if nnx_api:
+            init = "\n".join("        " + line for line in "\n".join([
+                'params = variables["params"]',
+                'stats = variables.get("batch_stats", {})',
+                *self.attrs]).splitlines())
+            model = f'''class Weights(nnx.Module):
+    """A layer's variables (``nnx.Param`` / ``nnx.BatchStat``) as attributes."""
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import serialization
-from jax import lax
+    def __init__(self, **variables):
+        for name, variable in variables.items():
+            setattr(self, name, variable)
 
-{classes}
 
-class Model(nn.Module):
-    @nn.compact
+class Model(nnx.Module):
+    def __init__(self, variables):
+        """``variables``: ``load_variables()``, the converted weights."""
+{init}
+
     def __call__({signature}):
 {body}
 
+
+def load_model(path=None) -> Model:
+    """The model holding the weights saved beside this file (or at ``path``)."""
+    return Model(load_variables(path))
+'''
+        else:
+            classes = "".join(inspect.getsource(c) + "\n\n" for c in self.classes)
+            model = f'''{classes}class Model(nn.Module):
+    @nn.compact
+    def __call__({signature}):
+{body}
+'''
+        constants = "\n\n".join(self.constants)
+        if constants:
+            constants = ("\n# The graph's constants (tensors it computes with that are not "
+                         "weights, such as index\n# tables): raw bytes in native (little-endian) "
+                         "order.\n" + constants + "\n\n")
+        imports = ("import jax\nimport jax.numpy as jnp\nimport numpy as np\n"
+                   "from flax import nnx, serialization" if nnx_api else
+                   "import flax.linen as nn\nimport jax\nimport jax.numpy as jnp\n"
+                   "import numpy as np\nfrom flax import serialization")
+        return f'''{header}
+from __future__ import annotations
+
+{imports}
+from jax import lax
+
+{constants}
+{model}
 
 def load_variables(path=None):
     """The weights saved beside this file, as ``{{'params': ..., ...}}``."""
@@ -537,8 +679,22 @@ def _live(jaxpr) -> list:
     return live[::-1]
 
 
+def _literal_names(names: Sequence[str]) -> str:
+    """A tuple display of variable names: ``(a, b,)``."""
+    return "(" + "".join(f"{n}, " for n in names) + ")"
+
+
 def _shape_text(value) -> str:
-    return f"{np.dtype(value.dtype).name}{list(np.shape(value))}"
+    return f"{np.dtype(value.dtype).name}{list(value.shape)}"
+
+
+def _dtype_text(dtype) -> str:
+    """Source for a NumPy scalar type: ``np.float32``, or for the types ``ml_dtypes`` adds
+    (registered by importing jax) ``np.dtype('bfloat16').type``."""
+    dtype = np.dtype(dtype)
+    if getattr(np, dtype.name, None) is dtype.type:
+        return f"np.{dtype.name}"
+    return f"np.dtype({dtype.name!r}).type"
 
 
 def _scalar(value: np.ndarray) -> str:
@@ -547,12 +703,12 @@ def _scalar(value: np.ndarray) -> str:
         v = f"float({repr(v)!r})"
     else:
         v = repr(v)
-    return f"np.{value.dtype.name}({v})"
+    return f"{_dtype_text(value.dtype)}({v})"
 
 
 def _literal(value) -> str:
     """Python source for a parameter value; ``TypeError`` for anything else."""
-    if isinstance(value, Enum):  # before int: lax.FftType is an IntEnum
+    if isinstance(value, Enum):  # before int: lax.FftType, lax.RoundingMethod are IntEnums
         owner = type(value).__name__
         if getattr(lax, owner, None) is type(value):
             return f"lax.{owner}.{value.name}"
@@ -566,7 +722,7 @@ def _literal(value) -> str:
     if isinstance(value, np.dtype):
         return f"np.dtype({value.name!r})"
     if isinstance(value, type) and issubclass(value, np.generic):
-        return f"np.{np.dtype(value).name}"
+        return _dtype_text(value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         owner = type(value).__name__
         if getattr(lax, owner, None) is not type(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import jax
 import numpy as np
@@ -18,6 +18,9 @@ from ._normalize import normalize
 from ._plan import Program, plan
 from ._registry import check_supported
 from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
+
+if TYPE_CHECKING:
+    from .nnx import NnxConvertedModel
 
 __all__ = ["ConvertedModel", "TensorSpec", "convert"]
 
@@ -88,6 +91,9 @@ class ConvertedModel:
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
         A sequence is given and returned as a list of arrays, an empty optional as ``None``.
         Jitted; compiled once per input shape (and per sequence length)."""
+        return self._run(feeds, self.variables)
+
+    def _run(self, feeds: Mapping[str, Any], variables) -> list[Any]:
         names = [s.name for s in self.inputs]
         if not isinstance(feeds, Mapping):
             raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
@@ -106,7 +112,7 @@ class ConvertedModel:
                                        else np.asarray(x, dtype=s.dtype), value))
         try:
             with jax.default_matmul_precision("highest"):
-                outs = self._jitted(self.variables, *arrays)
+                outs = self._jitted(variables, *arrays)
         except jax.errors.JaxRuntimeError as exc:  # raised by XLA while compiling or running
             if "RESOURCE_EXHAUSTED" in str(exc):
                 raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
@@ -147,10 +153,28 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return value.astype(spec.dtype)
 
 
+@overload
+def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
+            bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
+            api: Literal["linen"] = ...) -> ConvertedModel: ...
+
+
+@overload
+def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
+            bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
+            api: Literal["nnx"]) -> NnxConvertedModel: ...
+
+
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
             bounds: Bounds | None = None,
-            progress: bool | _progress.Progress | None = None) -> ConvertedModel:
+            progress: bool | _progress.Progress | None = None,
+            api: Literal["linen", "nnx"] = "linen") -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
+
+    ``api="linen"`` (default) returns a :class:`ConvertedModel` (a ``flax.linen`` module and
+    its variables); ``api="nnx"`` an :class:`~onnx2flax.nnx.NnxConvertedModel` whose
+    ``module`` is an ``nnx.Module`` holding the same weights as ``nnx.Param`` /
+    ``nnx.BatchStat`` (no random initialization), with the same outputs.
 
     ``channels_last=True`` (default) makes image tensors ``[N, *spatial, C]`` at the module's
     boundary, as a hand-written Flax model; ``False`` keeps ONNX's ``[N, C, *spatial]``.
@@ -178,6 +202,8 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once) and
     :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node.
     """
+    if api not in ("linen", "nnx"):
+        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     proto, base_dir = load_model(model)
     bounds = check_bounds(proto, bounds)
     report = _progress.reporter(progress, proto)
@@ -194,4 +220,8 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
-    return ConvertedModel(program, channels_last, report)
+    converted = ConvertedModel(program, channels_last, report)
+    if api == "nnx":
+        from .nnx import NnxConvertedModel
+        return NnxConvertedModel(converted)
+    return converted

@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import tempfile
+import types
+import weakref
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -45,12 +47,17 @@ def assert_matches_ort(model, feeds, *, rtol=1e-5, atol=1e-5, channels_last=True
     for g, e in zip(got, expected):
         assert g.shape == e.shape, (g.shape, e.shape)
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
-    if os.environ.get("ONNX2FLAX_CHECK_CODEGEN"):
-        inputs = [np.asarray(feeds[s.name]) for s in converted.inputs]
-        inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
-                  for s, x in zip(converted.inputs, inputs)]
-        assert_codegen_matches(converted, inputs)
+    assert_codegen_matches(converted, feeds, got)
     return converted, got, expected
+
+
+def convert_and_run(model, feeds, **convert_kwargs) -> list[np.ndarray]:
+    """``onnx2flax.convert(model, **convert_kwargs).run(feeds)``, the generated source checked
+    against it (``assert_codegen_matches``)."""
+    converted = onnx2flax.convert(model, **convert_kwargs)
+    got = converted.run(feeds)
+    assert_codegen_matches(converted, feeds, got)
+    return got
 
 
 def load_generated(folder: Path, name: str):
@@ -65,16 +72,87 @@ def load_generated(folder: Path, name: str):
     return module
 
 
-def assert_codegen_matches(converted, inputs):
-    """The generated source computes the interpreter's outputs bit for bit (both jitted).
-    Runs after every ``assert_matches_ort`` when ``ONNX2FLAX_CHECK_CODEGEN=1``."""
+def import_source(source: str, name: str):
+    """Import generated ``source`` as module ``name`` without writing it anywhere."""
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses (flax modules) need their module registered
+    try:
+        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    finally:
+        del sys.modules[name]
+    return module
+
+
+#: converted model -> input signatures whose generated source was checked.
+_CODEGEN_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def assert_codegen_matches(converted, feeds, expected=None):
+    """The generated source of ``converted`` computes the interpreter's outputs bit for bit
+    on ``feeds`` (name -> array, ONNX layout), both jitted: the linen source, and for models
+    with layers (the only part written differently) the NNX source too. ``expected``: the
+    outputs of ``converted.run(feeds)`` when the caller has them.
+
+    Runs on every model the op tests convert (``assert_matches_ort``, the op tests' helpers)
+    and the ONNX node tests run (``check_codegen_on_run``); ``ONNX2FLAX_SKIP_CODEGEN=1`` turns
+    it off. Cheap by construction: the source is compiled in memory, the weights take a
+    msgpack round trip in memory, and only the generated module is compiled anew (the
+    interpreter's compiled ``run`` is reused)."""
+    from flax import nnx, serialization
+
     from onnx2flax import codegen
 
-    with tempfile.TemporaryDirectory() as folder:
-        codegen.save(converted, folder, inputs=inputs)
-        generated = load_generated(folder, "onnx2flax_generated_check")
-        variables = generated.load_variables()
-    got = jax.jit(generated.Model().apply)(variables, *inputs)
-    expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 got, expected)
+    if os.environ.get("ONNX2FLAX_SKIP_CODEGEN"):
+        return
+    inputs = [np.asarray(feeds[s.name], dtype=s.dtype) for s in converted.inputs]
+    signature = tuple((x.shape, x.dtype.str) for x in inputs)
+    checked = _CODEGEN_CHECKED.setdefault(converted, set())
+    if signature in checked:  # the same source again (a test's run already checked it)
+        return
+    checked.add(signature)
+    if expected is None:
+        expected = converted.run(feeds)
+    module_inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
+                     for s, x in zip(converted.inputs, inputs)]
+
+    def onnx_layout(call, *xs):  # a generated module with ConvertedModel.run's layout moves
+        xs = [jnp.moveaxis(x, 1, -1) if s.channels_last else x
+              for s, x in zip(converted.inputs, xs)]
+        outs = call(*xs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return [jnp.moveaxis(y, -1, 1) if s.channels_last else y
+                for s, y in zip(converted.outputs, outs)]
+
+    apis = ["linen", "nnx"] if converted._program.layers else ["linen"]
+    for api in apis:
+        generated = codegen._Generator(converted, module_inputs, api)
+        variables = serialization.msgpack_restore(serialization.msgpack_serialize(
+            jax.tree.map(np.asarray, generated.variables)))
+        module = import_source(generated.source, "onnx2flax_generated_check")
+        with jax.default_matmul_precision("highest"):  # as ConvertedModel.run
+            if api == "nnx":
+                got = nnx.jit(lambda m, *xs: onnx_layout(m, *xs))(module.Model(variables),
+                                                                  *inputs)
+            else:
+                got = jax.jit(lambda v, *xs: onnx_layout(
+                    lambda *a: module.Model().apply(v, *a), *xs))(variables, *inputs)
+        assert len(got) == len(expected)
+        for spec, g, e in zip(converted.outputs, got, expected):
+            g = np.asarray(g).astype(e.dtype)  # as run casts int32 to int64
+            assert g.shape == e.shape, (api, spec.name, g.shape, e.shape)
+            if g.tobytes() != e.tobytes():  # bit for bit: NaNs, signed zeros
+                np.testing.assert_array_equal(g, e, err_msg=f"{api}: output {spec.name!r}")
+                raise AssertionError(f"{api}: output {spec.name!r}: equal values, different bits")
+
+
+def check_codegen_on_run(monkeypatch):
+    """Make ``ConvertedModel.run`` also check the generated source (``assert_codegen_matches``):
+    always in the ONNX node tests, in every test with ``pytest --codegen-all``."""
+    run = onnx2flax.ConvertedModel.run
+
+    def checked(self, feeds):
+        got = run(self, feeds)
+        assert_codegen_matches(self, feeds, got)
+        return got
+
+    monkeypatch.setattr(onnx2flax.ConvertedModel, "run", checked)

@@ -4,6 +4,10 @@ Each test converts a one-op model (or its expanded function body) with the defau
 ``convert`` and compares ``.run`` (ONNX layout) with the suite's reference outputs, using the
 onnx runner's comparison (``rtol=1e-3, atol=1e-7``).
 
+Every run also checks the model's generated source (``onnx2flax.codegen``) against the
+interpreter, bit for bit (``helpers.assert_codegen_matches``; ``ONNX2FLAX_SKIP_CODEGEN=1``
+turns it off).
+
 Tests listed in ``conformance_expected_failures.txt`` are skipped; each has its reason there.
 That file and ``docs/conformance.md`` are written by ``scripts/conformance.py``.
 
@@ -24,6 +28,7 @@ from collections import defaultdict
 import onnx.backend.test
 import pytest
 from conformance_cases import expected_failures, is_expanded, op_of
+from helpers import check_codegen_on_run
 
 from onnx2flax.backend import OnnxFlaxBackend
 
@@ -35,6 +40,12 @@ with warnings.catch_warnings():
 _failing = expected_failures()
 if _failing:
     backend_test.exclude("^(?:" + "|".join(map(re.escape, _failing)) + ")_(?:cpu|cuda)$")
+
+
+@pytest.fixture(autouse=True)
+def _check_codegen(monkeypatch):
+    """``ConvertedModel.run`` (what the backend calls) also checks the generated source."""
+    check_codegen_on_run(monkeypatch)
 
 
 def _fast_subset(names: list[str]) -> set[str]:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from onnx import helper
 
 import onnx2flax
@@ -54,51 +55,88 @@ def _check_imports(source: str) -> ast.Module:
     return tree
 
 
-def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False):
-    codegen.save(converted, tmp_path)
+def _assert_equal(got, expected):
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 got, expected)
+
+
+def _by_layer(tree) -> dict:
+    """``{layer: {leaf: array}}`` with nested layer paths joined by ``_``, as the generated
+    source names its layers."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    out: dict = {}
+    for path, value in flat:
+        keys = [str(k.key) for k in path]
+        out.setdefault("_".join(keys[:-1]), {})[keys[-1]] = value
+    return out
+
+
+def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api="linen"):
+    """Save ``converted``'s source, import it, and compare it (jitted) with the interpreter,
+    bit for bit; with ``train``, also in training mode with the updated statistics."""
+    codegen.save(converted, tmp_path, api=api)
     source = (tmp_path / codegen.MODEL_FILE).read_text()
-    assert source == codegen.generate(converted)
+    assert source == codegen.generate(converted, api=api)
     _check_imports(source)
     generated = load_generated(tmp_path, name)
-    variables = generated.load_variables()
-    got = jax.jit(generated.Model().apply)(variables, *inputs)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    if api == "nnx":
+        model = generated.load_model()
+        assert isinstance(model, nnx.Module)
+        _assert_equal(nnx.jit(lambda m, *x: m(*x))(model, *inputs), expected)
+        if train:
+            got = nnx.jit(lambda m, *x: m(*x, train=True))(model, *inputs)
+            expected, updates = jax.jit(lambda v, *x: converted.module.apply(
+                v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
+            _assert_equal(got, expected)
+            stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+            _assert_equal(_by_layer(stats), _by_layer(updates["batch_stats"]))
+        return source
+    variables = generated.load_variables()
+    _assert_equal(jax.jit(generated.Model().apply)(variables, *inputs), expected)
     if train:
         got, new = jax.jit(lambda v, *x: generated.Model().apply(
             v, *x, train=True, mutable=["batch_stats"]))(variables, *inputs)
         expected, ref = jax.jit(lambda v, *x: converted.module.apply(
             v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-        jax.tree.map(np.testing.assert_array_equal, new, ref)
+        _assert_equal(got, expected)
+        _assert_equal(_by_layer(new["batch_stats"]), _by_layer(ref["batch_stats"]))
     return source
 
 
-def test_cnn_with_batch_norm(tmp_path):
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_cnn_with_batch_norm(tmp_path, api):
     x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     converted = onnx2flax.convert(_export(_cnn(), x))
     source = _generate_and_compare(tmp_path, converted, [x.numpy().transpose(0, 2, 3, 1)],
-                                   "gen_cnn", train=True)
-    assert "nn.Conv(name='conv'" in source and "BatchNorm(name='bn'" in source
+                                   f"gen_cnn_{api}", train=True, api=api)
     assert "# Conv node " in source
+    if api == "linen":
+        assert "nn.Conv(name='conv'" in source and "BatchNorm(name='bn'" in source
+    else:
+        assert "class Model(nnx.Module)" in source and "flax.linen" not in source
+        assert "self.bn.mean.set_value(" in source and "lax.conv_general_dilated" in source
 
 
+@pytest.mark.parametrize("api", ["linen", "nnx"])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_guide_tmodel(tmp_path, channels_last):
+def test_guide_tmodel(tmp_path, channels_last, api):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     converted = onnx2flax.convert(_export(_TModel(), x), channels_last=channels_last)
     feed = x.numpy().transpose(0, 2, 3, 1) if channels_last else x.numpy()
-    _generate_and_compare(tmp_path, converted, [feed], f"gen_tmodel_{channels_last}")
+    _generate_and_compare(tmp_path, converted, [feed], f"gen_tmodel_{channels_last}_{api}",
+                          api=api)
 
 
-def test_transformer_encoder_layer(tmp_path):
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_transformer_encoder_layer(tmp_path, api):
     torch.manual_seed(0)
     model = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
                                              batch_first=True)
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     converted = onnx2flax.convert(_export(model, x))
-    _generate_and_compare(tmp_path, converted, [x.numpy()], "gen_transformer")
+    _generate_and_compare(tmp_path, converted, [x.numpy()], f"gen_transformer_{api}", api=api)
 
 
 def test_mlp(tmp_path):
@@ -158,12 +196,47 @@ def test_save_refuses_to_overwrite(tmp_path):
 _FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures").glob("*.onnx"))
 
 
+@pytest.mark.parametrize("api", ["linen", "nnx"])
 @pytest.mark.parametrize("path", _FIXTURES, ids=[p.stem for p in _FIXTURES])
-def test_fixture_models(tmp_path, path):
+def test_fixture_models(tmp_path, path, api):
     converted = onnx2flax.convert(path)
     inputs = [np.random.default_rng(0).standard_normal(converted._module_shape(s)).astype(s.dtype)
               for s in converted.inputs]
-    _generate_and_compare(tmp_path, converted, inputs, f"gen_{path.stem}")
+    _generate_and_compare(tmp_path, converted, inputs, f"gen_{path.stem}_{api}", api=api,
+                          train=bool(converted.variables.get("batch_stats")))
+
+
+def test_nnx_hostile_weight_names(tmp_path):
+    """Weights named like nnx.Module's methods, our own attributes, dunders or digits become
+    other attribute names; the methods still work and the weights are all nnx.Params."""
+    rng = np.random.default_rng(0)
+    names = ["train.weight", "train.bias", "__init__", "constants", "0", "eval.weight",
+             _HOSTILE[0]]
+    nodes = [helper.make_node("Conv", ["x", names[0], names[1]], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", names[2]], ["a"]),
+             helper.make_node("Mul", ["a", names[3]], ["m"]),
+             helper.make_node("Sub", ["m", names[4]], ["s"]),
+             helper.make_node("Conv", ["s", names[5]], ["d"]),
+             helper.make_node("Div", ["d", names[6]], ["y"])]
+    shapes = [(2, 3, 3, 3), (2,), (2, 1, 1), (2, 4, 4), (2, 1, 1), (2, 2, 1, 1), (2, 1, 1)]
+    model = make_model(nodes, [("x", np.float32, [1, 3, 4, 4])],
+                       [("y", np.float32, [1, 2, 4, 4])],
+                       {n: rng.standard_normal(s).astype(np.float32) + 2
+                        for n, s in zip(names, shapes)})
+    converted = onnx2flax.convert(model)
+    x = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
+    source = _generate_and_compare(tmp_path, converted, [x], "gen_nnx_hostile", api="nnx")
+    tree = _check_imports(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "self" and isinstance(node.ctx, ast.Store):
+            assert node.attr.isidentifier() and node.attr[0].isalpha(), node.attr
+            assert not hasattr(nnx.Module, node.attr), node.attr
+    net = load_generated(tmp_path, "gen_nnx_hostile_again").load_model()
+    net.eval()
+    net.train()  # still nnx.Module's methods
+    params = nnx.to_flat_state(nnx.state(net, nnx.Param))
+    assert len(list(params)) == len(names)
 
 
 def _control_flow_model():
@@ -199,17 +272,12 @@ def _control_flow_model():
                        ("Y", np.float32, None)], inits)
 
 
+@pytest.mark.parametrize("api", ["linen", "nnx"])
 @pytest.mark.parametrize("flag", [True, False])
-def test_control_flow_and_recurrent_ops(tmp_path, flag):
+def test_control_flow_and_recurrent_ops(tmp_path, flag, api):
     """lax.cond / scan / while become local functions with the same operations."""
     converted = onnx2flax.convert(_control_flow_model())
     inputs = [np.array(flag), np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)]
-    codegen.save(converted, tmp_path)
-    source = (tmp_path / codegen.MODEL_FILE).read_text()
-    _check_imports(source)
+    source = _generate_and_compare(tmp_path, converted, inputs, f"gen_control_{flag}_{api}",
+                                   api=api)
     assert "lax.switch(" in source and "lax.scan(" in source
-    generated = load_generated(tmp_path, f"generated_control_{flag}")
-    got = jax.jit(generated.Model().apply)(generated.load_variables(), *inputs)
-    expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 got, expected)

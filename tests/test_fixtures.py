@@ -51,6 +51,9 @@ def test_cli_convert_writes_only_into_its_folder(tmp_path):
     assert restored["params"]["conv"]["kernel"].shape == (2, 2, 3, 4)
     assert main(["convert", path, "-o", str(out)]) == 2  # exists: needs --force
     assert main(["convert", path, "-o", str(out), "--force"]) == 0
+    assert main(["convert", path, "-o", str(out), "--force", "--api", "nnx"]) == 0
+    assert "class Model(nnx.Module)" in (out / "model.py").read_text()
+    assert "load_model()" in (out / "summary.txt").read_text()
 
 
 def test_cli_export_then_compare(tmp_path, monkeypatch):

@@ -78,3 +78,30 @@ def test_dropout_uses_the_rngs():
     np.testing.assert_array_equal(nnx_model(x), x)
     a, b = nnx_model(x, train=True), nnx_model(x, train=True)
     assert set(np.unique(a)) <= {0.0, 2.0} and not np.array_equal(a, b)
+
+
+def test_convert_api_nnx():
+    """``convert(..., api="nnx")``: the NNX module holds the converted weights; ``run`` uses
+    its current weights."""
+    model_proto = _export(_cnn(), torch.randn(4, 3, 6, 6))
+    linen = onnx2flax.convert(model_proto)
+    result = onnx2flax.convert(model_proto, api="nnx")
+    assert isinstance(result, onnx2flax.NnxConvertedModel)
+    assert isinstance(result.module, nnx.Module)
+    assert [s.name for s in result.inputs] == [s.name for s in linen.inputs]
+    assert result.outputs == linen.outputs and result.opset == linen.opset
+    x = _x()
+    np.testing.assert_array_equal(nnx.jit(lambda m, x: m(x))(result.module, x),
+                                  jax.jit(linen.module.apply)(linen.variables, x))
+    jax.tree.map(np.testing.assert_array_equal, result.variables, linen.variables)
+    feeds = {"x": np.moveaxis(x, -1, 1)}
+    np.testing.assert_array_equal(result.run(feeds)[0], linen.run(feeds)[0])
+    result.module.fc["bias"].set_value(result.module.fc["bias"].get_value() + 1)
+    np.testing.assert_allclose(result.run(feeds)[0], linen.run(feeds)[0] + 1, rtol=1e-6)
+
+
+def test_convert_api_is_checked():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [2])],
+                       [("y", np.float32, [2])])
+    with pytest.raises(ValueError, match="api"):
+        onnx2flax.convert(model, api="haiku")

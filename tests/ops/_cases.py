@@ -11,7 +11,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import onnx2flax
-from helpers import assert_matches_ort, make_model
+from helpers import assert_codegen_matches, assert_matches_ort, make_model
 
 
 def assert_matches_reference(model, feeds, *, rtol=1e-5, atol=1e-5):
@@ -23,6 +23,7 @@ def assert_matches_reference(model, feeds, *, rtol=1e-5, atol=1e-5):
     for g, e in zip(got, expected, strict=True):
         assert g.shape == e.shape, (g.shape, e.shape)
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+    assert_codegen_matches(converted, feeds, got)
     return converted, got, expected
 
 

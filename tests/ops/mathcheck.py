@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import make_model, run_ort
+from helpers import assert_codegen_matches, make_model, run_ort
 from onnx import helper
 
 import onnx2flax
 
 
 def check(model, feeds, *, rtol=1e-5, atol=1e-5, channels_last=True):
-    """Convert ``model``, ``run`` it and compare every output (values, shape, dtype) with ORT."""
+    """Convert ``model``, ``run`` it and compare every output (values, shape, dtype) with ORT;
+    then its generated source with the interpreter, bit for bit."""
     expected = run_ort(model, feeds)
     converted = onnx2flax.convert(model, channels_last=channels_last)
     got = converted.run(feeds)
@@ -20,6 +21,7 @@ def check(model, feeds, *, rtol=1e-5, atol=1e-5, channels_last=True):
         assert g.shape == e.shape, (out.name, g.shape, e.shape)
         assert g.dtype == e.dtype, (out.name, g.dtype, e.dtype)
         np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=out.name)
+    assert_codegen_matches(converted, feeds, got)
     return converted
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from helpers import assert_codegen_matches
 from mathcheck import after_conv, check, multi_node_model, node_model, sandwich
 
 import onnx2flax
@@ -76,6 +77,7 @@ def test_softmax_no_transpose():
     x = np.moveaxis(feeds["x"], 1, -1)
     jaxpr = str(jax.make_jaxpr(converted.module.apply)(converted.variables, x))
     assert "transpose" not in jaxpr
+    assert_codegen_matches(converted, feeds)
 
 
 def test_gelu_rejects_unknown_approximation():

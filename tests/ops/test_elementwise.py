@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_model, run_ort
+from helpers import convert_and_run, make_model, run_ort
 from mathcheck import check, multi_node_model, node_model, sandwich
 from onnx import helper
 
@@ -89,8 +89,8 @@ def test_mod_float_floor_opset28():
     b = np.array([2.0, 2.0, -2.0, -2.0, 3.0, np.inf], np.float32)
     expected = run_ort(node_model("Mod", {"a": a, "b": b}, attrs={"fmod": 1}, opset=13),
                        {"a": a, "b": b})[0]
-    got = onnx2flax.convert(node_model("Mod", {"a": a, "b": b}, attrs={"fmod": 0}, opset=28)).run(
-        {"a": a, "b": b})[0]
+    got = convert_and_run(node_model("Mod", {"a": a, "b": b}, attrs={"fmod": 0}, opset=28),
+                          {"a": a, "b": b})[0]
     # a - floor(a / b) * b from ORT's fmod: add b where the signs differ.
     fix = (expected != 0) & ((expected < 0) != (b < 0))
     np.testing.assert_allclose(got, np.where(fix, expected + b, expected))
@@ -160,13 +160,13 @@ def test_legacy_broadcast_opset6(op, attrs):
     expected = run_ort(node_model(op, {"a": a, "b": reshaped}, opset=7), {"a": a, "b": reshaped})[0]
     # The same op on a channels-last value (after a Conv): B is re-laid out, not A.
     model = node_model(op, {"a": a, "b": b}, attrs={"broadcast": 1, **attrs}, opset=6)
-    np.testing.assert_allclose(onnx2flax.convert(model).run({"a": a, "b": b})[0], expected,
+    np.testing.assert_allclose(convert_and_run(model, {"a": a, "b": b})[0], expected,
                                rtol=1e-6)
     legacy, feeds = sandwich(op, attrs={"broadcast": 1, "axis": 1},
                              extra={"c": np.arange(1, 4, dtype=np.float32)}, opset=6, tail=False)
     modern, _ = sandwich(op, extra={"c": np.arange(1, 4, dtype=np.float32).reshape(3, 1, 1)},
                          opset=7, tail=False)
-    np.testing.assert_allclose(onnx2flax.convert(legacy).run(feeds)[0], run_ort(modern, feeds)[0],
+    np.testing.assert_allclose(convert_and_run(legacy, feeds)[0], run_ort(modern, feeds)[0],
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(onnx2flax.errors.InvalidModelError, match="broadcast=0"):
         onnx2flax.convert(node_model(op, {"a": a, "b": b}, opset=6)).run({"a": a, "b": b})
@@ -200,7 +200,7 @@ def test_variadic_legacy():
     specs = [(op, ["x", "x", "x"], None, np.float32) for op in ("Sum", "Mean", "Max", "Min")]
     model = multi_node_model(specs, {"x": X}, opset=6)
     expected = run_ort(multi_node_model(specs, {"x": X}, opset=8), {"x": X})
-    for got, want in zip(onnx2flax.convert(model).run({"x": X}), expected):
+    for got, want in zip(convert_and_run(model, {"x": X}), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 

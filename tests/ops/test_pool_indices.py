@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_model, run_ort
+from helpers import convert_and_run, make_model, run_ort
 from onnx import TensorProto, helper
 
-import onnx2flax
 
 CASES = [
     (dict(kernel_shape=[2, 2]), [2, 3, 5, 5]),
@@ -26,7 +25,7 @@ def test_maxpool_indices_match_onnxruntime(attrs, shape, channels_last):
                        [("y", np.float32, None), ("i", TensorProto.INT64, None)], opset=12)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     x[..., 0] = x[..., 1]  # ties: the first maximum in row-major window order wins
-    got = onnx2flax.convert(model, channels_last=channels_last).run({"x": x})
+    got = convert_and_run(model, {"x": x}, channels_last=channels_last)
     for g, want in zip(got, run_ort(model, {"x": x})):
         assert g.dtype == want.dtype and g.shape == want.shape
         np.testing.assert_array_equal(g, want)

@@ -11,7 +11,7 @@ from onnx import helper
 
 import onnx2flax
 from onnx2flax._registry import lookup
-from helpers import assert_matches_ort, make_model, run_ort
+from helpers import assert_codegen_matches, assert_matches_ort, convert_and_run, make_model, run_ort
 
 F = np.float32
 SEQ, BATCH, SIZE, HIDDEN = 5, 3, 4, 6
@@ -66,7 +66,7 @@ def test_batch_first_layout(op):
     model0, feeds0 = _model(op, np.random.default_rng(1), direction="bidirectional")
     model1, feeds1 = _model(op, np.random.default_rng(1), direction="bidirectional", layout=1)
     expected = run_ort(model0, feeds0)
-    got = onnx2flax.convert(model1).run(feeds1)
+    got = convert_and_run(model1, feeds1)
     np.testing.assert_allclose(got[0], np.transpose(expected[0], (2, 0, 1, 3)), rtol=1e-5, atol=1e-5)
     for g, e in zip(got[1:], expected[1:]):
         np.testing.assert_allclose(g, np.swapaxes(e, 0, 1), rtol=1e-5, atol=1e-5)
@@ -115,6 +115,7 @@ def test_constant_weights_become_params(rng):
     model, feeds = _model("LSTM", rng)
     converted = onnx2flax.convert(model)
     assert set(converted.variables["params"]) == {"W", "R", "B"}
+    assert_codegen_matches(converted, feeds)
 
 
 def _torch_export(kind, rng, with_state, dynamo=False):

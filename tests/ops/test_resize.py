@@ -10,7 +10,7 @@ from onnx import helper
 
 import onnx2flax
 from _cases import check_chain, check_graph
-from helpers import make_model, run_ort
+from helpers import assert_codegen_matches, convert_and_run, make_model, run_ort
 
 I64 = np.int64
 COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -133,7 +133,7 @@ def test_upsample_opset1(x, mode):
                             mode=mode)
     model = make_model([node], [("x", np.float32, list(x.shape))], [("y", np.float32, None)],
                        opset=1)
-    np.testing.assert_allclose(onnx2flax.convert(model).run({"x": x})[0], expected[0],
+    np.testing.assert_allclose(convert_and_run(model, {"x": x})[0], expected[0],
                                rtol=1e-6, atol=1e-6)
 
 
@@ -147,6 +147,7 @@ def test_resize_dynamic_batch(rng):
         x = rng.standard_normal((batch, 2, 5, 7)).astype(np.float32)
         np.testing.assert_allclose(converted.run({"x": x})[0], run_ort(model, {"x": x})[0],
                                    rtol=1e-5, atol=1e-5)
+        assert_codegen_matches(converted, {"x": x})
 
 
 def test_resize_nearest_ties_from_sizes():

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 import onnx2flax
 from _cases import (assert_matches_reference, check_chain, check_node, conv_chain,
                     transposes)
-from helpers import assert_matches_ort, make_model
+from helpers import assert_codegen_matches, assert_matches_ort, convert_and_run, make_model
 from onnx2flax.errors import UnsupportedOpError
 
 I64 = np.int64
@@ -24,7 +24,7 @@ def assert_same_as(expected, op, x, *, opset, attrs, n_out=1):
     model = make_model([helper.make_node(op, ["x"], outs, **attrs)],
                        [("x", x.dtype, list(x.shape))], [(o, x.dtype, None) for o in outs],
                        opset=opset)
-    for got, want in zip(onnx2flax.convert(model).run({"x": x}), expected, strict=True):
+    for got, want in zip(convert_and_run(model, {"x": x}), expected, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -84,6 +84,7 @@ def test_dynamic_batch_shape_subgraph(rng):
     for batch in (1, 3):
         x = rng.standard_normal((batch, 3, 4)).astype(np.float32)
         np.testing.assert_array_equal(converted.run({"x": x})[0], x.reshape(batch, -1)[:, 1:])
+        assert_codegen_matches(converted, {"x": x})
 
 
 # --- Split -------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def test_tile_opset1(x4):
     model = make_model([helper.make_node("Tile", ["x", "t", "a"], ["y"])],
                        [("x", np.float32, list(x4.shape))], [("y", np.float32, None)],
                        {"t": np.array(3, I64), "a": np.array(2, I64)}, opset=1)
-    np.testing.assert_array_equal(onnx2flax.convert(model).run({"x": x4})[0],
+    np.testing.assert_array_equal(convert_and_run(model, {"x": x4})[0],
                                   np.tile(x4, (1, 1, 3, 1)))
 
 
