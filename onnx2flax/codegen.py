@@ -405,9 +405,13 @@ class _Generator(_Interpreter):
                     env[var] = name
                 continue
             prim = prim.replace("-", "_")  # scatter-add is lax.scatter_add_p
-            if getattr(lax, f"{prim}_p", None) is not eqn.primitive:
+            # lax.linalg: lu (Det)
+            namespace = next((name for name, module in (("lax", lax), ("lax.linalg", lax.linalg))
+                              if getattr(module, f"{prim}_p", None) is eqn.primitive), None)
+            if namespace is None:
                 raise CodegenError(f"{what}: JAX primitive {prim!r} has no public jax.lax "
-                                   "name; it cannot be written as standalone source")
+                                   "or jax.lax.linalg name; it cannot be written as standalone "
+                                   "source")
             # The scatter family's combiner is a jaxpr parameter: call the public function,
             # which rebuilds the same one.
             scatter = prim.startswith("scatter") and callable(getattr(lax, prim, None))
@@ -417,12 +421,16 @@ class _Generator(_Interpreter):
             except TypeError as exc:
                 raise CodegenError(f"{what}: parameter of {prim!r}: {exc}") from None
             outs = [self._new_temp() for _ in eqn.outvars]
-            if all(v is None for v in eqn.params.values()) and callable(getattr(lax, prim, None)):
+            # The public wrapper of a multiple-results primitive may unwrap a single result
+            # (lax.optimization_barrier): bind those, which always returns a list.
+            if (namespace == "lax" and not eqn.primitive.multiple_results
+                    and callable(getattr(lax, prim, None))
+                    and all(v is None for v in eqn.params.values())):
                 expr = f"lax.{prim}({', '.join(ins)})"
             elif scatter:
                 expr = f"lax.{prim}({', '.join(ins + params)})"
             else:
-                expr = f"lax.{prim}_p.bind({', '.join(ins + params)})"
+                expr = f"{namespace}.{prim}_p.bind({', '.join(ins + params)})"
             target = ", ".join(outs) if eqn.primitive.multiple_results else outs[0]
             if eqn.primitive.multiple_results:
                 target = (target + ",") if len(outs) == 1 else target

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _cases import check_node
-from helpers import assert_codegen_matches, make_model
+from helpers import make_model
 from onnx import TensorProto, helper
 
 import onnx2flax
@@ -127,12 +127,6 @@ def test_attention_sliding_window(left, right, causal):
                reference="onnx")
 
 
-def test_attention_codegen_matches():
-    feeds = _qkv(hq=4, hkv=2, rank=3)
-    converted, _, _ = _attention(feeds, q_num_heads=4, kv_num_heads=2, is_causal=1)
-    assert_codegen_matches(converted, [feeds["q"], feeds["k"], feeds["v"]])
-
-
 @pytest.mark.parametrize("attrs, match", [
     ({"q_num_heads": 3, "kv_num_heads": 1}, "not a multiple of 3 heads"),
     ({"q_num_heads": 4, "kv_num_heads": 3}, "not a multiple of 3 heads"),
@@ -202,12 +196,9 @@ def test_linear_attention(rule, decay_width, beta_width, past):
         feeds["g"], names[4] = -RNG.random((2, 5, decay_width)).astype(np.float32), "g"
     if beta_width:
         feeds["b"], names[5] = RNG.random((2, 5, beta_width)).astype(np.float32), "b"
-    converted, _, _ = check_node(
-        "LinearAttention", feeds, opset=27, n_out=2, input_names=names, reference="onnx",
-        attrs={"update_rule": rule, "q_num_heads": 4, "kv_num_heads": 2}, rtol=1e-4,
-        atol=1e-5)
-    if rule == "gated_delta" and past:
-        assert_codegen_matches(converted, [feeds[n] for n in feeds])
+    check_node("LinearAttention", feeds, opset=27, n_out=2, input_names=names, reference="onnx",
+               attrs={"update_rule": rule, "q_num_heads": 4, "kv_num_heads": 2}, rtol=1e-4,
+               atol=1e-5)
 
 
 def test_linear_attention_missing_decay_refused():

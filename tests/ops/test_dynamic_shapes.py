@@ -163,7 +163,7 @@ def test_nms_bounded_codegen_matches(rng):
     model, _ = _nms_model()
     converted = onnx2flax.convert(model, bounds={"sel": 20})
     feeds = _nms_feeds(rng)
-    assert_codegen_matches(converted, [feeds["boxes"], feeds["scores"]])
+    assert_codegen_matches(converted, feeds)
 
 
 # --- Unique ----------------------------------------------------------------------------------

@@ -171,9 +171,10 @@ def test_codegen_writes_the_samplers():
     offset, w = _normal(1, 8, 4, 5), _normal(3, 2, 2, 2)
     for model, feeds in [
         (node_model("GridSample", {"x": x, "grid": grid}, attrs={"mode": "bicubic"}, opset=16),
-         [x, grid]),
+         {"x": x, "grid": grid}),
         (node_model("RoiAlign", {"x": x, "rois": rois, "batch": batch}, opset=16,
-                    attrs={"sampling_ratio": 2, "output_height": 2}), [x, rois, batch]),
+                    attrs={"sampling_ratio": 2, "output_height": 2}),
+         {"x": x, "rois": rois, "batch": batch}),
         (node_model("DeformConv", {"x": x, "w": w, "offset": offset}, opset=19),
-         [x, w, offset])]:
+         {"x": x, "w": w, "offset": offset})]:
         assert_codegen_matches(onnx2flax.convert(model, channels_last=False), feeds)

@@ -108,4 +108,4 @@ def test_codegen_writes_the_transforms(op, attrs, consts):
     """Generated source computes the same bits (lax.FftType parameters written as source)."""
     x = _signal((2, 64, 2 if attrs.get("onesided") else 1))
     converted = onnx2flax.convert(node_model(op, {"x": x}, attrs=attrs, consts=consts, opset=17))
-    assert_codegen_matches(converted, [x])
+    assert_codegen_matches(converted, {"x": x})
