@@ -160,6 +160,14 @@ class _Generator(_Interpreter):
 
     def _write(self, converted: ConvertedModel, inputs) -> None:
         graph = self.graph
+        boundary = [s for s in converted.inputs + list(graph.outputs)
+                    if s.sequence or s.optional]
+        if boundary:
+            raise CodegenError(
+                "graph inputs and outputs that are sequences or optionals cannot be written as "
+                "standalone source (the source takes and returns tensors); found "
+                + ", ".join(f"{s.name!r} ({s.kind})" for s in boundary)
+                + ". Sequences inside the graph are supported.")
         if inputs is None:
             inputs = [jax.ShapeDtypeStruct(converted._module_shape(s), s.dtype)
                       for s in converted.inputs]

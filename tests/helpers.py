@@ -104,6 +104,8 @@ def assert_codegen_matches(converted, feeds, expected=None):
 
     if os.environ.get("ONNX2FLAX_SKIP_CODEGEN"):
         return
+    if any(s.sequence or s.optional for s in converted.inputs + converted.outputs):
+        return  # refused by codegen with a CodegenError (tests/test_codegen.py)
     inputs = [np.asarray(feeds[s.name], dtype=s.dtype) for s in converted.inputs]
     signature = tuple((x.shape, x.dtype.str) for x in inputs)
     checked = _CODEGEN_CHECKED.setdefault(converted, set())

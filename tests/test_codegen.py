@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import onnx
 import pytest
 import torch
 from flax import nnx
@@ -281,3 +282,17 @@ def test_control_flow_and_recurrent_ops(tmp_path, flag, api):
     source = _generate_and_compare(tmp_path, converted, inputs, f"gen_control_{flag}_{api}",
                                    api=api)
     assert "lax.switch(" in source and "lax.scan(" in source
+
+
+def test_sequence_graph_inputs_and_outputs_are_refused_clearly():
+    """A model taking or returning a sequence converts and runs, but its standalone source
+    would take and return tensors only: codegen refuses it, naming the values."""
+    seq = helper.make_tensor_sequence_value_info("s", onnx.TensorProto.FLOAT, [2])
+    out = helper.make_tensor_sequence_value_info("t", onnx.TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "g", [seq], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    converted = onnx2flax.convert(model)
+    got = converted.run({"s": [np.ones(2, np.float32), np.zeros(2, np.float32)]})
+    assert [g.tolist() for g in got[0]] == [[1.0, 1.0], [0.0, 0.0]]
+    with pytest.raises(codegen.CodegenError, match=r"'s' \(sequence\), 't' \(sequence\)"):
+        codegen.generate(converted)
