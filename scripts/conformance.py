@@ -73,6 +73,10 @@ NOTES = [
      "onnxruntime computes the same output as onnx2flax: the spec's align_corners formula "
      "divides by (output length - 1) with the integer output length; the reference data "
      "divides by (input length * scale - 1)"),
+    (r"^test_loop16_seq_none$",
+     "onnx2flax's sequence equals the reference element for element; the onnx runner's "
+     "comparison raises TypeError on a sequence whose first element is 0-d (onnxruntime "
+     "fails it the same way)"),
 ]
 
 
