@@ -1,4 +1,4 @@
-"""Shared fixtures: seeded RNG, onnxruntime reference runs; ``--codegen-all``."""
+"""Shared fixtures: seeded RNG; the generated-source check on every ``ConvertedModel.run``."""
 
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ def rng():
     return np.random.default_rng(0)
 
 
-def pytest_addoption(parser):
-    parser.addoption("--codegen-all", action="store_true",
-                     help="check the generated source of every model any test runs "
-                          "(ConvertedModel.run) against the interpreter, bit for bit; by "
-                          "default only the op tests' and ONNX node tests' models are")
-
-
 @pytest.fixture(autouse=True)
-def _codegen_all(request, monkeypatch):
-    if request.config.getoption("--codegen-all"):
-        from helpers import check_codegen_on_run
+def _codegen_check(monkeypatch):
+    """Every model a test runs (``ConvertedModel.run``) also has its generated source checked
+    against the interpreter, bit for bit (``helpers.assert_codegen_matches``);
+    ``ONNX2FLAX_SKIP_CODEGEN=1`` turns it off."""
+    from helpers import check_codegen_on_run
 
-        check_codegen_on_run(monkeypatch)
+    check_codegen_on_run(monkeypatch)

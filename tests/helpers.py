@@ -149,7 +149,7 @@ def assert_codegen_matches(converted, feeds, expected=None):
 
 def check_codegen_on_run(monkeypatch):
     """Make ``ConvertedModel.run`` also check the generated source (``assert_codegen_matches``):
-    always in the ONNX node tests, in every test with ``pytest --codegen-all``."""
+    in every test (tests/conftest.py)."""
     run = onnx2flax.ConvertedModel.run
 
     def checked(self, feeds):

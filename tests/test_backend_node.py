@@ -28,7 +28,6 @@ from collections import defaultdict
 import onnx.backend.test
 import pytest
 from conformance_cases import expected_failures, is_expanded, op_of
-from helpers import check_codegen_on_run
 
 from onnx2flax.backend import OnnxFlaxBackend
 
@@ -40,12 +39,6 @@ with warnings.catch_warnings():
 _failing = expected_failures()
 if _failing:
     backend_test.exclude("^(?:" + "|".join(map(re.escape, _failing)) + ")_(?:cpu|cuda)$")
-
-
-@pytest.fixture(autouse=True)
-def _check_codegen(monkeypatch):
-    """``ConvertedModel.run`` (what the backend calls) also checks the generated source."""
-    check_codegen_on_run(monkeypatch)
 
 
 def _fast_subset(names: list[str]) -> set[str]:
