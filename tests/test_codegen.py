@@ -18,6 +18,7 @@ from onnx2flax import codegen
 from onnx2flax._files import OutputExistsError
 
 from helpers import load_generated, make_model
+from test_torch_state import _MLP
 from test_training import _cnn, _export
 
 
@@ -31,16 +32,6 @@ class _TModel(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).view(x.shape[0], -1))
-
-
-class _MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Linear(4, 6)
-        self.b = torch.nn.Linear(6, 3, bias=False)
-
-    def forward(self, x):
-        return self.b(torch.tanh(self.a(x)))
 
 
 def _check_imports(source: str) -> ast.Module:
