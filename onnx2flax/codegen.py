@@ -539,7 +539,9 @@ class _Generator(_Interpreter):
         if value.size <= _INLINE_SIZE:
             if value.ndim == 0:
                 return _scalar(value)
-            return f"np.array({_literal(value.tolist())}, dtype={_dtype_text(value.dtype)})"
+            text = f"np.array({_literal(value.tolist())}, dtype={_dtype_text(value.dtype)})"
+            # tolist() keeps the shape except where a dim is 0 ([0, 3] -> [])
+            return text if value.size else f"{text}.reshape({tuple(value.shape)!r})"
         # A module-level NumPy array, as the interpreter's constants are: XLA sees a
         # literal it may fold (a jit argument would compile to other code, other roundings).
         # One per distinct value, as XLA merges equal constants (its fusions depend on it).
