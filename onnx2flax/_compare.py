@@ -10,6 +10,7 @@ node alone on each side's inputs and says which side computed it wrongly.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -289,7 +290,7 @@ def _ort_session(proto: onnx.ModelProto, base_dir):
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own untyped errors)
         raise InvalidModelError(f"onnxruntime (the reference) cannot load the model: "
-                                f"{_first_line(exc)}") from None
+                                f"{_ort_message(exc)}") from None
 
 
 def _ort_run(session, feeds: dict[str, Any]) -> list[np.ndarray]:
@@ -298,7 +299,14 @@ def _ort_run(session, feeds: dict[str, Any]) -> list[np.ndarray]:
     except Exception as exc:  # noqa: BLE001
         shapes = {n: list(np.shape(v)) for n, v in feeds.items()}
         raise InvalidInputError(f"onnxruntime (the reference) failed to run the model on "
-                                f"inputs of shapes {shapes}: {_first_line(exc)}") from None
+                                f"inputs of shapes {shapes}: {_ort_message(exc)}") from None
+
+
+def _ort_message(exc: BaseException) -> str:
+    """onnxruntime's message on one line, without its status prefix and C++ location."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return re.sub(r"^\S+\.(cc|h|cpp):\d+ .*?\) ", "", text)[:500]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -131,6 +131,8 @@ def _cmd_export(args) -> int:
     except OnnxConversionError:
         raise
     except Exception as exc:  # noqa: BLE001  (the factory and torch's exporter are user code)
+        while exc.__cause__ is not None:  # the exporter wraps the model's own error
+            exc = exc.__cause__
         raise InvalidInputError(f"exporting {args.factory} with inputs of shapes "
                                 f"{[list(s) for s in args.input_shape]} failed: "
                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -220,7 +222,8 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="do not use the persistent XLA compilation cache (by default compiled "
                    "programs are kept in $ONNX2FLAX_CACHE_DIR or ~/.cache/onnx2flax/jax, so "
-                   "a second run at the same shapes skips compilation)")
+                   "a second run at the same shapes skips compilation; ONNX2FLAX_NO_CACHE=1 "
+                   "does the same as this flag)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -289,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if not getattr(args, "no_cache", True):
+        if not getattr(args, "no_cache", True) and not os.environ.get("ONNX2FLAX_NO_CACHE"):
             _enable_cache()
         return args.fn(args)
     except OnnxConversionError as exc:
