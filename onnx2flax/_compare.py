@@ -386,10 +386,10 @@ def compare(model: ModelLike | ConvertedModel, feeds: Mapping[str, np.ndarray] |
     for info in infos:
         say(f"input {info.name}: {info.dtype}[{','.join(map(str, info.shape))}] ({info.origin})")
     names = [s.name for s in converted.inputs]
-    say("running onnx2flax (compiling for these shapes on the first call) ...")
+    say("compiling and running the Flax model for these shapes ...")
     start = time.perf_counter()
     got = converted.run(feeds)
-    say(f"onnx2flax compiled and ran in {time.perf_counter() - start:.2f} s; running onnxruntime")
+    say(f"compiled and ran in {time.perf_counter() - start:.2f} s; running onnxruntime")
     out_names = [s.name for s in converted.outputs]
 
     session = _ort_session(_with_all_outputs(proto) if per_node else proto, base_dir)
