@@ -230,7 +230,7 @@ def _feed_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
     unknown = [(i, d) for i, d in enumerate(shape) if not isinstance(d, int) and i > 0]
     if unknown:
         dims = ", ".join(f"dim {i}" + (f" ({d!r})" if d else "") for i, d in unknown)
-        example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "N")
+        example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else f"<{d or i}>")
                            for i, d in enumerate(shape))
         raise InvalidInputError(
             f"input {spec.name!r} of shape {list(shape)} has unknown {dims}: random inputs "

@@ -135,7 +135,7 @@ def test_unknown_spatial_dims_are_refused_with_how_to_give_them(rng):
     with pytest.raises(onnx2flax.InvalidInputError) as err:
         onnx2flax.compare(_image_model(rng))
     message = str(err.value)
-    assert "dim 2 ('H'), dim 3 ('W')" in message and "--input-shape x=1,3,N,N" in message
+    assert "dim 2 ('H'), dim 3 ('W')" in message and "--input-shape x=1,3,<H>,<W>" in message
     assert "--feeds" in message
 
 
@@ -289,3 +289,20 @@ def test_reprs_are_short():
                     f"params={weights:,}, opset=20)")
     module = repr(converted.module)
     assert len(module) < 200 and "nodes=" in module and "inputs=['x']" in module
+
+
+def test_error_examples_run(monkeypatch, capsys):
+    """``docs/errors_examples.py`` raises the documented error for each of its examples,
+    and each example (title and class) is shown in docs/errors.md."""
+    import runpy
+
+    from onnx2flax import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    script = runpy.run_path(str(ROOT / "docs" / "errors_examples.py"))
+    assert script["main"]() == 0
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line and not line.startswith(" ")]
+    docs = (ROOT / "docs" / "errors.md").read_text()
+    assert len(printed) >= 20
+    assert [line for line in printed if line not in docs] == []
