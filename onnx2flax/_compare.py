@@ -306,7 +306,7 @@ def _ort_message(exc: BaseException) -> str:
     """onnxruntime's message on one line, without its status prefix and C++ location."""
     text = " ".join(str(exc).split())
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    return re.sub(r"^\S+\.(cc|h|cpp):\d+ .*?\) ", "", text)[:500]
+    return re.sub(r"\S+\.(cc|h|cpp):\d+ [\w:~]+\(.*?\) ", "", text)[:500]
 
 
 def _first_line(exc: BaseException) -> str:
