@@ -28,8 +28,9 @@ def _cmd_convert(args) -> int:
     converted = _convert(args, feeds)
     say(f"converted; writing {args.output} (tracing the model)")
     inputs = None if feeds is None else [feeds[s.name] for s in converted.inputs]
+    # save makes DIR only once the source is generated: a failure leaves nothing behind.
+    written = codegen.save(converted, args.output, force=args.force, api=args.api, inputs=inputs)
     folder = output_dir(args.output)
-    written = codegen.save(converted, folder, force=args.force, api=args.api, inputs=inputs)
     layout = "\n".join(f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
                        for s in converted.inputs + converted.outputs)
     written.append(write_file(
