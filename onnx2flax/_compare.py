@@ -226,12 +226,12 @@ def _feed_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
     if spec.sequence or spec.optional:
         raise InvalidInputError(f"input {spec.name!r} is a sequence or optional: random feeds "
                                 "are made for tensors only; pass feeds")
-    shape = spec.shape or ()
+    shape = tuple(d if not isinstance(d, int) or d >= 0 else None for d in spec.shape or ())
     unknown = [(i, d) for i, d in enumerate(shape) if not isinstance(d, int) and i > 0]
     if unknown:
         dims = ", ".join(f"dim {i}" + (f" ({d!r})" if d else "") for i, d in unknown)
-        example = ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else f"<{d or i}>")
-                           for i, d in enumerate(shape))
+        example = ",".join(str(d) if isinstance(d, int) else "1" if i == 0
+                           else f"<{d or f'dim{i}'}>" for i, d in enumerate(shape))
         raise InvalidInputError(
             f"input {spec.name!r} of shape {list(shape)} has unknown {dims}: random inputs "
             f"would make them 1 (a degenerate size). Give the shape (--input-shape "
