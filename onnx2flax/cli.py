@@ -25,19 +25,36 @@ def _cmd_convert(args) -> int:
     from ._inspect import summarize
 
     feeds = _load_feeds(args.feeds)
-    converted = _convert(args, feeds)
+    converted = _convert(args)
     say(f"converted; writing {args.output} (tracing the model)")
-    inputs = None if feeds is None else [feeds[s.name] for s in converted.inputs]
-    # save makes DIR only once the source is generated: a failure leaves nothing behind.
+    inputs = None if feeds is None else _module_inputs(converted, feeds)
+    if inputs is not None:  # the outputs' layouts, traced at the feeds' shapes
+        import jax
+
+        jax.eval_shape(lambda v, *x: converted.module.apply(v, *x), converted.variables, *inputs)
+    # Everything that traces comes before the first write: a failure leaves no DIR behind.
+    summary = (f"{summarize(args.model).text()}\nlayout at the module boundary:\n" + "\n".join(
+        f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
+        for s in converted.inputs + converted.outputs) + f"\n{_USAGE[args.api]}\n")
     written = codegen.save(converted, args.output, force=args.force, api=args.api, inputs=inputs)
-    folder = output_dir(args.output)
-    layout = "\n".join(f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
-                       for s in converted.inputs + converted.outputs)
-    written.append(write_file(
-        folder, "summary.txt", f"{summarize(args.model).text()}\nlayout at the module "
-        f"boundary:\n{layout}\n{_USAGE[args.api]}\n", force=args.force))
+    written.append(write_file(output_dir(args.output), "summary.txt", summary, force=args.force))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _module_inputs(converted, feeds: dict) -> list:
+    """Stand-ins for ``codegen.save(inputs=)``: the shapes and dtypes of ``feeds`` (ONNX
+    layout) as the module takes them (image inputs channels-last)."""
+    from dataclasses import replace
+
+    import jax
+
+    missing = [s.name for s in converted.inputs if s.name not in feeds]
+    if missing:
+        raise InvalidInputError(f"--feeds lacks input(s) {missing}; the model's inputs are "
+                                f"{[s.name for s in converted.inputs]}")
+    return [jax.ShapeDtypeStruct(converted._module_shape(replace(s, shape=feeds[s.name].shape)),
+                                 feeds[s.name].dtype) for s in converted.inputs]
 
 
 _USAGE = {"linen": "use: from model import Model, load_variables; "
@@ -45,26 +62,24 @@ _USAGE = {"linen": "use: from model import Model, load_variables; "
           "nnx": "use: from model import load_model; load_model()(*inputs)"}
 
 
-def _convert(args, feeds):
+def _convert(args):
     """``convert`` with the command's shape, constant and bound flags."""
     from .converter import convert
 
     start = time.perf_counter()
     say(f"converting {args.model}")
     converted = convert(args.model, channels_last=not getattr(args, "channels_first", False),
-                        bounds=dict(args.bound or ()), **_shape_options(args, feeds))
+                        bounds=dict(args.bound or ()), **_shape_options(args))
     say(f"converted in {time.perf_counter() - start:.2f} s")
     return converted
 
 
-def _shape_options(args, feeds) -> dict:
-    """``input_shapes`` / ``constants`` for ``convert``, only when given: ``--input-shape``
-    wins over the shapes of ``--feeds``."""
-    shapes = {name: tuple(v.shape) for name, v in (feeds or {}).items()}
-    shapes.update(dict(args.input_shape or ()))
+def _shape_options(args) -> dict:
+    """``input_shapes`` / ``constants`` for ``convert``, only when given (``--feeds`` need
+    neither: ``run`` and ``codegen.save(inputs=)`` take their shapes)."""
     options = {}
-    if shapes:
-        options["input_shapes"] = shapes
+    if args.input_shape:
+        options["input_shapes"] = dict(args.input_shape)
     if args.const:
         options["constants"] = dict(args.const)
     return options
@@ -75,7 +90,7 @@ def _cmd_compare(args) -> int:
 
     feeds = _load_feeds(args.feeds)
     say(f"comparing {args.model} with onnxruntime")
-    options = _shape_options(args, None)
+    options = _shape_options(args)
     report = compare(args.model, feeds, rtol=args.rtol, atol=args.atol, seed=args.seed,
                      per_node=args.per_node, top=args.top, bounds=dict(args.bound or ()),
                      progress=say, **options)

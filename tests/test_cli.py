@@ -157,6 +157,20 @@ def test_feeds_file_fixes_shapes_and_is_printed(rng, tmp_path, capsys):
     assert "compiled and ran in" in captured.err
 
 
+def test_convert_with_feeds_and_nothing_left_behind(rng, tmp_path, capsys):
+    path = tmp_path / "img.onnx"
+    path.write_bytes(_image_model(rng).SerializeToString())
+    out = tmp_path / "out"
+    # Unknown H and W traced as 1: the pool fails, and no DIR is left behind.
+    assert cli.main(["convert", str(path), "-o", str(out)]) == 2
+    assert "MaxPool node 'pool'" in capsys.readouterr().err and not out.exists()
+    np.savez(tmp_path / "feeds.npz", x=np.zeros((2, 3, 10, 12), np.float32))
+    assert cli.main(["convert", str(path), "-o", str(out), "--feeds",
+                     str(tmp_path / "feeds.npz")]) == 0
+    assert "# input 'x': float32[2, 10, 12, 3] channels-last" in (out / "model.py").read_text()
+    assert "  y: channels-last" in (out / "summary.txt").read_text()
+
+
 def test_absurd_random_feeds_are_refused(rng):
     model = make_model([helper.make_node("Relu", ["x"], ["y"])],
                        [("x", np.float32, [100000, 100000])], [("y", np.float32, None)])
@@ -275,6 +289,19 @@ def test_compilation_cache_files_appear(tmp_path):
     second = _run_cli(["compare", model], tmp_path, env)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == entries  # all hits
+
+
+def test_enable_compilation_cache_in_python(tmp_path):
+    cache = tmp_path / "api-cache"
+    code = ("import numpy as np, onnx2flax\n"
+            f"onnx2flax.enable_compilation_cache({str(cache)!r}, min_compile_time_s=0)\n"
+            f"m = onnx2flax.convert({str(FIXTURES / 'tmodel_onnx2flax.onnx')!r})\n"
+            "m.run({'x': np.zeros((1, 3, 6, 6), np.float32)})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                            "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert any(p.is_file() for p in cache.rglob("*"))
 
 
 def test_reprs_are_short():
