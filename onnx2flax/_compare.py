@@ -226,7 +226,11 @@ def _feed_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
     if spec.sequence or spec.optional:
         raise InvalidInputError(f"input {spec.name!r} is a sequence or optional: random feeds "
                                 "are made for tensors only; pass feeds")
-    shape = tuple(d if not isinstance(d, int) or d >= 0 else None for d in spec.shape or ())
+    if spec.shape is None:
+        raise InvalidInputError(f"input {spec.name!r} has no declared shape: give it "
+                                f"(--input-shape {spec.name}=DIMS, or compare(input_shapes=...)) "
+                                "or real inputs (--feeds FILE.npz, or compare(feeds=...))")
+    shape = tuple(d if not isinstance(d, int) or d >= 0 else None for d in spec.shape)
     unknown = [(i, d) for i, d in enumerate(shape) if not isinstance(d, int) and i > 0]
     if unknown:
         dims = ", ".join(f"dim {i}" + (f" ({d!r})" if d else "") for i, d in unknown)
@@ -381,7 +385,8 @@ def compare(model: ModelLike | ConvertedModel, feeds: Mapping[str, np.ndarray] |
         converted, source = convert(model, bounds=bounds, **options), model
     padded = bool(converted._program.bounds)
     proto, base_dir = load_model(source)
-    feeds, infos = _feeds(converted, proto, feeds, seed, input_shapes or {})
+    given = {n: v for n, v in (feeds or {}).items() if n not in (constants or {})}
+    feeds, infos = _feeds(converted, proto, given, seed, input_shapes or {})
     ort_feeds = {**_constant_feeds(proto, constants or {}), **feeds}
     for info in infos:
         say(f"input {info.name}: {info.dtype}[{','.join(map(str, info.shape))}] ({info.origin})")
@@ -412,8 +417,7 @@ def compare(model: ModelLike | ConvertedModel, feeds: Mapping[str, np.ndarray] |
 def _feeds(converted: ConvertedModel, proto: onnx.ModelProto, given, seed: int,
            input_shapes: Mapping[str, Any]) -> tuple[dict[str, Any], list[FeedInfo]]:
     """The inputs to run on: ``given`` ones, random ones for the rest; and what each is."""
-    given = dict(given or {})
-    missing = [replace(s, shape=tuple(input_shapes.get(s.name, s.shape) or ()))
+    missing = [replace(s, shape=input_shapes.get(s.name, s.shape))
                for s in converted.inputs if s.name not in given]
     ranges = _index_ranges(proto)
     feeds = random_feeds(missing, seed=seed, int_ranges={n: r for n, (r, _) in ranges.items()})

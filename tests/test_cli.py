@@ -137,6 +137,10 @@ def test_unknown_spatial_dims_are_refused_with_how_to_give_them(rng):
     message = str(err.value)
     assert "dim 2 ('H'), dim 3 ('W')" in message and "--input-shape x=1,3,<H>,<W>" in message
     assert "--feeds" in message
+    no_shape = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, None)],
+                          [("y", np.float32, None)])
+    with pytest.raises(onnx2flax.InvalidInputError, match="'x' has no declared shape"):
+        onnx2flax.compare(no_shape)
 
 
 def test_feeds_file_fixes_shapes_and_is_printed(rng, tmp_path, capsys):
