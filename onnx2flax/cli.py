@@ -68,7 +68,7 @@ def _convert(args):
 
     start = time.perf_counter()
     say(f"converting {args.model}")
-    converted = convert(args.model, channels_last=not getattr(args, "channels_first", False),
+    converted = convert(args.model, channels_last=not args.channels_first,
                         bounds=dict(args.bound or ()), **_shape_options(args))
     say(f"converted in {time.perf_counter() - start:.2f} s")
     return converted
