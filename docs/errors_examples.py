@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import onnx2flax  # noqa: E402
-from onnx2flax import _files, _registry  # noqa: E402
+from onnx2flax import _files  # noqa: E402
 
 F = TensorProto.FLOAT
 
@@ -64,7 +64,7 @@ def examples(tmp: Path):
     yield "future opset", lambda: onnx2flax.convert(model(
         [helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", F, [2])], [("y", F, [2])],
         opset=99))
-    yield "sequence input", lambda: onnx2flax.convert(sequence_input())
+    yield "map input", lambda: onnx2flax.convert(map_input())
     yield "ConstantOfShape 10^12", lambda: onnx2flax.convert(model(
         [const("shape", np.array([10**6, 10**6], np.int64)),
          helper.make_node("ConstantOfShape", ["shape"], ["y"], name="fill")], [],
@@ -78,6 +78,17 @@ def examples(tmp: Path):
     yield "unknown feed", lambda: relu.run({"image": np.zeros((1, 3), np.float32)})
     yield "wrong dims", lambda: relu.run({"x": np.zeros((1, 4), np.float32)})
     yield "wrong dtype", lambda: relu.run({"x": np.zeros((1, 3), np.int64)})
+    image = model([helper.make_node("Relu", ["x"], ["y"], name="r")],
+                  [("x", F, ["N", 3, "H", "W"])], [("y", F, None)])
+    yield "compare: unknown image size", lambda: onnx2flax.compare(image)
+    future_ir = model([helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", F, [2])],
+                      [("y", F, [2])])
+    future_ir.ir_version = 99
+    yield "compare: onnxruntime refuses", lambda: onnx2flax.compare(
+        future_ir, {"x": np.zeros(2, np.float32)})
+    yield "compare: huge random feeds", lambda: onnx2flax.compare(model(
+        [helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", F, [10**5, 10**5])],
+        [("y", F, None)]))
     folder = _files.output_dir(tmp / "out")
     _files.write_file(folder, "summary.txt", "x")
     yield "overwrite", lambda: _files.write_file(folder, "summary.txt", "y")
@@ -88,7 +99,7 @@ def examples(tmp: Path):
 
 def broken_handler():
     """A handler with a bug (registered here for the example only) on a valid model."""
-    @_registry.register("Broken", domain="example.bugs")
+    @onnx2flax.register_op("Broken", domain="example.bugs")
     def broken(ctx, x):
         return x.no_such_attribute
 
@@ -135,11 +146,11 @@ def external(tmp: Path, location: str) -> Path:
     return path
 
 
-def sequence_input():
+def map_input():
     m = model([helper.make_node("Identity", ["x"], ["y"], name="id")], [("x", F, [2])],
               [("y", F, [2])])
-    m.graph.input[0].type.CopyFrom(helper.make_sequence_type_proto(
-        helper.make_tensor_type_proto(F, [2])))
+    m.graph.input[0].type.CopyFrom(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(F, [2])))
     return m
 
 

@@ -9,30 +9,53 @@ Public API:
 - :func:`compare` -> :class:`ComparisonReport`: onnx2flax vs onnxruntime (and torch),
   per output or per node;
 - :func:`summarize` -> :class:`ModelSummary`: ops, support, inputs, outputs, parameter count;
+- :func:`register_op` and :class:`OpContext`: handlers for custom or contrib ops;
+- :func:`enable_compilation_cache`: a persistent XLA compilation cache across processes;
 - the exceptions of :mod:`onnx2flax.errors`.
+
+Importing the package is cheap: jax, flax and onnx are imported on first use of a name
+that needs them (PEP 562), so ``onnx2flax --help`` starts in a fraction of a second.
 """
 
-from ._compare import Comparison, ComparisonReport, compare, random_feeds
-from ._export import export
-from ._inspect import ModelSummary, summarize
-from .converter import ConvertedModel, TensorSpec, convert
+from __future__ import annotations
+
+import importlib
+
 from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
                      OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
 
 __version__ = "0.1.0"
 
+#: Public name -> the private module defining it, imported on first access.
+_LAZY = {
+    "Comparison": "._compare", "ComparisonReport": "._compare", "compare": "._compare",
+    "random_feeds": "._compare",
+    "export": "._export",
+    "ModelSummary": "._inspect", "summarize": "._inspect",
+    "ConvertedModel": ".converter", "TensorSpec": ".converter", "convert": ".converter",
+    "NnxConvertedModel": ".nnx",
+    "register_op": "._extend", "OpContext": "._extend",
+    "enable_compilation_cache": "._cache",
+}
+
 
 def __getattr__(name: str):
-    # flax.nnx is imported on first use only (0.2 s of import time for linen-only users).
-    if name == "NnxConvertedModel":
-        from .nnx import NnxConvertedModel
-        return NnxConvertedModel
-    raise AttributeError(f"module 'onnx2flax' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnx2flax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ConvertedModel", "NnxConvertedModel", "TensorSpec", "convert", "export",
     "Comparison", "ComparisonReport", "compare", "random_feeds",
-    "ModelSummary", "summarize",
+    "ModelSummary", "summarize", "register_op", "OpContext", "enable_compilation_cache",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
     "ResourceLimitError", "OutputExistsError", "UnsafePathError", "InternalError",
 ]

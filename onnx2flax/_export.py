@@ -59,16 +59,18 @@ def export(torch_module: Any, args: Sequence[Any] | Any, path: str | os.PathLike
         if not verbose:
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(_quiet_logger("torch.onnx"))
+            stack.enter_context(_quiet_logger("torch.export"))
         torch.onnx.export(torch_module, args, os.fspath(path), **kwargs)
     return os.fspath(path)
 
 
 @contextlib.contextmanager
 def _quiet_logger(name: str):
-    """The exporter logs progress and optional-package notices as warnings."""
+    """The exporter logs progress and notices as warnings, and its failures (raised anyway)
+    as errors."""
     logger = logging.getLogger(name)
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:

@@ -375,6 +375,12 @@ class OnnxModule(nn.Module):
     program: Program
     channels_last: bool = True
 
+    def __repr__(self) -> str:
+        graph = self.program.graph
+        return (f"OnnxModule(graph={graph.name!r}, nodes={len(graph.nodes)}, "
+                f"inputs={[s.name for s in graph.inputs]}, "
+                f"outputs={[s.name for s in graph.outputs]}, channels_last={self.channels_last})")
+
     @nn.compact
     def __call__(self, *inputs, train: bool = False):
         graph = self.program.graph

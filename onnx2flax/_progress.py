@@ -1,12 +1,15 @@
-"""Progress reports while a large model converts: ``(stage, done, total)`` callbacks."""
+"""Progress reports: ``(stage, done, total)`` callbacks while a large model converts, and
+:func:`say`, the one line format every progress message uses (``onnx2flax: ...``)."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import onnx
+if TYPE_CHECKING:
+    import onnx
 
 Progress = Callable[[str, int, int], None]
 
@@ -14,6 +17,11 @@ Progress = Callable[[str, int, int], None]
 #: progress by default.
 AUTO_BYTES = 1 << 30
 AUTO_NODES = 20_000
+
+
+def say(message: str) -> None:
+    """Print one progress line to stderr: ``onnx2flax: <message>``."""
+    print(f"onnx2flax: {message}", file=sys.stderr, flush=True)
 
 
 def reporter(progress: bool | Progress | None, proto: onnx.ModelProto) -> Progress | None:
@@ -31,6 +39,8 @@ def reporter(progress: bool | Progress | None, proto: onnx.ModelProto) -> Progre
 
 
 def _is_large(proto: onnx.ModelProto) -> bool:
+    import onnx
+
     graph = proto.graph
     if len(graph.node) >= AUTO_NODES:
         return True
@@ -58,5 +68,4 @@ class _Printer:
         if done not in (1, total) and now - self._last < 0.5:
             return
         self._last = now
-        print(f"onnx2flax: {stage} {done}/{total} ({now - self._start:.1f} s)", file=sys.stderr,
-              flush=True)
+        say(f"{stage} {done}/{total} ({now - self._start:.1f} s)")

@@ -52,6 +52,14 @@ class ConvertedModel:
         self._outputs: list[TensorSpec] | None = None
         self._jitted = jax.jit(self._apply_onnx_layout)
 
+    def __repr__(self) -> str:
+        count = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(self.variables.get("params", {})))
+        spec = lambda s: s.name + ("" if s.shape is None  # noqa: E731
+                                   else f"[{','.join(map(str, s.shape))}]")
+        return (f"{type(self).__name__}(inputs=[{', '.join(map(spec, self.inputs))}], "
+                f"outputs=[{', '.join(map(spec, self._program.graph.outputs))}], "
+                f"params={count:,}, opset={self.opset})")
+
     @property
     def outputs(self) -> list[TensorSpec]:
         if self._outputs is None:

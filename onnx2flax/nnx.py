@@ -58,6 +58,9 @@ class NnxConvertedModel:
       inputs / outputs / opset / channels_last: as :class:`~onnx2flax.ConvertedModel`.
     """
 
+    def __repr__(self) -> str:
+        return f"Nnx{self.linen!r}"
+
     def __init__(self, linen: ConvertedModel, *, rngs: nnx.Rngs | None = None):
         self.linen = linen
         self.module = to_nnx(linen, rngs=rngs)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install onnx2flax with its test and torch extras.
-# torch==2.13.0 is pinned: it is the CPU build (installed from local disk on the project's
-# machines); an unpinned torch would pull a multi-GB CUDA build.
+# torch==2.13.0 is pinned (the version the tests are run with). What pip gets depends on its
+# index: the project's machines serve the CPU build; PyPI on Linux x86_64 serves the CUDA
+# build (several GB). For the CPU build elsewhere, install it first from PyTorch's CPU index
+# (see README, "The two commands").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ONNX2FLAX_NO_CACHE", "1")  # CLI calls in tests leave ~/.cache alone
 
 import numpy as np
 import pytest

@@ -142,6 +142,7 @@ def _slice(ctx, x, starts, ends, axes, steps):
             start, end = min(max(start, 0), dim), min(max(end, 0), dim)
         else:  # end == -1 means "through index 0"
             start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        step = max(min(step, dim), -dim) or 1  # same elements; older jax takes int32 steps only
         index[axis] = slice(start, None if end < 0 else end, step)
     _keep_layout(ctx)
     return x[tuple(index)]
