@@ -370,7 +370,11 @@ def ms_attention(ctx, x, weights, bias=None, mask_index=None, past=None, attenti
     mask = _key_mask(ctx, mask_index, b, s, p + s, p, bool(int(ctx.attr("unidirectional", 0))),
                      q.dtype)
     y = attention.attend(q, k, v, _plus(mask, attention_bias), scale=_head_scale(ctx, h))
-    return (_merge_heads(y), jnp.stack([k, v]))[:len(ctx.node.outputs)]
+    if len(ctx.node.outputs) < 2:
+        return _merge_heads(y)
+    if k.shape != v.shape:
+        raise ctx.invalid(f"present needs equal K and V sizes, got {sizes}")
+    return _merge_heads(y), jnp.stack([k, v])
 
 
 def _unpack_heads(ctx, query, key, value, bias, heads: int):

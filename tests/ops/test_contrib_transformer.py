@@ -250,3 +250,151 @@ def test_matmul_nbits_refuses_a_weight_that_does_not_fit():
     feeds = {"a": _rand(1, 64)}
     with pytest.raises(InvalidModelError, match=r"'bad'.*do not fit K=64"):
         onnx2flax.convert(_model([node], feeds, {"q": q, "scales": scales})).run(feeds)
+
+
+# -- attention ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["plain", "mask1d", "mask2d", "mask3d", "unidirectional_past",
+                                  "qkv_sizes", "bias_scale"])
+def test_attention(case):
+    """BERT / GPT-2 attention with its QKV projection (a Dense layer), every mask form,
+    the past/present cache, unequal V size and an attention bias."""
+    b, s, d_in, heads = 2, 4, 8, 2
+    feeds = {"x": _rand(b, s, d_in)}
+    sizes = [8, 8, 12] if case == "qkv_sizes" else [8, 8, 8]
+    consts = {"w": _rand(d_in, sum(sizes)), "bias": _rand(sum(sizes))}
+    names, attrs, n_out = ["x", "w", "bias"], {"num_heads": heads}, 1
+    if case == "mask1d":
+        feeds["m"] = np.array([4, 2], np.int32)
+        names.append("m")
+    elif case == "mask2d":
+        feeds["m"] = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.int32)
+        names.append("m")
+    elif case == "mask3d":
+        feeds["m"] = (RNG.random((b, s, s)) < 0.7).astype(np.int32)
+        feeds["m"][..., 0] = 1
+        names.append("m")
+    elif case == "unidirectional_past":
+        feeds["past"] = _rand(2, b, heads, 3, 4)
+        names += ["", "past"]
+        attrs["unidirectional"] = 1
+        n_out = 2
+    elif case == "qkv_sizes":
+        attrs["qkv_hidden_sizes"] = sizes
+    elif case == "bias_scale":
+        feeds["ab"] = _rand(1, heads, s, s)
+        names += ["", "", "ab"]
+        attrs["scale"] = 0.3
+    _check("Attention", feeds, consts, inputs=names, n_out=n_out, rtol=1e-4, atol=1e-5, **attrs)
+
+
+@pytest.mark.parametrize("case", ["separate_bias", "cross_4d", "past_causal", "padding_mask",
+                                  "attention_bias"])
+def test_multi_head_attention(case):
+    b, s, heads, h = 2, 3, 2, 4
+    d = heads * h
+    feeds, names, attrs, n_out = {}, [], {"num_heads": heads}, 1
+    if case == "cross_4d":
+        feeds = {"q": _rand(b, s, d), "k": _rand(b, heads, 5, h), "v": _rand(b, heads, 5, h),
+                 "bias": _rand(3 * d)}
+        names = ["q", "k", "v", "bias"]
+    else:
+        feeds = {"q": _rand(b, s, d), "k": _rand(b, s, d), "v": _rand(b, s, d),
+                 "bias": _rand(3 * d)}
+        names = ["q", "k", "v", "bias"]
+    if case == "past_causal":
+        feeds["pk"], feeds["pv"] = _rand(b, heads, 2, h), _rand(b, heads, 2, h)
+        names += ["", "", "pk", "pv"]
+        attrs["unidirectional"] = 1
+        n_out = 3
+    elif case == "padding_mask":
+        feeds["m"] = np.array([[1, 1, 1], [1, 0, 0]], np.int32)
+        names.append("m")
+    elif case == "attention_bias":
+        feeds["ab"] = _rand(b, 1, s, s)
+        names += ["", "ab"]
+        attrs["scale"] = 0.5
+    _check("MultiHeadAttention", feeds, inputs=names, n_out=n_out, rtol=1e-4, **attrs)
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("layout", ["3d", "4d", "offset", "partial"])
+def test_ms_rotary_embedding(interleaved, layout):
+    b, s, heads, h = 2, 3, 2, 8
+    rot = 4 if layout == "partial" else h
+    theta = np.arange(16)[:, None] * (1e-1 ** np.arange(rot // 2))[None, :]
+    consts = {"cos": np.cos(theta).astype(np.float32), "sin": np.sin(theta).astype(np.float32)}
+    x = _rand(b, heads, s, h) if layout == "4d" else _rand(b, s, heads * h)
+    pos = (np.array([5], np.int64) if layout == "offset"
+           else RNG.integers(0, 16, (b, s)).astype(np.int64))
+    attrs = {"interleaved": interleaved}
+    if layout != "4d":
+        attrs["num_heads"] = heads
+    if layout == "partial":
+        attrs["rotary_embedding_dim"] = rot
+    _check("RotaryEmbedding", {"x": x, "pos": pos}, consts, inputs=["x", "pos", "cos", "sin"],
+           **attrs)
+
+
+@pytest.mark.parametrize("packing", ["qkv", "kv"])
+def test_multi_head_attention_packed(packing):
+    """Packed QKV ``[B, S, N, 3, H]`` / KV ``[B, L, N, 2, H]`` (GPU-only in onnxruntime)
+    against onnxruntime on the same tensors unpacked."""
+    b, s, heads, h = 2, 3, 2, 4
+    packed = _rand(b, s, heads, 3, h) if packing == "qkv" else _rand(b, 5, heads, 2, h)
+    split = [np.ascontiguousarray(packed[:, :, :, i]).reshape(b, -1, heads * h)
+             for i in range(packed.shape[3])]
+    q = split[0] if packing == "qkv" else _rand(b, s, heads * h)
+    k, v = split[-2:]
+    expected = run_ort(_model([_node("MultiHeadAttention", ["q", "k", "v"], num_heads=heads)],
+                              {"q": q, "k": k, "v": v}), {"q": q, "k": k, "v": v})
+    feeds = {"p": packed} if packing == "qkv" else {"q": q, "p": packed}
+    node = _node("MultiHeadAttention", list(feeds), num_heads=heads)
+    converted = onnx2flax.convert(_model([node], feeds))
+    got = converted.run(feeds)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert_codegen_matches(converted, feeds, got)
+
+
+def _gqa_feeds(b, s, past, heads, kv_heads, h, packed):
+    total = past + s
+    feeds = {"q": _rand(b, s, (heads + 2 * kv_heads) * h)} if packed else {
+        "q": _rand(b, s, heads * h), "k": _rand(b, s, kv_heads * h), "v": _rand(b, s, kv_heads * h)}
+    feeds["pk"], feeds["pv"] = _rand(b, kv_heads, past, h), _rand(b, kv_heads, past, h)
+    feeds["seqlens"] = np.full((b,), total - 1, np.int32)
+    feeds["total"] = np.array(total, np.int32)
+    names = ["q", "", ""] if packed else ["q", "k", "v"]
+    return feeds, names + ["pk", "pv", "seqlens", "total"]
+
+
+@pytest.mark.parametrize("packed, past, s, attrs", [
+    (True, 0, 5, {}), (False, 4, 1, {}), (False, 3, 2, {"local_window_size": 3}),
+    (True, 2, 3, {"do_rotary": 1}), (True, 4, 1, {"do_rotary": 1, "rotary_interleaved": 1}),
+    (False, 0, 4, {"softcap": 2.0, "scale": 0.4})])
+def test_group_query_attention(packed, past, s, attrs):
+    """Prompt and decoding steps with the KV cache, GQA head sharing, sliding window,
+    rotary (both layouts), softcap; the present cache is returned."""
+    # onnxruntime's CPU kernel wants batch 1 for a multi-token step after a past and a head
+    # size multiple of 16 for rotary.
+    b, heads, kv_heads = (1 if past and s > 1 else 2), 4, 2
+    h = 16 if attrs.get("do_rotary") else 8
+    feeds, names = _gqa_feeds(b, s, past, heads, kv_heads, h, packed)
+    consts = {}
+    if attrs.get("do_rotary"):
+        theta = np.arange(32)[:, None] * (1e-1 ** np.arange(h // 2))[None, :]
+        consts = {"cos": np.cos(theta).astype(np.float32), "sin": np.sin(theta).astype(np.float32)}
+        names += ["cos", "sin"]
+    node = _node("GroupQueryAttention", names, 3, num_heads=heads, kv_num_heads=kv_heads,
+                 **attrs)
+    total = feeds.pop("total")
+    consts["total"] = total  # a constant, as genai's models compute it from shapes
+    assert_matches_ort(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_attention_features_are_named():
+    feeds, names = _gqa_feeds(1, 1, 2, 2, 1, 4, False)
+    consts = {"total": feeds.pop("total")}
+    node = _node("GroupQueryAttention", names, 3, name="gqa", num_heads=2, kv_num_heads=1,
+                 smooth_softmax=1)
+    with pytest.raises(UnsupportedOpError, match="'gqa'.*smooth_softmax is not supported"):
+        onnx2flax.convert(_model([node], feeds, consts)).run(feeds)
