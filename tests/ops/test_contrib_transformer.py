@@ -398,3 +398,17 @@ def test_unsupported_attention_features_are_named():
                  smooth_softmax=1)
     with pytest.raises(UnsupportedOpError, match="'gqa'.*smooth_softmax is not supported"):
         onnx2flax.convert(_model([node], feeds, consts)).run(feeds)
+
+
+def test_inspect_lists_ops_by_domain():
+    """``inspect`` groups ops by domain, with each domain's opset, supported or not."""
+    from onnx2flax._inspect import summarize
+    feeds = {"x": _rand(2, 8)}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), _node("FastGelu", ["r"], outs=["g"]),
+             _node("NoSuchContribOp", ["g"], outs=["y"])]
+    text = summarize(_model(nodes, feeds)).text()
+    ai_onnx, contrib = text.split("  com.microsoft (opset 1):\n")
+    assert "  ai.onnx (opset 17):\n    Relu " in ai_onnx
+    assert "FastGelu" in contrib and "supported" in contrib
+    assert "NoSuchContribOp" in contrib and "NOT SUPPORTED" in contrib
+    assert text.endswith("unsupported: com.microsoft::NoSuchContribOp")
