@@ -103,3 +103,82 @@ def test_genai_llama_greedy_steps(llama_folder, tmp_path, precision, exact_tol, 
                                  [i.name for i in session.get_inputs()])
         assert ours[0] == tokens
         np.testing.assert_allclose(ours[1], logits, atol=tol * np.abs(logits).max(), rtol=0)
+
+
+def _export(module, args, path, names, dynamic=None):
+    torch.onnx.export(module, args, str(path), input_names=names, dynamo=False,
+                      opset_version=17, dynamic_axes=dynamic)
+    return path
+
+
+def test_transformers_optimizer_bert(tmp_path):
+    """A tiny random BERT through ``optimize_model(model_type='bert')`` (its fusions: skip
+    layer norms, BiasGelu, ...), against onnxruntime on the optimized file."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=64)
+    bert = transformers.BertModel(config).eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids, mask, types):
+            out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state, out.pooler_output
+
+    ids = torch.randint(0, 100, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    path = _export(Outputs(), (ids, mask, torch.zeros_like(ids)), tmp_path / "bert.onnx", names,
+                   {n: {0: "batch", 1: "sequence"} for n in names})
+    optimized = optimize_model(str(path), model_type="bert", num_heads=4, hidden_size=32)
+    optimized.save_model_to_file(str(tmp_path / "bert_opt.onnx"))
+    model = onnx.load(tmp_path / "bert_opt.onnx")
+    assert any(n.domain == "com.microsoft" for n in model.graph.node)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+             "token_type_ids": np.zeros((2, 8), np.int64)}
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, want in zip(onnx2flax.convert(model).run(feeds), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("level", ["ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"])
+def test_session_optimized_cnn(tmp_path, level):
+    """A small CNN saved by a session's ``optimized_model_filepath``: FusedConv at
+    EXTENDED, the com.microsoft.nchwc ops at ALL."""
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+            self.c2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+            self.c3 = torch.nn.Conv2d(32, 32, 3, padding=1)
+            self.fc = torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.c1(x))), 2)
+            y = torch.relu(self.c2(x))
+            y = torch.nn.functional.avg_pool2d(y + torch.sigmoid(self.c3(y)), 2)
+            y = torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest")
+            return self.fc(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+    path = _export(Net().eval(), (torch.randn(1, 3, 32, 32),), tmp_path / "cnn.onnx", ["x"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.optimized_model_filepath = str(tmp_path / "cnn_opt.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    domains = {n.domain for n in onnx.load(tmp_path / "cnn_opt.onnx").graph.node}
+    assert ("com.microsoft.nchwc" in domains) == (level == "ORT_ENABLE_ALL")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "cnn_opt.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(onnx2flax.convert(tmp_path / "cnn_opt.onnx").run({"x": x})[0],
+                               session.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
