@@ -150,30 +150,33 @@ def test_embed_layer_norm(with_optional):
 
 # -- fused linear ops --------------------------------------------------------------------
 
-@pytest.mark.parametrize("attrs, a_shape, b_shape", [
-    ({}, (2, 3, 4), (4, 5)),
-    ({"alpha": 0.5, "transA": 1}, (2, 4, 3), (4, 5)),
-    ({"transB": 1}, (2, 3, 4), (2, 5, 4)),
-    ({"transBatchA": 1}, (3, 2, 4), (2, 4, 5)),
-    ({"transBatchB": 1, "transB": 1}, (2, 3, 4), (5, 2, 4)),
-])
-def test_fused_matmul(attrs, a_shape, b_shape):
-    _check("FusedMatMul", {"a": _rand(*a_shape), "b": _rand(*b_shape)}, **attrs)
+def test_fused_matmul():
+    """alpha, transA / transB, transBatchA / transBatchB (one model, a node per case)."""
+    cases = [({}, (2, 3, 4), (4, 5)), ({"alpha": 0.5, "transA": 1}, (2, 4, 3), (4, 5)),
+             ({"transB": 1}, (2, 3, 4), (2, 5, 4)), ({"transBatchA": 1}, (3, 2, 4), (2, 4, 5)),
+             ({"transBatchB": 1, "transB": 1}, (2, 3, 4), (5, 2, 4))]
+    feeds, nodes = {}, []
+    for i, (attrs, a_shape, b_shape) in enumerate(cases):
+        feeds[f"a{i}"], feeds[f"b{i}"] = _rand(*a_shape), _rand(*b_shape)
+        nodes.append(_node("FusedMatMul", [f"a{i}", f"b{i}"], outs=[f"y{i}"], **attrs))
+    assert_matches_ort(_model(nodes, feeds, outs=[n.output[0] for n in nodes]), feeds)
 
 
-@pytest.mark.parametrize("activation, extra", [
-    ("Relu", {}), ("Tanh", {}), ("Sigmoid", {}), ("LeakyRelu", {"activation_alpha": 0.2}),
-    ("HardSigmoid", {"activation_alpha": 0.3, "activation_beta": 0.4})])
-def test_fused_gemm(activation, extra):
+def test_fused_gemm():
+    """Every fused activation with its parameters (one model, a node per activation)."""
+    cases = [("Relu", {}), ("Tanh", {}), ("Sigmoid", {}),
+             ("LeakyRelu", {"activation_alpha": 0.2}),
+             ("HardSigmoid", {"activation_alpha": 0.3, "activation_beta": 0.4})]
     feeds = {"a": _rand(3, 4)}
-    _check("FusedGemm", feeds, {"w": _rand(5, 4), "c": _rand(5)}, transB=1, alpha=0.7,
-           activation=activation, **extra)
+    nodes = [_node("FusedGemm", ["a", "w", "c"], outs=[f"y{i}"], transB=1, alpha=0.7,
+                   activation=name, **extra) for i, (name, extra) in enumerate(cases)]
+    assert_matches_ort(_model(nodes, feeds, {"w": _rand(5, 4), "c": _rand(5)},
+                              outs=[n.output[0] for n in nodes]), feeds)
 
 
-@pytest.mark.parametrize("activation, params", [
-    ("Relu", None), ("Sigmoid", None), ("LeakyRelu", [0.3]), ("Clip", [-0.5, 0.5]),
-    ("HardSigmoid", [0.3, 0.4])])
-@pytest.mark.parametrize("with_sum", [False, True])
+@pytest.mark.parametrize("activation, params, with_sum", [
+    ("Relu", None, True), ("Sigmoid", None, False), ("LeakyRelu", [0.3], True),
+    ("Clip", [-0.5, 0.5], False), ("HardSigmoid", [0.3, 0.4], True)])
 def test_fused_conv(activation, params, with_sum):
     feeds = {"x": _rand(1, 3, 6, 6), **({"z": _rand(1, 4, 6, 6)} if with_sum else {})}
     attrs = {"activation": activation, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
@@ -317,8 +320,8 @@ def test_multi_head_attention(case):
     _check("MultiHeadAttention", feeds, inputs=names, n_out=n_out, rtol=1e-4, **attrs)
 
 
-@pytest.mark.parametrize("interleaved", [0, 1])
-@pytest.mark.parametrize("layout", ["3d", "4d", "offset", "partial"])
+@pytest.mark.parametrize("interleaved, layout", [(0, "3d"), (1, "4d"), (1, "offset"),
+                                                 (0, "partial"), (1, "partial")])
 def test_ms_rotary_embedding(interleaved, layout):
     b, s, heads, h = 2, 3, 2, 8
     rot = 4 if layout == "partial" else h
