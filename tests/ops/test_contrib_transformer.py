@@ -415,3 +415,43 @@ def test_inspect_lists_ops_by_domain():
     assert "FastGelu" in contrib and "supported" in contrib
     assert "NoSuchContribOp" in contrib and "NOT SUPPORTED" in contrib
     assert text.endswith("unsupported: com.microsoft::NoSuchContribOp")
+
+
+def test_matmul_nbits_two_bits_float_zero_points_and_g_idx():
+    """2-bit codes with packed zero points, float zero points, and g_idx (the block of each
+    input feature, here interleaved) against onnxruntime in one model."""
+    k, n = 64, 8
+    feeds = {"a": _rand(2, k)}
+    q2, s2, zp2 = _quantize_blocks(_rand(k, n), 2, 32, True)
+    q4, s4, _ = _quantize_blocks(_rand(k, n), 4, 32, False)
+    consts = {"q2": q2, "s2": s2, "zp2": zp2, "q4": q4, "s4": s4, "zpf": _rand(2 * n),
+              "g": (np.arange(k) % 2).astype(np.int32)}
+    attrs = {"K": k, "N": n, "block_size": 32}
+    nodes = [_node("MatMulNBits", ["a", "q2", "s2", "zp2"], outs=["y2"], bits=2, **attrs),
+             _node("MatMulNBits", ["a", "q4", "s4", "zpf"], outs=["yf"], bits=4, **attrs),
+             _node("MatMulNBits", ["a", "q4", "s4", "", "g"], outs=["yg"], bits=4, **attrs)]
+    assert_matches_ort(_model(nodes, feeds, consts, outs=["y2", "yf", "yg"]), feeds,
+                       rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_nbits_g_idx_with_packed_zero_points_departs_from_onnxruntime():
+    """onnxruntime's CPU kernel ignores packed zero points when g_idx is given (it uses the
+    default 8); onnx2flax applies them, as the op's definition ``(q - zero_point) * scale``
+    says. Shown: onnxruntime's output is onnx2flax's on the same node without zero points."""
+    k, n = 64, 8
+    feeds = {"a": _rand(2, k)}
+    q, scales, zp = _quantize_blocks(_rand(k, n), 4, 32, True)
+    consts = {"q": q, "s": scales, "zp": zp, "g": (np.arange(k) // 32).astype(np.int32)}
+    attrs = {"K": k, "N": n, "bits": 4, "block_size": 32}
+    with_zp = _model([_node("MatMulNBits", ["a", "q", "s", "zp", "g"], outs=["y"], **attrs)],
+                     feeds, consts)
+    without = _model([_node("MatMulNBits", ["a", "q", "s", "", "g"], outs=["y"], **attrs)],
+                     feeds, consts)
+    ort_out = run_ort(with_zp, feeds)[0]
+    np.testing.assert_allclose(onnx2flax.convert(without).run(feeds)[0], ort_out, rtol=1e-4,
+                               atol=1e-4)
+    plain = _model([_node("MatMulNBits", ["a", "q", "s", "zp"], outs=["y"], **attrs)], feeds,
+                   consts)  # g_idx = k // block is the default grouping: zero points count
+    np.testing.assert_allclose(onnx2flax.convert(with_zp).run(feeds)[0], run_ort(plain, feeds)[0],
+                               rtol=1e-4, atol=1e-4)
+    assert np.abs(ort_out - run_ort(plain, feeds)[0]).max() > 0.1
