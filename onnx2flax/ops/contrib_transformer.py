@@ -266,6 +266,44 @@ def skip_simplified_layer_norm(ctx, x, skip, gamma, bias=None):
     return _skip_norm(ctx, x, skip, gamma, None, bias, rms=True)
 
 
+def _group_norm_nhwc(ctx, x, gamma, beta):
+    """com.microsoft GroupNorm's computation on X ``[N, *spatial, C]``: ``groups``
+    contiguous channel groups normalized over their channels and the spatial dims
+    (``epsilon``), then ``* gamma + beta`` per channel, then SiLU if ``activation`` is 1."""
+    groups, channels = int(ctx.attr("groups")), x.shape[-1]
+    if x.ndim < 3 or groups < 1 or channels % groups or gamma.shape != (channels,) \
+            or beta.shape != (channels,):
+        raise ctx.invalid(f"X {list(x.shape)} must have channels (last) divisible by groups="
+                          f"{groups}, and gamma {list(gamma.shape)} / beta {list(beta.shape)} "
+                          f"be [{channels}]")
+    g = jnp.reshape(x, x.shape[:-1] + (groups, channels // groups))
+    axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
+    y = normalization._standardize(g, axes, float(ctx.attr("epsilon", 1e-5)))[0]
+    y = jnp.reshape(y, x.shape) * gamma + beta
+    activation = int(ctx.attr("activation", 0))
+    if activation not in (0, 1):
+        raise ctx.invalid(f"activation must be 0 (none) or 1 (SiLU), got {activation}")
+    return jax.nn.silu(y) if activation else y
+
+
+@register("GroupNorm", domain=_MS)
+def ms_group_norm(ctx, x, gamma, beta):
+    """Group normalization of NHWC X (``channels_last`` 1, the default) or NCHW X."""
+    if int(ctx.attr("channels_last", 1)):
+        return _group_norm_nhwc(ctx, x, gamma, beta)
+    return jnp.moveaxis(_group_norm_nhwc(ctx, jnp.moveaxis(x, 1, -1), gamma, beta), -1, 1)
+
+
+@register("SkipGroupNorm", domain=_MS)
+def skip_group_norm(ctx, x, gamma, beta, skip, bias=None):
+    """GroupNorm of ``S = X + skip (+ bias)``, X NHWC, skip ``[N, H, W, C]``, ``[N, 1, 1,
+    C]`` or ``[N, C]``; outputs Y and S."""
+    if skip.ndim == 2:
+        skip = jnp.reshape(skip, (skip.shape[0],) + (1,) * (x.ndim - 2) + (skip.shape[1],))
+    total = x + skip if bias is None else x + skip + bias
+    return (_group_norm_nhwc(ctx, total, gamma, beta), total)[:len(ctx.node.outputs)]
+
+
 @register("EmbedLayerNormalization", domain=_MS)
 def embed_layer_norm(ctx, input_ids, segment_ids, word_embedding, position_embedding,
                      segment_embedding=None, gamma=None, beta=None, mask=None, position_ids=None):

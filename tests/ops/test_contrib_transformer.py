@@ -455,3 +455,44 @@ def test_matmul_nbits_g_idx_with_packed_zero_points_departs_from_onnxruntime():
     np.testing.assert_allclose(onnx2flax.convert(with_zp).run(feeds)[0], run_ort(plain, feeds)[0],
                                rtol=1e-4, atol=1e-4)
     assert np.abs(ort_out - run_ort(plain, feeds)[0]).max() > 0.1
+
+
+def _reference_group_norm(x, gamma, beta, out, groups, silu, nhwc=True):
+    """Standard ops: (NHWC ->) NCHW, GroupNormalization-21 (per-channel scale / bias),
+    (SiLU,) (-> NHWC)."""
+    y = f"{out}_gn"
+    nodes = [helper.make_node("Transpose", [x], [f"{out}_t"], perm=[0, 3, 1, 2])] if nhwc else []
+    nodes.append(helper.make_node("GroupNormalization", [f"{out}_t" if nhwc else x, gamma, beta],
+                                  [y], num_groups=groups, epsilon=1e-3))
+    if silu:
+        nodes += [helper.make_node("Sigmoid", [y], [f"{y}_s"]),
+                  helper.make_node("Mul", [y, f"{y}_s"], [f"{y}_a"])]
+        y = f"{y}_a"
+    nodes.append(helper.make_node("Transpose", [y], [out], perm=[0, 2, 3, 1]) if nhwc
+                 else helper.make_node("Identity", [y], [out]))
+    return nodes
+
+
+def test_group_norm_and_skip_group_norm():
+    """GPU-only in onnxruntime: against GroupNormalization-21 (and Add, Sigmoid, Mul)."""
+    feeds = {"x": _rand(2, 4, 5, 8), "skip": _rand(2, 8), "xc": _rand(2, 8, 4, 5)}
+    consts = {"g": _rand(8), "b": _rand(8), "bias": _rand(8), "four": np.array([2, 1, 1, 8])}
+    nodes = [_node("GroupNorm", ["x", "g", "b"], outs=["y"], groups=4, epsilon=1e-3,
+                   activation=1),
+             _node("GroupNorm", ["xc", "g", "b"], outs=["yc"], groups=2, epsilon=1e-3,
+                   activation=0, channels_last=0),
+             _node("SkipGroupNorm", ["x", "g", "b", "skip", "bias"], outs=["z", "sum"],
+                   groups=2, epsilon=1e-3, activation=0)]
+    reference = [*_reference_group_norm("x", "g", "b", "y", 4, True),
+                 *_reference_group_norm("xc", "g", "b", "yc", 2, False, nhwc=False),
+                 helper.make_node("Reshape", ["skip", "four"], ["skip4"]),
+                 helper.make_node("Add", ["x", "skip4"], ["xs"]),
+                 helper.make_node("Add", ["xs", "bias"], ["sum"]),
+                 *_reference_group_norm("sum", "g", "b", "z", 2, False)]
+    expected = run_ort(_model(reference, feeds, consts, ["y", "yc", "z", "sum"], opset=21),
+                       feeds)
+    converted = onnx2flax.convert(_model(nodes, feeds, consts, ["y", "yc", "z", "sum"]))
+    got = converted.run(feeds)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+    assert_codegen_matches(converted, feeds, got)
