@@ -71,6 +71,24 @@ def bias_split_gelu(ctx, x, bias):
     return left * _erf_gelu(right)
 
 
+@register("BiasSoftmax", domain=_MS)
+def bias_softmax(ctx, data, bias):
+    """Softmax over the dims ``axis..`` (flattened, default axis 1) of ``data + bias``.
+    A bias of lower rank broadcasts over the leading dims, or, with
+    ``is_inner_broadcast``, over the dims just before ``axis``."""
+    rank = data.ndim
+    axis = int(ctx.attr("axis", 1)) % max(rank, 1)
+    if bias.ndim < rank and int(ctx.attr("is_inner_broadcast")):
+        outer = bias.ndim - (rank - axis)  # bias: data's dims [0, outer) and [axis, rank)
+        if outer < 0:
+            raise ctx.invalid(f"bias {list(bias.shape)} has fewer dims than data "
+                              f"{list(data.shape)} from axis {axis} on")
+        bias = jnp.reshape(bias, bias.shape[:outer] + (1,) * (axis - outer) + bias.shape[outer:])
+    x = data + bias
+    flat = jnp.reshape(x, x.shape[:axis] + (-1,))
+    return jnp.reshape(jax.nn.softmax(flat, axis=-1), x.shape)
+
+
 _ACTIVATIONS = {
     "Relu": lambda x, p: jax.nn.relu(x),
     "Tanh": lambda x, p: jnp.tanh(x),

@@ -496,3 +496,25 @@ def test_group_norm_and_skip_group_norm():
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
     assert_codegen_matches(converted, feeds, got)
+
+
+def test_bias_softmax():
+    """GPU-only in onnxruntime: against Add + Softmax-1 (which also flattens from axis):
+    a bias broadcast over the leading dims, and one broadcast over the inner dims."""
+    feeds = {"x": _rand(2, 3, 4, 5)}
+    consts = {"outer": _rand(4, 5), "inner": _rand(2, 4, 5)}
+    nodes = [_node("BiasSoftmax", ["x", "outer"], outs=["a"], axis=2, is_inner_broadcast=0),
+             _node("BiasSoftmax", ["x", "inner"], outs=["b"], axis=2, is_inner_broadcast=1),
+             _node("BiasSoftmax", ["x", "outer"], outs=["c"], axis=3, is_inner_broadcast=0)]
+    reference = [helper.make_node("Add", ["x", "outer"], ["xo"]),
+                 helper.make_node("Softmax", ["xo"], ["a"], axis=2),
+                 helper.make_node("Unsqueeze", ["inner"], ["inner4"], axes=[1]),
+                 helper.make_node("Add", ["x", "inner4"], ["xi"]),
+                 helper.make_node("Softmax", ["xi"], ["b"], axis=2),
+                 helper.make_node("Softmax", ["xo"], ["c"], axis=3)]
+    expected = run_ort(_model(reference, feeds, consts, ["a", "b", "c"], opset=11), feeds)
+    converted = onnx2flax.convert(_model(nodes, feeds, consts, ["a", "b", "c"]))
+    got = converted.run(feeds)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    assert_codegen_matches(converted, feeds, got)
