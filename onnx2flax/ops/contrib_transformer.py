@@ -152,6 +152,31 @@ def fused_conv(ctx, x, w, b=None, z=None):
     return _activate(ctx, y, ctx.attr("activation_params", []))
 
 
+def _ohwi_to_oihw(w):
+    xp = np if isinstance(w, np.ndarray) else jnp
+    return xp.transpose(w, (0, 3, 1, 2))
+
+
+def _nhwc_conv_params(node, weights):
+    w = weights[1]
+    if w is None or w.dtype.kind != "f" or w.ndim != 4:
+        return None
+    built = conv._conv_params(node, [weights[0], _ohwi_to_oihw(w), *weights[2:]])
+    if built is not None:
+        built["sources"]["kernel"] = (1, lambda k: np.transpose(conv._conv_kernel_inverse(k),
+                                                                (0, 2, 3, 1)))
+    return built
+
+
+@register("NhwcConv", domain=_MS, params=_nhwc_conv_params)
+def nhwc_conv(ctx, x, w, b=None):
+    """2-D Conv on NHWC X with an OHWI weight (the transformer optimizer's layout), NHWC
+    out: a plain channels-last Flax Conv."""
+    if x.ndim != 4 or w.ndim != 4:
+        raise ctx.invalid(f"X {list(x.shape)} must be NHWC and W {list(w.shape)} OHWI")
+    return conv.conv(ctx, x, _ohwi_to_oihw(w), b)
+
+
 def _dense_params(node, weights):
     """A constant float ``[K, N]`` weight (input 1) and optional ``[N]`` bias (input 2)
     as a Dense kernel / bias."""

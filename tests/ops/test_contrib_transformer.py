@@ -518,3 +518,26 @@ def test_bias_softmax():
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
     assert_codegen_matches(converted, feeds, got)
+
+
+def test_nhwc_conv():
+    """GPU-only in onnxruntime: against Transpose -> Conv (OIHW weight) -> Transpose."""
+    feeds = {"x": _rand(2, 7, 6, 4)}
+    w = _rand(6, 2, 3, 3)  # OIHW, group 2
+    consts = {"w_ohwi": np.ascontiguousarray(w.transpose(0, 2, 3, 1)), "w": w, "b": _rand(6),
+              "w1": _rand(5, 4, 1, 1)}
+    consts["w1_ohwi"] = np.ascontiguousarray(consts["w1"].transpose(0, 2, 3, 1))
+    attrs = {"group": 2, "strides": [2, 1], "pads": [1, 0, 1, 2], "dilations": [1, 2]}
+    nodes = [_node("NhwcConv", ["x", "w_ohwi", "b"], outs=["y"], **attrs),
+             _node("NhwcConv", ["x", "w1_ohwi"], outs=["z"])]
+    reference = [helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]),
+                 helper.make_node("Conv", ["xc", "w", "b"], ["yc"], **attrs),
+                 helper.make_node("Transpose", ["yc"], ["y"], perm=[0, 2, 3, 1]),
+                 helper.make_node("Conv", ["xc", "w1"], ["zc"]),
+                 helper.make_node("Transpose", ["zc"], ["z"], perm=[0, 2, 3, 1])]
+    expected = run_ort(_model(reference, feeds, consts, ["y", "z"]), feeds)
+    converted = onnx2flax.convert(_model(nodes, feeds, consts, ["y", "z"]))
+    got = converted.run(feeds)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    assert_codegen_matches(converted, feeds, got)
