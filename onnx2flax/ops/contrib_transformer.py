@@ -582,3 +582,53 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
                          _plus(mask, attention_bias), scale=_head_scale(ctx, h),
                          softcap=float(ctx.attr("softcap", 0.0)))
     return (_merge_heads(y), *present)[:len(ctx.node.outputs)]
+
+
+@register("DecoderMaskedMultiHeadAttention", domain=_MS)
+def decoder_masked_mha(ctx, query, key=None, value=None, mask_index=None, attention_bias=None,
+                       past_key=None, past_value=None, past_sequence_length=None,
+                       beam_width=None, cache_indirection=None, bias=None):
+    """One decoding step of MultiHeadAttention (query ``[B, 1, D]``). Self-attention: the
+    new key/value (plus bias) are written at ``past_sequence_length`` into the shared
+    ``past_key`` / ``past_value`` buffers ``[B, N, max, H]`` (``past_present_share_buffer``)
+    or appended to them, and the query attends the keys up to it; cross-attention: key /
+    value ``[B, N, L, H]`` as given. ``mask_index`` ``[B, T]`` (1 keep, 0 hide with
+    ``mask_filter_value``) and ``attention_bias`` as in MultiHeadAttention. Outputs
+    ``[B, 1, N*Hv]`` and the present key / value."""
+    _refuse(ctx, cache_indirection=cache_indirection is not None and beam_width is not None
+            and int(np.reshape(ctx.static(beam_width, "beam_width"), ())) > 1,
+            output_qk=int(ctx.attr("output_qk", 0)), do_rotary=int(ctx.attr("do_rotary", 0)))
+    heads = int(ctx.attr("num_heads"))
+    if key is None:  # packed QKV [B, 1, D + D + Dv]
+        d = query.shape[-1] // 3
+        query, key, value = jnp.split(query, [d, 2 * d], axis=-1)
+    q, k, v = _unpack_heads(ctx, query, key, value, bias, heads)
+    b, _, s, h = q.shape
+    shared = int(ctx.attr("past_present_share_buffer", 0))
+    valid = None
+    if key.ndim != 4 and past_key is not None and past_value is not None:
+        if shared:
+            if past_sequence_length is None:
+                raise ctx.invalid("past_present_share_buffer needs past_sequence_length")
+            at = jnp.reshape(past_sequence_length, ()).astype(jnp.int32)
+            offset = jnp.arange(past_key.shape[2]) - at  # buffer position - at
+            written = ((offset >= 0) & (offset < s))[:, None]
+            k, v = (jnp.where(written, jnp.take(new, jnp.clip(offset, 0, s - 1), axis=2),
+                              old.astype(new.dtype))
+                    for new, old in ((k, past_key), (v, past_value)))
+            valid = offset < s  # [max]: the past and the new keys
+        else:
+            k = jnp.concatenate([past_key, k], axis=2)
+            v = jnp.concatenate([past_value, v], axis=2)
+    total = k.shape[2]
+    if mask_index is not None and mask_index.ndim == 2 and mask_index.shape[1] < total:
+        mask_index = jnp.pad(mask_index, ((0, 0), (0, total - mask_index.shape[1])))
+    mask = _key_mask(ctx, mask_index, b, s, total, 0, False, q.dtype)
+    if valid is not None:
+        hidden = jnp.where(valid, jnp.zeros((), q.dtype), jnp.asarray(-jnp.inf, q.dtype))
+        mask = _plus(mask, hidden)
+    if attention_bias is not None and attention_bias.shape[-1] < total:
+        pad = [(0, 0)] * (attention_bias.ndim - 1) + [(0, total - attention_bias.shape[-1])]
+        attention_bias = jnp.pad(attention_bias, pad)
+    y = attention.attend(q, k, v, _plus(mask, attention_bias), scale=_head_scale(ctx, h))
+    return (_merge_heads(y), k, v)[:len(ctx.node.outputs)]

@@ -541,3 +541,33 @@ def test_nhwc_conv():
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
     assert_codegen_matches(converted, feeds, got)
+
+
+@pytest.mark.parametrize("shared, packed", [(1, False), (0, False), (1, True)])
+def test_decoder_masked_multi_head_attention(shared, packed):
+    """GPU-only in onnxruntime: one decoding step against onnxruntime's MultiHeadAttention
+    on the valid part of the cache (shared buffer: the new key/value written at
+    past_sequence_length; the rest of the buffer ignored)."""
+    b, heads, h, past, max_len = 2, 2, 4, 3, 6
+    d = heads * h
+    q, k, v, bias = _rand(b, 1, d), _rand(b, 1, d), _rand(b, 1, d), _rand(3 * d)
+    cache_len = max_len if shared else past
+    pk, pv = _rand(b, heads, cache_len, h), _rand(b, heads, cache_len, h)
+    mask = np.ones((b, past + 1), np.int32)
+    mask[1, 0] = 0
+    qkv = {"qkv": np.concatenate([q, k, v], axis=-1)} if packed else {"q": q, "k": k, "v": v}
+    feeds = {**qkv, "m": mask, "pk": pk, "pv": pv, "plen": np.array(past, np.int32)}
+    names = ["qkv", "", ""] if packed else ["q", "k", "v"]
+    node = _node("DecoderMaskedMultiHeadAttention",
+                 [*names, "m", "", "pk", "pv", "plen", "", "", "bias"], 3,
+                 num_heads=heads, past_present_share_buffer=shared)
+    converted = onnx2flax.convert(_model([node], feeds, {"bias": bias}))
+    got = converted.run(feeds)
+    ref_feeds = {"q": q, "k": k, "v": v, "m": mask, "pk": pk[:, :, :past], "pv": pv[:, :, :past]}
+    reference = _node("MultiHeadAttention", ["q", "k", "v", "bias", "m", "", "pk", "pv"], 3,
+                      num_heads=heads)
+    expected = run_ort(_model([reference], ref_feeds, {"bias": bias}), ref_feeds)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    for g, e in zip(got[1:], expected[1:]):
+        np.testing.assert_allclose(g[:, :, :past + 1], e, rtol=1e-6)
+    assert_codegen_matches(converted, feeds, got)
