@@ -96,8 +96,8 @@ class MatMulNBits(nn.Module):
                                           x.dtype))
         else:
             zero = jnp.full((self.n, blocks), 1 << (self.bits - 1), x.dtype)
-        group = (jnp.asarray(self.param("g_idx", self.g_idx_init, (self.k,), jnp.int32)) if self.g_idx
-                 else jnp.arange(self.k) // self.block_size)
+        group = (jnp.asarray(self.param("g_idx", self.g_idx_init, (self.k,), jnp.int32))
+                 if self.g_idx else jnp.arange(self.k) // self.block_size)
         w = (q - zero[:, group]) * scales[:, group]
         y = jnp.matmul(x, w.T)
         if self.use_bias:

@@ -119,7 +119,8 @@ def test_transformers_optimizer_bert(tmp_path):
     torch.manual_seed(0)
     # eager attention: the graph the optimizer's Attention / EmbedLayerNormalization fusions
     # recognize (it leaves transformers' sdpa export unfused)
-    config = transformers.BertConfig(attn_implementation="eager", vocab_size=100, hidden_size=32, num_hidden_layers=2,
+    config = transformers.BertConfig(attn_implementation="eager", vocab_size=100,
+                                     hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=64,
                                      max_position_embeddings=64)
     bert = transformers.BertModel(config).eval()
