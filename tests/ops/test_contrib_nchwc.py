@@ -73,3 +73,19 @@ def test_nchwc_cnn(tmp_path, c_in):
     converted, _, _ = assert_matches_ort(saved, {"x": x}, rtol=1e-4, atol=1e-4)
     # layout_only: XLA's gather lowering of the linear resize has one of its own
     assert transposes(converted, x, layout_only=True) == 0
+
+
+def test_nchwc_nhwc_input_and_output(tmp_path):
+    """An NHWC graph (Transpose -> Conv -> Transpose): onnxruntime folds the transposes into
+    ReorderInput / ReorderOutput with ``channels_last=1``."""
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             _conv("xt", "w1", "a", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["a1"]),
+             helper.make_node("Transpose", ["a1"], ["y"], perm=[0, 2, 3, 1])]
+    model = make_model(nodes, [("x", np.float32, [1, 8, 8, 32])], [("y", np.float32, None)],
+                       _weights("w1", 32, 32, 3), opset=17)
+    saved, ops = _saved_by_onnxruntime(model, tmp_path)
+    assert set(ops) == {("com.microsoft.nchwc", op)
+                        for op in ("ReorderInput", "Conv", "ReorderOutput")}
+    assert all(a.i == 1 for n in saved.graph.node for a in n.attribute
+               if a.name == "channels_last")
+    assert_matches_ort(saved, {"x": _rand(1, 8, 8, 32)}, rtol=1e-4, atol=1e-4)

@@ -226,8 +226,8 @@ def _quantize_blocks(w, bits, block, zero_points):
 
 
 @pytest.mark.parametrize("bits, block, k, zero_points, bias", [
-    (4, 32, 64, False, False), (4, 16, 40, True, True), (8, 32, 48, True, False),
-    (8, 64, 64, False, True), (4, 128, 96, True, False)])
+    (4, 32, 64, False, False), (4, 16, 40, True, True), (8, 64, 48, True, False),
+    (4, 128, 96, False, True)])
 def test_matmul_nbits(bits, block, k, zero_points, bias):
     """Blocked 4- and 8-bit weights (K not a multiple of the block too), with and without
     zero points and bias; the packed weight is what ``variables`` holds."""
@@ -257,7 +257,7 @@ def test_matmul_nbits_refuses_a_weight_that_does_not_fit():
 
 # -- attention ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["plain", "mask1d", "mask2d", "mask3d", "unidirectional_past",
+@pytest.mark.parametrize("case", ["mask1d", "mask2d", "mask3d", "unidirectional_past",
                                   "qkv_sizes", "bias_scale"])
 def test_attention(case):
     """BERT / GPT-2 attention with its QKV projection (a Dense layer), every mask form,
@@ -291,8 +291,7 @@ def test_attention(case):
     _check("Attention", feeds, consts, inputs=names, n_out=n_out, rtol=1e-4, atol=1e-5, **attrs)
 
 
-@pytest.mark.parametrize("case", ["separate_bias", "cross_4d", "past_causal", "padding_mask",
-                                  "attention_bias"])
+@pytest.mark.parametrize("case", ["cross_4d", "past_causal", "padding_mask", "attention_bias"])
 def test_multi_head_attention(case):
     b, s, heads, h = 2, 3, 2, 4
     d = heads * h
