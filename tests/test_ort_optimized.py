@@ -4,7 +4,7 @@
 - onnxruntime-genai's model builder (``python -m onnxruntime_genai.models.builder``) on a
   tiny random LLaMA (hidden 64, 2 layers, 4 heads, 2 KV heads, vocab 256), int4 and fp32:
   16 greedy steps with the KV cache fed back give onnxruntime's tokens.
-- ``onnxruntime.transformers.optimizer.optimize_model`` on a tiny random BERT.
+- ``onnxruntime.transformers.optimizer.optimize_model`` on a tiny random BERT and GPT-2.
 - A small CNN saved by a session (``optimized_model_filepath``) at ORT_ENABLE_EXTENDED.
 """
 
@@ -151,6 +151,42 @@ def test_transformers_optimizer_bert(tmp_path):
                                     providers=["CPUExecutionProvider"]).run(None, feeds)
     for got, want in zip(onnx2flax.convert(model).run(feeds), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_transformers_optimizer_gpt2(tmp_path):
+    """A tiny random GPT-2 (no cache) through ``optimize_model(model_type='gpt2')``
+    (SkipLayerNormalization, FastGelu), with a padding mask, against onnxruntime."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(attn_implementation="eager", vocab_size=100, n_embd=32,
+                                     n_layer=2, n_head=4, n_positions=64, use_cache=False,
+                                     bos_token_id=1, eos_token_id=2)
+    gpt2 = transformers.GPT2Model(config).eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gpt2 = gpt2
+
+        def forward(self, ids, mask):
+            return self.gpt2(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    ids = torch.randint(0, 100, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 6:] = 0
+    names = ["input_ids", "attention_mask"]
+    path = _export(Hidden(), (ids, mask), tmp_path / "gpt2.onnx", names,
+                   {n: {0: "batch", 1: "sequence"} for n in names})
+    optimize_model(str(path), model_type="gpt2", num_heads=4,
+                   hidden_size=32).save_model_to_file(str(tmp_path / "gpt2_opt.onnx"))
+    model = onnx.load(tmp_path / "gpt2_opt.onnx")
+    fused = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    assert {"SkipLayerNormalization", "FastGelu"} <= fused
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(onnx2flax.convert(model).run(feeds)[0], expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("level", ["ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"])
