@@ -1,5 +1,6 @@
 """com.microsoft attention ops: Attention (with its QKV projection), MultiHeadAttention,
-DecoderMaskedMultiHeadAttention, GroupQueryAttention (KV cache, rotary) and RotaryEmbedding,
+DecoderMaskedMultiHeadAttention, GroupQueryAttention (KV cache, rotary), SparseAttention
+(block-sparse, shared KV cache) and RotaryEmbedding,
 all computing through ``attention.attend``, the one attention computation that ONNX's
 Attention uses too (semantics from onnxruntime's docs/ContribOperators.md).
 """
@@ -161,6 +162,45 @@ def ms_rotary_embedding(ctx, x, position_ids, cos_cache, sin_cache):
     return attention.rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids)
 
 
+def _rotary_qk(ctx, q, k, positions, cos_cache, sin_cache):
+    """Q ``[B, S, N, H]`` and K ``[B, S, Nkv, H]`` rotated at ``positions`` ``[B, S]`` when
+    ``do_rotary`` (caches ``[max, H_rot/2]``, ``rotary_interleaved``), else unchanged."""
+    if not int(ctx.attr("do_rotary", 0)):
+        return q, k
+    if cos_cache is None or sin_cache is None:
+        raise ctx.invalid("do_rotary needs cos_cache and sin_cache")
+    cos, sin = jnp.take(cos_cache, positions, axis=0), jnp.take(sin_cache, positions, axis=0)
+    interleaved = bool(int(ctx.attr("rotary_interleaved", 0)))
+    dim = 2 * cos.shape[-1]
+    return (attention.rotate(q, cos, sin, dim, interleaved),
+            attention.rotate(k, cos, sin, dim, interleaved))
+
+
+def _write_at(cache, new, start):
+    """``cache`` ``[B, Nkv, L, H]`` with ``new`` ``[B, S, Nkv, H]`` written at sequence
+    position ``start[b]`` of each row."""
+    new = jnp.transpose(new, (0, 2, 1, 3)).astype(cache.dtype)
+    return jax.vmap(lambda c, n, at: jax.lax.dynamic_update_slice(c, n, (0, at, 0)))(
+        cache, new, start)
+
+
+def _gqa_inputs(ctx, query, key, value):
+    """Q ``[B, S, N, H]``, K and V ``[B, S, Nkv, H]`` from separate or packed inputs, and
+    the head counts (``num_heads``, ``kv_num_heads``)."""
+    heads, kv_heads = int(ctx.attr("num_heads")), int(ctx.attr("kv_num_heads"))
+    if heads < 1 or kv_heads < 1 or heads % kv_heads or query.ndim != 3:
+        raise ctx.invalid(f"num_heads ({heads}) must be a multiple of kv_num_heads "
+                          f"({kv_heads}) and query [batch, sequence, hidden], got "
+                          f"{list(query.shape)}")
+    b, s, width = query.shape
+    if key is None:
+        h = width // (heads + 2 * kv_heads)
+        query, key, value = jnp.split(query, [heads * h, (heads + kv_heads) * h], axis=-1)
+    h = query.shape[-1] // heads
+    return (jnp.reshape(query, (b, s, heads, h)), jnp.reshape(key, (b, s, kv_heads, h)),
+            jnp.reshape(value, (b, s, kv_heads, h)))
+
+
 @register("GroupQueryAttention", domain=_MS)
 def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_value=None,
                           seqlens_k=None, total_sequence_length=None, cos_cache=None,
@@ -176,33 +216,16 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
     (within ``local_window_size``), with ``softcap`` and ``attention_bias``."""
     _refuse(ctx, smooth_softmax=int(ctx.attr("smooth_softmax", 0)),
             head_sink=head_sink is not None, qk_output=int(ctx.attr("qk_output", 0)))
-    heads, kv_heads = int(ctx.attr("num_heads")), int(ctx.attr("kv_num_heads"))
-    if heads < 1 or kv_heads < 1 or heads % kv_heads or query.ndim != 3:
-        raise ctx.invalid(f"num_heads ({heads}) must be a multiple of kv_num_heads "
-                          f"({kv_heads}) and query [batch, sequence, hidden], got "
-                          f"{list(query.shape)}")
     if seqlens_k is None or total_sequence_length is None:
         raise ctx.invalid("seqlens_k and total_sequence_length are required")
-    b, s, width = query.shape
-    if key is None:
-        h = width // (heads + 2 * kv_heads)
-        query, key, value = jnp.split(query, [heads * h, (heads + kv_heads) * h], axis=-1)
-    h = query.shape[-1] // heads
-    q = jnp.reshape(query, (b, s, heads, h))
-    k = jnp.reshape(key, (b, s, kv_heads, h))
-    v = jnp.reshape(value, (b, s, kv_heads, h))
+    q, k, v = _gqa_inputs(ctx, query, key, value)
+    b, s, kv_heads, h = k.shape
     total = int(np.reshape(ctx.static(total_sequence_length, "total_sequence_length"), ()))
     start = jnp.maximum(jnp.reshape(seqlens_k, (b,)).astype(jnp.int32) + 1 - s, 0)  # [B]
     positions = start[:, None] + jnp.arange(s)[None, :]  # [B, S]
-    if int(ctx.attr("do_rotary", 0)):
-        if cos_cache is None or sin_cache is None:
-            raise ctx.invalid("do_rotary needs cos_cache and sin_cache")
-        if position_ids is not None:
-            positions = jnp.broadcast_to(position_ids, (b, s))
-        cos, sin = jnp.take(cos_cache, positions, axis=0), jnp.take(sin_cache, positions, axis=0)
-        interleaved = bool(int(ctx.attr("rotary_interleaved", 0)))
-        q = attention.rotate(q, cos, sin, 2 * cos.shape[-1], interleaved)
-        k = attention.rotate(k, cos, sin, 2 * cos.shape[-1], interleaved)
+    if position_ids is not None:
+        positions = jnp.broadcast_to(position_ids, (b, s))
+    q, k = _rotary_qk(ctx, q, k, positions, cos_cache, sin_cache)
     past = 0 if past_key is None else past_key.shape[2]
     length = max(total, past)
     present = []
@@ -210,9 +233,7 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
         cache = jnp.zeros((b, kv_heads, length, h), new.dtype)
         if old is not None and past:
             cache = cache.at[:, :, :past].set(old.astype(new.dtype))
-        new = jnp.transpose(new, (0, 2, 1, 3))  # [B, Nkv, S, H]
-        present.append(jax.vmap(lambda c, n, at: jax.lax.dynamic_update_slice(
-            c, n, (0, at, 0)))(cache, new, start))
+        present.append(_write_at(cache, new, start))
     pos_k = jnp.arange(length)
     pos_q = positions[:, None, :, None]  # [B, 1, S, 1]
     allowed = (pos_k <= pos_q) & (pos_k <= jnp.reshape(seqlens_k, (b, 1, 1, 1)))
@@ -274,3 +295,58 @@ def decoder_masked_mha(ctx, query, key=None, value=None, mask_index=None, attent
         attention_bias = jnp.pad(attention_bias, pad)
     y = attention.attend(q, k, v, _plus(mask, attention_bias), scale=_head_scale(ctx, h))
     return (_merge_heads(y), k, v)[:len(ctx.node.outputs)]
+
+
+def _block_layouts(ctx, rows, cols, blocks: int) -> np.ndarray:
+    """The CSR block layouts (``block_row_indices`` ``[L, blocks+1]``,
+    ``block_col_indices`` ``[L, nnz]``) as dense ``[L, blocks, blocks]`` booleans."""
+    rows = np.asarray(ctx.static(rows, "block_row_indices"), np.int64)
+    cols = np.asarray(ctx.static(cols, "block_col_indices"), np.int64)
+    if rows.ndim != 2 or cols.ndim != 2 or rows.shape[0] != cols.shape[0] \
+            or rows.shape[1] < blocks + 1:
+        raise ctx.invalid(f"block_row_indices {list(rows.shape)} and block_col_indices "
+                          f"{list(cols.shape)} must be [layouts, >= {blocks + 1}] and "
+                          "[layouts, nnz]")
+    dense = np.zeros((rows.shape[0], blocks, blocks), bool)
+    for layout, (row, col) in enumerate(zip(rows, cols)):
+        for i in range(blocks):
+            picked = col[row[i]:row[i + 1]]
+            if picked.size and (picked.min() < 0 or picked.max() >= blocks):
+                raise ctx.invalid(f"block_col_indices of layout {layout} row {i} point "
+                                  f"outside 0..{blocks - 1}")
+            dense[layout, i, picked] = True
+    return dense
+
+
+@register("SparseAttention", domain=_MS)
+def sparse_attention(ctx, query, key, value, past_key, past_value, block_row_indices,
+                     block_col_indices, total_sequence_length, key_total_sequence_lengths,
+                     cos_cache=None, sin_cache=None):
+    """Block-sparse causal grouped-query attention (Phi-3-small): Q ``[B, S, N*H]``, K / V
+    ``[B, S, Nkv*H]`` (or packed in query); the new keys / values are written into the
+    shared cache buffers ``[B, Nkv, max, H]`` at ``key_total_sequence_lengths[b] - S``;
+    query i (at that position + i) attends the causal keys whose ``sparse_block_size``
+    block is in head h's layout (``h % layouts``, CSR ``block_row_indices`` /
+    ``block_col_indices``). Rotary as in GroupQueryAttention."""
+    q, k, v = _gqa_inputs(ctx, query, key, value)
+    b, s, _, h = q.shape
+    block = int(ctx.attr("sparse_block_size"))
+    max_len = past_key.shape[2]
+    if block < 1 or past_value.shape != past_key.shape or past_key.shape[0] != b:
+        raise ctx.invalid(f"sparse_block_size {block} must be positive and the caches "
+                          f"{list(past_key.shape)}, {list(past_value.shape)} alike")
+    layouts = _block_layouts(ctx, block_row_indices, block_col_indices, -(-max_len // block))
+    start = jnp.reshape(key_total_sequence_lengths, (b,)).astype(jnp.int32) - s
+    positions = start[:, None] + jnp.arange(s)[None, :]  # [B, S]
+    q, k = _rotary_qk(ctx, q, k, positions, cos_cache, sin_cache)
+    present = [_write_at(past_key, k, start), _write_at(past_value, v, start)]
+    heads = q.shape[2]
+    per_head = layouts[np.arange(heads) % layouts.shape[0]]  # [N, blocks, blocks]
+    key_blocks = per_head[:, :, np.arange(max_len) // block]  # [N, blocks, max]
+    in_layout = jnp.take(jnp.asarray(key_blocks), positions // block, axis=1)  # [N, B, S, max]
+    pos_k = jnp.arange(max_len)
+    allowed = jnp.transpose(in_layout, (1, 0, 2, 3)) & (pos_k <= positions[:, None, :, None])
+    mask = jnp.where(allowed, jnp.zeros((), q.dtype), jnp.asarray(-jnp.inf, q.dtype))
+    y = attention.attend(jnp.transpose(q, (0, 2, 1, 3)), *present, mask,
+                         scale=_head_scale(ctx, h))
+    return (_merge_heads(y), *present)[:len(ctx.node.outputs)]

@@ -570,3 +570,53 @@ def test_decoder_masked_multi_head_attention(shared, packed):
     for g, e in zip(got[1:], expected[1:]):
         np.testing.assert_allclose(g[:, :, :past + 1], e, rtol=1e-6)
     assert_codegen_matches(converted, feeds, got)
+
+
+def _run_ort_in_place(model, feeds, shared):
+    """onnxruntime's SparseAttention CPU kernel insists on present == past buffers: run
+    it with IO binding, ``shared`` mapping each past input to its present output."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    binding = session.io_binding()
+    buffers = {name: ort.OrtValue.ortvalue_from_numpy(feeds[name].copy()) for name in shared}
+    for name, value in feeds.items():
+        if name in shared:
+            binding.bind_ortvalue_input(name, buffers[name])
+        else:
+            binding.bind_cpu_input(name, value)
+    for out in (o.name for o in session.get_outputs()):
+        past = next((p for p, o in shared.items() if o == out), None)
+        if past is None:
+            binding.bind_output(out, "cpu")
+        else:
+            binding.bind_ortvalue_output(out, buffers[past])
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
+@pytest.mark.parametrize("past, s, rotary", [(0, 8, False), (5, 1, True), (4, 3, False)])
+def test_sparse_attention(past, s, rotary):
+    """Prompt and decoding steps over two block layouts (heads alternate), GQA, rotary."""
+    b, heads, kv_heads, h, block, max_len = 1, 4, 2, 16, 4, 16
+    rows = np.array([[0, 1, 3, 4, 6], [0, 1, 2, 4, 5]], np.int32)
+    cols = np.array([[0, 0, 1, 2, 0, 3], [0, 1, 0, 2, 3, 0]], np.int32)
+    cache_k, cache_v = _rand(b, kv_heads, max_len, h), _rand(b, kv_heads, max_len, h)
+    feeds = {"q": _rand(b, s, heads * h), "k": _rand(b, s, kv_heads * h),
+             "v": _rand(b, s, kv_heads * h), "pk": cache_k, "pv": cache_v}
+    consts = {"rows": rows, "cols": cols, "total": np.array(past + s, np.int32),
+              "klen": np.array([past + s], np.int32)}
+    names = ["q", "k", "v", "pk", "pv", "rows", "cols", "total", "klen"]
+    attrs = {"num_heads": heads, "kv_num_heads": kv_heads, "sparse_block_size": block}
+    if rotary:
+        theta = np.arange(32)[:, None] * (1e-1 ** np.arange(h // 2))[None, :]
+        consts.update(cos=np.cos(theta).astype(np.float32), sin=np.sin(theta).astype(np.float32))
+        names += ["cos", "sin"]
+        attrs["do_rotary"] = 1
+    model = _model([_node("SparseAttention", names, 3, **attrs)], feeds, consts)
+    expected = _run_ort_in_place(model, feeds, {"pk": "y1", "pv": "y2"})
+    converted = onnx2flax.convert(model)
+    got = converted.run(feeds)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5)
+    for g, e in zip(got[1:], expected[1:]):  # the written part of the caches
+        np.testing.assert_allclose(g[:, :, :past + s], e[:, :, :past + s], rtol=1e-6)
+    assert_codegen_matches(converted, feeds, got)
