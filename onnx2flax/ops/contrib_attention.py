@@ -231,8 +231,9 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
     present = []
     for new, old in ((k, past_key), (v, past_value)):
         cache = jnp.zeros((b, kv_heads, length, h), new.dtype)
-        if old is not None and past:
-            cache = cache.at[:, :, :past].set(old.astype(new.dtype))
+        if old is not None and past:  # each row's valid past only, as onnxruntime copies it
+            valid = (jnp.arange(past) < start[:, None])[:, None, :, None]
+            cache = cache.at[:, :, :past].set(jnp.where(valid, old.astype(new.dtype), 0))
         present.append(_write_at(cache, new, start))
     pos_k = jnp.arange(length)
     pos_q = positions[:, None, :, None]  # [B, 1, S, 1]

@@ -393,6 +393,24 @@ def test_group_query_attention(packed, past, s, attrs):
     assert_matches_ort(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
 
 
+def test_group_query_attention_rows_of_different_lengths():
+    """A right-padded batched prompt (seqlens_k [4, 2]) then a decoding step from its present
+    cache: rows keep their own positions; the present caches equal onnxruntime's, padding
+    included."""
+    b, s, heads, kv_heads, h = 2, 5, 4, 2, 8
+    node = _node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "seqlens", "total"], 3,
+                 num_heads=heads, kv_num_heads=kv_heads)
+    past_k = past_v = np.zeros((b, kv_heads, 0, h), np.float32)
+    seqlens = np.array([4, 2], np.int32)
+    for step, length in enumerate((s, 1)):
+        feeds = {"q": _rand(b, length, heads * h), "k": _rand(b, length, kv_heads * h),
+                 "v": _rand(b, length, kv_heads * h), "pk": past_k, "pv": past_v,
+                 "seqlens": seqlens + step}
+        total = {"total": np.array(s + step, np.int32)}
+        _, (_, past_k, past_v), _ = assert_matches_ort(_model([node], feeds, total), feeds,
+                                                       rtol=1e-4)
+
+
 def test_unsupported_attention_features_are_named():
     feeds, names = _gqa_feeds(1, 1, 2, 2, 1, 4, False)
     consts = {"total": feeds.pop("total")}
