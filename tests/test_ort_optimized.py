@@ -5,7 +5,9 @@
   tiny random LLaMA (hidden 64, 2 layers, 4 heads, 2 KV heads, vocab 256), int4 and fp32:
   16 greedy steps with the KV cache fed back give onnxruntime's tokens.
 - ``onnxruntime.transformers.optimizer.optimize_model`` on a tiny random BERT and GPT-2.
-- A small CNN saved by a session (``optimized_model_filepath``) at ORT_ENABLE_EXTENDED.
+- The BERT and a small CNN saved by a session (``optimized_model_filepath``): at
+  ORT_ENABLE_EXTENDED (FusedMatMul, FusedGemm, FusedConv, ...) and, for the CNN, at
+  ORT_ENABLE_ALL (the com.microsoft.nchwc ops).
 """
 
 from __future__ import annotations
@@ -111,14 +113,12 @@ def _export(module, args, path, names, dynamic=None):
     return path
 
 
-def test_transformers_optimizer_bert(tmp_path):
-    """A tiny random BERT through ``optimize_model(model_type='bert')`` (Attention,
-    EmbedLayerNormalization, SkipLayerNormalization, BiasGelu), with a padding mask,
-    against onnxruntime on the optimized file."""
-    from onnxruntime.transformers.optimizer import optimize_model
+@pytest.fixture(scope="module")
+def bert_file(tmp_path_factory):
+    """A tiny random BERT (eager attention: the graph the optimizer's Attention /
+    EmbedLayerNormalization fusions recognize; transformers' sdpa export stays unfused),
+    exported by torch, and feeds with a padding mask."""
     torch.manual_seed(0)
-    # eager attention: the graph the optimizer's Attention / EmbedLayerNormalization fusions
-    # recognize (it leaves transformers' sdpa export unfused)
     config = transformers.BertConfig(attn_implementation="eager", vocab_size=100,
                                      hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=64,
@@ -138,19 +138,49 @@ def test_transformers_optimizer_bert(tmp_path):
     mask = torch.ones(2, 8, dtype=torch.long)
     mask[1, 5:] = 0
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    path = _export(Outputs(), (ids, mask, torch.zeros_like(ids)), tmp_path / "bert.onnx", names,
+    path = _export(Outputs(), (ids, mask, torch.zeros_like(ids)),
+                   tmp_path_factory.mktemp("bert") / "bert.onnx", names,
                    {n: {0: "batch", 1: "sequence"} for n in names})
-    optimized = optimize_model(str(path), model_type="bert", num_heads=4, hidden_size=32)
-    optimized.save_model_to_file(str(tmp_path / "bert_opt.onnx"))
-    model = onnx.load(tmp_path / "bert_opt.onnx")
-    fused = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
-    assert {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization"} <= fused
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
              "token_type_ids": np.zeros((2, 8), np.int64)}
+    return path, feeds
+
+
+def _assert_matches_ort(model, feeds):
     expected = ort.InferenceSession(model.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, feeds)
     for got, want in zip(onnx2flax.convert(model).run(feeds), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def _contrib_ops(model):
+    return {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+
+
+def test_transformers_optimizer_bert(bert_file, tmp_path):
+    """``optimize_model(model_type='bert')`` (Attention, EmbedLayerNormalization,
+    SkipLayerNormalization, BiasGelu) against onnxruntime on the optimized file."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    path, feeds = bert_file
+    optimize_model(str(path), model_type="bert", num_heads=4,
+                   hidden_size=32).save_model_to_file(str(tmp_path / "bert_opt.onnx"))
+    model = onnx.load(tmp_path / "bert_opt.onnx")
+    assert {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization"} <= \
+        _contrib_ops(model)
+    _assert_matches_ort(model, feeds)
+
+
+def test_session_optimized_bert(bert_file, tmp_path):
+    """The BERT saved by a session at ORT_ENABLE_EXTENDED (FusedMatMul, FusedGemm,
+    BiasGelu)."""
+    path, feeds = bert_file
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "bert_session.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(tmp_path / "bert_session.onnx")
+    assert {"FusedMatMul", "FusedGemm", "BiasGelu"} <= _contrib_ops(model)
+    _assert_matches_ort(model, feeds)
 
 
 def test_transformers_optimizer_gpt2(tmp_path):
@@ -180,13 +210,8 @@ def test_transformers_optimizer_gpt2(tmp_path):
     optimize_model(str(path), model_type="gpt2", num_heads=4,
                    hidden_size=32).save_model_to_file(str(tmp_path / "gpt2_opt.onnx"))
     model = onnx.load(tmp_path / "gpt2_opt.onnx")
-    fused = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
-    assert {"SkipLayerNormalization", "FastGelu"} <= fused
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    expected = ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    np.testing.assert_allclose(onnx2flax.convert(model).run(feeds)[0], expected, rtol=1e-4,
-                               atol=1e-4 * np.abs(expected).max())
+    assert {"SkipLayerNormalization", "FastGelu"} <= _contrib_ops(model)
+    _assert_matches_ort(model, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
 
 
 @pytest.mark.parametrize("level", ["ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"])
