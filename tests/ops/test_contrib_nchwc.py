@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import jax
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -77,7 +78,8 @@ def test_nchwc_cnn(tmp_path, c_in):
 
 def test_nchwc_nhwc_input_and_output(tmp_path):
     """An NHWC graph (Transpose -> Conv -> Transpose): onnxruntime folds the transposes into
-    ReorderInput / ReorderOutput with ``channels_last=1``."""
+    ReorderInput / ReorderOutput with ``channels_last=1``; the module takes and returns the
+    NHWC tensors as they are, without a transpose."""
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
              _conv("xt", "w1", "a", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["a1"]),
              helper.make_node("Transpose", ["a1"], ["y"], perm=[0, 2, 3, 1])]
@@ -88,4 +90,9 @@ def test_nchwc_nhwc_input_and_output(tmp_path):
                         for op in ("ReorderInput", "Conv", "ReorderOutput")}
     assert all(a.i == 1 for n in saved.graph.node for a in n.attribute
                if a.name == "channels_last")
-    assert_matches_ort(saved, {"x": _rand(1, 8, 8, 32)}, rtol=1e-4, atol=1e-4)
+    x = _rand(1, 8, 8, 32)
+    converted, _, _ = assert_matches_ort(saved, {"x": x}, rtol=1e-4, atol=1e-4)
+    # the NHWC input and output stay as they are at the module's boundary: no transpose
+    assert not converted.inputs[0].channels_last
+    hlo = jax.jit(converted.module.apply).lower(converted.variables, x).compile().as_text()
+    assert " transpose(" not in hlo
