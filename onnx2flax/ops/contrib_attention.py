@@ -210,8 +210,8 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
     Q ``[B, S, N*H]``, K / V ``[B, S, Nkv*H]`` (or packed in query when key is absent);
     ``past_key`` / ``past_value`` ``[B, Nkv, P, H]``; ``seqlens_k`` ``[B]``: the index of
     each row's last valid token; ``total_sequence_length`` T. Row b's new tokens sit at
-    positions ``seqlens_k[b] + 1 - S ..``: rotated there (``do_rotary``, caches ``[max,
-    H_rot/2]``, ``rotary_interleaved``), written into the present cache ``[B, Nkv, max(T, P),
+    positions ``seqlens_k[b] + 1 - S ..``: rotated there or at ``position_ids`` (``do_rotary``,
+    caches ``[max, H_rot/2]``, ``rotary_interleaved``), written into the present cache ``[B, Nkv, max(T, P),
     H]`` after the past, and each query attends the valid keys up to its own position
     (within ``local_window_size``), with ``softcap`` and ``attention_bias``."""
     _refuse(ctx, smooth_softmax=int(ctx.attr("smooth_softmax", 0)),
@@ -222,10 +222,9 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
     b, s, kv_heads, h = k.shape
     total = int(np.reshape(ctx.static(total_sequence_length, "total_sequence_length"), ()))
     start = jnp.maximum(jnp.reshape(seqlens_k, (b,)).astype(jnp.int32) + 1 - s, 0)  # [B]
-    positions = start[:, None] + jnp.arange(s)[None, :]  # [B, S]
-    if position_ids is not None:
-        positions = jnp.broadcast_to(position_ids, (b, s))
-    q, k = _rotary_qk(ctx, q, k, positions, cos_cache, sin_cache)
+    positions = start[:, None] + jnp.arange(s)[None, :]  # [B, S]: in the cache
+    rotary_at = positions if position_ids is None else jnp.broadcast_to(position_ids, (b, s))
+    q, k = _rotary_qk(ctx, q, k, rotary_at, cos_cache, sin_cache)
     past = 0 if past_key is None else past_key.shape[2]
     length = max(total, past)
     present = []
