@@ -393,6 +393,19 @@ def test_group_query_attention(packed, past, s, attrs):
     assert_matches_ort(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
 
 
+def test_group_query_attention_position_ids():
+    """position_ids move the rotary angles (not the cache positions)."""
+    heads, kv_heads, h = 4, 2, 16
+    feeds, names = _gqa_feeds(2, 1, 3, heads, kv_heads, h, True)
+    theta = np.arange(32)[:, None] * (1e-1 ** np.arange(h // 2))[None, :]
+    consts = {"cos": np.cos(theta).astype(np.float32), "sin": np.sin(theta).astype(np.float32),
+              "total": feeds.pop("total")}
+    feeds["pos"] = np.array([[7], [9]], np.int64)
+    node = _node("GroupQueryAttention", [*names, "cos", "sin", "pos"], 3, num_heads=heads,
+                 kv_num_heads=kv_heads, do_rotary=1)
+    assert_matches_ort(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
+
+
 def test_group_query_attention_rows_of_different_lengths():
     """A right-padded batched prompt (seqlens_k [4, 2]) then a decoding step from its present
     cache: rows keep their own positions; the present caches equal onnxruntime's, padding
