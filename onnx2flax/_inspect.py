@@ -36,10 +36,15 @@ class ModelSummary:
                  "opsets: " + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(self.opsets.items())),
                  "inputs:", *map(spec, self.inputs), "outputs:", *map(spec, self.outputs),
                  f"parameters: {self.parameters:,} (float weights)",
-                 "ops (after constant folding):"]
-        for (d, op), (count, ok) in sorted(self.ops.items(), key=lambda kv: -kv[1][0]):
-            lines.append(f"  {(d + '::') if d else ''}{op:<24} {count:>5}  "
-                         f"{'supported' if ok else 'NOT SUPPORTED'}")
+                 "ops (after constant folding), by domain:"]
+        for domain in sorted({d for d, _ in self.ops}):  # ai.onnx ('') first
+            opset = self.opsets.get(domain)
+            lines.append(f"  {domain or 'ai.onnx'}"
+                         f"{f' (opset {opset})' if opset is not None else ''}:")
+            for (_, op), (count, ok) in sorted(
+                    ((k, v) for k, v in self.ops.items() if k[0] == domain),
+                    key=lambda kv: (-kv[1][0], kv[0][1])):
+                lines.append(f"    {op:<32} {count:>5}  {'supported' if ok else 'NOT SUPPORTED'}")
         lines.append("all ops supported" if not self.unsupported
                      else f"unsupported: {', '.join(self.unsupported)}")
         return "\n".join(lines)

@@ -191,7 +191,10 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
                 if op is None or id(node) in seen:
                     continue
                 seen.add(id(node))
-                if op.layout == "channels_last" and node.inputs[0] == name:
+                # An op whose channels_last attribute says its input is NHWC already
+                # (nchwc ReorderInput) takes it as it is.
+                if (op.layout == "channels_last" and node.inputs[0] == name
+                        and not int(node.attrs.get("channels_last", 0))):
                     found.add(spec.name)
                 elif op.layout == "elementwise" or node.op_type == "Identity":
                     frontier.extend(node.outputs)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conformance_cases import EXPECTED_FAILURES, load_cases, op_of  # noqa: E402
 
 DOC = ROOT / "docs" / "conformance.md"
+KEEP_MARKER = "<!-- written by hand: scripts/conformance.py keeps everything below -->"
 ENGINES = ("onnx2flax", "onnxruntime")
 
 #: The ops issue 3 requires (their node tests must pass, or have a written reason).
@@ -402,6 +403,10 @@ def write_doc(args, results: dict, ops: dict[str, str], seconds: float) -> str:
         lines += [f"| {n} | {ops[n]} | {_cell(results[n][engine]['reason'])} |"
                   for n in sorted(failed)]
     text = "\n".join(lines) + "\n"
+    # The sections after KEEP_MARKER (contrib domains, checked by their own tests) are kept.
+    old = DOC.read_text() if DOC.exists() else ""
+    if KEEP_MARKER in old:
+        text += "\n" + KEEP_MARKER + old.split(KEEP_MARKER, 1)[1]
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
     return text

@@ -90,11 +90,15 @@ def _bias(ctx, mask, dtype, sq: int, skv: int, offset, nonpad):
     return sum(terms[1:], terms[0]) if terms else None
 
 
-def _scores(ctx, q, k, v):
-    """``Q K^T * scale`` ``[B, Hq, Sq, Skv]`` (``scale`` defaults to ``1/sqrt(D)``) and V with
-    each key/value head repeated for its group of ``Hq / Hkv`` query heads (GQA)."""
+def _scale(ctx, head_size: int) -> float:
+    """The ``scale`` attribute, ``1/sqrt(D)`` when absent."""
     scale = ctx.attr("scale", None)
-    scale = 1 / np.sqrt(q.shape[3]) if scale is None else float(scale)
+    return 1 / np.sqrt(head_size) if scale is None else float(scale)
+
+
+def _scores(q, k, v, scale: float):
+    """``Q K^T * scale`` ``[B, Hq, Sq, Skv]`` and V with each key/value head repeated for
+    its group of ``Hq / Hkv`` query heads (GQA)."""
     # Q and K are each scaled by sqrt(scale) (in their own dtype) to keep QK^T in range.
     root = jnp.asarray(np.sqrt(scale), q.dtype)
     groups = q.shape[1] // k.shape[1]
@@ -108,6 +112,23 @@ def _masked_softmax(x):
     e = jnp.exp(x - jnp.where(jnp.isneginf(top), jnp.zeros((), x.dtype), top))
     total = jnp.sum(e, axis=-1, keepdims=True)
     return e / jnp.where(total == 0, jnp.ones((), x.dtype), total)
+
+
+def attend(q, k, v, bias=None, *, scale: float, softcap: float = 0.0):
+    """The one attention computation of every attention op (ONNX and com.microsoft):
+    ``softmax(cap(Q K^T * scale) + bias) V`` on Q ``[B, Hq, Sq, D]``, K ``[B, Hkv, Skv, D]``,
+    V ``[B, Hkv, Skv, Dv]`` (GQA: key/value heads shared by groups of query heads), ``cap``
+    the ``softcap * tanh(x / softcap)`` when ``softcap > 0``, ``bias`` broadcastable to the
+    scores. A row whose bias is -inf everywhere gives zeros. Returns ``[B, Hq, Sq, Dv]``."""
+    raw, v = _scores(q, k, v, scale)
+    scores = softcap * jnp.tanh(raw / softcap) if softcap > 0 else raw
+    if bias is not None:
+        scores = scores + bias
+    probs = _masked_softmax(scores)
+    if bias is not None:
+        probs = jnp.where(jnp.isneginf(jnp.max(bias, axis=-1, keepdims=True)),
+                          jnp.zeros((), probs.dtype), probs)
+    return jnp.matmul(probs.astype(q.dtype), v).astype(q.dtype)
 
 
 @register("Attention", since=23)
@@ -139,7 +160,7 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
     if mode not in (0, 1, 2, 3):
         raise ctx.invalid(f"qk_matmul_output_mode must be 0, 1, 2 or 3, got {mode}")
 
-    raw, v = _scores(ctx, q, k, v)
+    raw, v = _scores(q, k, v, _scale(ctx, q.shape[3]))
     softcap = float(ctx.attr("softcap", 0.0))
     capped = softcap * jnp.tanh(raw / softcap) if softcap > 0 else raw
     bias = _bias(ctx, attn_mask, dtype, q.shape[2], k.shape[2], offset, nonpad_kv_seqlen)
@@ -160,6 +181,19 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
         y = jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (b, s, h * d))
     qk = (raw, capped, scores, probs)[mode].astype(dtype)
     return (y, present_k, present_v, qk)[:len(ctx.node.outputs)]
+
+
+def rotate(heads, cos, sin, dim: int, interleaved: bool):
+    """RoPE on heads ``[B, S, H, D]``: the first ``dim`` features of each head rotated as
+    pairs (first half with second half, or even with odd features when ``interleaved``) by
+    the angles of ``cos`` / ``sin`` ``[B, S, dim/2]``; the rest unchanged."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # [B, S, 1, R/2]
+    rot, rest = heads[..., :dim], heads[..., dim:]
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else jnp.split(rot, 2, axis=-1)
+    pair = (cos * x1 - sin * x2, sin * x1 + cos * x2)
+    rot = (jnp.stack(pair, axis=-1).reshape(rot.shape) if interleaved
+           else jnp.concatenate(pair, axis=-1))
+    return jnp.concatenate([rot, rest], axis=-1).astype(heads.dtype)
 
 
 @register("RotaryEmbedding", since=23)
@@ -190,14 +224,7 @@ def rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids=None):
     if cos_cache.shape != sin_cache.shape or cos_cache.shape[-1] != dim // 2:
         raise ctx.invalid(f"cos/sin caches {list(cos_cache.shape)}, {list(sin_cache.shape)} "
                           f"must end in rotary_embedding_dim / 2 = {dim // 2}")
-    cos, sin = cos_cache[:, :, None, :], sin_cache[:, :, None, :]  # [B, S, 1, R/2]
-    rot, rest = heads[..., :dim], heads[..., dim:]
-    interleaved = int(ctx.attr("interleaved", 0))
-    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else jnp.split(rot, 2, axis=-1)
-    pair = (cos * x1 - sin * x2, sin * x1 + cos * x2)
-    rot = (jnp.stack(pair, axis=-1).reshape(rot.shape) if interleaved
-           else jnp.concatenate(pair, axis=-1))
-    out = jnp.concatenate([rot, rest], axis=-1).astype(x.dtype)
+    out = rotate(heads, cos_cache, sin_cache, dim, int(ctx.attr("interleaved", 0)))
     return jnp.swapaxes(out, 1, 2) if x.ndim == 4 else jnp.reshape(out, x.shape)
 
 
@@ -334,7 +361,7 @@ def flex_attention(ctx, q, k, v):
         raise ctx.invalid(f"Q, K and V must be 4-D, got shapes {list(q.shape)}, "
                           f"{list(k.shape)}, {list(v.shape)}")
     q, k, v = _heads(ctx, q, k, v)
-    scores, v = _scores(ctx, q, k, v)
+    scores, v = _scores(q, k, v, _scale(ctx, q.shape[3]))
     precision = ctx.attr("softmax_precision", None)
     compute = (jnp.dtype(jnp.float32) if precision is None
                else onnx_dtype(ctx, precision))

@@ -102,13 +102,14 @@ def _trailing_params(node, weights):
     return _scale_bias_params(weights[1], bias, min_size=2)
 
 
-def _trailing_norm(ctx, x, scale, bias, rms: bool, n_out=1):
-    """Normalize over ONNX axes ``axis..rank-1`` (default -1), in the held layout; ``scale``
-    / ``bias`` broadcast to ``X.shape[axis:]``. With constant [D] weights: ``nn.LayerNorm`` /
-    ``nn.RMSNorm``. Returns ``(y, mean, inv_std)[:n_out]`` (statistics with X's rank)."""
-    perm = ctx.in_perms[0]
+def _trailing_norm(ctx, x, scale, bias, rms: bool, n_out=1, perm=None, epsilon=1e-5):
+    """Normalize over ONNX axes ``axis..rank-1`` (default -1), in the held layout (``perm``,
+    default input 0's); ``scale`` / ``bias`` broadcast to ``X.shape[axis:]``. With constant
+    [D] weights: ``nn.LayerNorm`` / ``nn.RMSNorm``. ``epsilon``: the attribute's default.
+    Returns ``(y, mean, inv_std)[:n_out]`` (statistics with X's rank)."""
+    perm = ctx.in_perms[0] if perm is None else perm
     axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
-    epsilon = float(ctx.attr("epsilon", 1e-5))
+    epsilon = float(ctx.attr("epsilon", epsilon))
     axes = tuple(perm.index(a) for a in range(axis, x.ndim))
     if ctx.layer_plan is not None:
         features = perm.index(x.ndim - 1)
