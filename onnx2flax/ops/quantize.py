@@ -62,7 +62,7 @@ def _laid_out(ctx, value, index: int, dims: list[int], perm, what: str):
     shape = list(np.shape(value))
     if int(np.prod(shape)) == 1:
         return jnp.reshape(value, ())
-    if ctx.opset < 13:
+    if ctx.opset < 13 and not ctx.spec.domain:  # com.microsoft's take an axis from version 1
         raise ctx.invalid(f"{what} must be a scalar before opset 13, got shape {shape}")
     axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), len(dims))
     block = int(ctx.attr("block_size", 0))
