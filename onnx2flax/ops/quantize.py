@@ -154,10 +154,11 @@ def dynamic_quantize_linear(ctx, x):
     """uint8 quantization of float ``x`` over its range widened to include 0: returns
     ``y`` (``x``'s layout), ``y_scale = (max - min) / 255`` (1 for an all-zero x, as
     onnxruntime does, where the formula would divide by zero) and
-    ``y_zero_point = round(clip(-min / y_scale, 0, 255))``."""
+    ``y_zero_point = round(clip(-min / y_scale, 0, 255))``. The scale is an IEEE division
+    (XLA would multiply by 1/255, one ulp off, and a quantized value can move a step)."""
     lo = jnp.minimum(jnp.min(x), 0.0)
     hi = jnp.maximum(jnp.max(x), 0.0)
-    scale = jnp.where(hi == lo, 1.0, (hi - lo).astype(jnp.float32) / 255)
+    scale = jnp.where(hi == lo, 1.0, _divide((hi - lo).astype(jnp.float32), np.float32(255)))
     zero = jnp.round(jnp.clip(-lo / scale, 0, 255))
     y = _saturate(ctx, _divide(x, scale), zero, np.dtype(np.uint8))
     ctx.out_perms = [ctx.in_perms[0], (), ()]

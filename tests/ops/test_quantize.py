@@ -487,3 +487,16 @@ def test_dynamically_quantized_mlp_follows_the_reference():
     magnitude = np.abs(expected).max()
     for other in (got, ort_fused, ort_plain):
         assert np.abs(other - expected).max() / magnitude < 1e-5
+
+
+def test_dynamic_quantize_scale_is_a_division():
+    """``y_scale = range / 255`` divided, not multiplied by 1/255 (XLA's rewrite, one ulp
+    off here: 3.3859136 then quantized to 82 instead of 83; values from ddddocr's
+    common_old model). Outputs bit-exact against the reference and onnxruntime."""
+    x = np.array([-0.27846456, 11.007914, 3.3859136], np.float32)
+    model = node_model("DynamicQuantizeLinear", {"x": x}, opset=11, outputs=3,
+                       out_dtypes=[np.uint8, np.float32, np.uint8])
+    got = onnx2flax.convert(model).run({"x": x})
+    for expected in (ReferenceEvaluator(model).run(None, {"x": x}), run_ort(model, {"x": x})):
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
