@@ -1,7 +1,8 @@
 """com.microsoft quantized ops, as onnxruntime's quantizer writes them (QOperator format and
 dynamic quantization): QuantizeLinear, DequantizeLinear, QGemm, QLinearAdd, QLinearMul,
 QLinearSigmoid, QLinearLeakyRelu, QLinearWhere, QLinearConcat, QLinearSoftmax,
-QLinearAveragePool, QLinearGlobalAveragePool, MatMulIntegerToFloat, DynamicQuantizeMatMul.
+QLinearAveragePool, QLinearGlobalAveragePool, MatMulIntegerToFloat, DynamicQuantizeMatMul,
+DynamicQuantizeLSTM.
 
 Semantics from onnxruntime's contrib-op documentation: a ``QLinear*`` op dequantizes its
 inputs (``(x - zero_point) * scale``, float32, per-tensor), applies the float op and
@@ -18,6 +19,7 @@ import numpy as np
 from .._registry import register
 from ._common import normalize_axis
 from .pool import average_pool
+from .recurrent import lstm
 from .quantize import (_centered, _divide, _per_row_or_column, _saturate, _scalar,
                        dequantize_linear, dynamic_quantize_linear, quantize_linear)
 
@@ -217,3 +219,32 @@ def dynamic_quantize_matmul(ctx, a, b, b_scale, b_zero_point=None, bias=None):
     ctx.out_perms = None
     acc = _matmul_int32(ctx, a_q, b, a_zero_point, b_zero_point)
     return _to_float(ctx, acc, a_scale, b_scale, bias, np.dtype(np.float32))
+
+
+def _lstm_weight(ctx, w, scale, zero_point, what: str):
+    """A ``[dirs, k, 4*hidden]`` quantized weight as ONNX LSTM's float ``[dirs, 4*hidden, k]``;
+    scale and zero point ``[dirs]`` (per direction) or ``[dirs, 4*hidden]`` (per column)."""
+    dirs, _, columns = np.shape(w)
+    if np.shape(scale) not in ((dirs,), (dirs, columns)) or np.shape(zero_point) != np.shape(scale):
+        raise ctx.invalid(f"{what}_scale {list(np.shape(scale))} and {what}_zero_point "
+                          f"{list(np.shape(zero_point))} must both be [{dirs}] or [{dirs}, {columns}]")
+    shape = (dirs, 1, 1) if np.ndim(scale) == 1 else (dirs, 1, columns)
+    centered = (jnp.asarray(w).astype(jnp.float32)
+                - jnp.reshape(jnp.asarray(zero_point), shape).astype(jnp.float32))
+    return jnp.swapaxes(centered * jnp.reshape(jnp.asarray(scale, jnp.float32), shape), 1, 2)
+
+
+@register("DynamicQuantizeLSTM", domain=_MS)
+def dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None,
+                          initial_c=None, p=None, w_scale=None, w_zero_point=None, r_scale=None,
+                          r_zero_point=None):
+    """LSTM (attributes and outputs as ONNX's) whose W ``[dirs, input, 4*hidden]`` and R
+    ``[dirs, hidden, 4*hidden]`` are quantized (note: transposed from LSTM's layout). The
+    weights are dequantized and the recurrence runs in float32; onnxruntime also quantizes
+    X and each step's hidden state to uint8 on the fly, so its results differ by that
+    rounding (see docs/quantization.md)."""
+    if w_scale is None or w_zero_point is None or r_scale is None or r_zero_point is None:
+        raise ctx.invalid("W_scale, W_zero_point, R_scale and R_zero_point are required")
+    return lstm(ctx, x, _lstm_weight(ctx, w, w_scale, w_zero_point, "W"),
+                _lstm_weight(ctx, r, r_scale, r_zero_point, "R"), b, sequence_lens, initial_h,
+                initial_c, p)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import assert_codegen_matches, run_ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import onnx2flax
 
@@ -218,3 +219,50 @@ def test_contrib_quantize_dequantize_per_axis():
     q = _q8((2, 3, 4), np.int8)
     _check(_model("DequantizeLinear", {"q": q}, consts, attrs={"axis": 1},
                   out_dtype=np.float32), {"q": q})
+
+
+@pytest.mark.parametrize("direction, per_column, dtype", [
+    ("forward", False, np.uint8), ("bidirectional", True, np.int8), ("reverse", False, np.int8)])
+def test_dynamic_quantize_lstm(direction, per_column, dtype):
+    """DynamicQuantizeLSTM (ddddocr's common_old) is LSTM with dequantized, transposed
+    weights: equal to ONNX's reference LSTM on those weights; onnxruntime also quantizes X
+    and the hidden state to uint8 per step, which costs it ~1e-2 here. (onnxruntime takes
+    int8 weights only with zero points 0.)"""
+    dirs, seq, batch, size, hidden = (2 if direction == "bidirectional" else 1), 5, 2, 6, 4
+    x = RNG.standard_normal((seq, batch, size)).astype(np.float32)
+    cols = (dirs, 4 * hidden) if per_column else (dirs,)
+    zero = (lambda: RNG.integers(120, 136, cols)) if dtype == np.uint8 else (lambda: np.zeros(cols))
+    consts = {"w": _q8((dirs, size, 4 * hidden), dtype), "r": _q8((dirs, hidden, 4 * hidden), dtype),
+              "b": RNG.standard_normal((dirs, 8 * hidden)).astype(np.float32) * 0.1,
+              "h0": RNG.standard_normal((dirs, batch, hidden)).astype(np.float32),
+              "c0": RNG.standard_normal((dirs, batch, hidden)).astype(np.float32),
+              "ws": RNG.uniform(0.002, 0.01, cols).astype(np.float32),
+              "wz": zero().astype(dtype),
+              "rs": RNG.uniform(0.002, 0.01, cols).astype(np.float32),
+              "rz": zero().astype(dtype)}
+    attrs = {"direction": direction, "hidden_size": hidden}
+    model = _model("DynamicQuantizeLSTM", {"x": x}, consts, attrs=attrs, out_dtype=np.float32,
+                   inputs=["x", "w", "r", "b", "", "h0", "c0", "", "ws", "wz", "rs", "rz"],
+                   out_count=3)
+    converted = onnx2flax.convert(model)
+    got = converted.run({"x": x})
+    assert_codegen_matches(converted, {"x": x}, got)
+
+    def dequantized(q, s, z):
+        shape = (dirs, 1, -1) if per_column else (dirs, 1, 1)
+        return ((q.astype(np.float32) - z.reshape(shape)) * s.reshape(shape)).transpose(0, 2, 1)
+
+    float_lstm = helper.make_model(helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "b", "", "h0", "c0"], ["y0", "y1", "y2"],
+                          **attrs)], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(3)],
+        [numpy_helper.from_array(v, n) for n, v in (
+            ("W", dequantized(consts["w"], consts["ws"], consts["wz"])),
+            ("R", dequantized(consts["r"], consts["rs"], consts["rz"])),
+            ("b", consts["b"]), ("h0", consts["h0"]), ("c0", consts["c0"]))]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    reference = ReferenceEvaluator(float_lstm).run(None, {"x": x})
+    ort_out = run_ort(model, {"x": x}, fused=False)
+    for g, r, o in zip(got, reference, ort_out):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(g, o, atol=0.05)
