@@ -266,3 +266,41 @@ def test_dynamic_quantize_lstm(direction, per_column, dtype):
     for g, r, o in zip(got, reference, ort_out):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(g, o, atol=0.05)
+
+
+def test_qoperator_chain():
+    """What quantize_static's QOperator format writes for conv -> residual add -> pool ->
+    fc: QuantizeLinear, QLinearConv (per-channel int8 weights), QLinearAdd,
+    QLinearGlobalAveragePool, Flatten, QGemm, DequantizeLinear; exact against onnxruntime."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    s = {f"s{i}": np.float32(v) for i, v in enumerate([0.03, 0.05, 0.04, 0.06, 0.02, 0.1])}
+    z = {f"z{i}": np.uint8(v) for i, v in enumerate([128, 120, 131, 125, 128, 127])}
+    consts = {**s, **z,
+              "w1": rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8),
+              "w2": rng.integers(-127, 128, (4, 3, 1, 1)).astype(np.int8),
+              "ws": rng.uniform(0.002, 0.01, 4).astype(np.float32), "wz": np.zeros(4, np.int8),
+              "b1": rng.integers(-200, 200, 4).astype(np.int32),
+              "fc": rng.integers(-127, 128, (5, 4)).astype(np.int8), "fs": np.float32(0.01),
+              "fz": np.int8(0), "fb": rng.integers(-300, 300, 5).astype(np.int32)}
+    ms = {"domain": _MS}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s0", "z0"], ["xq"]),
+        helper.make_node("QLinearConv", ["xq", "s0", "z0", "w1", "ws", "wz", "s1", "z1", "b1"],
+                         ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("QLinearConv", ["xq", "s0", "z0", "w2", "ws", "wz", "s2", "z2"], ["c2"]),
+        helper.make_node("QLinearAdd", ["c1", "s1", "z1", "c2", "s2", "z2", "s3", "z3"], ["a"], **ms),
+        helper.make_node("QLinearGlobalAveragePool", ["a", "s3", "z3", "s4", "z4"], ["p"], **ms),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("QGemm", ["f", "s4", "z4", "fc", "fs", "fz", "fb", "s5", "z5"], ["g"],
+                         transB=1, **ms),
+        helper.make_node("DequantizeLinear", ["g", "s5", "z5"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), n) for n, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(_MS, 1)])
+    model.ir_version = 9
+    y = _check(model, {"x": x})[0]
+    assert len(np.unique(y)) > 5  # not saturated
