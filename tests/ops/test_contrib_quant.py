@@ -1,11 +1,9 @@
 """com.microsoft quantized ops (onnxruntime's QOperator and dynamic quantization formats)
 against onnxruntime.
 
-Integer products are exact. Ops that requantize a float result (QLinearAdd, ..., pools) are
-compared exactly where onnxruntime computes the float formula, and within one quantization
-step where its kernel folds the scales differently (a fused ``a * (sa / sc) + constant``, or
-a 256-entry lookup table), which moves values sitting on a rounding tie by one: the tests
-also assert that almost every element is exact.
+Exact (bit for bit) unless a test says otherwise: QLinearAdd (onnxruntime's fixed-point
+kernel), QLinearLeakyRelu with alpha 0.3 and QLinearAveragePool with pads, where a value on
+a rounding tie moves by one step (measured fractions in each test).
 """
 
 from __future__ import annotations
@@ -72,9 +70,9 @@ def _params(dtype, scale):
 @pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
 def test_qlinear_add_mul(op, dtype):
     """Broadcasting [2, 3, 4, 5] with [4, 1]; the output scale saturates some results.
-    onnxruntime's x86 kernels use fixed-point multipliers for the scale ratios, which round
-    differently from the documented float formula near ties (measured: 4 to 14 % of these
-    elements, each by one step)."""
+    QLinearMul is exact; onnxruntime's x86 QLinearAdd kernel uses fixed-point multipliers
+    for the scale ratios, which round differently from the documented float formula near
+    ties (measured: 4 % (uint8) and 13 % (int8) of these elements, each by one step)."""
     a, b = _q8((2, 3, 4, 5), dtype), _q8((4, 1), dtype)
     sa, za = _params(dtype, 0.05)
     sb, zb = _params(dtype, 0.03)
@@ -82,7 +80,10 @@ def test_qlinear_add_mul(op, dtype):
     consts = {"sa": sa, "za": za, "sb": sb, "zb": zb, "sc": sc, "zc": zc}
     model = _model(op, {"a": a, "b": b}, consts,
                    inputs=["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], out_dtype=dtype)
-    _check(model, {"a": a, "b": b}, steps=1, exact_fraction=0.8)
+    if op == "QLinearMul":
+        _check(model, {"a": a, "b": b})
+    else:
+        _check(model, {"a": a, "b": b}, steps=1, exact_fraction=0.8)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
@@ -108,7 +109,7 @@ def test_qlinear_where():
               "zy": np.uint8(7), "sz": np.float32(0.03), "zz": np.uint8(120)}
     model = _model("QLinearWhere", {"c": cond, "x": x, "y": y}, consts,
                    inputs=["c", "x", "sx", "zx", "y", "sy", "zy", "sz", "zz"], out_dtype=np.uint8)
-    _check(model, {"c": cond, "x": x, "y": y}, steps=1, exact_fraction=0.97)
+    _check(model, {"c": cond, "x": x, "y": y})
 
 
 @pytest.mark.parametrize("axis", [1, -1])
@@ -119,7 +120,7 @@ def test_qlinear_concat(axis):
     model = _model("QLinearConcat", {"a": a, "b": b}, consts,
                    inputs=["sy", "zy", "a", "s1", "z1", "b", "s2", "z2"], attrs={"axis": axis},
                    out_dtype=np.int8)
-    _check(model, {"a": a, "b": b}, steps=1, exact_fraction=0.97)
+    _check(model, {"a": a, "b": b})
 
 
 @pytest.mark.parametrize("opset, axis", [(13, -1), (13, 1), (12, 1), (11, 2)])
@@ -130,7 +131,7 @@ def test_qlinear_softmax(opset, axis):
               "zy": np.uint8(0)}
     model = _model("QLinearSoftmax", {"x": x}, consts, attrs={"opset": opset, "axis": axis},
                    out_dtype=np.uint8)
-    _check(model, {"x": x}, steps=1, exact_fraction=0.9)
+    _check(model, {"x": x})
 
 
 @pytest.mark.parametrize("attrs", [
@@ -145,7 +146,7 @@ def test_qlinear_average_pool(attrs, channels_last):
     consts = {"sx": np.float32(0.05), "zx": np.int8(1), "sy": np.float32(0.03),
               "zy": np.int8(-2)}
     model = _model("QLinearAveragePool", {"x": x}, consts, attrs=attrs, out_dtype=np.int8)
-    _check(model, {"x": x}, steps=1, exact_fraction=0.9, channels_last=channels_last)
+    _check(model, {"x": x}, steps=1, exact_fraction=0.97, channels_last=channels_last)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
@@ -155,7 +156,7 @@ def test_qlinear_global_average_pool(dtype):
     sy, zy = _params(dtype, 0.01)
     model = _model("QLinearGlobalAveragePool", {"x": x}, {"sx": sx, "zx": zx, "sy": sy, "zy": zy},
                    out_dtype=dtype)
-    _check(model, {"x": x}, steps=1, exact_fraction=0.9)
+    _check(model, {"x": x})
 
 
 def test_channels_last_pool_is_refused():
@@ -186,7 +187,7 @@ def test_qgemm(trans_a, trans_b, quantized_output, per_column):
     model = _model("QGemm", {"a": a}, consts, inputs=inputs,
                    attrs={"transA": trans_a, "transB": trans_b, "alpha": 0.5},
                    out_dtype=np.uint8 if quantized_output else np.float32)
-    _check(model, {"a": a}, steps=1, exact_fraction=0.95)
+    _check(model, {"a": a})
 
 
 @pytest.mark.parametrize("per_column", [False, True])
