@@ -2,7 +2,7 @@
 dynamic quantization): QuantizeLinear, DequantizeLinear, QGemm, QLinearAdd, QLinearMul,
 QLinearSigmoid, QLinearLeakyRelu, QLinearWhere, QLinearConcat, QLinearSoftmax,
 QLinearAveragePool, QLinearGlobalAveragePool, MatMulIntegerToFloat, DynamicQuantizeMatMul,
-DynamicQuantizeLSTM.
+DynamicQuantizeLSTM, QAttention.
 
 Semantics from onnxruntime's contrib-op documentation: a ``QLinear*`` op dequantizes its
 inputs (``(x - zero_point) * scale``, float32, per-tensor), applies the float op and
@@ -18,6 +18,7 @@ import numpy as np
 
 from .._registry import register
 from ._common import normalize_axis
+from .attention import _split_heads, attention
 from .pool import average_pool
 from .recurrent import lstm
 from .quantize import (_centered, _divide, _per_row_or_column, _saturate, _scalar,
@@ -248,3 +249,63 @@ def dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=No
     return lstm(ctx, x, _lstm_weight(ctx, w, w_scale, w_zero_point, "W"),
                 _lstm_weight(ctx, r, r_scale, r_zero_point, "R"), b, sequence_lens, initial_h,
                 initial_c, p)
+
+
+def _attention_bias(ctx, mask_index, batch: int, sq: int, past: int):
+    """The additive ``[B, 1, Sq, P+Sq]`` bias of com.microsoft attention: ``mask_filter_value``
+    (default -10000) where ``unidirectional`` or ``mask_index`` forbids a key, else 0.
+    ``mask_index``: ``[B]`` key lengths, ``[2B]`` ends then starts, ``[B, P+Sq]`` or
+    ``[B, Sq, P+Sq]`` 1/0 masks."""
+    total = past + sq
+    keys, queries = jnp.arange(total), jnp.arange(sq)
+    allowed = jnp.ones((batch, 1, sq, total), bool)
+    if int(ctx.attr("unidirectional", 0)):
+        allowed = allowed & (keys[None, :] <= queries[:, None] + past)
+    if mask_index is not None:
+        m = jnp.asarray(mask_index)
+        if m.shape == (batch,):
+            allowed = allowed & (keys < m[:, None])[:, None, None, :]
+        elif m.shape == (2 * batch,):
+            window = (keys >= m[batch:, None]) & (keys < m[:batch, None])
+            allowed = allowed & window[:, None, None, :]
+        elif m.shape in ((batch, total), (batch, sq, total)):
+            allowed = allowed & jnp.reshape(m != 0, (batch, 1, -1, total))
+        else:
+            raise ctx.invalid(f"mask_index of shape {list(m.shape)} is not [{batch}], "
+                              f"[{2 * batch}], [{batch}, {total}] or [{batch}, {sq}, {total}]")
+    return jnp.where(allowed, 0.0, np.float32(ctx.attr("mask_filter_value", -10000.0)))
+
+
+@register("QAttention", domain=_MS)
+def qattention(ctx, x, weight, bias, input_scale, weight_scale, mask_index=None,
+               input_zero_point=None, weight_zero_point=None, past=None):
+    """Self-attention on a quantized input ``[B, S, in]`` and weight ``[in, 3*hidden]``:
+    ``QKV = (X - x_zp) @ (W - w_zp) * x_scale * w_scale + bias`` (int32 product; weight
+    scale / zero point scalar or per column), split into Q, K, V of ``num_heads`` heads, then
+    the ONNX Attention path (``scale`` default ``1/sqrt(head size)``; ``unidirectional``;
+    ``mask_index``; ``past`` ``[2, B, heads, P, head size]``). Outputs ``[B, S, hidden]``
+    and ``present`` ``[2, B, heads, P+S, head size]``."""
+    if int(ctx.attr("do_rotary", 0)) or int(ctx.attr("past_present_share_buffer", 0)):
+        raise ctx.fail("do_rotary and past_present_share_buffer are not supported")
+    if np.ndim(x) != 3 or np.ndim(weight) != 2 or np.shape(weight)[1] % 3:
+        raise ctx.invalid(f"input must be [batch, sequence, in] and weight [in, 3*hidden], got "
+                          f"{list(np.shape(x))} and {list(np.shape(weight))}")
+    heads = int(ctx.attr("num_heads"))
+    qkv = _to_float(ctx, _matmul_int32(ctx, x, weight, input_zero_point, weight_zero_point),
+                    input_scale, weight_scale, bias, np.dtype(bias.dtype))
+    q, k, v = (_split_heads(ctx, t, heads, what) for t, what in zip(jnp.split(qkv, 3, -1), "QKV"))
+    batch, sq = np.shape(x)[:2]
+    past_k = past_v = None
+    if past is not None:
+        if np.shape(past)[:3] != (2, batch, heads) or np.shape(past)[4] != k.shape[3]:
+            raise ctx.invalid(f"past must be [2, {batch}, {heads}, past length, {k.shape[3]}], "
+                              f"got {list(np.shape(past))}")
+        past_k, past_v = past[0].astype(q.dtype), past[1].astype(q.dtype)
+    mask_bias = _attention_bias(ctx, mask_index, batch, sq, 0 if past is None else np.shape(past)[3])
+    y = attention(ctx, q, k, v, mask_bias.astype(q.dtype), past_k, past_v)[0]
+    y = jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (batch, sq, -1))
+    if len(ctx.node.outputs) < 2:
+        return y
+    if past is not None:
+        k, v = jnp.concatenate([past_k, k], 2), jnp.concatenate([past_v, v], 2)
+    return y, jnp.stack([k, v])

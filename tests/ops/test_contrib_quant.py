@@ -305,3 +305,36 @@ def test_qoperator_chain():
     model.ir_version = 9
     y = _check(model, {"x": x})[0]
     assert len(np.unique(y)) > 5  # not saturated
+
+
+@pytest.mark.parametrize("case", ["plain", "unidirectional", "key_lengths", "raw_mask", "past",
+                                  "per_column"])
+def test_qattention(case):
+    """uint8 input, int8 weight (zero points as the quantizer writes them), 2 heads of 4."""
+    batch, seq, hidden, heads, past_len = 2, 5, 8, 2, 3
+    x = _q8((batch, seq, 6))
+    per_column = case == "per_column"
+    consts = {"w": _q8((6, 3 * hidden), np.int8),
+              "b": RNG.standard_normal(3 * hidden).astype(np.float32) * 0.1,
+              "xs": np.float32(0.01),
+              "ws": (RNG.uniform(0.005, 0.02, 3 * hidden) if per_column
+                     else np.array(0.01)).astype(np.float32)}
+    inputs = ["x", "w", "b", "xs", "ws", "", "xz", "wz"]
+    consts.update(xz=np.uint8(120), wz=np.zeros(3 * hidden if per_column else (), np.int8))
+    attrs = {"num_heads": heads}
+    feeds = {"x": x}
+    if case == "unidirectional":
+        attrs["unidirectional"] = 1
+    if case == "key_lengths":
+        consts["mask"] = np.array([5, 3], np.int32)
+        inputs[5] = "mask"
+    if case == "raw_mask":
+        consts["mask"] = np.array([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0]], np.int32)
+        inputs[5] = "mask"
+    if case == "past":
+        feeds["past"] = RNG.standard_normal((2, batch, heads, past_len, hidden // heads)).astype(np.float32)
+        inputs.append("past")
+        attrs["unidirectional"] = 1
+    model = _model("QAttention", feeds, consts, inputs=inputs, attrs=attrs, out_dtype=np.float32,
+                   out_count=2 if case == "past" else 1)
+    _check(model, feeds)
