@@ -76,16 +76,16 @@ def _by_handler(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, i
     gives them (the handler may compute an int64 output as int32)."""
     from ._module import evaluate_constant  # imports this module
 
-    failed = (f"{node_label(node.name, node.op_type)} failed on constant inputs "
-              f"{[None if v is None else v.shape for v in inputs]}")
     try:
         outputs = evaluate_constant(node, inputs, opsets)
     except OnnxConversionError as exc:
         raise type(exc)(f"{exc} (ONNX's reference evaluator failed too: "
                         f"{type(reference_error).__name__}: {reference_error})") from None
     if outputs is None:
-        raise InvalidModelError(f"{failed}: {type(reference_error).__name__}: "
-                                f"{reference_error}") from None
+        raise InvalidModelError(
+            f"{node_label(node.name, node.op_type)} failed on constant inputs "
+            f"{[None if v is None else v.shape for v in inputs]}: "
+            f"{type(reference_error).__name__}: {reference_error}") from None
     types = _output_types(node, inputs, opsets)
     return [out if types.get(name) is None else out.astype(types[name])
             for name, out in zip(node.outputs, outputs)]
