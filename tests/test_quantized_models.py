@@ -145,10 +145,8 @@ def test_mlp_dynamic(tmp_path, dynamo):
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_bert_folds_its_token_type_buffer(tmp_path, dynamo):
-    """HuggingFace BertModel (tiny random config): the token_type_ids buffer's
-    GatherElements is folded by the op's handler (the reference evaluator fails on it)."""
+def _bert(tmp_path: Path, dynamo: bool) -> Path:
+    """HuggingFace BertModel (tiny random config) taking ``input_ids``, exported."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
@@ -166,14 +164,36 @@ def test_bert_folds_its_token_type_buffer(tmp_path, dynamo):
             return out.last_hidden_state, out.pooler_output
 
     ids = torch.randint(0, 100, (1, 16))
-    path = tmp_path / "bert.onnx"
+    path = tmp_path / f"bert_{'dynamo' if dynamo else 'script'}.onnx"
     torch.onnx.export(_Ids().eval(), (ids,), str(path), input_names=["x"],
                       output_names=["last_hidden_state", "pooler_output"], dynamo=dynamo,
                       opset_version=17)
-    proto = onnx.load(path)
-    feeds = {"x": ids.numpy().astype(np.int64)}
-    got = onnx2flax.convert(proto).run(feeds)
-    for g, e in zip(got, run_ort(proto, feeds, fused=False)):
+    return path
+
+
+_BERT_IDS = {"x": np.random.default_rng(2).integers(0, 100, (1, 16)).astype(np.int64)}
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_bert_folds_its_token_type_buffer(tmp_path, dynamo):
+    """The token_type_ids buffer's GatherElements is folded by the op's handler (ONNX's
+    reference evaluator fails on it)."""
+    proto = onnx.load(_bert(tmp_path, dynamo))
+    got = onnx2flax.convert(proto).run(_BERT_IDS)
+    for g, e in zip(got, run_ort(proto, _BERT_IDS, fused=False)):
+        assert np.abs(g - e).max() <= 1e-4 * max(1.0, np.abs(e).max())
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_bert_dynamic(tmp_path, dynamo):
+    """BERT through quantize_dynamic (MatMulInteger, DynamicQuantizeLinear; the embedding
+    tables kept quantized as DequantizeLinear -> Gather)."""
+    out = tmp_path / "bert_dynamic.onnx"
+    quantization.quantize_dynamic(str(_bert(tmp_path, dynamo)), str(out))
+    proto = onnx.load(out)
+    assert any(n.op_type == "MatMulInteger" for n in proto.graph.node)
+    got = onnx2flax.convert(proto).run(_BERT_IDS)
+    for g, e in zip(got, run_ort(proto, _BERT_IDS, fused=False)):
         assert np.abs(g - e).max() <= 1e-4 * max(1.0, np.abs(e).max())
 
 
