@@ -186,8 +186,8 @@ def test_bert_folds_its_token_type_buffer(tmp_path, dynamo):
 
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_bert_dynamic(tmp_path, dynamo):
-    """BERT through quantize_dynamic (MatMulInteger, DynamicQuantizeLinear; the embedding
-    tables kept quantized as DequantizeLinear -> Gather)."""
+    """BERT through quantize_dynamic (13 MatMulInteger, 9 DynamicQuantizeLinear; measured
+    1.5e-7 relative)."""
     out = tmp_path / "bert_dynamic.onnx"
     quantization.quantize_dynamic(str(_bert(tmp_path, dynamo)), str(out))
     proto = onnx.load(out)
