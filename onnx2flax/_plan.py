@@ -176,8 +176,13 @@ def _is_weight(graph: Graph, name: str) -> bool:
     return value is not None and value.dtype.kind == "f" and value.size > 1
 
 
+# (De)quantization keeps its input's layout: a QDQ model's image input is channels-last.
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
 def _spatial_inputs(graph: Graph) -> frozenset[str]:
-    """Inputs of rank 3-5 that reach a channels-last op through elementwise ops only."""
+    """Inputs of rank 3-5 that reach a channels-last op through elementwise ops (and
+    QuantizeLinear / DequantizeLinear) only."""
     consumers: dict[str, list[Node]] = {}
     for node in graph.nodes:
         for i in node.inputs:
@@ -196,6 +201,7 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
                 seen.add(id(node))
                 if op.layout == "channels_last" and node.inputs[0] == name:
                     found.add(spec.name)
-                elif op.layout == "elementwise" or node.op_type == "Identity":
+                elif op.layout == "elementwise" or node.op_type == "Identity" or (
+                        node.op_type in _QDQ and node.inputs[0] == name):
                     frontier.extend(node.outputs)
     return frozenset(found)

@@ -60,6 +60,7 @@ def test_weights_stay_quantized():
     model = _qdq_conv_model()
     feeds = {"x": RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)}
     converted, got, _ = assert_matches_ort(model, feeds, fused=False)
+    assert converted.inputs[0].channels_last  # seen through QuantizeLinear -> DequantizeLinear
     leaves = _leaves(converted.variables["params"])
     assert leaves["conv/weight_quantized"].dtype == jnp.int8
     assert leaves["conv/weight_quantized"].shape == (4, 3, 3, 3)  # as in the file
