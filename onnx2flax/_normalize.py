@@ -329,7 +329,8 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
                     consts[name] = value
             origin = _origin(graph, [i for i in ins if i in consts])
             if is_weight_dequantization(node, consts):  # onnxruntime names it W_quantized
-                origin = graph.origins.get(node.inputs[0], node.inputs[0]).removesuffix("_quantized")
+                origin = graph.origins.get(node.inputs[0], node.inputs[0])
+                origin = origin.removesuffix("_quantized")
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin

@@ -85,7 +85,8 @@ def test_dequantize_weights_at_conversion_for_fine_tuning():
     converted = onnx2flax.convert(model, dequantize_weights=True)
     np.testing.assert_array_equal(converted.run(feeds)[0], expected[0])
     leaves = _leaves(converted.variables["params"])
-    assert leaves["conv/kernel"].shape == (3, 3, 3, 4) and leaves["conv/kernel"].dtype == jnp.float32
+    assert leaves["conv/kernel"].shape == (3, 3, 3, 4)
+    assert leaves["conv/kernel"].dtype == jnp.float32
     assert leaves["fc/kernel"].shape == (16, 5)
     assert not any(jnp.issubdtype(v.dtype, jnp.integer) for v in leaves.values())
     x = _module_input(converted, feeds["x"])

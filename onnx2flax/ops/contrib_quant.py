@@ -20,9 +20,9 @@ from .._registry import register
 from ._common import normalize_axis
 from .attention import _split_heads, attention
 from .pool import average_pool
-from .recurrent import lstm
 from .quantize import (_centered, _divide, _per_row_or_column, _saturate, _scalar,
                        dequantize_linear, dynamic_quantize_linear, quantize_linear)
+from .recurrent import lstm
 
 _MS = "com.microsoft"
 
@@ -189,7 +189,8 @@ def qgemm(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_sca
     if y_scale is None:
         return acc.astype(jnp.float32) * scale
     dtype = np.dtype(a.dtype) if y_zero_point is None else np.dtype(y_zero_point.dtype)
-    return _saturate(ctx, acc.astype(jnp.float32) * _divide(scale, _scalar(ctx, y_scale, "y_scale")),
+    multiplier = _divide(scale, _scalar(ctx, y_scale, "y_scale"))
+    return _saturate(ctx, acc.astype(jnp.float32) * multiplier,
                      None if y_zero_point is None else _scalar(ctx, y_zero_point, "y_zero_point"),
                      dtype)
 
@@ -228,7 +229,8 @@ def _lstm_weight(ctx, w, scale, zero_point, what: str):
     dirs, _, columns = np.shape(w)
     if np.shape(scale) not in ((dirs,), (dirs, columns)) or np.shape(zero_point) != np.shape(scale):
         raise ctx.invalid(f"{what}_scale {list(np.shape(scale))} and {what}_zero_point "
-                          f"{list(np.shape(zero_point))} must both be [{dirs}] or [{dirs}, {columns}]")
+                          f"{list(np.shape(zero_point))} must both be [{dirs}] or "
+                          f"[{dirs}, {columns}]")
     shape = (dirs, 1, 1) if np.ndim(scale) == 1 else (dirs, 1, columns)
     centered = (jnp.asarray(w).astype(jnp.float32)
                 - jnp.reshape(jnp.asarray(zero_point), shape).astype(jnp.float32))
@@ -301,7 +303,8 @@ def qattention(ctx, x, weight, bias, input_scale, weight_scale, mask_index=None,
             raise ctx.invalid(f"past must be [2, {batch}, {heads}, past length, {k.shape[3]}], "
                               f"got {list(np.shape(past))}")
         past_k, past_v = past[0].astype(q.dtype), past[1].astype(q.dtype)
-    mask_bias = _attention_bias(ctx, mask_index, batch, sq, 0 if past is None else np.shape(past)[3])
+    past_len = 0 if past is None else np.shape(past)[3]
+    mask_bias = _attention_bias(ctx, mask_index, batch, sq, past_len)
     y = attention(ctx, q, k, v, mask_bias.astype(q.dtype), past_k, past_v)[0]
     y = jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (batch, sq, -1))
     if len(ctx.node.outputs) < 2:

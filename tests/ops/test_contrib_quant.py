@@ -61,6 +61,10 @@ def _q8(shape, dtype=np.uint8):
     return RNG.integers(info.min, info.max + 1, shape).astype(dtype)
 
 
+def _column_scales(n, per_column):
+    return (RNG.uniform(0.01, 0.03, n) if per_column else np.array(0.02)).astype(np.float32)
+
+
 def _params(dtype, scale):
     zero = {np.uint8: 128, np.int8: -3}[dtype]
     return np.float32(scale), np.array(zero, dtype)
@@ -177,7 +181,7 @@ def test_qgemm(trans_a, trans_b, quantized_output, per_column):
     a = _q8((5, 4) if trans_a else (4, 5))
     b = _q8((6, 5) if trans_b else (5, 6), np.int8)
     consts = {"sa": np.float32(0.02), "za": np.uint8(120), "b": b,
-              "sb": (RNG.uniform(0.01, 0.03, 6) if per_column else np.array(0.02)).astype(np.float32),
+              "sb": _column_scales(6, per_column),
               "zb": np.zeros(6 if per_column else (), np.int8),
               "c": RNG.integers(-500, 500, 6).astype(np.int32)}
     inputs = ["a", "sa", "za", "b", "sb", "zb", "c"]
@@ -194,7 +198,7 @@ def test_qgemm(trans_a, trans_b, quantized_output, per_column):
 def test_matmul_integer_to_float(per_column):
     a, b = _q8((2, 3, 5)), _q8((5, 4), np.int8)
     consts = {"b": b, "sa": np.float32(0.03),
-              "sb": (RNG.uniform(0.01, 0.03, 4) if per_column else np.array(0.02)).astype(np.float32),
+              "sb": _column_scales(4, per_column),
               "za": np.uint8(130), "zb": np.zeros(4 if per_column else (), np.int8),
               "bias": RNG.standard_normal(4).astype(np.float32)}
     _check(_model("MatMulIntegerToFloat", {"a": a}, consts, out_dtype=np.float32), {"a": a})
@@ -233,7 +237,8 @@ def test_dynamic_quantize_lstm(direction, per_column, dtype):
     x = RNG.standard_normal((seq, batch, size)).astype(np.float32)
     cols = (dirs, 4 * hidden) if per_column else (dirs,)
     zero = (lambda: RNG.integers(120, 136, cols)) if dtype == np.uint8 else (lambda: np.zeros(cols))
-    consts = {"w": _q8((dirs, size, 4 * hidden), dtype), "r": _q8((dirs, hidden, 4 * hidden), dtype),
+    consts = {"w": _q8((dirs, size, 4 * hidden), dtype),
+              "r": _q8((dirs, hidden, 4 * hidden), dtype),
               "b": RNG.standard_normal((dirs, 8 * hidden)).astype(np.float32) * 0.1,
               "h0": RNG.standard_normal((dirs, batch, hidden)).astype(np.float32),
               "c0": RNG.standard_normal((dirs, batch, hidden)).astype(np.float32),
@@ -255,7 +260,8 @@ def test_dynamic_quantize_lstm(direction, per_column, dtype):
 
     float_lstm = helper.make_model(helper.make_graph(
         [helper.make_node("LSTM", ["x", "W", "R", "b", "", "h0", "c0"], ["y0", "y1", "y2"],
-                          **attrs)], "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          **attrs)], "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(3)],
         [numpy_helper.from_array(v, n) for n, v in (
             ("W", dequantized(consts["w"], consts["ws"], consts["wz"])),
@@ -290,16 +296,18 @@ def test_qoperator_chain():
         helper.make_node("QLinearConv", ["xq", "s0", "z0", "w1", "ws", "wz", "s1", "z1", "b1"],
                          ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("QLinearConv", ["xq", "s0", "z0", "w2", "ws", "wz", "s2", "z2"], ["c2"]),
-        helper.make_node("QLinearAdd", ["c1", "s1", "z1", "c2", "s2", "z2", "s3", "z3"], ["a"], **ms),
+        helper.make_node("QLinearAdd", ["c1", "s1", "z1", "c2", "s2", "z2", "s3", "z3"], ["a"],
+                         **ms),
         helper.make_node("QLinearGlobalAveragePool", ["a", "s3", "z3", "s4", "z4"], ["p"], **ms),
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("QGemm", ["f", "s4", "z4", "fc", "fs", "fz", "fb", "s5", "z5"], ["g"],
                          transB=1, **ms),
         helper.make_node("DequantizeLinear", ["g", "s5", "z5"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.asarray(v), n) for n, v in consts.items()])
+    graph = helper.make_graph(
+        nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in consts.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid(_MS, 1)])
     model.ir_version = 9
@@ -332,7 +340,8 @@ def test_qattention(case):
         consts["mask"] = np.array([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0]], np.int32)
         inputs[5] = "mask"
     if case == "past":
-        feeds["past"] = RNG.standard_normal((2, batch, heads, past_len, hidden // heads)).astype(np.float32)
+        past = RNG.standard_normal((2, batch, heads, past_len, hidden // heads))
+        feeds["past"] = past.astype(np.float32)
         inputs.append("past")
         attrs["unidirectional"] = 1
     model = _model("QAttention", feeds, consts, inputs=inputs, attrs=attrs, out_dtype=np.float32,
