@@ -75,3 +75,20 @@ def test_a_failure_of_both_names_the_node():
     model = make_model(nodes, [("x", np.float32, (2, 5))], [("y", np.float32, None)], consts)
     with pytest.raises(InvalidModelError, match=r"bad_matmul.*reference evaluator failed too"):
         onnx2flax.convert(model)
+
+
+def test_fallback_keeps_int64():
+    """The handler folds with 64-bit JAX types: INT64_MAX Slice ends made by a OneHot the
+    reference evaluator refuses (float depth) stay INT64_MAX (wrapped to int32 they would be
+    -1 and drop the last row and column)."""
+    consts = {"ind": np.array([1, 1], np.int64), "depth": np.array([2.0], np.float32),
+              "vals": np.array([0, np.iinfo(np.int64).max], np.int64),
+              "start": np.array([0, 0], np.int64), "axes": np.array([0, 1], np.int64)}
+    nodes = [helper.make_node("OneHot", ["ind", "depth", "vals"], ["o"], axis=-1),
+             helper.make_node("ReduceMax", ["o"], ["end"], axes=[1], keepdims=0),
+             helper.make_node("Slice", ["x", "start", "end", "axes"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, (4, 3))], [("y", np.float32, None)], consts)
+    _reference_fails(make_model(nodes[:1], [], [("o", np.int64, None)], consts), {})
+    x = RNG.standard_normal((4, 3)).astype(np.float32)
+    # onnxruntime has no OneHot for these types: NumPy's x[0:INT64_MAX, 0:INT64_MAX] is x
+    np.testing.assert_array_equal(onnx2flax.convert(model).run({"x": x})[0], x)
