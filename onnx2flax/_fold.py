@@ -15,7 +15,7 @@ from onnx.reference import ReferenceEvaluator
 
 from . import _load
 from ._graph import Node
-from .errors import InvalidModelError, ResourceLimitError, node_label
+from .errors import InvalidModelError, OnnxConversionError, ResourceLimitError, node_label
 
 # Ops that must never be folded: random, with subgraphs / side channels, or misevaluated.
 _NEVER_FOLD = {
@@ -42,7 +42,9 @@ def foldable(node: Node) -> bool:
 
 
 def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:
-    """Run one node on NumPy inputs (``None`` for omitted optional inputs)."""
+    """Run one node on NumPy inputs (``None`` for omitted optional inputs): with ONNX's
+    reference evaluator, else (it lacks the op's version, or fails on the inputs' types or
+    shapes) with the op's own handler."""
     _check_output_size(node, inputs)
     cache = _evaluators.setdefault(node, {})
     key = tuple(sorted(opsets.items()))
@@ -50,24 +52,63 @@ def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) ->
     if evaluator is None:
         try:
             evaluator = ReferenceEvaluator(_as_graph(node), opsets=dict(opsets))
-        except Exception as exc:
-            raise InvalidModelError(
-                f"{node_label(node.name, node.op_type)} cannot be evaluated: {exc}") from None
+        except Exception as exc:  # noqa: BLE001  (the handler is tried instead)
+            evaluator = exc
         cache[key] = evaluator
     feeds = {name: value for name, value in zip(node.inputs, inputs) if name and value is not None}
     try:
+        if isinstance(evaluator, Exception):
+            raise evaluator
         outputs = evaluator.run(None, feeds)
     except (ResourceLimitError, MemoryError) as exc:
         raise ResourceLimitError(f"{node_label(node.name, node.op_type)}: {exc}") from None
-    except Exception as exc:
-        raise InvalidModelError(
-            f"{node_label(node.name, node.op_type)} failed on constant inputs "
-            f"{[None if v is None else v.shape for v in inputs]}: {type(exc).__name__}: {exc}"
-        ) from None
+    except Exception as exc:  # noqa: BLE001
+        outputs = _by_handler(node, inputs, opsets, exc)
     outputs = [np.asarray(out) for out in outputs]
     for out in outputs:
         _check_count(node, list(out.shape), float(out.size))
     return outputs
+
+
+def _by_handler(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int],
+                reference_error: Exception) -> list[np.ndarray]:
+    """The op's own handler on ``inputs``, outputs cast to the types ONNX's type inference
+    gives them (the handler may compute an int64 output as int32)."""
+    from ._module import evaluate_constant  # imports this module
+
+    try:
+        outputs = evaluate_constant(node, inputs, opsets)
+    except OnnxConversionError as exc:
+        raise type(exc)(f"{exc} (ONNX's reference evaluator failed too: "
+                        f"{type(reference_error).__name__}: {reference_error})") from None
+    if outputs is None:
+        raise InvalidModelError(
+            f"{node_label(node.name, node.op_type)} failed on constant inputs "
+            f"{[None if v is None else v.shape for v in inputs]}: "
+            f"{type(reference_error).__name__}: {reference_error}") from None
+    types = _output_types(node, inputs, opsets)
+    return [out if types.get(name) is None else out.astype(types[name])
+            for name, out in zip(node.outputs, outputs)]
+
+
+def _output_types(node: Node, inputs: list[np.ndarray | None],
+                  opsets: dict[str, int]) -> dict[str, np.dtype]:
+    """ONNX's type inference for ``node`` on inputs of these types (empty if it fails)."""
+    graph = _as_graph(node)
+    given = {name: value for name, value in zip(node.inputs, inputs) if name and value is not None}
+    for info in graph.input:
+        if info.name in given:
+            info.type.tensor_type.elem_type = \
+                onnx.helper.np_dtype_to_tensor_dtype(given[info.name].dtype)
+    model = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output
+        return {info.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+                    info.type.tensor_type.elem_type))
+                for info in inferred if info.type.tensor_type.elem_type}
+    except Exception:  # noqa: BLE001  (the handler's own types are kept)
+        return {}
 
 
 def _as_graph(node: Node) -> onnx.GraphProto:

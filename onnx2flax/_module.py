@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -422,3 +423,30 @@ class OnnxModule(nn.Module):
 def _as_jax(value):
     """A sequence (list or tuple of arrays) as a list of JAX arrays; ``None`` stays."""
     return None if value is None else [jnp.asarray(v) for v in value]
+
+
+class _ConstantInterpreter(_Interpreter):
+    """Runs one node's own handler on NumPy inputs outside any module: constant folding's
+    fallback where ONNX's reference evaluator lacks the op's version or fails on it."""
+
+    def __init__(self, opsets: dict[str, int]):  # no super().__init__: it needs a module
+        self.graph = Graph("constant", [], [], [], {}, dict(opsets))
+        self.program = Program(self.graph, {}, {}, frozenset())
+        self.train = False
+        self.top = False
+        self.record = False
+
+
+def evaluate_constant(node: Node, arrays: list[np.ndarray | None],
+                      opsets: dict[str, int]) -> list[np.ndarray] | None:
+    """``node``'s handler on constant ``arrays`` (ONNX order), results in ONNX order as
+    NumPy, or ``None`` when no handler covers the node. Evaluated eagerly (even while a jit
+    traces) with 64-bit JAX types, so int64 shape arithmetic stays exact."""
+    spec = lookup(node.domain, node.op_type, opsets.get(node.domain, 1))
+    if spec is None:
+        return None
+    held = [(a, None if a is None else _layout.identity(np.ndim(a))) for a in arrays]
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+        outs, perms = _ConstantInterpreter(opsets)._call(spec, node, held)
+        return [None if o is None else np.asarray(_in_onnx_order(o, p))
+                for o, p in zip(outs, perms)]

@@ -290,7 +290,25 @@ def _constant_value(node: Node) -> np.ndarray:
                              f" value_int(s)), found {sorted(attrs)}")
 
 
-def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
+def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:
+    """A DequantizeLinear of a constant integer tensor (a QDQ model's quantized weight):
+    kept in the graph, its inputs made params, unless ``dequantize_weights`` folds it."""
+    value = constants.get(node.inputs[0]) if node.inputs else None
+    return (node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx", "com.microsoft")
+            and value is not None and value.size > 1
+            and (value.dtype.kind in "iu" or value.dtype.name in _NARROW_INTEGERS))
+
+
+_NARROW_INTEGERS = {"int4", "uint4", "int2", "uint2"}
+
+
+def dequantize_weights(graph: Graph) -> None:
+    """Fold the weight DequantizeLinear nodes normalization kept (and what then becomes
+    constant): float weights at conversion (``convert(dequantize_weights=True)``)."""
+    _fold_constants(graph, {}, keep_quantized=False)
+
+
+def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: bool = True) -> None:
     kept = []
     consts = graph.constants
     producers = {o: n for n in graph.nodes for o in n.outputs if o}
@@ -303,12 +321,16 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype]) -> None:
         if like is not None:  # CastLike(constant, input): only the input's dtype is read
             consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
             continue
-        if foldable(node) and all(i in consts for i in ins):
+        if foldable(node) and all(i in consts for i in ins) and not (
+                keep_quantized and is_weight_dequantization(node, consts)):
             values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
             origin = _origin(graph, [i for i in ins if i in consts])
+            if is_weight_dequantization(node, consts):  # onnxruntime names it W_quantized
+                origin = graph.origins.get(node.inputs[0], node.inputs[0])
+                origin = origin.removesuffix("_quantized")
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._graph import Graph, Node
 from ._load import to_device
+from ._normalize import is_weight_dequantization
 from ._registry import guarded, lookup
 
 Path = tuple[str, ...]
@@ -153,8 +154,10 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
         static = spec.constant_inputs(len(node.inputs)) if spec else ()
         # Weights read inside If/Loop/Scan bodies (position None) are params too.
         reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
+        quantized = is_weight_dequantization(node, graph.constants)  # its inputs all params
         for k, name in reads:
-            if (id(node), k) in consumed or k in static or name in free or not _is_weight(graph, name):
+            if (id(node), k) in consumed or k in static or name in free or not (
+                    _is_weight(graph, name) or (quantized and name in graph.constants)):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
     return Program(graph, layers, free, _spatial_inputs(graph), dict(bounds or {}))
@@ -173,8 +176,13 @@ def _is_weight(graph: Graph, name: str) -> bool:
     return value is not None and value.dtype.kind == "f" and value.size > 1
 
 
+# (De)quantization keeps its input's layout: a QDQ model's image input is channels-last.
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
 def _spatial_inputs(graph: Graph) -> frozenset[str]:
-    """Inputs of rank 3-5 that reach a channels-last op through elementwise ops only."""
+    """Inputs of rank 3-5 that reach a channels-last op through elementwise ops (and
+    QuantizeLinear / DequantizeLinear) only."""
     consumers: dict[str, list[Node]] = {}
     for node in graph.nodes:
         for i in node.inputs:
@@ -196,6 +204,7 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
                 if (op.layout == "channels_last" and node.inputs[0] == name
                         and not int(node.attrs.get("channels_last", 0))):
                     found.add(spec.name)
-                elif op.layout == "elementwise" or node.op_type == "Identity":
+                elif op.layout == "elementwise" or node.op_type == "Identity" or (
+                        node.op_type in _QDQ and node.inputs[0] == name):
                     frontier.extend(node.outputs)
     return frozenset(found)

@@ -14,7 +14,7 @@ from ._bounds import Bounds, check_bounds
 from ._graph import TensorSpec
 from ._load import ModelLike, load_model
 from ._module import OnnxModule, _family, check_feed
-from ._normalize import normalize
+from ._normalize import dequantize_weights as _dequantize_weights, normalize
 from ._plan import Program, plan
 from ._registry import check_supported
 from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
@@ -164,19 +164,20 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
-            api: Literal["linen"] = ...) -> ConvertedModel: ...
+            api: Literal["linen"] = ..., dequantize_weights: bool = ...) -> ConvertedModel: ...
 
 
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
-            api: Literal["nnx"]) -> NnxConvertedModel: ...
+            api: Literal["nnx"], dequantize_weights: bool = ...) -> NnxConvertedModel: ...
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
             bounds: Bounds | None = None,
             progress: bool | _progress.Progress | None = None,
-            api: Literal["linen", "nnx"] = "linen") -> ConvertedModel | NnxConvertedModel:
+            api: Literal["linen", "nnx"] = "linen",
+            dequantize_weights: bool = False) -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
 
     ``api="linen"`` (default) returns a :class:`ConvertedModel` (a ``flax.linen`` module and
@@ -191,6 +192,11 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     Conv / ConvTranspose / Gemm feeding it when that is its only reader and all weights are
     constant: one layer fewer, no ``batch_stats`` for it, so ``train=True`` no longer
     updates those statistics.
+
+    Quantized (QDQ) weights stay quantized: each DequantizeLinear of a constant integer
+    tensor keeps its inputs (the integer tensor, its scale and zero point) as params and
+    runs inside the jitted function. ``dequantize_weights=True`` dequantizes them at
+    conversion instead: float weights (Conv / Dense kernels), e.g. to fine-tune.
 
     ``bounds``: ``{name: N}`` static bounds for ops whose number of results depends on the
     data (NonZero, NonMaxSuppression, Unique), ``name`` being the node's name or its first
@@ -219,6 +225,8 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
         report("load", 1, 1)
     graph = normalize(proto, base_dir)
     del proto  # the graph holds all it needs: a protobuf we parsed (weights and all) can go
+    if dequantize_weights:
+        _dequantize_weights(graph)
     _fuse.drop_exporter_zero_biases(graph)
     if fold_batchnorm:
         _fuse.fold_batchnorm(graph)

@@ -33,14 +33,20 @@ def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=Non
     return model
 
 
-def run_ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+def run_ort(model: onnx.ModelProto, feeds: dict, *, fused: bool = True) -> list[np.ndarray]:
+    """onnxruntime's outputs; ``fused=False`` turns its graph rewrites off (they replace
+    DequantizeLinear -> MatMul by a dynamically quantized matmul, for one)."""
+    options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 
-def assert_matches_ort(model, feeds, *, rtol=1e-5, atol=1e-5, channels_last=True):
+def assert_matches_ort(model, feeds, *, rtol=1e-5, atol=1e-5, channels_last=True, fused=True):
     """Convert ``model``, run it with ``.run`` and compare every output with onnxruntime."""
-    expected = run_ort(model, feeds)
+    expected = run_ort(model, feeds, fused=fused)
     converted = onnx2flax.convert(model, channels_last=channels_last)
     got = converted.run(feeds)
     assert len(got) == len(expected)

@@ -62,7 +62,7 @@ def _laid_out(ctx, value, index: int, dims: list[int], perm, what: str):
     shape = list(np.shape(value))
     if int(np.prod(shape)) == 1:
         return jnp.reshape(value, ())
-    if ctx.opset < 13:
+    if ctx.opset < 13 and not ctx.spec.domain:  # com.microsoft's take an axis from version 1
         raise ctx.invalid(f"{what} must be a scalar before opset 13, got shape {shape}")
     axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), len(dims))
     block = int(ctx.attr("block_size", 0))
@@ -154,10 +154,11 @@ def dynamic_quantize_linear(ctx, x):
     """uint8 quantization of float ``x`` over its range widened to include 0: returns
     ``y`` (``x``'s layout), ``y_scale = (max - min) / 255`` (1 for an all-zero x, as
     onnxruntime does, where the formula would divide by zero) and
-    ``y_zero_point = round(clip(-min / y_scale, 0, 255))``."""
+    ``y_zero_point = round(clip(-min / y_scale, 0, 255))``. The scale is an IEEE division
+    (XLA would multiply by 1/255, one ulp off, and a quantized value can move a step)."""
     lo = jnp.minimum(jnp.min(x), 0.0)
     hi = jnp.maximum(jnp.max(x), 0.0)
-    scale = jnp.where(hi == lo, 1.0, (hi - lo).astype(jnp.float32) / 255)
+    scale = jnp.where(hi == lo, 1.0, _divide((hi - lo).astype(jnp.float32), np.float32(255)))
     zero = jnp.round(jnp.clip(-lo / scale, 0, 255))
     y = _saturate(ctx, _divide(x, scale), zero, np.dtype(np.uint8))
     ctx.out_perms = [ctx.in_perms[0], (), ()]

@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from _cases import check_chain
-from helpers import make_model
+from helpers import make_model, run_ort
 from mathcheck import after_conv, check, node_model
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -442,3 +442,61 @@ def test_bitcast_width_and_64_bit():
                        opset=26, out_dtypes=[np.int64])
     with pytest.raises(OnnxConversionError, match="jax_enable_x64"):
         onnx2flax.convert(model).run({"x": x.astype(np.float64)})
+
+
+def _dynamic_mlp(widths, rng):
+    """What ``onnxruntime.quantization.quantize_dynamic`` writes for a Linear-ReLU-Linear
+    MLP: per layer DynamicQuantizeLinear -> MatMulInteger (int8 weight) -> Cast -> Mul by
+    ``x_scale * w_scale`` -> Add bias."""
+    nodes, consts, h = [], {}, "x"
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        w = rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)
+        scale = np.float32(np.abs(w).max() / 127)
+        consts.update({f"w{i}": np.round(w / scale).astype(np.int8), f"ws{i}": scale,
+                       f"wz{i}": np.int8(0), f"b{i}": rng.standard_normal(n_out).astype(np.float32)})
+        nodes += [helper.make_node("DynamicQuantizeLinear", [h], [f"q{i}", f"s{i}", f"z{i}"]),
+                  helper.make_node("Mul", [f"s{i}", f"ws{i}"], [f"m{i}"]),
+                  helper.make_node("MatMulInteger", [f"q{i}", f"w{i}", f"z{i}", f"wz{i}"], [f"a{i}"]),
+                  helper.make_node("Cast", [f"a{i}"], [f"c{i}"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"c{i}", f"m{i}"], [f"f{i}"]),
+                  helper.make_node("Add", [f"f{i}", f"b{i}"], [f"l{i}"])]
+        h = f"l{i}"
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [h], [f"r{i}"]))
+            h = f"r{i}"
+    nodes[-1].output[0] = "y"
+    return make_model(nodes, [("x", np.float32, (None, widths[0]))], [("y", np.float32, None)],
+                      consts, opset=17)
+
+
+def test_dynamically_quantized_mlp_follows_the_reference():
+    """Issue 14 reported a 3.7e-2 relative difference from onnxruntime on such an MLP. With
+    ONNX's reference evaluator as the arbiter: onnxruntime (graph rewrites on or off) equals
+    it to float rounding, and so does onnx2flax; inputs on rounding ties (k + 1/2 quantization
+    steps) included, where a tie rounded the other way moves a whole step."""
+    rng = np.random.default_rng(3)
+    model = _dynamic_mlp([32, 64, 64, 8], rng)
+    # x spans [-11, 244] / 32: its scale is exactly 1/32, zero point 11; row 0 sits on ties
+    # (m + 1/2) / 32.
+    x = (rng.uniform(-11, 244, (6, 32)) / 32).astype(np.float32)
+    x[0] = np.concatenate([[-11, 244], rng.integers(-11, 243, 30) + 0.5]) / 32
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = onnx2flax.convert(model).run({"x": x})[0]
+    ort_fused = run_ort(model, {"x": x})[0]
+    ort_plain = run_ort(model, {"x": x}, fused=False)[0]
+    magnitude = np.abs(expected).max()
+    for other in (got, ort_fused, ort_plain):
+        assert np.abs(other - expected).max() / magnitude < 1e-5
+
+
+def test_dynamic_quantize_scale_is_a_division():
+    """``y_scale = range / 255`` divided, not multiplied by 1/255 (XLA's rewrite, one ulp
+    off here: 3.3859136 then quantized to 82 instead of 83; values from ddddocr's
+    common_old model). Outputs bit-exact against the reference and onnxruntime."""
+    x = np.array([-0.27846456, 11.007914, 3.3859136], np.float32)
+    model = node_model("DynamicQuantizeLinear", {"x": x}, opset=11, outputs=3,
+                       out_dtypes=[np.uint8, np.float32, np.uint8])
+    got = onnx2flax.convert(model).run({"x": x})
+    for expected in (ReferenceEvaluator(model).run(None, {"x": x}), run_ort(model, {"x": x})):
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
