@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -12,6 +13,7 @@ import numpy as np
 from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._bounds import Bounds, check_bounds
 from ._graph import TensorSpec
+from ._inputs import Specializations, static_graph_inputs
 from ._load import ModelLike, load_model
 from ._module import OnnxModule, _family, check_feed
 from ._normalize import normalize
@@ -35,11 +37,17 @@ class ConvertedModel:
       inputs / outputs: :class:`TensorSpec` per graph input / output, shapes in ONNX order
         (``.sequence`` / ``.optional`` for sequences of tensors and optionals).
       opset: the model's default-domain opset.
+      specialized_inputs: names of the inputs whose values decide shapes, axes or branches
+        (Reshape's ``shape``, TopK's ``k``, an If's integer condition...): :meth:`run`
+        converts the model for each distinct value of these (see :meth:`run`); ``module``
+        cannot trace them (give them to :func:`convert` as ``constants=`` for a module).
     """
 
     def __init__(self, program: Program, channels_last: bool,
-                 progress: _progress.Progress | None = None):
+                 progress: _progress.Progress | None = None,
+                 specializations: Specializations | None = None):
         self._program = program
+        self._specializations = specializations
         self.channels_last = channels_last
         self.module = OnnxModule(program, channels_last)
         self.variables: dict[str, Any] = program.variables(
@@ -53,9 +61,13 @@ class ConvertedModel:
         self._jitted = jax.jit(self._apply_onnx_layout)
 
     @property
+    def specialized_inputs(self) -> list[str]:
+        return [] if self._specializations is None else list(self._specializations.names)
+
+    @property
     def outputs(self) -> list[TensorSpec]:
         if self._outputs is None:
-            if not self._program.output_channels_last:
+            if not self._program.output_channels_last and self._specializations is None:
                 dummies = [self._dummy(s) for s in self.inputs]
                 jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables, *dummies)
             flags = self._program.output_channels_last
@@ -90,7 +102,13 @@ class ConvertedModel:
         """Run on ``feeds`` (name -> array, ONNX layout), like onnxruntime's
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
         A sequence is given and returned as a list of arrays, an empty optional as ``None``.
-        Jitted; compiled once per input shape (and per sequence length)."""
+        Jitted; compiled once per input shape (and per sequence length).
+
+        Inputs in :attr:`specialized_inputs` (values that decide shapes, axes or branches)
+        are frozen to the values given: the model is converted and compiled once per
+        distinct value (dtype, shape and bytes) of them, and the last
+        ``MAX_SPECIALIZATIONS`` (32) such conversions are kept, least recently used dropped.
+        The outputs (and their channels-last flags) are then those of that conversion."""
         return self._run(feeds, self.variables)
 
     def _run(self, feeds: Mapping[str, Any], variables) -> list[Any]:
@@ -110,6 +128,11 @@ class ConvertedModel:
             check_feed(replace(spec, channels_last=False), value, False)
             arrays.append(_map_tensors(lambda x, s=spec: x if s.dtype is None or x.dtype == s.dtype
                                        else np.asarray(x, dtype=s.dtype), value))
+        if self._specializations is not None:
+            given = dict(zip(names, arrays))
+            model = self._specializations.get(given)
+            rest = {n: v for n, v in given.items() if n not in self._specializations.names}
+            return model.run(rest) if variables is self.variables else model._run(rest, variables)
         try:
             with jax.default_matmul_precision("highest"):
                 outs = self._jitted(variables, *arrays)
@@ -156,18 +179,22 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
-            api: Literal["linen"] = ...) -> ConvertedModel: ...
+            input_shapes: Mapping[str, Sequence[int]] | None = ...,
+            constants: Mapping[str, Any] | None = ..., api: Literal["linen"] = ...) -> ConvertedModel: ...
 
 
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
-            api: Literal["nnx"]) -> NnxConvertedModel: ...
+            input_shapes: Mapping[str, Sequence[int]] | None = ...,
+            constants: Mapping[str, Any] | None = ..., api: Literal["nnx"]) -> NnxConvertedModel: ...
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
             bounds: Bounds | None = None,
             progress: bool | _progress.Progress | None = None,
+            input_shapes: Mapping[str, Sequence[int]] | None = None,
+            constants: Mapping[str, Any] | None = None,
             api: Literal["linen", "nnx"] = "linen") -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
 
@@ -194,25 +221,75 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     as the last element): mask with ``index >= 0``. Nodes whose inputs are constants are
     computed exactly whatever the bound.
 
+    ``input_shapes``: ``{input name: full shape}`` fixes the dims of graph inputs (they must
+    agree with the dims the file declares); ``inputs`` then shows them, and tracing without
+    feeds (``outputs``, :func:`onnx2flax.codegen.generate`) uses them where an unknown dim
+    would otherwise be traced as 1.
+
+    ``constants``: ``{input name: value}`` freezes graph inputs to values at conversion:
+    they leave ``inputs`` and fold like initializers (``constants={'sr': 16000}`` makes an
+    ``If`` on ``sr`` take its branch at conversion). Graph inputs left free whose values
+    decide shapes, axes or branches are specialized by :meth:`ConvertedModel.run` instead.
+
     ``progress``: ``True`` prints each stage (and the count of weight arrays placed) to
     stderr, ``False`` is silent, a callable is called as ``progress(stage, done, total)``;
     the default (``None``) prints only for large models (1 GiB of weights or 20,000 nodes).
 
     Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models,
     :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once) and
-    :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node.
+    :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node, and
+    for ``input_shapes`` / ``constants`` naming no graph input or disagreeing with it.
     """
     if api not in ("linen", "nnx"):
         raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     proto, base_dir = load_model(model)
-    bounds = check_bounds(proto, bounds)
-    report = _progress.reporter(progress, proto)
+    converted = _convert(proto, base_dir, _options(
+        channels_last=channels_last, fold_batchnorm=fold_batchnorm, bounds=bounds,
+        progress=progress, input_shapes=input_shapes, constants=constants))
+    if api == "nnx":
+        from .nnx import NnxConvertedModel
+        return NnxConvertedModel(converted)
+    return converted
+
+
+def _specialize(proto, base_dir, options: dict[str, Any],
+                values: dict[str, np.ndarray]) -> ConvertedModel:
+    """The model converted with ``values`` frozen too (one specialization of ``run``)."""
+    constants = {**(options["constants"] or {}), **values}
+    return _convert(proto, base_dir, {**options, "progress": False, "constants": constants})
+
+
+def _options(*, channels_last: bool = True, fold_batchnorm: bool = False,
+             bounds: Bounds | None = None, progress: bool | _progress.Progress | None = None,
+             input_shapes: Mapping[str, Sequence[int]] | None = None,
+             constants: Mapping[str, Any] | None = None,
+             exact_sizes: bool = False) -> dict[str, Any]:
+    """The options of :func:`_convert`: :func:`convert`'s, and ``exact_sizes`` (for the ONNX
+    backend, whose contract is exact output shapes): ``run`` also specializes on the inputs
+    of unbounded ops of data-dependent output size, which are then computed exactly."""
+    return dict(channels_last=channels_last, fold_batchnorm=fold_batchnorm, bounds=bounds,
+                progress=progress, input_shapes=input_shapes, constants=constants,
+                exact_sizes=exact_sizes)
+
+
+def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
+    """:func:`convert` of a loaded model; the model is kept (to convert it again for other
+    values) when some input has to be specialized by ``run``."""
+    bounds = check_bounds(proto, options["bounds"])
+    report = _progress.reporter(options["progress"], proto)
     if report is not None:
         report("load", 1, 1)
-    graph = normalize(proto, base_dir)
-    del proto  # the graph holds all it needs: a protobuf we parsed (weights and all) can go
+    constants = options["constants"] or {}
+    graph = normalize(proto, base_dir, input_shapes=options["input_shapes"], constants=constants)
+    static = static_graph_inputs(proto, bounds, exclude=list(constants),
+                                 exact_sizes=options["exact_sizes"])
+    specializations = None
+    if static:
+        specializations = Specializations(static, functools.partial(
+            _specialize, proto, base_dir, options))
+    del proto  # unless kept above, the graph holds all it needs: a protobuf we parsed
     _fuse.drop_exporter_zero_biases(graph)
-    if fold_batchnorm:
+    if options["fold_batchnorm"]:
         _fuse.fold_batchnorm(graph)
     check_supported(graph)
     if report is not None:
@@ -220,8 +297,4 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
-    converted = ConvertedModel(program, channels_last, report)
-    if api == "nnx":
-        from .nnx import NnxConvertedModel
-        return NnxConvertedModel(converted)
-    return converted
+    return ConvertedModel(program, options["channels_last"], report, specializations)
