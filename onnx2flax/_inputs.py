@@ -184,6 +184,10 @@ class Specializations:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def values(self) -> list:
+        """The converted models kept, least recently used first."""
+        return list(self._cache.values())
+
     def get(self, values: Mapping[str, np.ndarray]):
         bound = {n: np.asarray(values[n]) for n in self.names}
         key = tuple((n, v.dtype.str, v.shape, v.tobytes()) for n, v in bound.items())
