@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -19,7 +20,8 @@ from ._module import OnnxModule, _family, check_feed
 from ._normalize import normalize
 from ._plan import Program, plan
 from ._registry import check_supported
-from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
+from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
+                     ResourceLimitError)
 
 if TYPE_CHECKING:
     from .nnx import NnxConvertedModel
@@ -69,7 +71,9 @@ class ConvertedModel:
         if self._outputs is None:
             if not self._program.output_channels_last and self._specializations is None:
                 dummies = [self._dummy(s) for s in self.inputs]
-                jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables, *dummies)
+                with placeholder_hint(self.inputs):
+                    jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables,
+                                   *dummies)
             flags = self._program.output_channels_last
             self._outputs = [replace(s, channels_last=flags.get(s.name, False))
                              for s in self._program.graph.outputs]
@@ -142,6 +146,37 @@ class ConvertedModel:
             raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
         return [_map_tensors(lambda y, s=spec: _cast(np.asarray(y), s), out)
                 for out, spec in zip(outs, self.outputs)]
+
+
+@contextlib.contextmanager
+def placeholder_hint(inputs: list[TensorSpec], specialized: list[str] = ()):
+    """Tracing without feeds (unknown dims traced as 1): an onnx2flax error raised inside
+    says which input dims were such placeholders and how to give their sizes, and which
+    inputs (``specialized``) would need values."""
+    try:
+        yield
+    except OnnxConversionError as exc:
+        if specialized and exc.args and isinstance(exc.args[0], str):
+            exc.args = (f"{exc.args[0]}\n(input(s) {list(specialized)} decide shapes, axes or "
+                        "branches: give their values with convert(model, constants={...}))",
+                        *exc.args[1:])
+        unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
+                   for s in inputs}
+        unknown = {n: dims for n, dims in unknown.items() if dims}
+        if unknown and exc.args and isinstance(exc.args[0], str):
+            spec = {s.name: s for s in inputs}
+            shapes = {n: [d if isinstance(d, int) else "?" for d in spec[n].shape]
+                      for n in unknown}
+            where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
+                              + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
+                              for n, d in unknown.items())
+            flags = " ".join(f"--input-shape {n}=" + ",".join(map(str, s))
+                             for n, s in shapes.items())
+            exc.args = (f"{exc.args[0]}\n(traced without feeds, unknown dims as 1: {where}; "
+                        f"if that is what failed, give the real sizes: convert(model, "
+                        f"input_shapes={shapes!r}) or {flags}, with each ? filled in)",
+                        *exc.args[1:])
+        raise
 
 
 def _as_feed(value: Any, spec: TensorSpec):
