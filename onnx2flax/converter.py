@@ -66,6 +66,25 @@ class ConvertedModel:
     def specialized_inputs(self) -> list[str]:
         return [] if self._specializations is None else list(self._specializations.names)
 
+    def specialized(self, feeds: Mapping[str, Any]) -> ConvertedModel:
+        """The conversion :meth:`run` uses for the values that ``feeds`` (name -> array; only
+        :attr:`specialized_inputs` are read) give the specialized inputs: a model without
+        them, whose ``module`` can be applied or written as source. ``self`` when there are
+        none."""
+        if self._specializations is None:
+            return self
+        specs = {s.name: s for s in self.inputs}
+        missing = [n for n in self._specializations.names if n not in feeds]
+        if missing:
+            raise InvalidInputError(f"missing input(s) {missing}; they decide shapes, axes or "
+                                    f"branches of the model")
+        values = {}
+        for name in self._specializations.names:
+            value = _as_array(feeds[name])
+            check_feed(specs[name], value, False)
+            values[name] = np.asarray(value, dtype=specs[name].dtype)
+        return self._specializations.get(values)
+
     @property
     def outputs(self) -> list[TensorSpec]:
         if self._outputs is None:
@@ -134,7 +153,7 @@ class ConvertedModel:
                                        else np.asarray(x, dtype=s.dtype), value))
         if self._specializations is not None:
             given = dict(zip(names, arrays))
-            model = self._specializations.get(given)
+            model = self.specialized(given)
             rest = {n: v for n, v in given.items() if n not in self._specializations.names}
             return model.run(rest) if variables is self.variables else model._run(rest, variables)
         try:

@@ -105,11 +105,8 @@ def assert_codegen_matches(converted, feeds, expected=None):
     if os.environ.get("ONNX2FLAX_SKIP_CODEGEN"):
         return
     if converted.specialized_inputs:  # run() ran the conversion for these values: check it
-        specs = {s.name: s for s in converted.inputs}
-        values = {n: np.asarray(feeds[n], dtype=specs[n].dtype)
-                  for n in converted.specialized_inputs}
-        rest = {n: v for n, v in feeds.items() if n not in values}
-        return assert_codegen_matches(converted._specializations.get(values), rest, expected)
+        rest = {n: v for n, v in feeds.items() if n not in converted.specialized_inputs}
+        return assert_codegen_matches(converted.specialized(feeds), rest, expected)
     if any(s.sequence or s.optional for s in converted.inputs + converted.outputs):
         return  # refused by codegen with a CodegenError (tests/test_codegen.py)
     inputs = [np.asarray(feeds[s.name], dtype=s.dtype) for s in converted.inputs]

@@ -200,10 +200,20 @@ def test_if_on_a_runtime_rate_streams_like_onnxruntime(rate, chunk, frozen):
 
 
 def test_module_of_a_specializing_model_says_what_to_freeze():
-    converted = onnx2flax.convert(_rate_model())
+    model = _rate_model()
+    converted = onnx2flax.convert(model)
     with pytest.raises(onnx2flax.errors.OnnxConversionError, match=r"\['sr'\] decide shapes, "
                        r"axes or branches: give their values with convert\(model, constants="):
         codegen.generate(converted, [np.zeros(256, F), np.zeros(4, F), np.array(16000, I64)])
+    with pytest.raises(InvalidInputError, match=r"missing input\(s\) \['sr'\]"):
+        converted.specialized({"x": np.zeros(256, F)})
+    fixed = converted.specialized({"sr": 16000})  # what run() uses for sr=16000: a module
+    assert [s.name for s in fixed.inputs] == ["x", "state"]
+    x, state = RNG.standard_normal(256).astype(F), np.ones(4, F)
+    out, _ = fixed.module.apply(fixed.variables, x, state)
+    want, _ = run_ort(model, {"x": x, "state": state, "sr": np.array(16000, I64)})
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert "def __call__" in codegen.generate(fixed, [x, state])
 
 
 def test_nnx_run_specializes_too():
