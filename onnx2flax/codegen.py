@@ -43,7 +43,7 @@ from jax import lax
 from . import _layers, _layout
 from ._files import output_dir, write_file
 from ._module import _Env, _Interpreter, returned_channels_last
-from .converter import ConvertedModel, placeholder_hint
+from .converter import ConvertedModel, _placeholder_hint
 from .errors import OnnxConversionError, node_label
 
 __all__ = ["generate", "save"]
@@ -109,7 +109,7 @@ def save(converted: ConvertedModel, out_dir, *, force: bool = False,
 
 def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
     linen = getattr(converted, "linen", converted)  # an NnxConvertedModel
-    with placeholder_hint(linen.inputs if inputs is None else [], linen.specialized_inputs):
+    with _placeholder_hint(linen.inputs if inputs is None else [], linen.specialized_inputs):
         return _Generator(converted, inputs, api)
 
 

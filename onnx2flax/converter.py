@@ -90,7 +90,7 @@ class ConvertedModel:
         if self._outputs is None:
             if not self._program.output_channels_last and self._specializations is None:
                 dummies = [self._dummy(s) for s in self.inputs]
-                with placeholder_hint(self.inputs):
+                with _placeholder_hint(self.inputs):
                     jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables,
                                    *dummies)
             flags = self._program.output_channels_last
@@ -168,21 +168,21 @@ class ConvertedModel:
 
 
 @contextlib.contextmanager
-def placeholder_hint(inputs: list[TensorSpec], specialized: list[str] = ()):
+def _placeholder_hint(inputs: list[TensorSpec], specialized: Sequence[str] = ()):
     """Tracing without feeds (unknown dims traced as 1): an onnx2flax error raised inside
     says which input dims were such placeholders and how to give their sizes, and which
     inputs (``specialized``) would need values."""
     try:
         yield
     except OnnxConversionError as exc:
-        if specialized and exc.args and isinstance(exc.args[0], str):
-            exc.args = (f"{exc.args[0]}\n(input(s) {list(specialized)} decide shapes, axes or "
-                        "branches: give their values with convert(model, constants={...}))",
-                        *exc.args[1:])
+        notes = []
+        if specialized:
+            notes.append(f"input(s) {list(specialized)} decide shapes, axes or branches: give "
+                         "their values with convert(model, constants={...})")
         unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
                    for s in inputs}
         unknown = {n: dims for n, dims in unknown.items() if dims}
-        if unknown and exc.args and isinstance(exc.args[0], str):
+        if unknown:
             spec = {s.name: s for s in inputs}
             shapes = {n: [d if isinstance(d, int) else "?" for d in spec[n].shape]
                       for n in unknown}
@@ -191,10 +191,11 @@ def placeholder_hint(inputs: list[TensorSpec], specialized: list[str] = ()):
                               for n, d in unknown.items())
             flags = " ".join(f"--input-shape {n}=" + ",".join(map(str, s))
                              for n, s in shapes.items())
-            exc.args = (f"{exc.args[0]}\n(traced without feeds, unknown dims as 1: {where}; "
-                        f"if that is what failed, give the real sizes: convert(model, "
-                        f"input_shapes={shapes!r}) or {flags}, with each ? filled in)",
-                        *exc.args[1:])
+            notes.append(f"traced without feeds, unknown dims as 1: {where}; if that is what "
+                         f"failed, give the real sizes: convert(model, input_shapes={shapes!r}) "
+                         f"or {flags}, with each ? filled in")
+        if notes and exc.args and isinstance(exc.args[0], str):
+            exc.args = ("\n".join([exc.args[0], *(f"({n})" for n in notes)]), *exc.args[1:])
         raise
 
 
@@ -234,14 +235,16 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
             input_shapes: Mapping[str, Sequence[int]] | None = ...,
-            constants: Mapping[str, Any] | None = ..., api: Literal["linen"] = ...) -> ConvertedModel: ...
+            constants: Mapping[str, Any] | None = ...,
+            api: Literal["linen"] = ...) -> ConvertedModel: ...
 
 
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
             input_shapes: Mapping[str, Sequence[int]] | None = ...,
-            constants: Mapping[str, Any] | None = ..., api: Literal["nnx"]) -> NnxConvertedModel: ...
+            constants: Mapping[str, Any] | None = ...,
+            api: Literal["nnx"]) -> NnxConvertedModel: ...
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,

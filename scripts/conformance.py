@@ -368,7 +368,8 @@ def write_doc(args, results: dict, ops: dict[str, str], seconds: float) -> str:
         "Regenerate (from the repository root; about "
         f"{max(1, round(seconds / 60))} min with {args.jobs} processes here):",
         "",
-        "    PYTHONPATH=. .venv/bin/python scripts/conformance.py" + (" --via run" if via_run else ""),
+        "    PYTHONPATH=. .venv/bin/python scripts/conformance.py"
+        + (" --via run" if via_run else ""),
         "",
         *(["It rewrites this file only. The same suite through `onnx2flax.backend` (which also",
            "computes ops of data-dependent output size exactly on run-time inputs, as the backend",

@@ -77,7 +77,8 @@ def test_if_runtime_condition_with_mismatched_branches_is_refused():
     model = make_model(
         [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
          helper.make_node("Greater", ["s", "zero"], ["c"]),
-         helper.make_node("If", ["c"], ["out"], name="branchy", then_branch=then, else_branch=other)],
+         helper.make_node("If", ["c"], ["out"], name="branchy", then_branch=then,
+                          else_branch=other)],
         [("x", F, [2])], [("out", F, None)], {"zero": np.array(0, F)}, opset=11)
     with pytest.raises(UnsupportedOpError, match="If node 'branchy'.*same shapes"):
         onnx2flax.convert(model).run({"x": np.ones(2, F)})
