@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
@@ -47,9 +48,10 @@ class ConvertedModel:
 
     def __init__(self, program: Program, channels_last: bool,
                  progress: _progress.Progress | None = None,
-                 specializations: Specializations | None = None):
+                 specialize: tuple[list[str], Callable[[dict], ConvertedModel]] | None = None):
         self._program = program
-        self._specializations = specializations
+        self._specializations = None if specialize is None else Specializations(
+            specialize[0], lambda values: self._sharing_weights(specialize[1](values)))
         self.channels_last = channels_last
         self.module = OnnxModule(program, channels_last)
         self.variables: dict[str, Any] = program.variables(
@@ -84,6 +86,18 @@ class ConvertedModel:
             check_feed(specs[name], value, False)
             values[name] = np.asarray(value, dtype=specs[name].dtype)
         return self._specializations.get(values)
+
+    def _sharing_weights(self, model: ConvertedModel) -> ConvertedModel:
+        """``model`` (a specialization) holding this model's variables when its own are the
+        same arrays by value (the usual case: the weights do not depend on the specialized
+        inputs), so that specializations do not keep copies of the weights."""
+        mine, tree = jax.tree_util.tree_flatten(self.variables)
+        theirs, their_tree = jax.tree_util.tree_flatten(model.variables)
+        if tree == their_tree and all(
+                a.shape == b.shape and a.dtype == b.dtype and bool(jnp.array_equal(a, b))
+                for a, b in zip(mine, theirs)):
+            model.variables = self.variables
+        return model
 
     @property
     def outputs(self) -> list[TensorSpec]:
@@ -340,10 +354,8 @@ def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
     graph = normalize(proto, base_dir, input_shapes=options["input_shapes"], constants=constants)
     static = static_graph_inputs(proto, bounds, exclude=list(constants),
                                  exact_sizes=options["exact_sizes"])
-    specializations = None
-    if static:
-        specializations = Specializations(static, functools.partial(
-            _specialize, proto, base_dir, options))
+    specialize = (static, functools.partial(_specialize, proto, base_dir, options)) \
+        if static else None
     del proto  # unless kept above, the graph holds all it needs: a protobuf we parsed
     _fuse.drop_exporter_zero_biases(graph)
     if options["fold_batchnorm"]:
@@ -354,4 +366,4 @@ def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
     program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
-    return ConvertedModel(program, options["channels_last"], report, specializations)
+    return ConvertedModel(program, options["channels_last"], report, specialize)

@@ -156,6 +156,21 @@ def test_specialization_key_is_the_value_with_its_shape():
     assert len(converted._specializations) == 2
 
 
+def test_specializations_share_the_weights():
+    """A Reshape by a run-time shape after a Gemm: each conversion for a new shape holds the
+    first conversion's weights, not a copy."""
+    w = RNG.standard_normal((6, 8)).astype(F)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Reshape", ["h", "s"], ["y"])]
+    model = make_model(nodes, [("x", F, [4, 6]), ("s", I64, [2])], [("y", F, None)], {"w": w},
+                       opset=13)
+    converted = onnx2flax.convert(model)
+    for shape in ([8, 4], [2, 16]):
+        feeds = {"x": RNG.standard_normal((4, 6)).astype(F), "s": np.array(shape, I64)}
+        _assert_matches(converted.run(feeds), run_ort(model, feeds))
+        assert converted.specialized(feeds).variables is converted.variables
+
+
 def _rate_model():
     """Silero VAD's pattern: ``sr`` (a run-time int64 scalar) decides an If whose branches are
     valid only for their own rate (a chunk of 256 samples at 16 kHz, 96 at 8 kHz: 256 is no
