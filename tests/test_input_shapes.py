@@ -234,6 +234,7 @@ def test_module_of_a_specializing_model_says_what_to_freeze():
 def test_nnx_run_specializes_too():
     model = _rate_model()
     converted = onnx2flax.convert(model, api="nnx")
+    assert converted.specialized_inputs == ["sr"]
     feeds = {"x": RNG.standard_normal(96).astype(F), "state": np.ones(4, F),
              "sr": np.array(8000, I64)}
     _assert_matches(converted.run(feeds), run_ort(model, feeds))
