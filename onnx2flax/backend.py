@@ -8,10 +8,10 @@ This is what the official conformance suite (``onnx.backend.test``) drives::
     outputs = backend.run_model(model, {"x": x, "y": y})
     outputs = backend.run_node(node, [x, y])
 
-``prepare`` uses :func:`onnx2flax.convert` (keyword arguments such as ``channels_last`` are
-passed on) and ``run`` uses :meth:`ConvertedModel.run`, so results follow onnxruntime's
-contract whatever layout the module uses inside. Devices: ``'CPU'`` always; ``'CUDA'``
-(or ``'GPU'``, with an optional ``':id'``) when JAX sees GPUs.
+``prepare`` converts as :func:`onnx2flax.convert` does (keyword arguments such as
+``channels_last`` are passed on) and ``run`` uses :meth:`ConvertedModel.run`, so results
+follow onnxruntime's contract whatever layout the module uses inside. Devices: ``'CPU'``
+always; ``'CUDA'`` (or ``'GPU'``, with an optional ``':id'``) when JAX sees GPUs.
 
 Graph inputs that decide shapes, axes or branches (Reshape's ``shape``, Unsqueeze's
 ``axes``...) are specialized on the values given to ``run`` as :meth:`ConvertedModel.run`
