@@ -42,6 +42,10 @@ def apply_given(inputs: list[TensorSpec], constants: dict[str, np.ndarray],
     became constants (added to ``constants``, in the declared dtype)."""
     names = [s.name for s in inputs]
     for what, given in (("input_shapes", input_shapes), ("constants", frozen)):
+        if given is not None and not isinstance(given, Mapping):
+            raise InvalidInputError(f"{what} must be a dict of graph input name -> "
+                                    f"{'shape' if what == 'input_shapes' else 'value'}, got "
+                                    f"{type(given).__name__}; the model's inputs are {names}")
         unknown = sorted(set(given or ()) - set(names))
         if unknown:
             raise InvalidInputError(f"{what} names unknown graph input(s) {unknown}; the "
@@ -63,6 +67,8 @@ def _given_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
         raise InvalidInputError(f"{what}: input {spec.name!r} is a {spec.kind}; input_shapes "
                                 "fixes the shapes of tensor inputs only")
     try:
+        if isinstance(shape, (str, bytes)):
+            raise TypeError
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
         raise InvalidInputError(f"{what} must be a sequence of ints, got {shape!r}") from None
@@ -85,12 +91,20 @@ def _frozen_value(spec: TensorSpec, value: Any) -> np.ndarray:
     if spec.sequence or spec.optional:
         raise InvalidInputError(f"constants[{spec.name!r}]: input {spec.name!r} is a "
                                 f"{spec.kind}; constants freezes tensor inputs only")
-    # Python numbers and lists take the declared dtype; arrays must be of its family.
-    array = np.asarray(value, None if hasattr(value, "dtype") else spec.dtype)
+    what = f"constants[{spec.name!r}]"
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not an array: {exc}") from None
+    # Python numbers and lists take the declared dtype when of its kind (ints for a float
+    # input too); arrays must be of its family.
+    if not hasattr(value, "dtype") and spec.dtype is not None \
+            and np.can_cast(array.dtype, spec.dtype, "same_kind"):
+        array = array.astype(spec.dtype)
     try:
         check_feed(spec, array, False)
     except InvalidInputError as exc:
-        raise InvalidInputError(f"constants[{spec.name!r}]: {exc}") from None
+        raise InvalidInputError(f"{what}: {exc}") from None
     return array if spec.dtype is None else array.astype(spec.dtype, copy=False)
 
 
