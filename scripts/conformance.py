@@ -77,6 +77,10 @@ NOTES = [
      "onnxruntime computes the same output as onnx2flax: the spec's align_corners formula "
      "divides by (output length - 1) with the integer output length; the reference data "
      "divides by (input length * scale - 1)"),
+    (r"^test_cast(like)?_FLOAT(16)?_to_U?INT[24](_expanded)?$",
+     "the inputs run past the 2/4-bit range: onnx2flax keeps the low bits (ONNX's int4 note: "
+     "round to nearest even, then truncate), the reference data holds 0 there; onnxruntime "
+     "cannot run these tests"),
     (r"^test_loop16_seq_none$",
      "onnx2flax's sequence equals the reference element for element; the onnx runner's "
      "comparison raises TypeError on a sequence whose first element is 0-d (onnxruntime "
