@@ -78,8 +78,8 @@ NOTES = [
      "divides by (output length - 1) with the integer output length; the reference data "
      "divides by (input length * scale - 1)"),
     (r"^test_cast(like)?_FLOAT(16)?_to_U?INT[24](_expanded)?$",
-     "the inputs run past the 2/4-bit range: onnx2flax keeps the low bits (ONNX's int4 note: "
-     "round to nearest even, then truncate), the reference data holds 0 there; onnxruntime "
+     "the inputs run past the 2/4-bit range: onnx2flax wraps them (keeps the low bits, "
+     "the truncation of ONNX's int4 note), the reference data holds 0 there; onnxruntime "
      "cannot run these tests"),
     (r"^test_loop16_seq_none$",
      "onnx2flax's sequence equals the reference element for element; the onnx runner's "
