@@ -7,8 +7,10 @@ nodes whose inputs are all constant.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +19,7 @@ from onnx import helper
 
 from ._fold import fold, foldable
 from ._graph import Graph, Node, TensorSpec, node_name
+from ._inputs import apply_given
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
 
@@ -24,8 +27,12 @@ from .errors import InvalidModelError, UnsupportedOpError, node_label
 _MAX_OPSET = onnx.defs.onnx_opset_version()
 
 
-def normalize(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
-    """Decode ``model`` into a folded, sorted :class:`Graph`."""
+def normalize(model: onnx.ModelProto, base_dir: Path | None, *,
+              input_shapes: Mapping[str, Sequence[int]] | None = None,
+              constants: Mapping[str, Any] | None = None) -> Graph:
+    """Decode ``model`` into a folded, sorted :class:`Graph`; ``input_shapes`` fixes the
+    dims of graph inputs, ``constants`` freezes graph inputs to values (folded like
+    initializers)."""
     opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
     if "ai.onnx" in opsets:
         opsets[""] = opsets.pop("ai.onnx")
@@ -39,7 +46,8 @@ def normalize(model: onnx.ModelProto, base_dir: Path | None) -> Graph:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise InvalidModelError(f"local functions could not be inlined: {exc}") from None
-    return _decode_graph(model.graph, opsets, base_dir, outer=frozenset())
+    return _decode_graph(model.graph, opsets, base_dir, outer=frozenset(),
+                         given=(input_shapes, constants))
 
 
 def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -94,7 +102,7 @@ def _type_spec(name: str, tp: onnx.TypeProto, what: str) -> TensorSpec:
 
 
 def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | None,
-                  outer: frozenset[str]) -> Graph:
+                  outer: frozenset[str], given: tuple | None = None) -> Graph:
     constants: dict[str, np.ndarray] = {}
     for init in g.initializer:
         if init.name in constants:
@@ -103,6 +111,8 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
     if len(g.sparse_initializer):
         raise UnsupportedOpError("sparse initializers are not supported")
     inputs = [_spec(i, "graph input") for i in g.input if i.name not in constants]
+    if given is not None:
+        inputs = apply_given(inputs, constants, *given)
     outputs = [_spec(o, "graph output") for o in g.output]
     names = [i.name for i in inputs]
     if len(set(names)) != len(names) or "" in names:

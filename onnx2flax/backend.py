@@ -8,17 +8,17 @@ This is what the official conformance suite (``onnx.backend.test``) drives::
     outputs = backend.run_model(model, {"x": x, "y": y})
     outputs = backend.run_node(node, [x, y])
 
-``prepare`` uses :func:`onnx2flax.convert` (keyword arguments such as ``channels_last`` are
-passed on) and ``run`` uses :meth:`ConvertedModel.run`, so results follow onnxruntime's
-contract whatever layout the module uses inside. Devices: ``'CPU'`` always; ``'CUDA'``
-(or ``'GPU'``, with an optional ``':id'``) when JAX sees GPUs.
+``prepare`` converts as :func:`onnx2flax.convert` does (keyword arguments such as
+``channels_last`` are passed on) and ``run`` uses :meth:`ConvertedModel.run`, so results
+follow onnxruntime's contract whatever layout the module uses inside. Devices: ``'CPU'``
+always; ``'CUDA'`` (or ``'GPU'``, with an optional ``':id'``) when JAX sees GPUs.
 
-JAX needs shapes at trace time, so a graph input that feeds a shape-like position (Reshape's
-``shape``, Unsqueeze's ``axes``...) is bound to the value given to ``run`` and the model is
-converted for that value (once per distinct value), as if it were an initializer. So are the
-inputs that reach an op whose output size depends on the data (NonZero, NonMaxSuppression,
-Unique), unless ``prepare(..., bounds=...)`` bounds that node: its exact result is computed
-at conversion time, as the backend contract (exact output shapes) asks.
+Graph inputs that decide shapes, axes or branches (Reshape's ``shape``, Unsqueeze's
+``axes``...) are specialized on the values given to ``run`` as :meth:`ConvertedModel.run`
+does (the model is converted once per distinct value). So are the inputs that reach an op
+whose output size depends on the data (NonZero, NonMaxSuppression, Unique), unless
+``prepare(..., bounds=...)`` bounds that node: its exact result is computed at conversion
+time, as the backend contract (exact output shapes) asks.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from typing import Any
 import jax
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
-from ._graph import node_name
-from ._registry import lookup
-from .converter import ConvertedModel, convert
+from ._load import load_model
+from .converter import _convert, _options
 from .errors import InvalidInputError
 
 __all__ = ["OnnxFlaxBackend", "OnnxFlaxBackendRep", "prepare", "run_model", "run_node",
@@ -56,28 +55,14 @@ def _jax_device(device: str):
 
 
 class OnnxFlaxBackendRep(BackendRep):
-    """A prepared (converted) model; ``run`` takes inputs in ONNX layout.
-
-    Graph inputs whose values onnx2flax needs at conversion time (those that reach Reshape's
-    shape, Unsqueeze's axes..., the registry's ``static_inputs``, or any input of an unbounded
-    op of data-dependent output size) are bound to the values given to ``run``: the model is
-    converted once per distinct value of those inputs. Other models are converted once, by
-    ``prepare``.
-    """
+    """A prepared (converted) model; ``run`` takes inputs in ONNX layout (and specializes on
+    the inputs in ``converted.specialized_inputs``, see :meth:`ConvertedModel.run`)."""
 
     def __init__(self, model: onnx.ModelProto, device, convert_kwargs: dict[str, Any]):
-        self._model = model
         self._device = device
-        self._kwargs = convert_kwargs
-        initializers = {t.name for t in model.graph.initializer}
-        graph_inputs = [i for i in model.graph.input if i.name not in initializers]
-        self.input_names = [i.name for i in graph_inputs]
-        tensors = [i.name for i in graph_inputs  # sequences and optionals cannot be bound
-                   if i.type.WhichOneof("value") in ("tensor_type", None)]
-        self._static = _static_graph_inputs(model, tensors, convert_kwargs.get("bounds") or {})
-        self._converted: dict[tuple, ConvertedModel] = {}
-        if not self._static:
-            self._converted[()] = convert(model, **convert_kwargs)
+        proto, base_dir = load_model(model)
+        self.converted = _convert(proto, base_dir, _options(**convert_kwargs, exact_sizes=True))
+        self.input_names = [s.name for s in self.converted.inputs]
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
         """``inputs``: a list (graph-input order), a dict by name, or a single array.
@@ -93,91 +78,10 @@ class OnnxFlaxBackendRep(BackendRep):
                 raise InvalidInputError(f"the model takes {len(names)} input(s) {names}, "
                                         f"got {len(inputs)}")
             feeds = dict(zip(names, inputs))
-        converted = self._converted_for(feeds)
-        feeds = {n: v for n, v in feeds.items() if n not in self._static}
         with jax.default_device(self._device):
-            outputs = converted.run(feeds)
-        fields = [s.name for s in converted.outputs]
+            outputs = self.converted.run(feeds)
+        fields = [s.name for s in self.converted.outputs]
         return namedtupledict("Outputs", fields)(*outputs)
-
-    def _converted_for(self, feeds: dict[str, Any]) -> ConvertedModel:
-        missing = [n for n in self._static if n not in feeds]
-        if missing:
-            raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are "
-                                    f"{self.input_names}")
-        bound = {n: np.asarray(feeds[n]) for n in self._static}
-        key = tuple((n, v.dtype.str, v.shape, v.tobytes()) for n, v in bound.items())
-        if key not in self._converted:
-            model = onnx.ModelProto()
-            model.CopyFrom(self._model)
-            model.graph.initializer.extend(
-                numpy_helper.from_array(v, n) for n, v in bound.items())
-            self._converted[key] = convert(model, **self._kwargs)
-        return self._converted[key]
-
-
-#: Ops that read only their input's shape, never its values.
-_SHAPE_ONLY = {"Shape", "Size"}
-#: Inputs worth binding beyond the handlers' ``static_inputs``: a known trip count and
-#: initial condition give a Loop's scan outputs a static length (a run-time one cannot be
-#: traced), and let a Loop that carries sequences be unrolled. (An If whose branches give
-#: sequences or optionals has its condition bound too.)
-_BIND_ALSO = {"Loop": (0, 1)}
-
-
-def _static_graph_inputs(model: onnx.ModelProto, inputs: list[str],
-                         bounds: Mapping[str, int]) -> list[str]:
-    """Graph inputs whose values some top-level node needs at conversion time: read at a
-    position its handler declares static, or by a bounded op without a bound in ``bounds``,
-    directly or through other nodes."""
-    opsets = {(o.domain or ""): o.version for o in model.opset_import}
-    opsets.setdefault("", opsets.get("ai.onnx", 1))
-    producer = {out: node for node in model.graph.node for out in node.output if out}
-    pending = []
-    for index, node in enumerate(model.graph.node):
-        domain = "" if node.domain == "ai.onnx" else node.domain
-        spec = lookup(domain, node.op_type, opsets.get(domain, 1))
-        static = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
-        if node.op_type == "If" and _gives_sequences_or_optionals(node):
-            static += (0,)
-        names = (node_name(node.name, node.op_type, index), *node.output[:1])
-        if spec is not None and spec.bounded and not any(n in bounds for n in names):
-            static = spec.constant_inputs(len(node.input))
-        pending.extend(node.input[k] for k in static if k < len(node.input) and node.input[k])
-    needed: set[str] = set()
-    while pending:
-        name = pending.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        node = producer.get(name)
-        if node is not None and node.op_type not in _SHAPE_ONLY:
-            pending.extend(i for i in node.input if i)
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                    pending.extend(_outer_reads(sub))
-    return [name for name in inputs if name in needed]
-
-
-def _gives_sequences_or_optionals(node: onnx.NodeProto) -> bool:
-    """Whether the branches of an If declare sequence or optional outputs: those differ in
-    length or emptiness between branches, which ``lax.cond`` cannot select at run time, so
-    the condition is bound."""
-    return any(out.type.WhichOneof("value") in ("sequence_type", "optional_type")
-               for attr in node.attribute if attr.HasField("g") for out in attr.g.output)
-
-
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph (If/Loop/Scan body) reads from its enclosing graphs."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    reads: set[str] = set()
-    for node in graph.node:
-        reads.update(i for i in node.input if i)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                reads |= _outer_reads(sub)
-        defined.update(node.output)
-    return reads - defined
 
 
 class OnnxFlaxBackend(Backend):

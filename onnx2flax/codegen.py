@@ -43,7 +43,7 @@ from jax import lax
 from . import _layers, _layout
 from ._files import output_dir, write_file
 from ._module import _Env, _Interpreter, returned_channels_last
-from .converter import ConvertedModel
+from .converter import ConvertedModel, _placeholder_hint
 from .errors import OnnxConversionError, node_label
 
 __all__ = ["generate", "save"]
@@ -73,21 +73,44 @@ def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None, *,
              api: API = "linen") -> str:
     """The standalone source of ``converted`` (see :func:`save` for the weights):
     a ``flax.linen`` module (``api="linen"``) or a ``flax.nnx`` module (``api="nnx"``).
-    ``converted`` may also be an ``NnxConvertedModel`` (its ``linen`` model is used)."""
-    return _Generator(converted, inputs, api).source
+    ``converted`` may also be an ``NnxConvertedModel`` (its ``linen`` model is used).
+    ``inputs``: arrays or ``jax.ShapeDtypeStruct`` in the module's layout to trace with;
+    by default the input specs' shapes, unknown dims as 1 (``convert(input_shapes=)``
+    fixes them)."""
+    return _generator(converted, inputs, api).source
 
 
 def save(converted: ConvertedModel, out_dir, *, force: bool = False,
          inputs: Sequence[Any] | None = None, api: API = "linen") -> list[Path]:
     """Write ``out_dir/model.py`` and ``out_dir/weights.msgpack``; existing files are kept
-    unless ``force``. ``api``: as :func:`generate` (the weights file is the same for both).
-    Returns the paths written."""
-    gen = _Generator(converted, inputs, api)
-    folder = output_dir(out_dir)
+    unless ``force``. ``api`` and ``inputs``: as :func:`generate` (the weights file is the
+    same for both APIs). Returns the paths written. Nothing is written unless generation
+    succeeds; when writing fails, the files and the folder this call created are removed."""
+    gen = _generator(converted, inputs, api)
     weights = serialization.msgpack_serialize(
         jax.tree.map(np.asarray, gen.variables))
-    return [write_file(folder, MODEL_FILE, gen.source, force=force),
-            write_file(folder, WEIGHTS_FILE, weights, force=force)]
+    created_folder = not Path(out_dir).exists()
+    folder = output_dir(out_dir)
+    written: list[Path] = []
+    try:
+        for name, data in ((MODEL_FILE, gen.source), (WEIGHTS_FILE, weights)):
+            new = not (folder / name).exists()
+            path = write_file(folder, name, data, force=force)
+            if new:
+                written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created_folder and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    return [folder / MODEL_FILE, folder / WEIGHTS_FILE]
+
+
+def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
+    linen = getattr(converted, "linen", converted)  # an NnxConvertedModel
+    with _placeholder_hint(linen.inputs if inputs is None else [], linen.specialized_inputs):
+        return _Generator(converted, inputs, api)
 
 
 class _Names:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._bounds import Bounds, check_bounds
 from ._graph import TensorSpec
+from ._inputs import Specializations, static_graph_inputs
 from ._load import ModelLike, load_model
 from ._module import OnnxModule, _family, check_feed
 from ._normalize import dequantize_weights as _dequantize_weights, normalize
 from ._plan import Program, plan
 from ._registry import check_supported
-from .errors import InternalError, InvalidInputError, InvalidModelError, ResourceLimitError
+from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
+                     ResourceLimitError)
 
 if TYPE_CHECKING:
     from .nnx import NnxConvertedModel
@@ -35,11 +40,18 @@ class ConvertedModel:
       inputs / outputs: :class:`TensorSpec` per graph input / output, shapes in ONNX order
         (``.sequence`` / ``.optional`` for sequences of tensors and optionals).
       opset: the model's default-domain opset.
+      specialized_inputs: names of the inputs whose values decide shapes, axes or branches
+        (Reshape's ``shape``, TopK's ``k``, an If's integer condition...): :meth:`run`
+        converts the model for each distinct value of these (see :meth:`run`); ``module``
+        cannot trace them (give them to :func:`convert` as ``constants=`` for a module).
     """
 
     def __init__(self, program: Program, channels_last: bool,
-                 progress: _progress.Progress | None = None):
+                 progress: _progress.Progress | None = None,
+                 specialize: tuple[list[str], Callable[[dict], ConvertedModel]] | None = None):
         self._program = program
+        self._specializations = None if specialize is None else Specializations(
+            specialize[0], lambda values: self._sharing_weights(specialize[1](values)))
         self.channels_last = channels_last
         self.module = OnnxModule(program, channels_last)
         self.variables: dict[str, Any] = program.variables(
@@ -61,11 +73,48 @@ class ConvertedModel:
                 f"params={count:,}, opset={self.opset})")
 
     @property
+    def specialized_inputs(self) -> list[str]:
+        return [] if self._specializations is None else list(self._specializations.names)
+
+    def specialized(self, feeds: Mapping[str, Any]) -> ConvertedModel:
+        """The conversion :meth:`run` uses for the values that ``feeds`` (name -> array; only
+        :attr:`specialized_inputs` are read) give the specialized inputs: a model without
+        them, whose ``module`` can be applied or written as source. ``self`` when there are
+        none."""
+        if self._specializations is None:
+            return self
+        specs = {s.name: s for s in self.inputs}
+        missing = [n for n in self._specializations.names if n not in feeds]
+        if missing:
+            raise InvalidInputError(f"missing input(s) {missing}; they decide shapes, axes or "
+                                    f"branches of the model")
+        values = {}
+        for name in self._specializations.names:
+            value = _as_array(feeds[name])
+            check_feed(specs[name], value, False)
+            values[name] = np.asarray(value, dtype=specs[name].dtype)
+        return self._specializations.get(values)
+
+    def _sharing_weights(self, model: ConvertedModel) -> ConvertedModel:
+        """``model`` (a specialization) holding this model's variables when its own are the
+        same arrays by value (the usual case: the weights do not depend on the specialized
+        inputs), so that specializations do not keep copies of the weights."""
+        mine, tree = jax.tree_util.tree_flatten(self.variables)
+        theirs, their_tree = jax.tree_util.tree_flatten(model.variables)
+        if tree == their_tree and all(
+                a.shape == b.shape and a.dtype == b.dtype and bool(jnp.array_equal(a, b))
+                for a, b in zip(mine, theirs)):
+            model.variables = self.variables
+        return model
+
+    @property
     def outputs(self) -> list[TensorSpec]:
         if self._outputs is None:
-            if not self._program.output_channels_last:
+            if not self._program.output_channels_last and self._specializations is None:
                 dummies = [self._dummy(s) for s in self.inputs]
-                jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables, *dummies)
+                with _placeholder_hint(self.inputs):
+                    jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables,
+                                   *dummies)
             flags = self._program.output_channels_last
             self._outputs = [replace(s, channels_last=flags.get(s.name, False))
                              for s in self._program.graph.outputs]
@@ -98,7 +147,13 @@ class ConvertedModel:
         """Run on ``feeds`` (name -> array, ONNX layout), like onnxruntime's
         ``InferenceSession.run(None, feeds)``: a list of NumPy outputs in ONNX layout.
         A sequence is given and returned as a list of arrays, an empty optional as ``None``.
-        Jitted; compiled once per input shape (and per sequence length)."""
+        Jitted; compiled once per input shape (and per sequence length).
+
+        Inputs in :attr:`specialized_inputs` (values that decide shapes, axes or branches)
+        are frozen to the values given: the model is converted and compiled once per
+        distinct value (dtype, shape and bytes) of them, and the last
+        ``MAX_SPECIALIZATIONS`` (32) such conversions are kept, least recently used dropped.
+        The outputs (and their channels-last flags) are then those of that conversion."""
         return self._run(feeds, self.variables)
 
     def _run(self, feeds: Mapping[str, Any], variables) -> list[Any]:
@@ -118,6 +173,11 @@ class ConvertedModel:
             check_feed(replace(spec, channels_last=False), value, False)
             arrays.append(_map_tensors(lambda x, s=spec: x if s.dtype is None or x.dtype == s.dtype
                                        else np.asarray(x, dtype=s.dtype), value))
+        if self._specializations is not None:
+            given = dict(zip(names, arrays))
+            model = self.specialized(given)
+            rest = {n: v for n, v in given.items() if n not in self._specializations.names}
+            return model.run(rest) if variables is self.variables else model._run(rest, variables)
         try:
             with jax.default_matmul_precision("highest"):
                 outs = self._jitted(variables, *arrays)
@@ -127,6 +187,38 @@ class ConvertedModel:
             raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
         return [_map_tensors(lambda y, s=spec: _cast(np.asarray(y), s), out)
                 for out, spec in zip(outs, self.outputs)]
+
+
+@contextlib.contextmanager
+def _placeholder_hint(inputs: list[TensorSpec], specialized: Sequence[str] = ()):
+    """Tracing without feeds (unknown dims traced as 1): an onnx2flax error raised inside
+    says which input dims were such placeholders and how to give their sizes, and which
+    inputs (``specialized``) would need values."""
+    try:
+        yield
+    except OnnxConversionError as exc:
+        notes = []
+        if specialized:
+            notes.append(f"input(s) {list(specialized)} decide shapes, axes or branches: give "
+                         "their values with convert(model, constants={...})")
+        unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
+                   for s in inputs}
+        unknown = {n: dims for n, dims in unknown.items() if dims}
+        if unknown:
+            spec = {s.name: s for s in inputs}
+            shapes = {n: [d if isinstance(d, int) else "?" for d in spec[n].shape]
+                      for n in unknown}
+            where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
+                              + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
+                              for n, d in unknown.items())
+            flags = " ".join(f"--input-shape {n}=" + ",".join(map(str, s))
+                             for n, s in shapes.items())
+            notes.append(f"traced without feeds, unknown dims as 1: {where}; if that is what "
+                         f"failed, give the real sizes: convert(model, input_shapes={shapes!r}) "
+                         f"or {flags}, with each ? filled in")
+        if notes and exc.args and isinstance(exc.args[0], str):
+            exc.args = ("\n".join([exc.args[0], *(f"({n})" for n in notes)]), *exc.args[1:])
+        raise
 
 
 def _as_feed(value: Any, spec: TensorSpec):
@@ -164,18 +256,24 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
+            input_shapes: Mapping[str, Sequence[int]] | None = ...,
+            constants: Mapping[str, Any] | None = ...,
             api: Literal["linen"] = ..., dequantize_weights: bool = ...) -> ConvertedModel: ...
 
 
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
+            input_shapes: Mapping[str, Sequence[int]] | None = ...,
+            constants: Mapping[str, Any] | None = ...,
             api: Literal["nnx"], dequantize_weights: bool = ...) -> NnxConvertedModel: ...
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
             bounds: Bounds | None = None,
             progress: bool | _progress.Progress | None = None,
+            input_shapes: Mapping[str, Sequence[int]] | None = None,
+            constants: Mapping[str, Any] | None = None,
             api: Literal["linen", "nnx"] = "linen",
             dequantize_weights: bool = False) -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
@@ -208,27 +306,76 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     as the last element): mask with ``index >= 0``. Nodes whose inputs are constants are
     computed exactly whatever the bound.
 
+    ``input_shapes``: ``{input name: full shape}`` fixes the dims of graph inputs (they must
+    agree with the dims the file declares); ``inputs`` then shows them, and tracing without
+    feeds (``outputs``, :func:`onnx2flax.codegen.generate`) uses them where an unknown dim
+    would otherwise be traced as 1.
+
+    ``constants``: ``{input name: value}`` freezes graph inputs to values at conversion:
+    they leave ``inputs`` and fold like initializers (``constants={'sr': 16000}`` makes an
+    ``If`` on ``sr`` take its branch at conversion). Graph inputs left free whose values
+    decide shapes, axes or branches are specialized by :meth:`ConvertedModel.run` instead.
+
     ``progress``: ``True`` prints each stage (and the count of weight arrays placed) to
     stderr, ``False`` is silent, a callable is called as ``progress(stage, done, total)``;
     the default (``None``) prints only for large models (1 GiB of weights or 20,000 nodes).
 
     Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models,
     :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once) and
-    :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node.
+    :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node, and
+    for ``input_shapes`` / ``constants`` naming no graph input or disagreeing with it.
     """
     if api not in ("linen", "nnx"):
         raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     proto, base_dir = load_model(model)
-    bounds = check_bounds(proto, bounds)
-    report = _progress.reporter(progress, proto)
+    converted = _convert(proto, base_dir, _options(
+        channels_last=channels_last, fold_batchnorm=fold_batchnorm, bounds=bounds,
+        progress=progress, input_shapes=input_shapes, constants=constants,
+        dequantize_weights=dequantize_weights))
+    if api == "nnx":
+        from .nnx import NnxConvertedModel
+        return NnxConvertedModel(converted)
+    return converted
+
+
+def _specialize(proto, base_dir, options: dict[str, Any],
+                values: dict[str, np.ndarray]) -> ConvertedModel:
+    """The model converted with ``values`` frozen too (one specialization of ``run``)."""
+    constants = {**(options["constants"] or {}), **values}
+    return _convert(proto, base_dir, {**options, "progress": False, "constants": constants})
+
+
+def _options(*, channels_last: bool = True, fold_batchnorm: bool = False,
+             bounds: Bounds | None = None, progress: bool | _progress.Progress | None = None,
+             input_shapes: Mapping[str, Sequence[int]] | None = None,
+             constants: Mapping[str, Any] | None = None,
+             dequantize_weights: bool = False, exact_sizes: bool = False) -> dict[str, Any]:
+    """The options of :func:`_convert`: :func:`convert`'s, and ``exact_sizes`` (for the ONNX
+    backend, whose contract is exact output shapes): ``run`` also specializes on the inputs
+    of unbounded ops of data-dependent output size, which are then computed exactly."""
+    return dict(channels_last=channels_last, fold_batchnorm=fold_batchnorm, bounds=bounds,
+                progress=progress, input_shapes=input_shapes, constants=constants,
+                dequantize_weights=dequantize_weights, exact_sizes=exact_sizes)
+
+
+def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
+    """:func:`convert` of a loaded model; the model is kept (to convert it again for other
+    values) when some input has to be specialized by ``run``."""
+    bounds = check_bounds(proto, options["bounds"])
+    report = _progress.reporter(options["progress"], proto)
     if report is not None:
         report("load", 1, 1)
-    graph = normalize(proto, base_dir)
-    del proto  # the graph holds all it needs: a protobuf we parsed (weights and all) can go
-    if dequantize_weights:
+    constants = options["constants"] or {}
+    graph = normalize(proto, base_dir, input_shapes=options["input_shapes"], constants=constants)
+    static = static_graph_inputs(proto, bounds, exclude=list(constants),
+                                 exact_sizes=options["exact_sizes"])
+    specialize = (static, functools.partial(_specialize, proto, base_dir, options)) \
+        if static else None
+    if options["dequantize_weights"]:
         _dequantize_weights(graph)
+    del proto  # unless kept above, the graph holds all it needs: a protobuf we parsed
     _fuse.drop_exporter_zero_biases(graph)
-    if fold_batchnorm:
+    if options["fold_batchnorm"]:
         _fuse.fold_batchnorm(graph)
     check_supported(graph)
     if report is not None:
@@ -236,8 +383,4 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
-    converted = ConvertedModel(program, channels_last, report)
-    if api == "nnx":
-        from .nnx import NnxConvertedModel
-        return NnxConvertedModel(converted)
-    return converted
+    return ConvertedModel(program, options["channels_last"], report, specialize)

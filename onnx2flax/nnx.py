@@ -55,7 +55,8 @@ class NnxConvertedModel:
         ``mutable=["batch_stats"]`` to update the statistics in place.
       linen: the :class:`~onnx2flax.ConvertedModel` it was made from (the linen module and
         the weights as converted).
-      inputs / outputs / opset / channels_last: as :class:`~onnx2flax.ConvertedModel`.
+      inputs / outputs / opset / channels_last / specialized_inputs: as
+        :class:`~onnx2flax.ConvertedModel`.
     """
 
     def __repr__(self) -> str:
@@ -65,6 +66,7 @@ class NnxConvertedModel:
         self.linen = linen
         self.module = to_nnx(linen, rngs=rngs)
         self.inputs, self.opset, self.channels_last = linen.inputs, linen.opset, linen.channels_last
+        self.specialized_inputs = linen.specialized_inputs
 
     @property
     def outputs(self):

@@ -83,7 +83,7 @@ def test_shape_inputs_are_bound_per_value():
         s = np.array(shape, np.int64)
         (y,) = rep.run([x, s])
         np.testing.assert_array_equal(y, run_ort(model, {"x": x, "s": s})[0])
-    assert len(rep._converted) == 2
+    assert len(rep.converted._specializations) == 2
 
 
 def test_values_reaching_shapes_are_bound_but_shape_reads_are_not():
@@ -97,7 +97,7 @@ def test_values_reaching_shapes_are_bound_but_shape_reads_are_not():
                        [("y", np.float32, None), ("z", np.float32, None)],
                        {"one": np.array([1, 0], np.int64)}, opset=14)
     rep = backend.prepare(model)
-    assert rep._static == ["s"]
+    assert rep.converted.specialized_inputs == ["s"]
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     s = np.array([5, 4], np.int64)
     for got, want in zip(rep.run({"x": x, "s": s}), run_ort(model, {"x": x, "s": s})):

@@ -69,14 +69,19 @@ def test_if_reads_outer_value_defined_later_in_file(rng):
 
 
 def test_if_runtime_condition_with_mismatched_branches_is_refused():
+    """The condition is computed from float data (not a flag input ``run`` specializes on):
+    ``lax.cond`` needs branches of the same shapes."""
     then = _graph([helper.make_node("Identity", ["x"], ["t"])], "then", [], [("t", FLOAT, None)])
     other = _graph([helper.make_node("Concat", ["x", "x"], ["e"], axis=0)], "else", [],
                    [("e", FLOAT, None)])
     model = make_model(
-        [helper.make_node("If", ["c"], ["out"], name="branchy", then_branch=then, else_branch=other)],
-        [("c", np.bool_, []), ("x", F, [2])], [("out", F, None)])
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["c"]),
+         helper.make_node("If", ["c"], ["out"], name="branchy", then_branch=then,
+                          else_branch=other)],
+        [("x", F, [2])], [("out", F, None)], {"zero": np.array(0, F)}, opset=11)
     with pytest.raises(UnsupportedOpError, match="If node 'branchy'.*same shapes"):
-        onnx2flax.convert(model).run({"c": np.array(True), "x": np.ones(2, F)})
+        onnx2flax.convert(model).run({"x": np.ones(2, F)})
 
 
 def _counting_body(cond_from_data: bool, scan_output: bool = True):
@@ -207,8 +212,9 @@ def test_loop_carrying_a_sequence_is_unrolled(rng):
     assert_matches_ort(model, {"x": rng.standard_normal(3).astype(F)})
 
 
-def test_if_runtime_condition_with_optional_branches_is_refused():
-    """An empty optional in one branch and a set one in the other: ``lax.cond`` cannot pick."""
+def test_if_runtime_condition_with_optional_branches_is_specialized():
+    """An empty optional in one branch and a set one in the other: ``lax.cond`` cannot pick,
+    so ``run`` (and the backend) convert once per condition value; the module refuses."""
     empty = helper.make_graph(
         [helper.make_node("Optional", [], ["o"], type=helper.make_tensor_type_proto(FLOAT, [2]))],
         "then", [], [helper.make_value_info("o", helper.make_optional_type_proto(
@@ -221,9 +227,12 @@ def test_if_runtime_condition_with_optional_branches_is_refused():
         [helper.make_node("If", ["c"], ["o"], name="pick", then_branch=empty, else_branch=full),
          helper.make_node("OptionalHasElement", ["o"], ["has"])],
         [("c", np.bool_, []), ("x", F, [2])], [("has", np.bool_, [])], opset=18)
+    converted = onnx2flax.convert(model)
     with pytest.raises(UnsupportedOpError, match="If node 'pick'.*optionals both empty"):
-        onnx2flax.convert(model).run({"c": np.array(True), "x": np.ones(2, F)})
-    for flag in (True, False):  # the backend binds such a condition: one conversion per value
+        converted.module.apply(converted.variables, np.array(True), np.ones(2, F))
+    for flag in (True, False):
+        has, = converted.run({"c": np.array(flag), "x": np.ones(2, F)})
+        assert has.item() is (not flag)
         has, = onnx2flax.backend.run_model(model, [np.array(flag), np.ones(2, F)])
         assert has.item() is (not flag)
 

@@ -126,11 +126,16 @@ def test_einsum_integer():
     check(node_model("Einsum", feeds, attrs={"equation": "ij,jk->ik"}, opset=12), feeds)
 
 
-def test_reduce_axes_must_be_static():
+def test_reduce_axes_from_an_input_are_specialized():
+    """``run`` specializes on a run-time ``axes`` (one conversion per value); the module
+    alone cannot trace it."""
     feeds = {"x": X, "axes": np.array([1], np.int64)}
     model = node_model("ReduceSum", feeds, opset=13)
+    converted = check(model, feeds)
+    check(model, {"x": X, "axes": np.array([-1], np.int64)})
+    assert converted.specialized_inputs == ["axes"]
     with pytest.raises(onnx2flax.errors.UnsupportedOpError, match="axes"):
-        onnx2flax.convert(model).run(feeds)
+        converted.module.apply(converted.variables, X, feeds["axes"])
 
 
 def test_reductions_of_empty_sets():
