@@ -23,7 +23,7 @@ import onnx
 from ._fold import fold
 from ._graph import Graph, Node
 from ._load import ModelLike, load_model
-from .converter import ConvertedModel, TensorSpec, convert
+from .converter import ConvertedModel, TensorSpec, _placeholder_hint, convert
 from .errors import InvalidInputError, InvalidModelError, OnnxConversionError, ResourceLimitError
 
 __all__ = ["Comparison", "ComparisonReport", "compare", "random_feeds"]
@@ -393,7 +393,9 @@ def compare(model: ModelLike | ConvertedModel, feeds: Mapping[str, np.ndarray] |
     names = [s.name for s in converted.inputs]
     say("compiling and running the Flax model for these shapes ...")
     start = time.perf_counter()
-    got = converted.run(feeds)
+    random_decisive = [n for n in converted.specialized_inputs if n not in given]
+    with _placeholder_hint([], random_decisive, random=True):
+        got = converted.run(feeds)
     say(f"compiled and ran in {time.perf_counter() - start:.2f} s; running onnxruntime")
     out_names = [s.name for s in converted.outputs]
 
@@ -451,6 +453,9 @@ def _constant_feeds(proto: onnx.ModelProto, constants: Mapping[str, Any]) -> dic
 
 def _compare_nodes(converted: ConvertedModel, feeds, ort_feeds, ort_values,
                    report: ComparisonReport, top: int, say: Callable[[str], None]) -> None:
+    # Inputs that decide shapes, axes or branches cannot be traced: the conversion that
+    # ``run`` used for their values (they are constants in it) is the one recorded.
+    converted = converted.specialized(feeds)
     inputs = [feeds[s.name] for s in converted.inputs]
     moved = [np.moveaxis(x, 1, -1) if s.channels_last else x
              for s, x in zip(converted.inputs, inputs)]

@@ -26,6 +26,11 @@ def _cmd_convert(args) -> int:
 
     feeds = _load_feeds(args.feeds)
     converted = _convert(args)
+    frozen = [] if feeds is None else [n for n in converted.specialized_inputs if n in feeds]
+    if frozen:  # generated for the values --feeds gives the inputs deciding shapes
+        converted = converted.specialized(feeds)
+        say(f"input(s) {frozen} decide shapes, axes or branches: generating for their values "
+            f"in --feeds")
     say(f"converted; writing {args.output} (tracing the model)")
     inputs = None if feeds is None else _module_inputs(converted, feeds)
     if inputs is not None:  # the outputs' layouts, traced at the feeds' shapes
@@ -35,7 +40,9 @@ def _cmd_convert(args) -> int:
     # Everything that traces comes before the first write: a failure leaves no DIR behind.
     summary = (f"{summarize(args.model).text()}\nlayout at the module boundary:\n" + "\n".join(
         f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
-        for s in converted.inputs + converted.outputs) + f"\n{_USAGE[args.api]}\n")
+        for s in converted.inputs + converted.outputs) + "".join(
+        f"\ninput {n} frozen to its --feeds value {feeds[n].tolist()}" for n in frozen)
+        + f"\n{_USAGE[args.api]}\n")
     written = codegen.save(converted, args.output, force=args.force, api=args.api, inputs=inputs)
     written.append(write_file(output_dir(args.output), "summary.txt", summary, force=args.force))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -200,6 +207,8 @@ def _const(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE, e.g. sr=16000 or "
                                          "axes=0,2")
     parts = value.split(",")
+    listed = len(parts) > 1  # "axes=1," is the one-element list [1], "sr=16000" a scalar
+    parts = parts[:-1] if listed and parts[-1] == "" else parts
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
@@ -208,7 +217,7 @@ def _const(text: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a number or a comma "
                                              "list of numbers") from None
-    return name, np.asarray(numbers if len(parts) > 1 else numbers[0])
+    return name, np.asarray(numbers if listed else numbers[0])
 
 
 def _bound(text: str) -> tuple[str, int]:
@@ -230,7 +239,8 @@ def _add_inputs(p: argparse.ArgumentParser, feeds_help: str) -> None:
                    "dims (repeatable)")
     p.add_argument("--const", type=_const, action="append", metavar="NAME=VALUE",
                    help="freeze graph input NAME to VALUE (a number or a comma list, e.g. "
-                   "sr=16000): it is no longer an input (repeatable)")
+                   "sr=16000; axes=1, for the one-element list [1]): it is no longer an input "
+                   "(repeatable)")
     p.add_argument("--feeds", metavar="FILE.npz", help=feeds_help)
 
 

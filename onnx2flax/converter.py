@@ -190,17 +190,20 @@ class ConvertedModel:
 
 
 @contextlib.contextmanager
-def _placeholder_hint(inputs: list[TensorSpec], specialized: Sequence[str] = ()):
+def _placeholder_hint(inputs: list[TensorSpec], specialized: Sequence[str] = (),
+                      random: bool = False):
     """Tracing without feeds (unknown dims traced as 1): an onnx2flax error raised inside
     says which input dims were such placeholders and how to give their sizes, and which
-    inputs (``specialized``) would need values."""
+    inputs (``specialized``) would need values (``random``: they were given random ones)."""
     try:
         yield
     except OnnxConversionError as exc:
         notes = []
         if specialized:
-            notes.append(f"input(s) {list(specialized)} decide shapes, axes or branches: give "
-                         "their values with convert(model, constants={...})")
+            notes.append(f"input(s) {list(specialized)} decide shapes, axes or branches"
+                         + (" and were given random values" if random else "")
+                         + ": give their values with convert(model, constants={...}) or "
+                         "--const NAME=VALUE" + (" (or feeds / --feeds)" if random else ""))
         unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
                    for s in inputs}
         unknown = {n: dims for n, dims in unknown.items() if dims}
