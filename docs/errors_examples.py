@@ -73,11 +73,24 @@ def examples(tmp: Path):
         {"x": np.zeros(1, np.float32)})
     yield "run-time output 10^12", lambda: onnx2flax.convert(conv(pads=[10**6] * 4)).run(
         {"x": np.zeros((1, 2, 4, 4), np.float32)})
-    relu = onnx2flax.convert(model([helper.make_node("Relu", ["x"], ["y"], name="r")],
-                                   [("x", F, ["N", 3])], [("y", F, ["N", 3])]))
+    relu_model = model([helper.make_node("Relu", ["x"], ["y"], name="r")], [("x", F, ["N", 3])],
+                       [("y", F, ["N", 3])])
+    relu = onnx2flax.convert(relu_model)
     yield "unknown feed", lambda: relu.run({"image": np.zeros((1, 3), np.float32)})
     yield "wrong dims", lambda: relu.run({"x": np.zeros((1, 4), np.float32)})
     yield "wrong dtype", lambda: relu.run({"x": np.zeros((1, 3), np.int64)})
+    yield "input_shapes disagree", lambda: onnx2flax.convert(
+        relu_model, input_shapes={"x": [2, 4]})
+    yield "constants name no input", lambda: onnx2flax.convert(
+        relu_model, constants={"sr": 16000})
+    pool = model([helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3])],
+                 [("x", F, ["N", 2, "H", "W"])], [("y", F, None)])
+    yield "placeholder dims", lambda: onnx2flax.convert(pool).outputs
+    by_shape = model([helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
+                     [("x", F, [2, 3]), ("s", TensorProto.INT64, [2])], [("y", F, None)])
+    yield "input deciding shapes, missing", lambda: onnx2flax.convert(by_shape).specialized(
+        {"x": np.zeros((2, 3), np.float32)})
+    yield "compare: random shape input", lambda: onnx2flax.compare(by_shape)
     image = model([helper.make_node("Relu", ["x"], ["y"], name="r")],
                   [("x", F, ["N", 3, "H", "W"])], [("y", F, None)])
     yield "compare: unknown image size", lambda: onnx2flax.compare(image)
