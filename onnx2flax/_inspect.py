@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 from . import ops  # noqa: F401  (registers handlers)
 from ._graph import Graph, TensorSpec
+from ._inputs import static_graph_inputs
 from ._load import ModelLike, load_model
 from ._normalize import normalize
 from ._registry import lookup
@@ -25,6 +26,8 @@ class ModelSummary:
     outputs: list[TensorSpec]
     ops: dict[tuple[str, str], tuple[int, bool]]
     parameters: int
+    #: Inputs whose values decide shapes, axes or branches (``run`` specializes on them).
+    deciding: list[str] = field(default_factory=list)
 
     @property
     def unsupported(self) -> list[str]:
@@ -35,6 +38,9 @@ class ModelSummary:
         lines = [f"producer: {self.producer or 'unknown'}",
                  "opsets: " + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(self.opsets.items())),
                  "inputs:", *map(spec, self.inputs), "outputs:", *map(spec, self.outputs),
+                 *([f"inputs deciding shapes, axes or branches: {self.deciding} (run "
+                    "specializes on their values; constants= / --const freezes them)"]
+                   if self.deciding else []),
                  f"parameters: {self.parameters:,} (float weights)",
                  "ops (after constant folding), by domain:"]
         for domain in sorted({d for d, _ in self.ops}):  # ai.onnx ('') first
@@ -62,7 +68,8 @@ def summarize(model: ModelLike) -> ModelSummary:
             for key, n in counts.items()}
     params = sum(int(v.size) for v in graph.constants.values() if v.dtype.kind == "f" and v.size > 1)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
-    return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_, params)
+    return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_, params,
+                        static_graph_inputs(proto, {}))
 
 
 def _count(graph: Graph, counts: Counter) -> None:

@@ -121,6 +121,7 @@ def _cmd_inspect(args) -> int:
                                 f"inputs of the model; its inputs are {names}")
     summary.inputs = [replace(s, shape=given.get(s.name, s.shape)) for s in summary.inputs
                       if s.name not in consts]
+    summary.deciding = [n for n in summary.deciding if n not in consts]
     print(summary.text())
     for name, value in consts.items():
         print(f"constant input {name} = {value.tolist()}")

@@ -110,12 +110,23 @@ def test_convert_output_names_the_inputs_to_freeze_or_generates_for_them(tmp_pat
         (tmp_path / "feeds" / "summary.txt").read_text()
 
 
+def test_inspect_names_the_inputs_deciding_shapes(tmp_path, capsys):
+    model, _ = _save(tmp_path, "shape", _shape_model())
+    assert cli.main(["inspect", model]) == 0
+    assert "inputs deciding shapes, axes or branches: ['s', 'axes']" in capsys.readouterr().out
+    assert cli.main(["inspect", model, "--const", "s=3,8"]) == 0
+    out = capsys.readouterr().out
+    assert "inputs deciding shapes, axes or branches: ['axes']" in out
+    assert "constant input s = [3, 8]" in out
+
+
 def test_convert_and_inspect_with_const_and_input_shape(tmp_path, capsys):
     rate = _rate_model()  # random weights: one model for both sides
     model, _ = _save(tmp_path, "rate", rate)
     assert cli.main(["inspect", model, "--const", "sr=8000", "--input-shape", "x=96"]) == 0
     out = capsys.readouterr().out
     assert "x: float32[96]" in out and "constant input sr = 8000" in out
+    assert "inputs deciding" not in out
     assert cli.main(["convert", model, "-o", str(tmp_path / "out"), "--const", "sr=8000",
                      "--input-shape", "x=96"]) == 0
     x, state = RNG.standard_normal(96).astype(F), np.ones(4, F)
