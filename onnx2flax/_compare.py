@@ -23,7 +23,7 @@ import onnx
 from ._fold import fold
 from ._graph import Graph, Node
 from ._load import ModelLike, load_model
-from .converter import ConvertedModel, TensorSpec, _placeholder_hint, convert
+from .converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint, convert
 from .errors import InvalidInputError, InvalidModelError, OnnxConversionError, ResourceLimitError
 
 __all__ = ["Comparison", "ComparisonReport", "compare", "random_feeds"]
@@ -234,13 +234,12 @@ def _feed_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
     unknown = [(i, d) for i, d in enumerate(shape) if not isinstance(d, int) and i > 0]
     if unknown:
         dims = ", ".join(f"dim {i}" + (f" ({d!r})" if d else "") for i, d in unknown)
-        example = ",".join(str(d) if isinstance(d, int) else "1" if i == 0
-                           else f"<{d or f'dim{i}'}>" for i, d in enumerate(shape))
+        example = _dims_example(spec, batch=1)
         raise InvalidInputError(
             f"input {spec.name!r} of shape {list(shape)} has unknown {dims}: random inputs "
             f"would make them 1 (a degenerate size). Give the shape (--input-shape "
-            f"{spec.name}={example}, or compare(input_shapes={{{spec.name!r}: (...)}})) or real "
-            f"inputs (--feeds FILE.npz, or compare(feeds=...))")
+            f"{spec.name}={example}, or compare(input_shapes={{{spec.name!r}: ({example})}})) or "
+            f"real inputs (--feeds FILE.npz, or compare(feeds=...))")
     return tuple(d if isinstance(d, int) else batch for d in shape)
 
 

@@ -209,19 +209,25 @@ def _placeholder_hint(inputs: list[TensorSpec], specialized: Sequence[str] = (),
         unknown = {n: dims for n, dims in unknown.items() if dims}
         if unknown:
             spec = {s.name: s for s in inputs}
-            shapes = {n: [d if isinstance(d, int) else "?" for d in spec[n].shape]
-                      for n in unknown}
             where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
                               + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
                               for n, d in unknown.items())
-            flags = " ".join(f"--input-shape {n}=" + ",".join(map(str, s))
-                             for n, s in shapes.items())
+            given = ", ".join(f"{n!r}: ({_dims_example(spec[n])})" for n in unknown)
+            flags = " ".join(f"--input-shape {n}={_dims_example(spec[n])}" for n in unknown)
             notes.append(f"traced without feeds, unknown dims as 1: {where}; if that is what "
-                         f"failed, give the real sizes: convert(model, input_shapes={shapes!r}) "
-                         f"or {flags}, with each ? filled in")
+                         f"failed, give the real sizes: convert(model, input_shapes={{{given}}}) "
+                         f"or {flags}, with each <...> filled in")
         if notes and exc.args and isinstance(exc.args[0], str):
             exc.args = ("\n".join([exc.args[0], *(f"({n})" for n in notes)]), *exc.args[1:])
         raise
+
+
+def _dims_example(spec: TensorSpec, batch: int | None = None) -> str:
+    """``spec``'s shape as ``--input-shape`` takes it: known dims as numbers, unknown ones
+    as ``<name>`` (``<dimI>`` when unnamed), dim 0 as ``batch`` when given."""
+    return ",".join(str(d) if isinstance(d, int) and d >= 0
+                    else str(batch) if i == 0 and batch is not None
+                    else f"<{d or f'dim{i}'}>" for i, d in enumerate(spec.shape or ()))
 
 
 def _as_feed(value: Any, spec: TensorSpec):

@@ -37,8 +37,8 @@ def test_placeholder_dims_are_named_in_the_error():
         converted.outputs
     message = str(info.value)
     assert "input 'x' dims 0 (N), 2 (H), 3 (W)" in message
-    assert "input_shapes={'x': ['?', 2, '?', '?']}" in message
-    assert "--input-shape x=?,2,?,?" in message
+    assert "input_shapes={'x': (<N>,2,<H>,<W>)}" in message
+    assert "--input-shape x=<N>,2,<H>,<W>" in message
     with pytest.raises(onnx2flax.errors.OnnxConversionError, match="input_shapes="):
         codegen.generate(converted)
 
