@@ -558,7 +558,9 @@ def test_apply_checks_feeds(two_inputs):
 # ------------------------------------------------------------------ no code from the model
 
 def test_package_never_evaluates_model_content():
-    pattern = re.compile(r"(?<![\w.])(eval|exec|compile|__import__)\(|pickle|allow_pickle\s*=\s*True")
+    # np.load(..., allow_pickle=False) (the CLI's --feeds) is the safe form, not a use.
+    pattern = re.compile(r"(?<![\w.])(eval|exec|compile|__import__)\(|(import|from) pickle\b"
+                         r"|pickle\.\w|allow_pickle\s*=\s*True")
     root = Path(onnx2flax.__file__).parent
     offending = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py")
                  for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
