@@ -68,8 +68,8 @@ def summarize(model: ModelLike) -> ModelSummary:
             for key, n in counts.items()}
     params = sum(int(v.size) for v in graph.constants.values() if v.dtype.kind == "f" and v.size > 1)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
-    return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_, params,
-                        static_graph_inputs(proto, {}))
+    return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_,
+                        params, static_graph_inputs(proto, {}))
 
 
 def _count(graph: Graph, counts: Counter) -> None:
