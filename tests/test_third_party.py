@@ -47,7 +47,7 @@ def model_file(item):
 
 def test_compare_matches_onnxruntime(item, model_file, tmp_path):
     args = third_party.cli_args(item, tmp_path)
-    result = _cli("compare", str(model_file), "--json", *args)
+    result = _cli("compare", str(model_file), "--json", *args, *item.compare_args)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     report = json.loads(result.stdout)
     assert report["ok"] and report["outputs"]
@@ -66,6 +66,9 @@ def test_compare_matches_onnxruntime(item, model_file, tmp_path):
 def test_convert_writes_the_module(item, model_file, tmp_path):
     out = tmp_path / "out"
     result = _cli("convert", str(model_file), "-o", str(out), *third_party.cli_args(item, tmp_path))
+    if item.convert_xfail:  # a known failure; once fixed, this says to drop the note
+        assert result.returncode != 0, f"{item.name} converts now: drop its convert_xfail"
+        pytest.xfail(item.convert_xfail)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     written = sorted(p.name for p in out.iterdir())
     assert written == ["model.py", "summary.txt", "weights.msgpack"]
