@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporters"))
 import zoo  # noqa: E402
+from third_party import SECTION  # noqa: E402
 
 
 def _cell(result: dict | None) -> str:
@@ -77,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no results in {args.results}; run the zoo tests first", file=sys.stderr)
         return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(results))
+    text = render(results)
+    marker = f"\n{SECTION}\n"  # kept: written by exporters/third_party.py --report
+    previous = args.output.read_text() if args.output.is_file() else ""
+    if marker in previous:
+        text = text.rstrip("\n") + "\n" + marker + previous.split(marker, 1)[1]
+    args.output.write_text(text)
     print(f"wrote {args.output} ({len(results)} results)")
     return 0
 

@@ -102,3 +102,15 @@ class Graph:
     @property
     def opset(self) -> int:
         return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+
+
+def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:
+    """A DequantizeLinear of a constant integer tensor (a QDQ model's quantized weight):
+    kept in the graph, its inputs made params, unless ``dequantize_weights`` folds it."""
+    value = constants.get(node.inputs[0]) if node.inputs else None
+    return (node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx", "com.microsoft")
+            and value is not None and value.size > 1
+            and (value.dtype.kind in "iu" or value.dtype.name in _NARROW_INTEGERS))
+
+
+_NARROW_INTEGERS = {"int4", "uint4", "int2", "uint2"}

@@ -18,7 +18,7 @@ import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
-from ._graph import Graph, Node, TensorSpec, node_name
+from ._graph import Graph, Node, TensorSpec, is_weight_dequantization, node_name
 from ._inputs import apply_given
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
@@ -298,18 +298,6 @@ def _constant_value(node: Node) -> np.ndarray:
             return np.asarray(attrs[key], dtype=dtype)
     raise UnsupportedOpError(f"{label}: only numeric values are supported (value, value_float(s),"
                              f" value_int(s)), found {sorted(attrs)}")
-
-
-def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:
-    """A DequantizeLinear of a constant integer tensor (a QDQ model's quantized weight):
-    kept in the graph, its inputs made params, unless ``dequantize_weights`` folds it."""
-    value = constants.get(node.inputs[0]) if node.inputs else None
-    return (node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx", "com.microsoft")
-            and value is not None and value.size > 1
-            and (value.dtype.kind in "iu" or value.dtype.name in _NARROW_INTEGERS))
-
-
-_NARROW_INTEGERS = {"int4", "uint4", "int2", "uint2"}
 
 
 def dequantize_weights(graph: Graph) -> None:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._graph import Graph, Node
+from ._graph import Graph, Node, is_weight_dequantization
 from ._load import to_device
-from ._normalize import is_weight_dequantization
 from ._registry import guarded, lookup
 
 Path = tuple[str, ...]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real-model tests (pytest marker `zoo`): torchvision / timm / transformers models exported by
 # both torch exporters (exporters/zoo.py) and the onnx wheel's light models, each compared with
-# onnxruntime; then docs/models.md is regenerated from the results.
+# onnxruntime, and third-party ONNX files from PyPI wheels through the CLI
+# (exporters/third_party.py); then docs/models.md is regenerated from the results.
 #
 #   bash scripts/zoo.sh [pytest args...]        e.g.  bash scripts/zoo.sh -k resnet
 #
@@ -17,6 +18,8 @@ if ! "$VENV/bin/python" -c "import torchvision, timm, transformers, jax, flax, o
     numpy jax flax onnx onnxruntime onnxscript safetensors pytest
 fi
 status=0
-PYTHONPATH=. "$VENV/bin/python" -m pytest -m zoo tests/test_zoo.py tests/test_light_models.py -rxs "$@" || status=$?
+PYTHONPATH=. "$VENV/bin/python" -m pytest -m zoo tests/test_zoo.py tests/test_light_models.py \
+  tests/test_third_party.py -rxs "$@" || status=$?
 PYTHONPATH=. "$VENV/bin/python" exporters/zoo_report.py || true
+PYTHONPATH=. "$VENV/bin/python" exporters/third_party.py --report -o docs/models.md || true
 exit $status
