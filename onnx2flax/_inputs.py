@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ._graph import TensorSpec, node_name
+from ._module import check_feed
 from ._registry import lookup
 from .errors import InvalidInputError
 
@@ -100,8 +101,6 @@ def _frozen_value(spec: TensorSpec, value: Any) -> np.ndarray:
     if not hasattr(value, "dtype") and spec.dtype is not None \
             and np.can_cast(array.dtype, spec.dtype, "same_kind"):
         array = array.astype(spec.dtype)
-    from ._module import check_feed  # here: _module -> _plan -> _normalize imports this module
-
     try:
         check_feed(spec, array, False)
     except InvalidInputError as exc:
