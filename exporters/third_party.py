@@ -137,10 +137,7 @@ FILES: tuple[ThirdParty, ...] = (
     ThirdParty("oww_silero_vad_v4", _OWW, "openwakeword/resources/models/silero_vad.onnx",
                feeds=_silero_v4_feeds),
     ThirdParty("silero_vad_v5", _SILERO, "silero_vad/data/silero_vad.onnx",
-               feeds=_silero_v5_feeds, convert_xfail=(
-                   "convert -o --feeds traces the If on sr with both branches (the 8 kHz one "
-                   "fails at 16 kHz shapes: LSTM X must be 3-D); _cmd_convert should apply "
-                   "converted.specialized(feeds) (shapein's API). --const sr=16000 works")),
+               feeds=_silero_v5_feeds),
     ThirdParty("silero_vad_16k_op15", _SILERO, "silero_vad/data/silero_vad_16k_op15.onnx",
                feeds=_silero_v5_feeds),
     ThirdParty("silero_vad_op18_ifless", _SILERO, "silero_vad/data/silero_vad_op18_ifless.onnx",
@@ -260,8 +257,8 @@ models, `sr=16000` fed at run time for Silero VAD). `ok` is exit code 0: every o
 `1e-5 + 1e-4 * max|ref|` of onnxruntime; the errors are the largest over the outputs; time is
 the whole command (start, conversion, compilation, both runs) with `ONNX2FLAX_NO_CACHE=1` on
 2 shared CPU cores. `tests/test_third_party.py` (marker `zoo`) runs the same commands plus
-`onnx2flax convert FILE -o DIR`: all write their module except silero_vad_v5 with `--feeds`
-(the `If` on `sr` is traced with both branches; `--const sr=16000` works). ppocrv4_det needs
+`onnx2flax convert FILE -o DIR`: all write their module (silero_vad_v5's for the `sr` in its
+`--feeds`: the `If` on `sr` takes that branch, as with `--const sr=16000`). ppocrv4_det needs
 `--rtol 1e-3`: its text map differs by 2.2e-4 at a glyph edge while every intermediate tensor
 agrees within 2.4e-5 of its max|ref| and onnx.reference finds both final Sigmoids right
 (`--per-node`), i.e. float32 rounding, no wrong node. No wheel was found that ships YOLOv8,
