@@ -37,7 +37,7 @@ _evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = 
 def foldable(node: Node) -> bool:
     """Default-domain ops ONNX defines (unknown ones are left for ``check_supported`` to
     report with all the others)."""
-    return node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD \
+    return node.domain == "" and node.op_type not in _NEVER_FOLD \
         and node.proto is not None and onnx.defs.has(node.op_type)
 
 

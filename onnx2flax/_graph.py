@@ -5,12 +5,31 @@ Later stages (planning, the interpreter, codegen) read only these dataclasses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 Dim = int | str | None
+
+
+def onnx_domain(domain: str) -> str:
+    """``domain`` as the converter keys it: the default domain is ``""`` (never ``"ai.onnx"``)."""
+    return "" if domain == "ai.onnx" else domain
+
+
+def opset_map(opset_import: Iterable[Any]) -> dict[str, int]:
+    """``{domain: version}`` of a model's ``opset_import`` (OperatorSetIdProtos), domains as
+    :func:`onnx_domain` gives them; the default domain is always present (1 if not imported)."""
+    opsets = {onnx_domain(o.domain): int(o.version) for o in opset_import}
+    opsets.setdefault("", 1)
+    return opsets
+
+
+def opset_for(opsets: Mapping[str, int], domain: str) -> int:
+    """The version of ``domain`` in ``opsets`` (as :func:`opset_map` gives them; 1 if absent)."""
+    return opsets.get(onnx_domain(domain), 1)
 
 
 def node_name(name: str, op_type: str, index: int) -> str:
@@ -101,14 +120,19 @@ class Graph:
 
     @property
     def opset(self) -> int:
-        return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+        """The default-domain opset."""
+        return opset_for(self.opsets, "")
+
+    def opset_of(self, node: Node) -> int:
+        """The opset of ``node``'s domain."""
+        return opset_for(self.opsets, node.domain)
 
 
 def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:
     """A DequantizeLinear of a constant integer tensor (a QDQ model's quantized weight):
     kept in the graph, its inputs made params, unless ``dequantize_weights`` folds it."""
     value = constants.get(node.inputs[0]) if node.inputs else None
-    return (node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx", "com.microsoft")
+    return (node.op_type == "DequantizeLinear" and node.domain in ("", "com.microsoft")
             and value is not None and value.size > 1
             and (value.dtype.kind in "iu" or value.dtype.name in _NARROW_INTEGERS))
 

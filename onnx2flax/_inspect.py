@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 from . import ops  # noqa: F401  (registers handlers)
-from ._graph import Graph, TensorSpec
+from ._graph import Graph, Node, TensorSpec
 from ._load import ModelLike, load_model
 from ._normalize import normalize
 from ._registry import lookup
@@ -57,18 +57,19 @@ def summarize(model: ModelLike) -> ModelSummary:
     proto, base_dir = load_model(model)
     graph = normalize(proto, base_dir)
     counts: Counter = Counter()
-    _count(graph, counts)
-    ops_ = {key: (n, lookup(key[0], key[1], graph.opsets.get(key[0], 1)) is not None)
-            for key, n in counts.items()}
+    first: dict[tuple[str, str], Node] = {}
+    _count(graph, counts, first)
+    ops_ = {key: (n, lookup(first[key], graph.opsets) is not None) for key, n in counts.items()}
     params = sum(int(v.size) for v in graph.constants.values() if v.dtype.kind == "f" and v.size > 1)
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
     return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_, params)
 
 
-def _count(graph: Graph, counts: Counter) -> None:
+def _count(graph: Graph, counts: Counter, first: dict[tuple[str, str], Node]) -> None:
     for node in graph.nodes:
         counts[node.key] += 1
+        first.setdefault(node.key, node)
         for sub in node.subgraphs():
-            _count(sub, counts)
+            _count(sub, counts, first)
 
 

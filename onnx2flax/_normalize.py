@@ -18,7 +18,8 @@ import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
-from ._graph import Graph, Node, TensorSpec, is_weight_dequantization, node_name
+from ._graph import (Graph, Node, TensorSpec, is_weight_dequantization, node_name, onnx_domain,
+                     opset_map)
 from ._inputs import apply_given
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
@@ -33,10 +34,7 @@ def normalize(model: onnx.ModelProto, base_dir: Path | None, *,
     """Decode ``model`` into a folded, sorted :class:`Graph`; ``input_shapes`` fixes the
     dims of graph inputs, ``constants`` freezes graph inputs to values (folded like
     initializers)."""
-    opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
-    if "ai.onnx" in opsets:
-        opsets[""] = opsets.pop("ai.onnx")
-    opsets.setdefault("", 1)
+    opsets = opset_map(model.opset_import)
     if opsets[""] > _MAX_OPSET or opsets[""] < 1:
         raise UnsupportedOpError(
             f"the model uses default-domain opset {opsets['']}; this onnx2flax (onnx "
@@ -124,7 +122,7 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         _check_schema(proto, name, opsets)
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}
-        nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
+        nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
                           list(proto.output), attrs, _detached(proto)))
 
     known = set(constants) | {i.name for i in inputs}
@@ -191,7 +189,7 @@ def _check_schema(proto: onnx.NodeProto, name: str, opsets: dict[str, int]) -> N
     """Input/output counts and attribute names and types against the ONNX schema of a
     default-domain op, so handlers can rely on them. Unknown ops are left to
     ``check_supported``, which reports them all at once."""
-    if proto.domain not in ("", "ai.onnx"):
+    if onnx_domain(proto.domain):
         return
     opset = opsets[""]
     try:

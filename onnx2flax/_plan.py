@@ -132,7 +132,7 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
     layers: dict[Node, LayerPlan] = {}
     consumed: set[tuple[int, int]] = set()
     for node in graph.nodes:
-        spec = lookup(node.domain, node.op_type, graph.opset)
+        spec = lookup(node, graph.opsets)
         if spec is None or spec.params is None:
             continue
         weights = [graph.constants.get(i) if i else None for i in node.inputs]
@@ -149,7 +149,7 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
 
     free: dict[str, Path] = {}
     for node in graph.nodes:
-        spec = lookup(node.domain, node.op_type, graph.opset)
+        spec = lookup(node, graph.opsets)
         static = spec.constant_inputs(len(node.inputs)) if spec else ()
         # Weights read inside If/Loop/Scan bodies (position None) are params too.
         reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
@@ -194,7 +194,7 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
         while frontier and spec.name not in found:
             name = frontier.pop()
             for node in consumers.get(name, []):
-                op = lookup(node.domain, node.op_type, graph.opset)
+                op = lookup(node, graph.opsets)
                 if op is None or id(node) in seen:
                     continue
                 seen.add(id(node))
