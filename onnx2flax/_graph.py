@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from onnx import helper
+
+from .errors import InvalidModelError
 
 Dim = int | str | None
 
@@ -30,6 +33,24 @@ def opset_map(opset_import: Iterable[Any]) -> dict[str, int]:
 def opset_for(opsets: Mapping[str, int], domain: str) -> int:
     """The version of ``domain`` in ``opsets`` (as :func:`opset_map` gives them; 1 if absent)."""
     return opsets.get(onnx_domain(domain), 1)
+
+
+def numpy_dtype(elem_type: Any, what: str | None = None) -> np.dtype | None:
+    """The NumPy dtype of ONNX element type ``elem_type`` (a ``TensorProto.DataType``).
+    An unknown type is ``None``, or with ``what`` (the tensor it types, e.g. ``"initializer
+    'w'"``) an :class:`~onnx2flax.errors.InvalidModelError` naming it."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(int(elem_type)))
+    except (KeyError, ValueError, TypeError):
+        if what is None:
+            return None
+        raise InvalidModelError(f"{what} has unknown element type {elem_type}") from None
+
+
+def is_float_weight(value: np.ndarray | None) -> bool:
+    """A float tensor known at conversion time, other than a scalar: what becomes a param
+    (shape-like inputs are excluded by the ops' ``static_inputs``)."""
+    return value is not None and value.dtype.kind == "f" and value.size > 1
 
 
 def node_name(name: str, op_type: str, index: int) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 from . import ops  # noqa: F401  (registers handlers)
-from ._graph import Graph, Node, TensorSpec
+from ._graph import Graph, Node, TensorSpec, is_float_weight
 from ._load import ModelLike, load_model
 from ._normalize import normalize
 from ._registry import lookup
@@ -60,7 +60,7 @@ def summarize(model: ModelLike) -> ModelSummary:
     first: dict[tuple[str, str], Node] = {}
     _count(graph, counts, first)
     ops_ = {key: (n, lookup(first[key], graph.opsets) is not None) for key, n in counts.items()}
-    params = sum(int(v.size) for v in graph.constants.values() if v.dtype.kind == "f" and v.size > 1)
+    params = sum(int(v.size) for v in graph.constants.values() if is_float_weight(v))
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
     return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_, params)
 

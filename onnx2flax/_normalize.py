@@ -18,8 +18,8 @@ import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
-from ._graph import (Graph, Node, TensorSpec, is_weight_dequantization, node_name, onnx_domain,
-                     opset_map)
+from ._graph import (Graph, Node, TensorSpec, is_float_weight, is_weight_dequantization,
+                     node_name, numpy_dtype, onnx_domain, opset_map)
 from ._inputs import apply_given
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
@@ -59,13 +59,6 @@ def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
     return copy
 
 
-def _dtype(elem_type: int, what: str) -> np.dtype:
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
-    except (KeyError, ValueError, TypeError):
-        raise InvalidModelError(f"{what} has unknown element type {elem_type}") from None
-
-
 def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
     return _type_spec(info.name, info.type, f"{what} {info.name!r}")
 
@@ -92,7 +85,7 @@ def _type_spec(name: str, tp: onnx.TypeProto, what: str) -> TensorSpec:
         shape = tuple(
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
             else (d.dim_param or None) for d in t.shape.dim)
-    dtype = _dtype(t.elem_type, what) if t.elem_type else None
+    dtype = numpy_dtype(t.elem_type, what) if t.elem_type else None
     if dtype is not None and dtype.kind in "OSU":
         raise UnsupportedOpError(f"{what} is a string tensor; JAX has no string "
                                  "dtype, onnx2flax converts numeric and bool tensors only")
@@ -143,11 +136,9 @@ def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:
     out = {}
     for info in (*g.input, *g.value_info):
         if info.type.WhichOneof("value") == "tensor_type":
-            try:
-                out[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(
-                    info.type.tensor_type.elem_type))
-            except (KeyError, ValueError, TypeError):
-                continue
+            dtype = numpy_dtype(info.type.tensor_type.elem_type)
+            if dtype is not None:
+                out[info.name] = dtype
     return out
 
 
@@ -369,10 +360,7 @@ def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
         elif source.op_type in _SAME_DTYPE:
             name = source.inputs[0]
         elif source.op_type == "Cast":
-            try:
-                return np.dtype(helper.tensor_dtype_to_np_dtype(int(source.attrs.get("to", 1))))
-            except (KeyError, ValueError, TypeError):
-                return None
+            return numpy_dtype(source.attrs.get("to", 1))
         else:
             return None
     return None
@@ -380,8 +368,7 @@ def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:
     """The one float weight a folded value was computed from, if exactly one."""
-    weights = [i for i in inputs
-               if graph.constants[i].dtype.kind == "f" and graph.constants[i].size > 1]
+    weights = [i for i in inputs if is_float_weight(graph.constants[i])]
     if len(weights) != 1:
         return None
     return graph.origins.get(weights[0], weights[0])
