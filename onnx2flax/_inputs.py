@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ._graph import TensorSpec, node_name, opset_map
+from ._graph import TensorSpec, node_name, numpy_dtype, opset_map
 from ._module import check_feed
 from ._registry import lookup
 from .errors import InvalidInputError
@@ -141,8 +141,8 @@ def static_graph_inputs(model: onnx.ModelProto, bounds: Mapping[str, int],
 
 
 def _is_float(tp: onnx.TypeProto) -> bool:
-    elem = tp.tensor_type.elem_type if tp.WhichOneof("value") else 0
-    return bool(elem) and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind in "fc"
+    dtype = numpy_dtype(tp.tensor_type.elem_type) if tp.WhichOneof("value") else None
+    return dtype is not None and dtype.kind in "fc"
 
 
 def _reaching(graph: onnx.GraphProto, names: list[str]) -> set[str]:
