@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 
 import onnx
 
-from ._graph import node_name
+from ._graph import node_name, opset_map
 from ._registry import lookup
 from .errors import InvalidInputError
 
@@ -28,12 +28,11 @@ def check_bounds(model: onnx.ModelProto, bounds: Bounds | None) -> dict[str, int
     if not isinstance(bounds, Mapping):
         raise InvalidInputError(f"bounds must be a dict of node or output name -> count, got "
                                 f"{type(bounds).__name__}")
-    opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
-    opsets.setdefault("", opsets.get("ai.onnx", 1))
+    opsets = opset_map(model.opset_import)
     nodes: dict[str, tuple[int, str, bool]] = {}  # name -> (node number, label, bounded)
-    for key, (op_type, domain, names) in enumerate(_nodes(model.graph)):
-        spec = lookup(domain, op_type, opsets.get(domain or "", 1))
-        label = f"{op_type} node {names[0]!r}"
+    for key, (proto, names) in enumerate(_nodes(model.graph)):
+        spec = lookup(proto, opsets)
+        label = f"{proto.op_type} node {names[0]!r}"
         for name in names:
             nodes.setdefault(name, (key, label, spec is not None and spec.bounded))
     out: dict[str, int] = {}
@@ -57,10 +56,10 @@ def check_bounds(model: onnx.ModelProto, bounds: Bounds | None) -> dict[str, int
 
 
 def _nodes(graph: onnx.GraphProto) -> Iterator[tuple[str, str, list[str]]]:
-    """``(op_type, domain, [name, first output])`` of every node, subgraphs included."""
+    """``(NodeProto, [name, first output])`` of every node, subgraphs included."""
     for index, proto in enumerate(graph.node):
         names = [node_name(proto.name, proto.op_type, index)] + list(proto.output[:1])
-        yield proto.op_type, proto.domain, [n for n in names if n]
+        yield proto, [n for n in names if n]
         for attr in proto.attribute:
             for sub in [attr.g] if attr.HasField("g") else attr.graphs:
                 yield from _nodes(sub)

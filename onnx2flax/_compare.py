@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from ._fold import fold
-from ._graph import Graph, Node
+from ._graph import Graph, Node, numpy_dtype
 from ._load import ModelLike, load_model
 from .converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint, convert
 from .errors import InvalidInputError, InvalidModelError, OnnxConversionError, ResourceLimitError
@@ -444,9 +444,7 @@ def _constant_feeds(proto: onnx.ModelProto, constants: Mapping[str, Any]) -> dic
     types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
     out = {}
     for name, value in constants.items():
-        dtype = (onnx.helper.tensor_dtype_to_np_dtype(types[name]) if types.get(name)
-                 else None)
-        out[name] = np.asarray(value, dtype=dtype)
+        out[name] = np.asarray(value, dtype=numpy_dtype(types.get(name, 0)))
     return out
 
 

@@ -69,5 +69,5 @@ def register_op(op_type: str, *, domain: str = "", since: int = 1,
     """
     if layout not in ("onnx", "elementwise"):
         raise ValueError(f"layout must be 'onnx' or 'elementwise', got {layout!r}")
-    return register(op_type, since=since, domain="" if domain == "ai.onnx" else domain,
+    return register(op_type, since=since, domain=domain,
                     layout=layout)

@@ -14,7 +14,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 
 from . import _load
-from ._graph import Node
+from ._graph import Node, numpy_dtype
 from .errors import InvalidModelError, OnnxConversionError, ResourceLimitError, node_label
 
 # Ops that must never be folded: random, with subgraphs / side channels, or misevaluated.
@@ -37,7 +37,7 @@ _evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = 
 def foldable(node: Node) -> bool:
     """Default-domain ops ONNX defines (unknown ones are left for ``check_supported`` to
     report with all the others)."""
-    return node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD \
+    return node.domain == "" and node.op_type not in _NEVER_FOLD \
         and node.proto is not None and onnx.defs.has(node.op_type)
 
 
@@ -104,9 +104,8 @@ def _output_types(node: Node, inputs: list[np.ndarray | None],
         onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()])
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output
-        return {info.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-                    info.type.tensor_type.elem_type))
-                for info in inferred if info.type.tensor_type.elem_type}
+        types = {info.name: numpy_dtype(info.type.tensor_type.elem_type) for info in inferred}
+        return {name: dtype for name, dtype in types.items() if dtype is not None}
     except Exception:  # noqa: BLE001  (the handler's own types are kept)
         return {}
 

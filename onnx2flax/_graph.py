@@ -5,12 +5,52 @@ Later stages (planning, the interpreter, codegen) read only these dataclasses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from onnx import helper
+
+from .errors import InvalidModelError
 
 Dim = int | str | None
+
+
+def onnx_domain(domain: str) -> str:
+    """``domain`` as the converter keys it: the default domain is ``""`` (never ``"ai.onnx"``)."""
+    return "" if domain == "ai.onnx" else domain
+
+
+def opset_map(opset_import: Iterable[Any]) -> dict[str, int]:
+    """``{domain: version}`` of a model's ``opset_import`` (OperatorSetIdProtos), domains as
+    :func:`onnx_domain` gives them; the default domain is always present (1 if not imported)."""
+    opsets = {onnx_domain(o.domain): int(o.version) for o in opset_import}
+    opsets.setdefault("", 1)
+    return opsets
+
+
+def opset_for(opsets: Mapping[str, int], domain: str) -> int:
+    """The version of ``domain`` in ``opsets`` (as :func:`opset_map` gives them; 1 if absent)."""
+    return opsets.get(onnx_domain(domain), 1)
+
+
+def numpy_dtype(elem_type: Any, what: str | None = None) -> np.dtype | None:
+    """The NumPy dtype of ONNX element type ``elem_type`` (a ``TensorProto.DataType``).
+    An unknown type is ``None``, or with ``what`` (the tensor it types, e.g. ``"initializer
+    'w'"``) an :class:`~onnx2flax.errors.InvalidModelError` naming it."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(int(elem_type)))
+    except (KeyError, ValueError, TypeError):
+        if what is None:
+            return None
+        raise InvalidModelError(f"{what} has unknown element type {elem_type}") from None
+
+
+def is_float_weight(value: np.ndarray | None) -> bool:
+    """A float tensor known at conversion time, other than a scalar: what becomes a param
+    (shape-like inputs are excluded by the ops' ``static_inputs``)."""
+    return value is not None and value.dtype.kind == "f" and value.size > 1
 
 
 def node_name(name: str, op_type: str, index: int) -> str:
@@ -101,14 +141,19 @@ class Graph:
 
     @property
     def opset(self) -> int:
-        return self.opsets.get("", self.opsets.get("ai.onnx", 1))
+        """The default-domain opset."""
+        return opset_for(self.opsets, "")
+
+    def opset_of(self, node: Node) -> int:
+        """The opset of ``node``'s domain."""
+        return opset_for(self.opsets, node.domain)
 
 
 def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:
     """A DequantizeLinear of a constant integer tensor (a QDQ model's quantized weight):
     kept in the graph, its inputs made params, unless ``dequantize_weights`` folds it."""
     value = constants.get(node.inputs[0]) if node.inputs else None
-    return (node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx", "com.microsoft")
+    return (node.op_type == "DequantizeLinear" and node.domain in ("", "com.microsoft")
             and value is not None and value.size > 1
             and (value.dtype.kind in "iu" or value.dtype.name in _NARROW_INTEGERS))
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ._graph import TensorSpec, node_name
+from ._graph import TensorSpec, node_name, numpy_dtype, opset_map
 from ._module import check_feed
 from ._registry import lookup
 from .errors import InvalidInputError
@@ -118,12 +118,10 @@ def static_graph_inputs(model: onnx.ModelProto, bounds: Mapping[str, int],
     value traces only its own branch) or the If gives sequences or optionals (whose lengths
     ``lax.cond`` cannot select). Directly or through other nodes, except through Shape and
     Size, which read no values."""
-    opsets = {(o.domain or ""): o.version for o in model.opset_import}
-    opsets.setdefault("", opsets.get("ai.onnx", 1))
+    opsets = opset_map(model.opset_import)
     static, conditions = [], []
     for index, node in enumerate(model.graph.node):
-        domain = "" if node.domain == "ai.onnx" else node.domain
-        spec = lookup(domain, node.op_type, opsets.get(domain, 1))
+        spec = lookup(node, opsets)
         positions = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
         names = (node_name(node.name, node.op_type, index), *node.output[:1])
         if exact_sizes and spec is not None and spec.bounded \
@@ -143,8 +141,8 @@ def static_graph_inputs(model: onnx.ModelProto, bounds: Mapping[str, int],
 
 
 def _is_float(tp: onnx.TypeProto) -> bool:
-    elem = tp.tensor_type.elem_type if tp.WhichOneof("value") else 0
-    return bool(elem) and np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).kind in "fc"
+    dtype = numpy_dtype(tp.tensor_type.elem_type) if tp.WhichOneof("value") else None
+    return dtype is not None and dtype.kind in "fc"
 
 
 def _reaching(graph: onnx.GraphProto, names: list[str]) -> set[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 from . import ops  # noqa: F401  (registers handlers)
-from ._graph import Graph, TensorSpec
+from ._graph import Graph, Node, TensorSpec, is_float_weight
 from ._inputs import static_graph_inputs
 from ._load import ModelLike, load_model
 from ._normalize import normalize
@@ -63,19 +63,20 @@ def summarize(model: ModelLike) -> ModelSummary:
     proto, base_dir = load_model(model)
     graph = normalize(proto, base_dir)
     counts: Counter = Counter()
-    _count(graph, counts)
-    ops_ = {key: (n, lookup(key[0], key[1], graph.opsets.get(key[0], 1)) is not None)
-            for key, n in counts.items()}
-    params = sum(int(v.size) for v in graph.constants.values() if v.dtype.kind == "f" and v.size > 1)
+    first: dict[tuple[str, str], Node] = {}
+    _count(graph, counts, first)
+    ops_ = {key: (n, lookup(first[key], graph.opsets) is not None) for key, n in counts.items()}
+    params = sum(int(v.size) for v in graph.constants.values() if is_float_weight(v))
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
     return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_,
                         params, static_graph_inputs(proto, {}))
 
 
-def _count(graph: Graph, counts: Counter) -> None:
+def _count(graph: Graph, counts: Counter, first: dict[tuple[str, str], Node]) -> None:
     for node in graph.nodes:
         counts[node.key] += 1
+        first.setdefault(node.key, node)
         for sub in node.subgraphs():
-            _count(sub, counts)
+            _count(sub, counts, first)
 
 

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from . import _wire
+from ._graph import numpy_dtype
 from .errors import InvalidModelError, ResourceLimitError
 
 #: Largest tensor (in elements) the converter will materialize.
@@ -91,10 +92,7 @@ def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None, what: str) 
     count = int(np.prod(dims, dtype=np.float64)) if dims else 1
     if count > MAX_ELEMENTS:
         raise ResourceLimitError(f"{what} declares {count} elements (limit {MAX_ELEMENTS})")
-    try:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    except (KeyError, ValueError, TypeError):
-        raise InvalidModelError(f"{what} has unknown element type {tensor.data_type}") from None
+    dtype = numpy_dtype(tensor.data_type, what)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return _read_external(tensor, dims, dtype, base_dir, what)
     if tensor.data_type == onnx.TensorProto.STRING:

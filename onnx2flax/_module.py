@@ -54,7 +54,7 @@ class OpContext:
 
     @property
     def opset(self) -> int:
-        return self._interp.graph.opsets.get(self.node.domain, 1)
+        return self._interp.graph.opset_of(self.node)
 
     @property
     def train(self) -> bool:
@@ -173,10 +173,10 @@ class _Interpreter:
             self._run_node(env, graph, node)
 
     def _run_node(self, env: _Env, graph: Graph, node: Node) -> None:
-        spec = lookup(node.domain, node.op_type, graph.opsets.get(node.domain, 1))
+        spec = lookup(node, graph.opsets)
         if spec is None:
             raise UnsupportedOpError(f"{node_label(node.name, node.op_type)} has no handler "
-                                     f"for opset {graph.opsets.get(node.domain, 1)}")
+                                     f"for opset {graph.opset_of(node)}")
         held = []
         for name in node.inputs:
             if not name:
@@ -188,7 +188,7 @@ class _Interpreter:
                 raise InvalidModelError(f"{node_label(node.name, node.op_type)} reads {name!r}"
                                         ", which is not defined") from None
         arrays = [a for a, _ in held]
-        takes_sequences = node.domain in ("", "ai.onnx") and node.op_type in _TAKES_SEQUENCES
+        takes_sequences = node.domain == "" and node.op_type in _TAKES_SEQUENCES
         if not takes_sequences and any(isinstance(a, list) for a in arrays):
             k = next(k for k, a in enumerate(arrays) if isinstance(a, list))
             raise InvalidModelError(f"{node_label(node.name, node.op_type)}: input {k} "
@@ -442,7 +442,7 @@ def evaluate_constant(node: Node, arrays: list[np.ndarray | None],
     """``node``'s handler on constant ``arrays`` (ONNX order), results in ONNX order as
     NumPy, or ``None`` when no handler covers the node. Evaluated eagerly (even while a jit
     traces) with 64-bit JAX types, so int64 shape arithmetic stays exact."""
-    spec = lookup(node.domain, node.op_type, opsets.get(node.domain, 1))
+    spec = lookup(node, opsets)
     if spec is None:
         return None
     held = [(a, None if a is None else _layout.identity(np.ndim(a))) for a in arrays]

@@ -18,7 +18,8 @@ import onnx.inliner
 from onnx import helper
 
 from ._fold import fold, foldable
-from ._graph import Graph, Node, TensorSpec, is_weight_dequantization, node_name
+from ._graph import (Graph, Node, TensorSpec, is_float_weight, is_weight_dequantization,
+                     node_name, numpy_dtype, onnx_domain, opset_map)
 from ._inputs import apply_given
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
@@ -33,10 +34,7 @@ def normalize(model: onnx.ModelProto, base_dir: Path | None, *,
     """Decode ``model`` into a folded, sorted :class:`Graph`; ``input_shapes`` fixes the
     dims of graph inputs, ``constants`` freezes graph inputs to values (folded like
     initializers)."""
-    opsets = {(o.domain or ""): int(o.version) for o in model.opset_import}
-    if "ai.onnx" in opsets:
-        opsets[""] = opsets.pop("ai.onnx")
-    opsets.setdefault("", 1)
+    opsets = opset_map(model.opset_import)
     if opsets[""] > _MAX_OPSET or opsets[""] < 1:
         raise UnsupportedOpError(
             f"the model uses default-domain opset {opsets['']}; this onnx2flax (onnx "
@@ -59,13 +57,6 @@ def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
     copy = onnx.NodeProto()
     copy.CopyFrom(proto)
     return copy
-
-
-def _dtype(elem_type: int, what: str) -> np.dtype:
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
-    except (KeyError, ValueError, TypeError):
-        raise InvalidModelError(f"{what} has unknown element type {elem_type}") from None
 
 
 def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
@@ -94,7 +85,7 @@ def _type_spec(name: str, tp: onnx.TypeProto, what: str) -> TensorSpec:
         shape = tuple(
             int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
             else (d.dim_param or None) for d in t.shape.dim)
-    dtype = _dtype(t.elem_type, what) if t.elem_type else None
+    dtype = numpy_dtype(t.elem_type, what) if t.elem_type else None
     if dtype is not None and dtype.kind in "OSU":
         raise UnsupportedOpError(f"{what} is a string tensor; JAX has no string "
                                  "dtype, onnx2flax converts numeric and bool tensors only")
@@ -124,7 +115,7 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         _check_schema(proto, name, opsets)
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
                  for a in proto.attribute}
-        nodes.append(Node(name, proto.op_type, proto.domain or "", list(proto.input),
+        nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
                           list(proto.output), attrs, _detached(proto)))
 
     known = set(constants) | {i.name for i in inputs}
@@ -145,11 +136,9 @@ def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:
     out = {}
     for info in (*g.input, *g.value_info):
         if info.type.WhichOneof("value") == "tensor_type":
-            try:
-                out[info.name] = np.dtype(helper.tensor_dtype_to_np_dtype(
-                    info.type.tensor_type.elem_type))
-            except (KeyError, ValueError, TypeError):
-                continue
+            dtype = numpy_dtype(info.type.tensor_type.elem_type)
+            if dtype is not None:
+                out[info.name] = dtype
     return out
 
 
@@ -191,7 +180,7 @@ def _check_schema(proto: onnx.NodeProto, name: str, opsets: dict[str, int]) -> N
     """Input/output counts and attribute names and types against the ONNX schema of a
     default-domain op, so handlers can rely on them. Unknown ops are left to
     ``check_supported``, which reports them all at once."""
-    if proto.domain not in ("", "ai.onnx"):
+    if onnx_domain(proto.domain):
         return
     opset = opsets[""]
     try:
@@ -371,10 +360,7 @@ def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
         elif source.op_type in _SAME_DTYPE:
             name = source.inputs[0]
         elif source.op_type == "Cast":
-            try:
-                return np.dtype(helper.tensor_dtype_to_np_dtype(int(source.attrs.get("to", 1))))
-            except (KeyError, ValueError, TypeError):
-                return None
+            return numpy_dtype(source.attrs.get("to", 1))
         else:
             return None
     return None
@@ -382,8 +368,7 @@ def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
 
 def _origin(graph: Graph, inputs: list[str]) -> str | None:
     """The one float weight a folded value was computed from, if exactly one."""
-    weights = [i for i in inputs
-               if graph.constants[i].dtype.kind == "f" and graph.constants[i].size > 1]
+    weights = [i for i in inputs if is_float_weight(graph.constants[i])]
     if len(weights) != 1:
         return None
     return graph.origins.get(weights[0], weights[0])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._graph import Graph, Node, is_weight_dequantization
+from ._graph import Graph, Node, is_float_weight, is_weight_dequantization
 from ._load import to_device
 from ._registry import guarded, lookup
 
@@ -132,7 +132,7 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
     layers: dict[Node, LayerPlan] = {}
     consumed: set[tuple[int, int]] = set()
     for node in graph.nodes:
-        spec = lookup(node.domain, node.op_type, graph.opset)
+        spec = lookup(node, graph.opsets)
         if spec is None or spec.params is None:
             continue
         weights = [graph.constants.get(i) if i else None for i in node.inputs]
@@ -149,14 +149,15 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
 
     free: dict[str, Path] = {}
     for node in graph.nodes:
-        spec = lookup(node.domain, node.op_type, graph.opset)
+        spec = lookup(node, graph.opsets)
         static = spec.constant_inputs(len(node.inputs)) if spec else ()
         # Weights read inside If/Loop/Scan bodies (position None) are params too.
         reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
         quantized = is_weight_dequantization(node, graph.constants)  # its inputs all params
         for k, name in reads:
             if (id(node), k) in consumed or k in static or name in free or not (
-                    _is_weight(graph, name) or (quantized and name in graph.constants)):
+                    is_float_weight(graph.constants.get(name))
+                    or (quantized and name in graph.constants)):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
     return Program(graph, layers, free, _spatial_inputs(graph), dict(bounds or {}))
@@ -164,15 +165,6 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
 
 def _unchanged(value: np.ndarray) -> np.ndarray:
     return value
-
-
-def _is_weight(graph: Graph, name: str) -> bool:
-    """A float tensor known at conversion time, other than a scalar: an initializer, a
-    Constant node (Paddle, Caffe2 and spox keep their weights there) or the result of a
-    constant subgraph (ConstantOfShape, Mul, ...). Shape-like inputs are excluded by the
-    caller through the ops' ``static_inputs``."""
-    value = graph.constants.get(name)
-    return value is not None and value.dtype.kind == "f" and value.size > 1
 
 
 # (De)quantization keeps its input's layout: a QDQ model's image input is channels-last.
@@ -194,7 +186,7 @@ def _spatial_inputs(graph: Graph) -> frozenset[str]:
         while frontier and spec.name not in found:
             name = frontier.pop()
             for node in consumers.get(name, []):
-                op = lookup(node.domain, node.op_type, graph.opset)
+                op = lookup(node, graph.opsets)
                 if op is None or id(node) in seen:
                     continue
                 seen.add(id(node))

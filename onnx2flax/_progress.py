@@ -39,7 +39,7 @@ def reporter(progress: bool | Progress | None, proto: onnx.ModelProto) -> Progre
 
 
 def _is_large(proto: onnx.ModelProto) -> bool:
-    import onnx
+    from ._graph import numpy_dtype  # imports onnx: not at the CLI's start
 
     graph = proto.graph
     if len(graph.node) >= AUTO_NODES:
@@ -49,10 +49,9 @@ def _is_large(proto: onnx.ModelProto) -> bool:
         count = 1
         for d in t.dims:
             count *= max(int(d), 0)
-        try:
-            size += count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        except (KeyError, ValueError, TypeError):
-            continue  # reported by the loader
+        dtype = numpy_dtype(t.data_type)
+        if dtype is not None:  # else reported by the loader
+            size += count * dtype.itemsize
     return size >= AUTO_BYTES
 
 

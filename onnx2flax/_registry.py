@@ -29,14 +29,14 @@ without a source cannot be written back (``onnx2flax.torch_state``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jax
 import numpy as np
 
-from ._graph import Graph, Node
+from ._graph import Graph, Node, onnx_domain, opset_for
 from .errors import (InternalError, InvalidModelError, OnnxConversionError, ResourceLimitError,
                      UnsupportedOpError, node_label)
 
@@ -74,6 +74,7 @@ def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = 
     axes, scales): a float initializer there stays a constant instead of becoming a param.
     ``bounded``: the op's output size depends on its input values (see the module's doc).
     """
+    domain = onnx_domain(domain)
 
     def wrap(fn):
         for op in op_types:
@@ -88,11 +89,13 @@ def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = 
     return wrap
 
 
-def lookup(domain: str, op_type: str, opset: int) -> OpSpec | None:
-    """The newest handler at or below ``opset`` (``None`` if the op is unknown)."""
-    domain = "" if domain == "ai.onnx" else domain
+def lookup(node: Node | Any, opsets: Mapping[str, int]) -> OpSpec | None:
+    """The handler of ``node`` (a :class:`Node`, or a NodeProto for the stages that read the
+    file before normalize): the newest at or below the opset of its domain in ``opsets``
+    (as :func:`~onnx2flax._graph.opset_map` gives them); ``None`` if the op is unknown."""
+    opset = opset_for(opsets, node.domain)
     best = None
-    for spec in _REGISTRY.get((domain, op_type), []):
+    for spec in _REGISTRY.get((onnx_domain(node.domain), node.op_type), []):
         if spec.since <= opset:
             best = spec
     return best
@@ -108,8 +111,7 @@ def check_supported(graph: Graph) -> None:
     that has no handler for the model's opset, subgraphs included."""
     missing: dict[tuple[str, str], tuple[int, str]] = {}
     for node, opsets in _walk(graph):
-        opset = opsets.get(node.domain or "", 1)
-        if lookup(node.domain, node.op_type, opset) is None:
+        if lookup(node, opsets) is None:
             count, first = missing.get(node.key, (0, node.name))
             missing[node.key] = (count + 1, first)
     if missing:

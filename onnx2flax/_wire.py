@@ -27,6 +27,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 
+from ._graph import numpy_dtype
+
 #: Payloads at least this large are left in the file; smaller ones stay inline.
 MIN_PAYLOAD = 1 << 18
 #: Files smaller than this are parsed normally (no gain worth the walk).
@@ -147,7 +149,7 @@ def _payload(data: memoryview, fields: dict):
     count = 1
     for dim in _dims(data, fields.get(_DIMS, [])):
         count *= dim
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    itemsize = numpy_dtype(data_type).itemsize
     length = field[2] - field[1]
     # A payload not matching its shape stays inline: the loader reports it precisely.
     return field if length >= MIN_PAYLOAD and length == count * itemsize else None

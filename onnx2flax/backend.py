@@ -32,6 +32,7 @@ import onnx
 from onnx import helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
+from ._graph import onnx_domain
 from ._load import load_model
 from .converter import _convert, _options
 from .errors import InvalidInputError
@@ -124,7 +125,7 @@ class OnnxFlaxBackend(Backend):
         graph = helper.make_graph([node], f"{node.op_type}_node", graph_inputs,
                                   [helper.make_empty_tensor_value_info(n) for n in outputs])
         opsets = [helper.make_opsetid("", opset)]
-        if node.domain not in ("", "ai.onnx"):
+        if onnx_domain(node.domain):
             opsets.append(helper.make_opsetid(node.domain, 1))
         model = helper.make_model(graph, opset_imports=opsets)
         _type_outputs(model, outputs, outputs_info)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._fold import fold
-from ._graph import Graph
+from ._graph import Graph, is_float_weight
 from .converter import ConvertedModel
 
 __all__ = ["to_torch_state_dict"]
@@ -125,7 +125,7 @@ def _fold_indices(graph: Graph, tensor: str, origin: str, memo: dict) -> np.ndar
         return None
     inputs = []
     for name in node.inputs:
-        if name and graph.origins.get(name, name) == origin and _is_float_weight(graph, name):
+        if name and graph.origins.get(name, name) == origin and is_float_weight(graph.constants.get(name)):
             value = _fold_indices(graph, name, origin, memo)
             if value is None:
                 return None
@@ -141,6 +141,3 @@ def _fold_indices(graph: Graph, tensor: str, origin: str, memo: dict) -> np.ndar
     return memo.get(tensor)
 
 
-def _is_float_weight(graph: Graph, name: str) -> bool:
-    value = graph.constants.get(name)
-    return value is not None and value.dtype.kind == "f" and value.size > 1

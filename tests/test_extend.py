@@ -78,3 +78,49 @@ def test_register_op_versions_and_errors(registry):
         onnx2flax.register_op("Twice", domain="com.example")(twice)
     with pytest.raises(ValueError, match="layout"):
         onnx2flax.register_op("Other", layout="custom")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_plan_and_interpreter_pick_the_same_version(registry, rng, version):
+    """A custom domain's opset (not the default domain's 17) picks the version for both the
+    planner (which inputs are image tensors) and the interpreter (which handler runs)."""
+    ran = []
+
+    @onnx2flax.register_op("Scale", domain="com.example", layout="onnx")
+    def scale_v1(ctx, x):
+        ran.append(1)
+        return x * 2
+
+    @onnx2flax.register_op("Scale", domain="com.example", since=2, layout="elementwise")
+    def scale_v2(ctx, x):
+        ran.append(2)
+        return x * 2
+
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    conv = helper.make_node("Conv", ["s", "w"], ["y"], name="conv")
+    custom = make_model([helper.make_node("Scale", ["x"], ["s"], domain="com.example"), conv],
+                        [("x", np.float32, [1, 3, 8, 8])], [("y", np.float32, None)], {"w": w})
+    custom.opset_import.append(helper.make_opsetid("com.example", version))
+    decomposed = make_model([helper.make_node("Constant", [], ["two"], value_float=2.0),
+                             helper.make_node("Mul", ["x", "two"], ["s"]), conv],
+                            [("x", np.float32, [1, 3, 8, 8])], [("y", np.float32, None)],
+                            {"w": w})
+    converted = onnx2flax.convert(custom)
+    # Only the elementwise version lets the image input through to the Conv channels-last.
+    assert converted.inputs[0].channels_last == (version == 2)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    (got,) = converted.run({"x": x})
+    (want,) = run_ort(decomposed, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert set(ran) == {version}
+
+
+def test_ai_onnx_domain_is_the_default_domain(rng):
+    """A node whose domain is spelled ``"ai.onnx"`` gets the handler of the model's
+    default-domain opset (Softmax-13 over one axis, not Softmax-1 over the flattened tail)."""
+    model = make_model([helper.make_node("Softmax", ["x"], ["y"], domain="ai.onnx", axis=1)],
+                       [("x", np.float32, [2, 3, 4])], [("y", np.float32, None)])
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    (got,) = onnx2flax.convert(model).run({"x": x})
+    (want,) = run_ort(model, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -363,7 +363,7 @@ class _Timeout(Exception):
 @pytest.mark.parametrize("trip_count", [2**63 - 1, None])
 def test_unbounded_loop_is_bounded_or_refused(trip_count):
     """``Loop`` with trip count INT64_MAX (or none) and a condition that stays true."""
-    if _registry.lookup("", "Loop", 17) is None:
+    if _registry.supported_ops().get(("", "Loop")) is None:
         pytest.skip("Loop is not implemented on this branch")
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),

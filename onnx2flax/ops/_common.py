@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from jax import lax
-from onnx import helper
 
-from .._graph import Graph
+from .._graph import Graph, numpy_dtype
 from .._module import OpContext
 
 
@@ -81,10 +80,9 @@ NARROW_INTS = {np.dtype(t) for t in (ml_dtypes.int2, ml_dtypes.uint2, ml_dtypes.
 def onnx_dtype(ctx: OpContext, to: int) -> np.dtype:
     """The NumPy dtype of ONNX element type ``to`` as JAX holds it (int64 is int32
     without x64); string types and types XLA lacks (float6) are refused."""
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(int(to)))
-    except (KeyError, ValueError, TypeError):
-        raise ctx.invalid(f"{to} is not a known ONNX element type") from None
+    dtype = numpy_dtype(to)
+    if dtype is None:
+        raise ctx.invalid(f"{to} is not a known ONNX element type")
     if dtype.kind in "OSU" or dtype.name in ("float6_e2m3fn", "float6_e3m2fn"):
         raise ctx.fail(f"{dtype.name} is not supported (JAX has no such dtype)")
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))

@@ -9,6 +9,7 @@ import numpy as np
 from jax import lax
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
@@ -18,32 +19,32 @@ def _activation(name, since=1):
 
 
 @_activation("Elu")
-def elu(ctx, x):
+def elu(ctx: OpContext, x):
     alpha = float(ctx.attr("alpha", 1.0))
     return jnp.where(x > 0, x, alpha * jnp.expm1(x))
 
 
 @_activation("Celu", since=12)
-def celu(ctx, x):
+def celu(ctx: OpContext, x):
     alpha = float(ctx.attr("alpha", 1.0))
     return jnp.maximum(x, 0) + jnp.minimum(0, alpha * jnp.expm1(x / alpha))
 
 
 @_activation("Selu")
-def selu(ctx, x):
+def selu(ctx: OpContext, x):
     alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
     gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
     return gamma * jnp.where(x > 0, x, alpha * jnp.expm1(x))
 
 
 @_activation("LeakyRelu")
-def leaky_relu(ctx, x):
+def leaky_relu(ctx: OpContext, x):
     alpha = float(ctx.attr("alpha", 0.01))
     return jnp.where(x >= 0, x, alpha * x)
 
 
 @_activation("ThresholdedRelu", since=10)
-def thresholded_relu(ctx, x):
+def thresholded_relu(ctx: OpContext, x):
     alpha = float(ctx.attr("alpha", 1.0))
     return jnp.where(x > alpha, x, jnp.zeros_like(x))
 
@@ -57,38 +58,38 @@ def _hard_sigmoid(x, alpha, beta):
 
 
 @_activation("HardSigmoid")
-def hard_sigmoid(ctx, x):
+def hard_sigmoid(ctx: OpContext, x):
     """alpha defaults to 0.2 (torch exports 1/6 explicitly)."""
     return _hard_sigmoid(x, float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5)))
 
 
 @_activation("HardSwish", since=14)
-def hard_swish(ctx, x):
+def hard_swish(ctx: OpContext, x):
     return x * _hard_sigmoid(x, 1 / 6, 0.5)
 
 
 @_activation("Softplus")
-def softplus(ctx, x):
+def softplus(ctx: OpContext, x):
     return jax.nn.softplus(x)
 
 
 @_activation("Softsign")
-def softsign(ctx, x):
+def softsign(ctx: OpContext, x):
     return x / (1 + jnp.abs(x))
 
 
 @_activation("Swish", since=24)
-def swish(ctx, x):
+def swish(ctx: OpContext, x):
     return x * jax.nn.sigmoid(float(ctx.attr("alpha", 1.0)) * x)
 
 
 @_activation("Mish", since=18)
-def mish(ctx, x):
+def mish(ctx: OpContext, x):
     return x * jnp.tanh(jax.nn.softplus(x))
 
 
 @_activation("Gelu", since=20)
-def gelu(ctx, x):
+def gelu(ctx: OpContext, x):
     """``approximate='none'`` (default) is the exact erf form; jax defaults to tanh."""
     approximate = ctx.attr("approximate", "none")
     if approximate not in ("none", "tanh"):
@@ -97,7 +98,7 @@ def gelu(ctx, x):
 
 
 @_activation("Shrink", since=9)
-def shrink(ctx, x):
+def shrink(ctx: OpContext, x):
     bias = float(ctx.attr("bias", 0.0))
     lambd = float(ctx.attr("lambd", 0.5))
     zero = jnp.zeros_like(x)
@@ -105,7 +106,7 @@ def shrink(ctx, x):
 
 
 @_activation("PRelu")
-def prelu(ctx, x, slope):
+def prelu(ctx: OpContext, x, slope):
     """``slope`` broadcasts to ``x`` (unidirectionally); a float initializer slope is a
     free parameter named after it."""
     if jnp.broadcast_shapes(x.shape, slope.shape) != x.shape:
@@ -153,7 +154,7 @@ _SOFTMAX = {
 
 
 def _softmax_v1(fn):
-    def handler(ctx, x):
+    def handler(ctx: OpContext, x):
         """Opset < 13: the input is seen as 2-D ``[prod(d[:axis]), prod(d[axis:])]`` (axis
         default 1), i.e. normalized over ONNX axes ``axis..rank-1`` together."""
         perm = ctx.in_perms[0]
@@ -164,7 +165,7 @@ def _softmax_v1(fn):
 
 
 def _softmax_v13(fn):
-    def handler(ctx, x):
+    def handler(ctx: OpContext, x):
         """Opset >= 13: normalized along the single axis ``axis`` (default -1)."""
         perm = ctx.in_perms[0]
         axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)

@@ -15,6 +15,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 
 
@@ -23,7 +24,7 @@ def _unary(name, fn, since=1):
 
 
 @register("Identity", layout="custom")
-def identity(ctx, x):
+def identity(ctx: OpContext, x):
     """Passes any value through as held: a tensor in its layout, a sequence, an optional."""
     ctx.out_perms = [ctx.in_perms[0]]
     return (x,)
@@ -45,7 +46,7 @@ for _name, _fn, _since in [
 
 
 @register("IsInf", since=10, layout="elementwise")
-def is_inf(ctx, x):
+def is_inf(ctx: OpContext, x):
     negative = bool(ctx.attr("detect_negative", 1))
     positive = bool(ctx.attr("detect_positive", 1))
     return ((x == jnp.inf) & positive) | ((x == -jnp.inf) & negative)
@@ -80,7 +81,7 @@ _BINARY = {
 
 
 def _legacy_binary(fn):
-    def handler(ctx, a, b):
+    def handler(ctx: OpContext, a, b):
         """Opset < 7: ``B`` (rank <= A's) broadcasts to ``A`` only when ``broadcast=1``,
         its dims aligned with A's from ``axis`` on (default: trailing). Output in A's layout."""
         perm = ctx.in_perms[0]
@@ -113,7 +114,7 @@ for _name, _fn, _since in [
     register(_name, since=_since, layout="elementwise")(lambda ctx, a, b, _fn=_fn: _fn(a, b))
 
 
-def _mod(ctx, a, b, floor_floats: bool):
+def _mod(ctx: OpContext, a, b, floor_floats: bool):
     """``fmod=0``: ``a - floor(a / b) * b`` (the divisor's sign, Python's ``%``), for floats
     only from opset 28; ``fmod=1``: C's ``fmod`` (the dividend's sign)."""
     if int(ctx.attr("fmod", 0)):
@@ -128,7 +129,7 @@ register("Mod", since=28, layout="elementwise")(lambda ctx, a, b: _mod(ctx, a, b
 
 
 @register("BitShift", since=11, layout="elementwise")
-def bit_shift(ctx, x, y):
+def bit_shift(ctx: OpContext, x, y):
     direction = ctx.attr("direction")
     if direction == "LEFT":
         return jnp.left_shift(x, y)
@@ -138,7 +139,7 @@ def bit_shift(ctx, x, y):
 
 
 @register("Where", since=9, layout="elementwise")
-def where(ctx, condition, x, y):
+def where(ctx: OpContext, condition, x, y):
     return jnp.where(condition, x, y)
 
 
@@ -157,13 +158,13 @@ _variadic("Min", lambda xs: functools.reduce(jnp.minimum, xs))
 # -- clipping, dropout -------------------------------------------------------------------
 
 @register("Clip", layout="elementwise")
-def clip_v1(ctx, x):
+def clip_v1(ctx: OpContext, x):
     """Opset < 11: min/max are attributes (defaults: unbounded)."""
     return jnp.clip(x, ctx.attr("min", None), ctx.attr("max", None))
 
 
 @register("Clip", since=11, layout="elementwise")
-def clip(ctx, x, lo=None, hi=None):
+def clip(ctx: OpContext, x, lo=None, hi=None):
     """Opset >= 11: min/max are optional scalar inputs."""
     if lo is not None:
         x = jnp.maximum(x, jnp.asarray(lo, x.dtype))
@@ -173,7 +174,7 @@ def clip(ctx, x, lo=None, hi=None):
 
 
 @register("Dropout", layout="elementwise", static_inputs=(1, 2))
-def dropout(ctx, x, ratio=None, training_mode=None):
+def dropout(ctx: OpContext, x, ratio=None, training_mode=None):
     """Identity at inference; with ``train=True`` drops with probability ``ratio``. The
     optional mask is bool from opset 10, of X's dtype before."""
     rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio").item())

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
@@ -24,14 +25,14 @@ def _grid(shape, axis: int):
 
 
 @register("Gather")
-def gather(ctx, x, indices):
+def gather(ctx: OpContext, x, indices):
     """``take`` along ``axis``: output ``x.shape[:axis] + indices.shape + x.shape[axis+1:]``."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
     return jnp.take(x, _wrap(indices, x.shape[axis]), axis=axis)
 
 
 @register("GatherElements", since=11)
-def gather_elements(ctx, x, indices):
+def gather_elements(ctx: OpContext, x, indices):
     """``out[i][j][k] = x[indices[i][j][k]][j][k]`` for ``axis`` 0 (output: indices' shape)."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
     if np.ndim(indices) != x.ndim:
@@ -46,7 +47,7 @@ def _element_index(shape, axis, indices):
     return tuple(indices if a == axis else _grid(shape, a) for a in range(len(shape)))
 
 
-def _nd_index(ctx, x, indices, batch_dims: int):
+def _nd_index(ctx: OpContext, x, indices, batch_dims: int):
     """The advanced index for GatherND / ScatterND: ``indices[..., -1]`` addresses the
     ``k`` axes after the first ``batch_dims`` (shared with ``indices``' leading axes)."""
     k = np.shape(indices)[-1]
@@ -61,7 +62,7 @@ def _nd_index(ctx, x, indices, batch_dims: int):
 
 
 @register("GatherND", since=11)
-def gather_nd(ctx, x, indices):
+def gather_nd(ctx: OpContext, x, indices):
     """Output ``indices.shape[:-1] + x.shape[batch_dims + indices.shape[-1]:]``."""
     return x[_nd_index(ctx, x, indices, int(ctx.attr("batch_dims", 0)))]
 
@@ -69,7 +70,7 @@ def gather_nd(ctx, x, indices):
 _REDUCTIONS = {"none": "set", "add": "add", "mul": "multiply", "max": "max", "min": "min"}
 
 
-def _scatter(ctx, x, index, updates):
+def _scatter(ctx: OpContext, x, index, updates):
     reduction = ctx.attr("reduction", "none")
     if reduction not in _REDUCTIONS:
         raise ctx.fail(f"reduction {reduction!r} is not supported ({', '.join(_REDUCTIONS)})")
@@ -78,7 +79,7 @@ def _scatter(ctx, x, index, updates):
 
 @register("Scatter", since=9)
 @register("ScatterElements", since=11)
-def scatter_elements(ctx, x, indices, updates):
+def scatter_elements(ctx: OpContext, x, indices, updates):
     """``out = x`` then ``out[... indices[i][j] (on axis) ...] <reduction>= updates[i][j]``.
     Duplicate indices with ``reduction='none'`` are undefined in ONNX."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
@@ -90,13 +91,13 @@ def scatter_elements(ctx, x, indices, updates):
 
 
 @register("ScatterND", since=11)
-def scatter_nd(ctx, x, indices, updates):
+def scatter_nd(ctx: OpContext, x, indices, updates):
     """``out[indices[i]] <reduction>= updates[i]`` over the leading axes of ``indices``."""
     return _scatter(ctx, x, _nd_index(ctx, x, indices, 0), updates)
 
 
 @register("OneHot", since=9, static_inputs=(1, 2))
-def one_hot(ctx, indices, depth, values):
+def one_hot(ctx: OpContext, indices, depth, values):
     """A new axis ``axis`` of size ``depth``: ``values[1]`` at ``indices`` (negative ones
     count from ``depth``; out-of-range ones give a row of ``values[0]``)."""
     depth = int(np.asarray(ctx.static(depth, "depth")).reshape(()))
@@ -108,7 +109,7 @@ def one_hot(ctx, indices, depth, values):
     return jnp.where(hot, values[1], values[0])
 
 
-def _top_k(ctx, x, k, largest: bool):
+def _top_k(ctx: OpContext, x, k, largest: bool):
     """Values and int64 (int32 inside JAX) indices of the ``k`` largest / smallest along
     ``axis``, sorted; ties keep the lower index first, as onnxruntime does."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
@@ -125,19 +126,19 @@ def _top_k(ctx, x, k, largest: bool):
 
 
 @register("TopK")
-def top_k_v1(ctx, x):
+def top_k_v1(ctx: OpContext, x):
     return _top_k(ctx, x, ctx.attr("k"), True)
 
 
 @register("TopK", since=10, static_inputs=(1,))
-def top_k(ctx, x, k):
+def top_k(ctx: OpContext, x, k):
     """``K`` is an input (known at conversion time); opset 11 adds ``largest`` and
     ``sorted`` (unsorted output may be in any order: it is sorted here)."""
     return _top_k(ctx, x, ctx.static(k, "K"), bool(int(ctx.attr("largest", 1))))
 
 
 @register("TensorScatter", since=24)
-def tensor_scatter(ctx, past, update, write_indices=None):
+def tensor_scatter(ctx: OpContext, past, update, write_indices=None):
     """KV-cache update: ``present = past`` with ``update`` (``past``'s shape but
     ``sequence_length <= max_sequence_length`` along ``axis``) written at
     ``write_indices[b]`` (default 0) for batch entry ``b``; "circular" wraps around,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._module import OpContext
 from .._registry import register
 from .activation import _log_softmax
 
 
-def _nll(ctx, log_prob, target, weight):
+def _nll(ctx: OpContext, log_prob, target, weight):
     """``-log_prob[n, target[n, d...], d...] * weight[target]``, reduced per ``reduction``.
 
     Targets equal to ``ignore_index`` weigh 0 (they may lie outside ``[0, C)``); the mean
@@ -40,14 +41,14 @@ def _nll(ctx, log_prob, target, weight):
 
 
 @register("NegativeLogLikelihoodLoss", since=12)
-def negative_log_likelihood_loss(ctx, log_prob, target, weight=None):
+def negative_log_likelihood_loss(ctx: OpContext, log_prob, target, weight=None):
     """``log_prob`` ``[N, C, d1..dk]`` -> loss ``[N, d1..dk]`` (``reduction='none'``) or a
     scalar. Opsets 13 and 22 only widen the types."""
     return _nll(ctx, log_prob, target, weight)
 
 
 @register("SoftmaxCrossEntropyLoss", since=12)
-def softmax_cross_entropy_loss(ctx, scores, labels, weight=None):
+def softmax_cross_entropy_loss(ctx: OpContext, scores, labels, weight=None):
     """NLL of the log-softmax over the class axis 1; the optional second output is that
     log-softmax ``[N, C, d1..dk]``. Opset 13 only widens the types."""
     log_prob = _log_softmax(scores, (1,))

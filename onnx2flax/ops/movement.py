@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
@@ -23,7 +24,7 @@ def _ints(values) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1)]
 
 
-def _held_axes(ctx, onnx_axes, rank: int) -> list[int]:
+def _held_axes(ctx: OpContext, onnx_axes, rank: int) -> list[int]:
     """ONNX axes (may be negative) -> positions in input 0 as held; repeats are invalid."""
     axes = [normalize_axis(ctx, int(a), rank) for a in onnx_axes]
     if len(set(axes)) != len(axes):
@@ -31,14 +32,14 @@ def _held_axes(ctx, onnx_axes, rank: int) -> list[int]:
     return [_layout.axis_in(ctx.in_perms[0], a) for a in axes]
 
 
-def _keep_layout(ctx, n_outputs: int = 1) -> None:
+def _keep_layout(ctx: OpContext, n_outputs: int = 1) -> None:
     ctx.out_perms = [ctx.in_perms[0]] * n_outputs
 
 
 # --- Transpose, Concat ---------------------------------------------------------------
 
 @register("Transpose", layout="custom")
-def transpose(ctx, x):
+def transpose(ctx: OpContext, x):
     """Free when the input is held in a layout of ours (e.g. channels-last after a Conv):
     the data stays where it is and only its recorded layout changes. A tensor held in ONNX
     order is transposed, so that it and everything computed from it stay in ONNX order
@@ -58,7 +59,7 @@ def transpose(ctx, x):
 
 
 @register("Concat", layout="custom")
-def concat(ctx, *xs):
+def concat(ctx: OpContext, *xs):
     """Concatenate in the layout of the first input not held in ONNX order (others, e.g.
     constants, are brought into it)."""
     xs = [x for x in xs if x is not None]
@@ -75,7 +76,7 @@ def concat(ctx, *xs):
 
 # --- Split -----------------------------------------------------------------------------
 
-def _split(ctx, x, sizes):
+def _split(ctx: OpContext, x, sizes):
     """Split held input ``x`` along ONNX ``axis`` into pieces of ``sizes`` (None: as many
     equal pieces as the node has outputs, or ``num_outputs`` from opset 18)."""
     axis = _held_axes(ctx, [ctx.attr("axis", 0)], x.ndim)[0]
@@ -103,7 +104,7 @@ def _split(ctx, x, sizes):
 
 
 @register("Split", layout="custom", static_inputs=(1,))
-def split_v1(ctx, x, split=None):
+def split_v1(ctx: OpContext, x, split=None):
     """Opset 1: ``split`` is an optional input or attribute."""
     if split is not None:
         split = ctx.static(split, "split")
@@ -111,19 +112,19 @@ def split_v1(ctx, x, split=None):
 
 
 @register("Split", since=2, layout="custom")
-def split_v2(ctx, x):
+def split_v2(ctx: OpContext, x):
     return _split(ctx, x, ctx.attr("split", None))
 
 
 @register("Split", since=13, layout="custom", static_inputs=(1,))
-def split(ctx, x, split=None):
+def split(ctx: OpContext, x, split=None):
     """Opset 13: ``split`` is an input; 18 adds ``num_outputs`` (uneven last piece)."""
     return _split(ctx, x, None if split is None else ctx.static(split, "split"))
 
 
 # --- Slice -----------------------------------------------------------------------------
 
-def _slice(ctx, x, starts, ends, axes, steps):
+def _slice(ctx: OpContext, x, starts, ends, axes, steps):
     starts, ends = _ints(starts), _ints(ends)
     rank = x.ndim
     axes = list(range(len(starts))) if axes is None else _ints(axes)
@@ -149,12 +150,12 @@ def _slice(ctx, x, starts, ends, axes, steps):
 
 
 @register("Slice", layout="custom")
-def slice_v1(ctx, x):
+def slice_v1(ctx: OpContext, x):
     return _slice(ctx, x, ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes", None), None)
 
 
 @register("Slice", since=10, layout="custom", static_inputs=(1, 2, 3, 4))
-def slice_(ctx, x, starts, ends, axes=None, steps=None):
+def slice_(ctx: OpContext, x, starts, ends, axes=None, steps=None):
     """``x[starts:ends:steps]`` along ``axes``; all four must be known at conversion time."""
     return _slice(ctx, x, ctx.static(starts, "starts"), ctx.static(ends, "ends"),
                   ctx.static(axes, "axes"), ctx.static(steps, "steps"))
@@ -165,7 +166,7 @@ def slice_(ctx, x, starts, ends, axes=None, steps=None):
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 
-def _pad(ctx, x, pads, value, axes=None):
+def _pad(ctx: OpContext, x, pads, value, axes=None):
     """Pad held ``x``; ``pads`` is ``[begins..., ends...]`` over ONNX ``axes`` (all axes by
     default). Negative pads crop."""
     mode = ctx.attr("mode", "constant")
@@ -196,18 +197,18 @@ def _pad(ctx, x, pads, value, axes=None):
 
 
 @register("Pad", layout="custom")
-def pad_v1(ctx, x):
+def pad_v1(ctx: OpContext, x):
     """Opset 1 names the attribute ``paddings`` (opset 2: ``pads``); ``value`` is a float."""
     return _pad(ctx, x, ctx.attr("paddings"), np.asarray(ctx.attr("value", 0.0)))
 
 
 @register("Pad", since=2, layout="custom")
-def pad_v2(ctx, x):
+def pad_v2(ctx: OpContext, x):
     return _pad(ctx, x, ctx.attr("pads"), np.asarray(ctx.attr("value", 0.0)))
 
 
 @register("Pad", since=11, layout="custom", static_inputs=(1, 3))
-def pad(ctx, x, pads, constant_value=None, axes=None):
+def pad(ctx: OpContext, x, pads, constant_value=None, axes=None):
     """Opset 11: ``pads`` (and, from 18, ``axes``) are inputs known at conversion time;
     ``constant_value`` may be computed at run time."""
     return _pad(ctx, x, ctx.static(pads, "pads"), constant_value, ctx.static(axes, "axes"))
@@ -215,7 +216,7 @@ def pad(ctx, x, pads, constant_value=None, axes=None):
 
 # --- Squeeze, Unsqueeze --------------------------------------------------------------------
 
-def _squeeze(ctx, x, axes):
+def _squeeze(ctx: OpContext, x, axes):
     perm = ctx.in_perms[0]
     if axes is None:
         onnx_shape = [x.shape[perm.index(i)] for i in range(x.ndim)]
@@ -228,16 +229,16 @@ def _squeeze(ctx, x, axes):
 
 
 @register("Squeeze", layout="custom")
-def squeeze_v1(ctx, x):
+def squeeze_v1(ctx: OpContext, x):
     return _squeeze(ctx, x, ctx.attr("axes", None))
 
 
 @register("Squeeze", since=13, layout="custom", static_inputs=(1,))
-def squeeze(ctx, x, axes=None):
+def squeeze(ctx: OpContext, x, axes=None):
     return _squeeze(ctx, x, None if axes is None else _ints(ctx.static(axes, "axes")))
 
 
-def _unsqueeze(ctx, x, axes):
+def _unsqueeze(ctx: OpContext, x, axes):
     """New size-1 axes go last in the held array, so a channels-last input stays so."""
     perm = ctx.in_perms[0]
     rank_out = x.ndim + len(axes)
@@ -253,18 +254,18 @@ def _unsqueeze(ctx, x, axes):
 
 
 @register("Unsqueeze", layout="custom")
-def unsqueeze_v1(ctx, x):
+def unsqueeze_v1(ctx: OpContext, x):
     return _unsqueeze(ctx, x, ctx.attr("axes"))
 
 
 @register("Unsqueeze", since=13, layout="custom", static_inputs=(1,))
-def unsqueeze(ctx, x, axes):
+def unsqueeze(ctx: OpContext, x, axes):
     return _unsqueeze(ctx, x, _ints(ctx.static(axes, "axes")))
 
 
 # --- DepthToSpace, SpaceToDepth ----------------------------------------------------------
 
-def _block_attrs(ctx, x, default_mode: str):
+def _block_attrs(ctx: OpContext, x, default_mode: str):
     b = int(ctx.attr("blocksize"))
     mode = ctx.attr("mode", default_mode)
     if b < 1 or mode not in ("DCR", "CRD"):
@@ -275,7 +276,7 @@ def _block_attrs(ctx, x, default_mode: str):
 
 
 @register("DepthToSpace", layout="custom")
-def depth_to_space(ctx, x):
+def depth_to_space(ctx: OpContext, x):
     """``[N, C*b*b, H, W]`` -> ``[N, C, H*b, W*b]``, computed in the layout ``x`` is held in
     (channels-last or ONNX). DCR: channel ``(i*b + j)*C + c``; CRD: ``(c*b + i)*b + j``."""
     b, mode = _block_attrs(ctx, x, "DCR")
@@ -299,7 +300,7 @@ def depth_to_space(ctx, x):
 
 
 @register("SpaceToDepth", layout="custom")
-def space_to_depth(ctx, x):
+def space_to_depth(ctx: OpContext, x):
     """``[N, C, H*b, W*b]`` -> ``[N, C*b*b, H, W]``, the inverse of DepthToSpace (``mode``
     from opset 28, DCR before), computed in the layout ``x`` is held in."""
     b, mode = _block_attrs(ctx, x, "DCR")
@@ -320,7 +321,7 @@ def space_to_depth(ctx, x):
     return jnp.reshape(y, (n, c * b * b, h // b, w // b))
 
 
-def _check_divisible(ctx, size: int, block: int, what: str) -> None:
+def _check_divisible(ctx: OpContext, size: int, block: int, what: str) -> None:
     if size % block:
         raise ctx.invalid(f"{what} {size} is not divisible by {block}")
 
@@ -328,7 +329,7 @@ def _check_divisible(ctx, size: int, block: int, what: str) -> None:
 # --- CenterCropPad, ReverseSequence ------------------------------------------------------
 
 @register("CenterCropPad", since=18, layout="custom", static_inputs=(1,))
-def center_crop_pad(ctx, x, shape):
+def center_crop_pad(ctx: OpContext, x, shape):
     """Crop or zero-pad each of ``axes`` (all by default) to ``shape``, centered; an odd
     difference leaves the extra cell at the end."""
     sizes = _ints(ctx.static(shape, "shape"))
@@ -348,7 +349,7 @@ def center_crop_pad(ctx, x, shape):
 
 
 @register("ReverseSequence", since=10)
-def reverse_sequence(ctx, x, lens):
+def reverse_sequence(ctx: OpContext, x, lens):
     """Reverse the first ``lens[b]`` steps along ``time_axis`` of every batch entry ``b``
     (``batch_axis``); the rest is copied. Axes 0 and 1, defaults time 0, batch 1."""
     time_axis = int(ctx.attr("time_axis", 0))

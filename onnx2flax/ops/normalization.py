@@ -12,6 +12,7 @@ from jax import lax
 
 from .. import _layout
 from .._layers import BatchNorm
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
@@ -28,7 +29,7 @@ def _bn_params(node, weights):
             "sources": {"scale": (1, None), "bias": (2, None), "mean": (3, None), "var": (4, None)}}
 
 
-def _check_channels(ctx, channels, **vectors):
+def _check_channels(ctx: OpContext, channels, **vectors):
     """Each of ``vectors`` must be ``[channels]``."""
     for what, value in vectors.items():
         if tuple(value.shape) != (channels,):
@@ -36,7 +37,7 @@ def _check_channels(ctx, channels, **vectors):
 
 
 @register("BatchNormalization", layout="channels_last", params=_bn_params)
-def batch_norm(ctx, x, scale, bias, mean, var):
+def batch_norm(ctx: OpContext, x, scale, bias, mean, var):
     """Y = (X - mean) / sqrt(var + epsilon) * scale + bias over channels; X channels-last.
 
     ``training_mode=1`` (opset 14+) normalizes with the batch's mean and (population)
@@ -102,7 +103,7 @@ def _trailing_params(node, weights):
     return _scale_bias_params(weights[1], bias, min_size=2)
 
 
-def _trailing_norm(ctx, x, scale, bias, rms: bool, n_out=1, perm=None, epsilon=1e-5):
+def _trailing_norm(ctx: OpContext, x, scale, bias, rms: bool, n_out=1, perm=None, epsilon=1e-5):
     """Normalize over ONNX axes ``axis..rank-1`` (default -1), in the held layout (``perm``,
     default input 0's); ``scale`` / ``bias`` broadcast to ``X.shape[axis:]``. With constant
     [D] weights: ``nn.LayerNorm`` / ``nn.RMSNorm``. ``epsilon``: the attribute's default.
@@ -129,7 +130,7 @@ def _trailing_norm(ctx, x, scale, bias, rms: bool, n_out=1, perm=None, epsilon=1
 
 # ONNX Runtime also accepts LayerNormalization below opset 17 (older exporters emit it).
 @register("LayerNormalization", layout="custom", params=_trailing_params)
-def layer_norm(ctx, x, scale, bias=None):
+def layer_norm(ctx: OpContext, x, scale, bias=None):
     """Optional outputs Mean / InvStdDev have X's rank with size-1 normalized dims.
     ``stash_type`` is not read: float32 models compute in float32, as its default asks."""
     outputs = _trailing_norm(ctx, x, scale, bias, rms=False, n_out=len(ctx.node.outputs))
@@ -138,14 +139,14 @@ def layer_norm(ctx, x, scale, bias=None):
 
 
 @register("RMSNormalization", since=23, layout="custom", params=_trailing_params)
-def rms_norm(ctx, x, scale):
+def rms_norm(ctx: OpContext, x, scale):
     """``X / sqrt(mean(X^2) + epsilon) * scale`` over ONNX axes ``axis..rank-1``."""
     ctx.out_perms = [ctx.in_perms[0]]
     return _trailing_norm(ctx, x, scale, None, rms=True)[0]
 
 
 @register("MeanVarianceNormalization", since=9, layout="custom")
-def mean_variance_norm(ctx, x):
+def mean_variance_norm(ctx: OpContext, x):
     """``(X - E[X]) / (sqrt(Var[X]) + 1e-9)`` over ONNX ``axes`` (default [0, 2, 3])."""
     perm = ctx.in_perms[0]
     axes = {normalize_axis(ctx, int(a), x.ndim) for a in ctx.attr("axes", [0, 2, 3])}
@@ -156,7 +157,7 @@ def mean_variance_norm(ctx, x):
 
 
 @register("LpNormalization", layout="custom")
-def lp_norm(ctx, x):
+def lp_norm(ctx: OpContext, x):
     """``X / ||X||_p`` along ``axis`` (default -1), ``p`` 1 or 2; zero vectors stay zero."""
     perm = ctx.in_perms[0]
     held = perm.index(normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim))
@@ -173,7 +174,7 @@ def _instance_norm_params(node, weights):
 
 
 @register("InstanceNormalization", layout="custom", params=_instance_norm_params)
-def instance_norm(ctx, x, scale, bias):
+def instance_norm(ctx: OpContext, x, scale, bias):
     """Per sample and channel over the spatial dims; scale / B ``[C]``. Works in the held
     layout (channels-last after a Conv, ONNX order after a Reshape, as in exported
     GroupNorms), so no transpose is needed, as long as the batch axis leads."""
@@ -194,7 +195,7 @@ def instance_norm(ctx, x, scale, bias):
     return _standardize(x, spatial, epsilon)[0] * scale.reshape(shape) + bias.reshape(shape)
 
 
-def _group_norm(ctx, x, scale, bias, per_group: bool):
+def _group_norm(ctx: OpContext, x, scale, bias, per_group: bool):
     """X ``[N, *spatial, C]``: channels split into ``num_groups`` contiguous groups, each
     normalized over its channels and the spatial dims; then per-channel (or, opset 18,
     per-group) scale and bias."""
@@ -220,7 +221,7 @@ def _group_norm(ctx, x, scale, bias, per_group: bool):
 
 
 @register("GroupNormalization", since=18, layout="channels_last")
-def group_norm_v18(ctx, x, scale, bias):
+def group_norm_v18(ctx: OpContext, x, scale, bias):
     """Opset 18: scale / bias are ``[num_groups]`` (no Flax layer: nn.GroupNorm's are [C])."""
     return _group_norm(ctx, x, scale, bias, per_group=True)
 
@@ -230,13 +231,13 @@ def _group_norm_params(node, weights):
 
 
 @register("GroupNormalization", since=21, layout="channels_last", params=_group_norm_params)
-def group_norm(ctx, x, scale, bias):
+def group_norm(ctx: OpContext, x, scale, bias):
     """Opset 21: scale / bias are ``[C]``; statistics in float32 (``stash_type``)."""
     return _group_norm(ctx, x, scale, bias, per_group=False)
 
 
 @register("LRN", layout="channels_last")
-def lrn(ctx, x):
+def lrn(ctx: OpContext, x):
     """Local response normalization across channels (X ``[N, *spatial, C]``):
     ``x / (bias + alpha / size * sum of x^2 over a window of size channels) ** beta``,
     the window ``[c - (size-1)//2, c + ceil((size-1)/2)]``."""

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._module import OpContext
 from .._registry import register
 from ._common import auto_pads, check_window_fits, spatial_attrs
 
 
-def _window(ctx, x):
+def _window(ctx: OpContext, x):
     """kernel, strides, dilations, explicit pads and ceil-mode extra end pads."""
     k = tuple(int(v) for v in ctx.attr("kernel_shape"))
     n = len(k)
@@ -47,7 +48,7 @@ def _reduce(x, init, op, k, strides, dilations, padding):
 
 
 @register("MaxPool", layout="channels_last")
-def max_pool(ctx, x):
+def max_pool(ctx: OpContext, x):
     """Y ``[N, *out, C]``; with a second output, also Indices ``[N, *out, C]``: where each
     maximum is in the input flattened in ONNX order (NCHW, spatial dims column-major with
     ``storage_order=1``)."""
@@ -87,7 +88,7 @@ def _argmax_indices(x, low, storage_order, k, strides, dilations, padding):
 
 
 @register("AveragePool", layout="channels_last")
-def average_pool(ctx, x):
+def average_pool(ctx: OpContext, x):
     """Mean over each window; pads count in the divisor only with count_include_pad=1."""
     include = int(ctx.attr("count_include_pad", 0))
     k, strides, dilations, pads, extra = _window(ctx, x)
@@ -106,7 +107,7 @@ def average_pool(ctx, x):
     return total / jnp.asarray(counts[None, ..., None], x.dtype)
 
 
-def _lp_power(ctx, x):
+def _lp_power(ctx: OpContext, x):
     """The ``p`` attribute and ``|x|^p`` (an exact integer power when ``p`` is whole)."""
     p = float(ctx.attr("p", 2))
     if not p > 0:
@@ -115,7 +116,7 @@ def _lp_power(ctx, x):
 
 
 @register("LpPool", layout="channels_last")
-def lp_pool(ctx, x):
+def lp_pool(ctx: OpContext, x):
     """``(sum |x|^p)^(1/p)`` over each window (pads add nothing). ``p`` is a float
     attribute in opset 1, an int from opset 2; dilations and ceil_mode from opset 18."""
     p, power = _lp_power(ctx, x)
@@ -126,26 +127,26 @@ def lp_pool(ctx, x):
 
 
 @register("GlobalLpPool", layout="channels_last")
-def global_lp_pool(ctx, x):
+def global_lp_pool(ctx: OpContext, x):
     """``[N, *spatial, C] -> [N, 1, ..., 1, C]``: the Lp norm over all spatial positions."""
     p, power = _lp_power(ctx, x)
     return jnp.sum(power, axis=tuple(range(1, x.ndim - 1)), keepdims=True) ** (1 / p)
 
 
 @register("GlobalAveragePool", layout="channels_last")
-def global_average_pool(ctx, x):
+def global_average_pool(ctx: OpContext, x):
     """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""
     return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
 
 
 @register("GlobalMaxPool", layout="channels_last")
-def global_max_pool(ctx, x):
+def global_max_pool(ctx: OpContext, x):
     """``[N, *spatial, C] -> [N, 1, ..., 1, C]``."""
     return jnp.max(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
 
 
 @register("MaxUnpool", since=9, static_inputs=(2,))
-def max_unpool(ctx, x, indices, output_shape=None):
+def max_unpool(ctx: OpContext, x, indices, output_shape=None):
     """X and I ``[N, C, *in]`` (ONNX order; I as MaxPool's Indices) -> ``[N, C, *out]``:
     zeros with each ``X`` value at its flat index ``I`` into the output. The output shape
     is ``output_shape`` (opset 11; pads are then ignored) or ``(in - 1) * stride - pads +

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._module import OpContext
 from .._registry import register
 
 # Lower-case name -> (fn(x, alpha, beta), default alpha, default beta); a default of None
@@ -42,7 +43,7 @@ _ACTIVATIONS = {
 }
 
 
-def _activations(ctx, defaults: list[str], n_dirs: int) -> list[list]:
+def _activations(ctx: OpContext, defaults: list[str], n_dirs: int) -> list[list]:
     """The activation functions of each direction. ``activation_alpha``/``_beta`` are
     consumed in order by the functions that take them; missing ones get the defaults."""
     names = list(ctx.attr("activations", defaults * n_dirs))
@@ -76,8 +77,8 @@ def _reverse(x, lengths):
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=0)
 
 
-def _recurrent(ctx, x, w, r, b, sequence_lens, h0, c0=None, p=None, *, n_gates, defaults, cell,
-               cell_state=False):
+def _recurrent(ctx: OpContext, x, w, r, b, sequence_lens, h0, c0=None, p=None, *, n_gates,
+               defaults, cell, cell_state=False):
     """Run ``cell(xw_t, h, c, r, rb, p, acts, clip) -> (h, c)`` over the sequence in every
     direction; ``xw_t`` is one step's input projection ``x_t @ W.T + Wb``, ``c`` the cell
     state (``None`` unless ``cell_state``). Returns ``Y, Y_h, Y_c`` (``Y_c`` may be None)."""
@@ -185,7 +186,7 @@ def _lstm_cell(xw, h, c, r, rb, p, acts, clip, input_forget):
 
 
 @register("RNN")
-def rnn(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None):
+def rnn(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None):
     """Elman RNN; outputs Y, Y_h (shapes in the module docstring)."""
     y, y_h, _ = _recurrent(ctx, x, w, r, b, sequence_lens, initial_h, n_gates=1,
                            defaults=["Tanh"], cell=_rnn_cell)
@@ -193,7 +194,7 @@ def rnn(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None):
 
 
 @register("GRU")
-def gru(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None):
+def gru(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None):
     """GRU (``linear_before_reset``, opset 3+; 0 before); outputs Y, Y_h."""
     cell = partial(_gru_cell, linear_before_reset=int(ctx.attr("linear_before_reset", 0)))
     y, y_h, _ = _recurrent(ctx, x, w, r, b, sequence_lens, initial_h, n_gates=3,
@@ -202,7 +203,8 @@ def gru(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None):
 
 
 @register("LSTM")
-def lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None):
+def lstm(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None,
+         p=None):
     """LSTM with peepholes ``P`` and ``input_forget``; outputs Y, Y_h, Y_c."""
     cell = partial(_lstm_cell, input_forget=int(ctx.attr("input_forget", 0)))
     return _recurrent(ctx, x, w, r, b, sequence_lens, initial_h, initial_c, p, n_gates=4,

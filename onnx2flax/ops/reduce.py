@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
@@ -45,7 +46,7 @@ _REDUCERS = {
 _AXES_INPUT_SINCE = {name: 13 if name == "ReduceSum" else 18 for name in _REDUCERS}
 
 
-def _reduce(ctx, fn, x, axes, noop_with_empty_axes):
+def _reduce(ctx: OpContext, fn, x, axes, noop_with_empty_axes):
     """Reduce ``x`` over ONNX ``axes`` (all when empty, unless ``noop_with_empty_axes``)."""
     perm = ctx.in_perms[0]
     keep = bool(ctx.attr("keepdims", 1))
@@ -62,14 +63,14 @@ def _reduce(ctx, fn, x, axes, noop_with_empty_axes):
 
 
 def _reduce_attr(fn):
-    def handler(ctx, x):
+    def handler(ctx: OpContext, x):
         """``axes`` is an attribute (default: every axis)."""
         return _reduce(ctx, fn, x, ctx.attr("axes", []), False)
     return handler
 
 
 def _reduce_input(fn):
-    def handler(ctx, x, axes=None):
+    def handler(ctx: OpContext, x, axes=None):
         """``axes`` is an optional input known at conversion time."""
         axes = [] if axes is None else ctx.static(axes, "axes").reshape(-1)
         return _reduce(ctx, fn, x, axes, int(ctx.attr("noop_with_empty_axes", 0)))
@@ -83,7 +84,7 @@ for _name, _fn in _REDUCERS.items():
 
 
 def _arg_reduce(fn):
-    def handler(ctx, x):
+    def handler(ctx: OpContext, x):
         """Index of the first (``select_last_index=0``) or last extreme along ``axis``
         (int64 in ONNX; JAX's default integer here, cast back by ``run``)."""
         perm = ctx.in_perms[0]
@@ -103,7 +104,7 @@ register("ArgMax", layout="custom")(_arg_reduce(jnp.argmax))
 register("ArgMin", layout="custom")(_arg_reduce(jnp.argmin))
 
 
-def _cumulative(ctx, x, axis, fn, identity):
+def _cumulative(ctx: OpContext, x, axis, fn, identity):
     """Running ``fn`` (``jnp.cumsum`` / ``jnp.cumprod``) along ``axis`` (an input known at
     conversion time); ``exclusive`` leaves out the current element (starting from
     ``identity``), ``reverse`` runs from the end."""
@@ -129,7 +130,7 @@ register("CumProd", since=26, layout="custom", static_inputs=(1,))(
 
 
 @register("Einsum", since=12)
-def einsum(ctx, *operands):
+def einsum(ctx: OpContext, *operands):
     """``equation`` in numpy's notation (ellipsis, implicit output); inputs in ONNX order."""
     equation = ctx.attr("equation").replace(" ", "")
     return jnp.einsum(equation, *operands)

@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
@@ -162,7 +163,7 @@ def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi, exact
     return y
 
 
-def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
+def _resize(ctx: OpContext, x, o: _Options, scales, sizes, roi, axes):
     """Resize held ``x`` over ONNX ``axes`` (all by default) to ``sizes`` or by ``scales``."""
     integer = o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating)
     if integer and (o.antialias or not jnp.issubdtype(x.dtype, jnp.integer)):
@@ -217,7 +218,7 @@ def _resize(ctx, x, o: _Options, scales, sizes, roi, axes):
     return x
 
 
-def _options(ctx, mode_names=("nearest", "linear", "cubic"), **fixed) -> _Options:
+def _options(ctx: OpContext, mode_names=("nearest", "linear", "cubic"), **fixed) -> _Options:
     """The Resize attributes with their defaults (``fixed`` overrides for old opsets)."""
     mode = ctx.attr("mode", "nearest")
     mode = "linear" if mode == "bilinear" and ctx.node.op_type == "Upsample" else mode
@@ -237,14 +238,14 @@ def _options(ctx, mode_names=("nearest", "linear", "cubic"), **fixed) -> _Option
     return o
 
 
-def _static_list(ctx, value, what):
+def _static_list(ctx: OpContext, value, what):
     """An optional 1-D static input; empty tensors (torch's placeholders) count as absent."""
     value = ctx.static(value, what)
     return None if value is None or value.size == 0 else value.reshape(-1).tolist()
 
 
 @register("Resize", since=10, layout="custom", static_inputs=(1,))
-def resize_v10(ctx, x, scales):
+def resize_v10(ctx: OpContext, x, scales):
     """Opset 10: scales only; asymmetric coordinates, nearest rounds down (up when
     downsampling), as Upsample."""
     o = _options(ctx, ("nearest", "linear"), coord="asymmetric", nearest="simple")
@@ -252,7 +253,7 @@ def resize_v10(ctx, x, scales):
 
 
 @register("Resize", since=11, layout="custom", static_inputs=(1, 2, 3))
-def resize(ctx, x, roi=None, scales=None, sizes=None):
+def resize(ctx: OpContext, x, roi=None, scales=None, sizes=None):
     """Opset 11-19: ``X [, roi, scales, sizes]``; all but ``X`` known at conversion time.
     Opset 18 adds ``axes``, ``keep_aspect_ratio_policy`` and ``antialias``; 19
     ``half_pixel_symmetric``. ``roi`` is read only for ``tf_crop_and_resize``."""
@@ -265,7 +266,7 @@ def resize(ctx, x, roi=None, scales=None, sizes=None):
 
 
 @register("Upsample", layout="custom")
-def upsample_v1(ctx, x):
+def upsample_v1(ctx: OpContext, x):
     """Opset 1: 4-D input, ``height_scale`` / ``width_scale``; mode nearest or bilinear."""
     if x.ndim != 4:
         raise ctx.invalid(f"input must be 4-D, got rank {x.ndim}")
@@ -275,13 +276,13 @@ def upsample_v1(ctx, x):
 
 
 @register("Upsample", since=7, layout="custom")
-def upsample_v7(ctx, x):
+def upsample_v7(ctx: OpContext, x):
     o = _options(ctx, ("nearest", "linear"), coord="asymmetric", nearest="simple")
     return _resize(ctx, x, o, [float(s) for s in ctx.attr("scales")], None, None, None)
 
 
 @register("Upsample", since=9, layout="custom", static_inputs=(1,))
-def upsample(ctx, x, scales):
+def upsample(ctx: OpContext, x, scales):
     """Opset 9-10 (deprecated; Resize-10 semantics): ``scales`` is an input."""
     return resize_v10(ctx, x, scales)
 
@@ -305,7 +306,7 @@ def _reflect(x, lo: float, hi: float):
 
 
 @register("GridSample", since=16, layout="channels_last")
-def grid_sample(ctx, x, grid):
+def grid_sample(ctx: OpContext, x, grid):
     """X ``[N, *spatial, C]`` (channels-last), grid ``[N, *out, r]`` (ONNX order; its last
     axis lists coordinates in ``[-1, 1]`` fastest spatial axis first, x before y) ->
     Y ``[N, *out, C]``. Opset 16: 2-D only, modes bilinear / nearest / bicubic; opset 20:
@@ -379,7 +380,7 @@ def grid_sample(ctx, x, grid):
 
 
 @register("AffineGrid", since=20, static_inputs=(1,))
-def affine_grid(ctx, theta, size):
+def affine_grid(ctx: OpContext, theta, size):
     """theta ``[N, 2, 3]`` / ``[N, 3, 4]`` and size ``[N, C, H, W]`` / ``[N, C, D, H, W]``
     -> grid ``[N, H, W, 2]`` / ``[N, D, H, W, 3]`` of normalized ``(x, y[, z])``
     coordinates, as GridSample reads them."""
@@ -422,7 +423,7 @@ def _roi_taps(start, bin_size, grid, n_grid: int, n_out: int, size: int):
     return idx, weights, jnp.broadcast_to(np.arange(n_grid) < grid, at.shape)
 
 
-def _roi_align(ctx, x, rois, batch_indices, half_pixel: bool):
+def _roi_align(ctx: OpContext, x, rois, batch_indices, half_pixel: bool):
     """X ``[N, H, W, C]`` (channels-last), rois ``[R, 4]`` (x1, y1, x2, y2), batch_indices
     ``[R]`` -> ``[R, out_h, out_w, C]``: each bin averages (or maxes) bilinear samples on a
     regular grid, ``sampling_ratio`` per axis (0: ``ceil(roi size / bins)``, which needs
@@ -480,13 +481,13 @@ def _roi_align(ctx, x, rois, batch_indices, half_pixel: bool):
 # rois: static so that constant rois stay NumPy (sampling_ratio 0 needs them); run-time
 # rois are fine with a positive sampling_ratio.
 @register("RoiAlign", since=10, layout="channels_last", static_inputs=(1,))
-def roi_align_v10(ctx, x, rois, batch_indices):
+def roi_align_v10(ctx: OpContext, x, rois, batch_indices):
     """Opset 10: roi corners are pixel indices (output_half_pixel), rois at least 1x1."""
     return _roi_align(ctx, x, rois, batch_indices, half_pixel=False)
 
 
 @register("RoiAlign", since=16, layout="channels_last", static_inputs=(1,))
-def roi_align(ctx, x, rois, batch_indices):
+def roi_align(ctx: OpContext, x, rois, batch_indices):
     """Opset 16: ``coordinate_transformation_mode`` half_pixel (default) shifts corners by
     -0.5; output_half_pixel is opset 10's behaviour."""
     coord = ctx.attr("coordinate_transformation_mode", "half_pixel")

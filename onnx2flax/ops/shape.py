@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from ._common import cast_to, normalize_axis, onnx_dtype
 
 
 @register("Shape", layout="custom")
-def shape(ctx, x):
+def shape(ctx: OpContext, x):
     """The ONNX-order shape as int64 NumPy; ``start``/``end`` (opset 15) slice it."""
     perm = ctx.in_perms[0]
     dims = np.shape(x)
@@ -29,11 +30,11 @@ def shape(ctx, x):
 
 
 @register("Size", layout="custom")
-def size(ctx, x):
+def size(ctx: OpContext, x):
     return np.asarray(np.size(x), np.int64)
 
 
-def _reshape_target(ctx, dims, target, allowzero):
+def _reshape_target(ctx: OpContext, dims, target, allowzero):
     """The output shape of reshaping ONNX-order ``dims`` to ``target`` (0s and -1 resolved)."""
     target = [int(v) for v in target]
     dims, size = list(dims), int(np.prod(dims))
@@ -51,7 +52,7 @@ def _reshape_target(ctx, dims, target, allowzero):
     return target
 
 
-def _reshape(ctx, x, target, allowzero):
+def _reshape(ctx: OpContext, x, target, allowzero):
     """Reshape held ``x`` to ONNX shape ``target``. A channels-last value whose batch and
     channel dims stay while only its spatial dims are regrouped (a ViT's patch embedding
     ``[N, C, H, W] -> [N, C, H*W]``) is reshaped in place and stays channels-last: the
@@ -68,19 +69,19 @@ def _reshape(ctx, x, target, allowzero):
 
 
 @register("Reshape", layout="custom")
-def reshape_v1(ctx, x):
+def reshape_v1(ctx: OpContext, x):
     return _reshape(ctx, x, ctx.attr("shape"), False)
 
 
 @register("Reshape", since=5, static_inputs=(1,), layout="custom")
-def reshape(ctx, x, target):
+def reshape(ctx: OpContext, x, target):
     """``shape`` must be known at conversion time (it usually comes from a shape subgraph)."""
     target = ctx.static(target, "shape").reshape(-1)
     return _reshape(ctx, x, target, int(ctx.attr("allowzero", 0)))
 
 
 @register("Flatten")
-def flatten(ctx, x):
+def flatten(ctx: OpContext, x):
     """``[d0..d(axis-1), d(axis)..]`` -> 2-D; the input is in ONNX order (the guide's
     transpose-before-flatten happens here, only when the input was channels-last)."""
     axis = int(ctx.attr("axis", 1))
@@ -92,20 +93,20 @@ def flatten(ctx, x):
 
 
 @register("Cast", layout="elementwise")
-def cast(ctx, x):
+def cast(ctx: OpContext, x):
     """Float -> int truncates toward zero, -> bool tests for non-zero (as C casts do)."""
     return cast_to(ctx, x, onnx_dtype(ctx, ctx.attr("to")))
 
 
 @register("CastLike", since=15, layout="custom")
-def cast_like(ctx, x, target):
+def cast_like(ctx: OpContext, x, target):
     """Cast to ``target``'s element type; the result keeps ``x``'s layout."""
     ctx.out_perms = [ctx.in_perms[0]]
     return cast_to(ctx, x, np.dtype(target.dtype))
 
 
 @register("Expand", since=8, static_inputs=(1,))
-def expand(ctx, x, shape):
+def expand(ctx: OpContext, x, shape):
     """Numpy-style two-way broadcast of ``x`` with ``shape`` (a dim of 1 keeps ``x``'s)."""
     shape = [int(d) for d in ctx.static(shape, "shape").reshape(-1)]
     try:
@@ -116,7 +117,7 @@ def expand(ctx, x, shape):
 
 
 @register("Tile", static_inputs=(1, 2))
-def tile_v1(ctx, x, tiles, axis):
+def tile_v1(ctx: OpContext, x, tiles, axis):
     """Opset 1: repeat ``tiles`` times along ``axis`` (scalar inputs)."""
     reps = [1] * x.ndim
     axis = normalize_axis(ctx, int(ctx.static(axis, "axis")), x.ndim)
@@ -125,7 +126,7 @@ def tile_v1(ctx, x, tiles, axis):
 
 
 @register("Tile", since=6, static_inputs=(1,))
-def tile(ctx, x, repeats):
+def tile(ctx: OpContext, x, repeats):
     reps = [int(r) for r in ctx.static(repeats, "repeats").reshape(-1)]
     if len(reps) != x.ndim or any(r < 0 for r in reps):
         raise ctx.invalid(f"repeats {reps} must be {x.ndim} non-negative counts")
@@ -133,7 +134,7 @@ def tile(ctx, x, repeats):
 
 
 @register("ConstantOfShape", since=9, static_inputs=(0,))
-def constant_of_shape(ctx, shape):
+def constant_of_shape(ctx: OpContext, shape):
     """A tensor of ``shape`` filled with ``value`` (a 1-element tensor; float32 0 default).
     Normally folded at conversion time; reached only when the shape is not static."""
     shape = [int(d) for d in ctx.static(shape, "shape").reshape(-1)]
@@ -144,7 +145,7 @@ def constant_of_shape(ctx, shape):
 
 
 @register("Range", since=11, static_inputs=(0, 1, 2))
-def range_(ctx, start, limit, delta):
+def range_(ctx: OpContext, start, limit, delta):
     """``start + delta * arange(n)``: the length depends on the values, which must be
     known at conversion time."""
     start, limit, delta = (ctx.static(v, name).reshape(()) for v, name in
@@ -156,7 +157,7 @@ def range_(ctx, start, limit, delta):
 
 
 @register("EyeLike", since=9)
-def eye_like(ctx, x):
+def eye_like(ctx: OpContext, x):
     """A 2-D identity of ``x``'s shape with ones on diagonal ``k``; dtype ``dtype`` or
     ``x``'s. Only the shape is read, so the result is a conversion-time constant."""
     if np.ndim(x) != 2:
@@ -166,14 +167,14 @@ def eye_like(ctx, x):
 
 
 @register("Trilu", since=14, static_inputs=(1,))
-def trilu(ctx, x, k=None):
+def trilu(ctx: OpContext, x, k=None):
     """Upper (``upper=1``) or lower triangle of the last two axes, from diagonal ``k``."""
     k = 0 if k is None else int(ctx.static(k, "k").reshape(()))
     return jnp.triu(x, k) if int(ctx.attr("upper", 1)) else jnp.tril(x, k)
 
 
 @register("Compress", since=9, static_inputs=(1,))
-def compress(ctx, x, condition):
+def compress(ctx: OpContext, x, condition):
     """Keep the slices along ``axis`` (the flattened input when absent) where
     ``condition`` (known at conversion time) is true."""
     keep = np.nonzero(ctx.static(condition, "condition").reshape(-1))[0]

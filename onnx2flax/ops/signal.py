@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
 
-def _scalar(ctx, value, what: str):
+def _scalar(ctx: OpContext, value, what: str):
     """A static scalar input (a 0-D or one-element tensor) as a Python number."""
     value = ctx.static(value, what)
     if value.size != 1:
@@ -23,7 +24,7 @@ def _scalar(ctx, value, what: str):
     return value.reshape(-1)[0].item()
 
 
-def _to_complex(ctx, x):
+def _to_complex(ctx: OpContext, x):
     """``[..., 1]`` (real) or ``[..., 2]`` (real, imaginary) -> complex64 ``[...]``."""
     if x.ndim < 2 or x.shape[-1] not in (1, 2):
         raise ctx.invalid(f"the last axis must have size 1 (real) or 2 (complex), got shape "
@@ -38,7 +39,7 @@ def _from_complex(y, dtype):
     return jnp.stack([jnp.real(y), jnp.imag(y)], axis=-1).astype(dtype)
 
 
-def _dft(ctx, x, dft_length, axis: int):
+def _dft(ctx: OpContext, x, dft_length, axis: int):
     """DFT of ``x`` along ``axis`` (of the ONNX input, last axis excluded)."""
     inverse = int(ctx.attr("inverse", 0))
     onesided = int(ctx.attr("onesided", 0))
@@ -78,20 +79,20 @@ def _rfft(signal, n: int, axis: int, onesided: bool):
 
 
 @register("DFT", since=17, static_inputs=(1,))
-def dft_v17(ctx, x, dft_length=None):
+def dft_v17(ctx: OpContext, x, dft_length=None):
     """Opset 17: ``input [..., 1 | 2]``, axis attribute (default 1). Output ``[..., 2]``
     (``[..., 1]`` for an inverse one-sided DFT), ``n // 2 + 1`` bins when one-sided."""
     return _dft(ctx, x, dft_length, int(ctx.attr("axis", 1)))
 
 
 @register("DFT", since=20, static_inputs=(1, 2))
-def dft(ctx, x, dft_length=None, axis=None):
+def dft(ctx: OpContext, x, dft_length=None, axis=None):
     """Opset 20: the axis is an input (default -2)."""
     return _dft(ctx, x, dft_length, -2 if axis is None else int(_scalar(ctx, axis, "axis")))
 
 
 @register("STFT", since=17, static_inputs=(1, 3))
-def stft(ctx, signal, frame_step, window=None, frame_length=None):
+def stft(ctx: OpContext, signal, frame_step, window=None, frame_length=None):
     """``signal [batch, length, 1 | 2]`` -> ``[batch, frames, bins, 2]``: the DFT of each
     windowed frame, ``frames = 1 + (length - frame_length) // frame_step``."""
     onesided = int(ctx.attr("onesided", 1))
@@ -123,7 +124,7 @@ def stft(ctx, signal, frame_step, window=None, frame_length=None):
 
 @register("HannWindow", "HammingWindow", "BlackmanWindow", since=17, static_inputs=(0,))
 @register("MelWeightMatrix", since=17, static_inputs=(0, 1, 2, 3, 4))
-def constant_only(ctx, *inputs):
+def constant_only(ctx: OpContext, *inputs):
     """Folded at conversion time (by ONNX's reference evaluator) when the inputs are
     known then, as they must be: the output's shape depends on their values."""
     raise ctx.fail("the output's shape depends on the inputs' values, which are only known at "

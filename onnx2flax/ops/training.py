@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .._module import OpContext
 from .._registry import register
 
 DOMAIN = "ai.onnx.preview.training"
 
 
-def _groups(ctx, tensors, k: int) -> list[list]:
+def _groups(ctx: OpContext, tensors, k: int) -> list[list]:
     """``tensors`` (the inputs after R and T) as ``k`` groups of ``n`` each, checked
     against the node's ``(k - 1) * n`` outputs."""
     n, rest = divmod(len(tensors), k)
@@ -31,7 +32,7 @@ def _groups(ctx, tensors, k: int) -> list[list]:
     return [list(tensors[i * n:(i + 1) * n]) for i in range(k)]
 
 
-def _scalars(ctx, r, t):
+def _scalars(ctx: OpContext, r, t):
     if jnp.size(r) != 1 or jnp.size(t) != 1:
         raise ctx.invalid(f"R and T must be scalars, got shapes {list(jnp.shape(r))} and "
                           f"{list(jnp.shape(t))}")
@@ -39,7 +40,7 @@ def _scalars(ctx, r, t):
 
 
 @register("Adagrad", domain=DOMAIN)
-def adagrad(ctx, r, t, *tensors):
+def adagrad(ctx: OpContext, r, t, *tensors):
     """``X - r * G' / (sqrt(H + G'^2) + epsilon)`` with ``G' = G + norm_coefficient * X`` and
     the decayed rate ``r = R / (1 + T * decay_factor)``; returns new Xs, then new Hs."""
     norm = float(ctx.attr("norm_coefficient", 0.0))
@@ -58,7 +59,7 @@ def adagrad(ctx, r, t, *tensors):
 
 
 @register("Adam", domain=DOMAIN)
-def adam(ctx, r, t, *tensors):
+def adam(ctx: OpContext, r, t, *tensors):
     """Adam with bias correction for ``T > 0`` and the optional post-update decay
     ``(1 - norm_coefficient_post)``; returns new Xs, then new Vs, then new Hs."""
     alpha = float(ctx.attr("alpha", 0.9))
@@ -85,7 +86,7 @@ def adam(ctx, r, t, *tensors):
 
 
 @register("Momentum", domain=DOMAIN)
-def momentum(ctx, r, t, *tensors):
+def momentum(ctx: OpContext, r, t, *tensors):
     """``V' = alpha * V + beta' * G'`` (``beta' = 1`` at ``T = 0``) with
     ``G' = G + norm_coefficient * X``; ``mode='standard'``: ``X - R * V'``,
     ``'nesterov'``: ``X - R * (G' + alpha * V')``. Returns new Xs, then new Vs."""
