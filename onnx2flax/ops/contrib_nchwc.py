@@ -34,29 +34,34 @@ _BLOCK_SIZES = (8, 16)  # onnxruntime's MlasNchwcGetBlockSize: AVX2, AVX-512
 def _fits(graph, b: int) -> bool:
     """Whether the file's nchwc nodes are what onnxruntime's nchwc transformer writes at
     block size ``b``: every Conv weight has a multiple of ``b`` output channels; a group-1
-    Conv reads plain NCHW (weight ``OIHWBo``) exactly when its input channels are below
-    ``b``, else a multiple of ``b``; a grouped one is depthwise or has multiples of ``b``;
-    a ReorderOutput's input has ``channels`` padded up to a multiple of ``b``."""
+    Conv reads a plain NCHW input (weight ``OIHWBo``) exactly when its input channels are
+    below ``b``, else a blocked one with a multiple of ``b``; a grouped one is depthwise or
+    has multiples of ``b``; a ReorderOutput's input has ``channels`` padded up to a
+    multiple of ``b``."""
     padded: dict[str, int] = {}  # blocked tensor -> its padded channel count, where known
+    blocked: set[str] = set()  # every blocked tensor (ReorderInput's padding is not known)
     for node in graph.nodes:
-        if node.domain != _NCHWC:
-            continue
-        if node.op_type == "Conv":
+        if node.domain == _NCHWC and node.op_type == "Conv":
             w = graph.constants.get(node.inputs[1])
             if w is None or w.ndim < 3:
                 continue
             o, i, group = w.shape[0], w.shape[1], int(node.attrs.get("group", 1))
-            if o % b or (group == 1 and i >= b and i % b):
+            if o % b or (group == 1 and (i % b if node.inputs[0] in blocked else i >= b)):
                 return False
             if group > 1 and not (i == 1 and o == group) and (i % b or o // group % b):
                 return False
             padded[node.outputs[0]] = o
-        elif node.op_type == "ReorderOutput":
+            blocked.add(node.outputs[0])
+        elif node.domain == _NCHWC and node.op_type == "ReorderInput":
+            blocked.add(node.outputs[0])
+        elif node.domain == _NCHWC and node.op_type == "ReorderOutput":
             c_pad = padded.get(node.inputs[0])
             if c_pad is not None and c_pad != -(-int(node.attrs["channels"]) // b) * b:
                 return False
-        elif node.op_type != "ReorderInput" and node.inputs[0] in padded:
-            padded[node.outputs[0]] = padded[node.inputs[0]]  # pools and Upsample
+        elif node.inputs and node.inputs[0] in blocked:  # pools, Upsample, Add, Relu, ...
+            blocked.add(node.outputs[0])
+            if node.inputs[0] in padded:
+                padded[node.outputs[0]] = padded[node.inputs[0]]
     return True
 
 
@@ -80,9 +85,6 @@ def _block_size(ctx) -> int:
 def _unblock(w: np.ndarray, group: int, b: int) -> np.ndarray:
     """A block-reordered nchwc Conv weight ``[O, I, *k]`` (block ``b``) back in ONNX order."""
     o, i, *k = w.shape
-    if o % b:
-        raise ValueError(f"nchwc Conv weight {list(w.shape)}: {o} output channels are not a "
-                         f"multiple of the block size {b}")
     flat = np.ascontiguousarray(w).reshape(-1)
     n = len(k)
     if group == 1 and i >= b:  # OIHWBiBo
