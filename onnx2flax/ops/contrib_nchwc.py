@@ -17,6 +17,8 @@ refuses a file that fits both, never the block of the machine it runs on.
 
 from __future__ import annotations
 
+import weakref
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,9 +28,8 @@ from . import pool, resize
 from .contrib_transformer import fused_conv
 
 _NCHWC = "com.microsoft.nchwc"
-
-
 _BLOCK_SIZES = (8, 16)  # onnxruntime's MlasNchwcGetBlockSize: AVX2, AVX-512
+_FITTING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> its blocks
 
 
 def _fits(graph, b: int) -> bool:
@@ -56,7 +57,8 @@ def _fits(graph, b: int) -> bool:
             blocked.add(node.outputs[0])
         elif node.domain == _NCHWC and node.op_type == "ReorderOutput":
             c_pad = padded.get(node.inputs[0])
-            if c_pad is not None and c_pad != -(-int(node.attrs["channels"]) // b) * b:
+            channels = int(node.attrs.get("channels", 0))  # its handler checks it is there
+            if c_pad is not None and channels and c_pad != -(-channels // b) * b:
                 return False
         elif node.inputs and node.inputs[0] in blocked:  # pools, Upsample, Add, Relu, ...
             blocked.add(node.outputs[0])
@@ -68,7 +70,10 @@ def _fits(graph, b: int) -> bool:
 def _block_size(ctx) -> int:
     """The block size the file was saved with, read from its graph (not from this machine):
     the one of 8 and 16 that its nchwc nodes fit; an error when both or neither do."""
-    fitting = [b for b in _BLOCK_SIZES if _fits(ctx._interp.graph, b)]
+    graph = ctx._interp.graph
+    if graph not in _FITTING:  # once per graph, not per Conv
+        _FITTING[graph] = [b for b in _BLOCK_SIZES if _fits(graph, b)]
+    fitting = _FITTING[graph]
     if not fitting:
         raise ctx.invalid("the com.microsoft.nchwc nodes fit no onnxruntime block size "
                           f"{_BLOCK_SIZES} (weight / ReorderOutput channel counts)")
