@@ -16,7 +16,7 @@ from helpers import assert_matches_ort, convert_and_run, make_model, run_ort
 from onnx import helper, numpy_helper
 
 import onnx2flax
-from onnx2flax.errors import UnsupportedOpError
+from onnx2flax.errors import InvalidModelError, UnsupportedOpError
 
 RNG = np.random.default_rng(0)
 
@@ -111,6 +111,17 @@ def test_nchwc_block_size_not_in_file_refused(tmp_path):
     weights were reordered, so it is refused rather than converted with a guess."""
     saved, _ = _saved_by_onnxruntime(_nhwc_model(32), tmp_path)
     with pytest.raises(UnsupportedOpError, match="machine-specific.*ORT_ENABLE_EXTENDED"):
+        onnx2flax.convert(saved).run({"x": _rand(1, 8, 8, 32)})
+
+
+def test_nchwc_weight_of_no_block_size_invalid(tmp_path):
+    """A nchwc Conv weight with 12 output channels (a multiple of neither 8 nor 16) is no
+    file onnxruntime writes: an error naming the node, not a guess."""
+    saved, _ = _saved_by_onnxruntime(_nhwc_model(20), tmp_path)
+    conv = next(n for n in saved.graph.node if n.op_type == "Conv")
+    weight = next(t for t in saved.graph.initializer if t.name == conv.input[1])
+    weight.CopyFrom(numpy_helper.from_array(_rand(12, 32, 3, 3), conv.input[1]))
+    with pytest.raises(InvalidModelError, match="Conv node .*fit no onnxruntime block size"):
         onnx2flax.convert(saved).run({"x": _rand(1, 8, 8, 32)})
 
 
