@@ -165,3 +165,44 @@ def test_nchwc_file_of_either_block_size(tmp_path, block):
     expected = run_ort(model, {"x": x}, fused=False)
     got = convert_and_run(saved, {"x": x})
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def _blocked_o(w, b):
+    """``w`` [O, I, kh, kw] in onnxruntime's OIHWBo order (``[O/b, I, kh, kw, b_out]``)."""
+    o, i, kh, kw = w.shape
+    return w.reshape(o // b, b, i, kh, kw).transpose(0, 2, 3, 4, 1).reshape(w.shape)
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_nchwc_block_told_by_input_channels(tmp_path, block):
+    """All channel counts multiples of 16, but a first Conv with 8 input channels: a block-16
+    machine runs it on the plain NCHW input (weight OIHWBo), a block-8 one reorders the
+    input first (ReorderInput, weight OIHWBiBo); either file converts right."""
+    nodes = [_conv("x", "w1", "a", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["a1"]),
+             _conv("a1", "w2", "y", pads=[1, 1, 1, 1])]
+    consts = {**_weights("w1", 16, 8, 3), **_weights("w2", 32, 16, 3)}
+    model = make_model(nodes, [("x", np.float32, [1, 8, 8, 8])], [("y", np.float32, None)],
+                       consts, opset=17)
+    saved, _ = _saved_by_onnxruntime(model, tmp_path)
+    graph = saved.graph
+    convs = [n for n in graph.node if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    inits = {t.name: t for t in graph.initializer}
+    reorders = [n for n in graph.node if n.op_type == "ReorderInput"]
+    here = 8 if reorders else 16  # the block of this machine's onnxruntime
+    first = (_blocked if here == 8 else _blocked_o)(consts["w1"], here)
+    np.testing.assert_array_equal(numpy_helper.to_array(inits[convs[0].input[1]]), first)
+    if block == 8 and not reorders:
+        graph.node.insert(0, helper.make_node("ReorderInput", ["x"], ["x_nchwc"],
+                                              domain="com.microsoft.nchwc"))
+        convs[0].input[0] = "x_nchwc"
+    elif block == 16 and reorders:
+        graph.node.remove(reorders[0])
+        convs[0].input[0] = "x"
+    for n, name, layout in zip(convs, ("w1", "w2"), (_blocked if block == 8 else _blocked_o,
+                                                     _blocked)):
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(layout(consts[name], block),
+                                                           n.input[1]))
+    x = _rand(1, 8, 8, 8)
+    expected = run_ort(model, {"x": x}, fused=False)
+    got = convert_and_run(saved, {"x": x})
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
