@@ -217,16 +217,17 @@ def test_transformers_optimizer_gpt2(tmp_path):
 @pytest.mark.parametrize("level", ["ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"])
 def test_session_optimized_cnn(tmp_path, level):
     """A small CNN saved by a session's ``optimized_model_filepath``: FusedConv at
-    EXTENDED, the com.microsoft.nchwc ops at ALL."""
+    EXTENDED, the com.microsoft.nchwc ops at ALL (24 channels, padded to the block, tell
+    the file's block size: a file whose channel counts fit blocks 8 and 16 is refused)."""
     torch.manual_seed(0)
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.c1, self.bn = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
-            self.c2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
-            self.c3 = torch.nn.Conv2d(32, 32, 3, padding=1)
-            self.fc = torch.nn.Linear(32, 10)
+            self.c2 = torch.nn.Conv2d(16, 24, 3, stride=2, padding=1)
+            self.c3 = torch.nn.Conv2d(24, 24, 3, padding=1)
+            self.fc = torch.nn.Linear(24, 10)
 
         def forward(self, x):
             x = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.c1(x))), 2)

@@ -11,69 +11,88 @@ input is plain NCHW or the convolution depthwise), are put back in ONNX order at
 
 ``B`` is the block size of the machine that saved the file (8 with AVX2, 16 with
 AVX-512); onnxruntime warns that such files are only valid there. onnx2flax reads it from
-the onnxruntime it runs with (once, by letting it reorder a known 1x1 convolution).
+the file's graph (the block that its weight and ReorderOutput channel counts fit) and
+refuses a file that fits both, never the block of the machine it runs on.
 """
 
 from __future__ import annotations
 
-import functools
-import tempfile
-from pathlib import Path
+import weakref
 
 import jax.numpy as jnp
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from .. import _layout
 from .._registry import register
-from ..errors import UnsupportedOpError
-from . import conv, pool, resize
+from . import pool, resize
 from .contrib_transformer import fused_conv
 
 _NCHWC = "com.microsoft.nchwc"
+_BLOCK_SIZES = (8, 16)  # onnxruntime's MlasNchwcGetBlockSize: AVX2, AVX-512
+_FITTING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> its blocks
 
 
-@functools.cache
-def block_size() -> int:
-    """onnxruntime's NCHWc block size on this machine: where it puts ``w[0, 1]`` of a 32x32
-    1x1 convolution's weight when it reorders it to ``OIHWBiBo``."""
-    import onnxruntime as ort
+def _fits(graph, b: int) -> bool:
+    """Whether the file's nchwc nodes are what onnxruntime's nchwc transformer writes at
+    block size ``b``: every Conv weight has a multiple of ``b`` output channels; a group-1
+    Conv reads a plain NCHW input (weight ``OIHWBo``) exactly when its input channels are
+    below ``b``, else a blocked one with a multiple of ``b``; a grouped one is depthwise or
+    has multiples of ``b``; a ReorderOutput's input has ``channels`` padded up to a
+    multiple of ``b``."""
+    padded: dict[str, int] = {}  # blocked tensor -> its padded channel count, where known
+    blocked: set[str] = set()  # every blocked tensor (ReorderInput's padding is not known)
+    for node in graph.nodes:
+        if node.domain == _NCHWC and node.op_type == "Conv":
+            w = graph.constants.get(node.inputs[1])
+            if w is None or w.ndim < 3:
+                continue
+            o, i, group = w.shape[0], w.shape[1], int(node.attrs.get("group", 1))
+            if o % b or (group == 1 and (i % b if node.inputs[0] in blocked else i >= b)):
+                return False
+            if group > 1 and not (i == 1 and o == group) and (i % b or o // group % b):
+                return False
+            padded[node.outputs[0]] = o
+            blocked.add(node.outputs[0])
+        elif node.domain == _NCHWC and node.op_type == "ReorderInput":
+            blocked.add(node.outputs[0])
+        elif node.domain == _NCHWC and node.op_type == "ReorderOutput":
+            c_pad = padded.get(node.inputs[0])
+            channels = int(node.attrs.get("channels", 0))  # its handler checks it is there
+            if c_pad is not None and channels and c_pad != -(-channels // b) * b:
+                return False
+        elif node.inputs and node.inputs[0] in blocked:  # pools, Upsample, Add, Relu, ...
+            blocked.add(node.outputs[0])
+            if node.inputs[0] in padded:
+                padded[node.outputs[0]] = padded[node.inputs[0]]
+    return True
 
-    c = 32
-    w = np.arange(c * c, dtype=np.float32).reshape(c, c, 1, 1)
-    node = helper.make_node("Conv", ["x", "w"], ["y"])
-    graph = helper.make_graph([node], "probe",
-                              [helper.make_tensor_value_info("x", 1, [1, c, 4, 4])],
-                              [helper.make_tensor_value_info("y", 1, None)],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # its warning that such files are machine-specific
-        options.optimized_model_filepath = str(Path(folder) / "probe.onnx")
-        ort.InferenceSession(model.SerializeToString(), options,
-                             providers=["CPUExecutionProvider"])
-        saved = onnx.load(options.optimized_model_filepath)
-    reordered = [numpy_helper.to_array(t).ravel() for t in saved.graph.initializer
-                 if list(t.dims) == [c, c, 1, 1]]
-    if not reordered or not (reordered[0] == 1).any():
-        raise UnsupportedOpError("com.microsoft.nchwc ops: this onnxruntime does not use the "
-                                 "NCHWc layout, so the file's reordered weights cannot be read")
-    return int(np.flatnonzero(reordered[0] == 1)[0])
+
+def _block_size(ctx) -> int:
+    """The block size the file was saved with, read from its graph (not from this machine):
+    the one of 8 and 16 that its nchwc nodes fit; an error when both or neither do."""
+    graph = ctx._interp.graph
+    if graph not in _FITTING:  # once per graph, not per Conv
+        _FITTING[graph] = [b for b in _BLOCK_SIZES if _fits(graph, b)]
+    fitting = _FITTING[graph]
+    if not fitting:
+        raise ctx.invalid("the com.microsoft.nchwc nodes fit no onnxruntime block size "
+                          f"{_BLOCK_SIZES} (weight / ReorderOutput channel counts)")
+    if len(fitting) > 1:
+        raise ctx.fail("this file is machine-specific (onnxruntime warns so when it saves "
+                       "the ORT_ENABLE_ALL graph): its weights are reordered by the saving "
+                       f"CPU's channel block size, and its channel counts fit each of "
+                       f"{fitting}, so the block cannot be told from the file. Save the "
+                       "optimized model at ORT_ENABLE_EXTENDED instead (no nchwc ops), or "
+                       "convert the original model")
+    return fitting[0]
 
 
-def _unblock(w: np.ndarray, group: int) -> np.ndarray:
-    """A block-reordered nchwc Conv weight ``[O, I, *k]`` back in ONNX order."""
-    b = block_size()
+def _unblock(w: np.ndarray, group: int, b: int) -> np.ndarray:
+    """A block-reordered nchwc Conv weight ``[O, I, *k]`` (block ``b``) back in ONNX order."""
     o, i, *k = w.shape
-    if o % b:
-        raise ValueError(f"nchwc Conv weight {list(w.shape)}: {o} output channels are not a "
-                         f"multiple of the block size {b}")
     flat = np.ascontiguousarray(w).reshape(-1)
     n = len(k)
-    if group == 1 and i % b == 0:  # OIHWBiBo
+    if group == 1 and i >= b:  # OIHWBiBo
         blocked = flat.reshape(o // b, i // b, *k, b, b)
         order = (0, n + 3, 1, n + 2, *range(2, n + 2))
     else:  # OIHWBo: plain NCHW input, or depthwise
@@ -82,31 +101,19 @@ def _unblock(w: np.ndarray, group: int) -> np.ndarray:
     return np.transpose(blocked, order).reshape(w.shape)
 
 
-def _nchwc_conv_params(node, weights):
-    w = weights[1]
-    if w is None or w.dtype.kind != "f":
-        return None
-    unblocked = [weights[0], _unblock(w, int(node.attrs.get("group", 1))), *weights[2:]]
-    built = conv._conv_params(node, unblocked)
-    if built is not None:  # the file's block-reordered kernel cannot be written back
-        built["sources"].pop("kernel", None)
-    return built
-
-
 def _pad_channels(x, channels: int):
     """Channels-last ``x`` with zero channels appended up to ``channels``."""
     missing = channels - x.shape[-1]
     return x if missing <= 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, missing)])
 
 
-@register("Conv", domain=_NCHWC, layout="channels_last", params=_nchwc_conv_params)
+@register("Conv", domain=_NCHWC, layout="channels_last", static_inputs=(1,))
 def nchwc_conv(ctx, x, w, b=None, z=None):
     """FusedConv on the unblocked weight; an input with fewer channels than the weight's
     (padded) input channels gets zero channels."""
     group = int(ctx.attr("group", 1))
     x = _pad_channels(x, w.shape[1] * group)
-    if ctx.layer_plan is None:
-        w = jnp.asarray(_unblock(ctx.static(w, "the weight"), group))
+    w = jnp.asarray(_unblock(ctx.static(w, "the weight"), group, _block_size(ctx)))
     return fused_conv(ctx, x, w, b, z)
 
 
