@@ -123,9 +123,11 @@ _YOLO = "ultralytics==8.4.190"
 _YOLOX = "yolox==0.3.0"
 _TF2ONNX = "tf2onnx==1.17.0"  # with tensorflow-cpu 2.21.0 / keras 3.15.1
 _BERT_XFAIL = ("tf2onnx lowers the position slice `table[:tf.shape(x)[1]]` to a Slice whose "
-               "`ends` go Shape-Cast-Slice-Concat-Cast-Max-Cast-Equal/Less-And-Where: all "
-               "shape arithmetic, but onnx2flax does not fold it and stops at conversion "
-               "(Slice node 'functional_1/positions_1/strided_slice_1': ends must be known)")
+               "`ends` go Shape-Cast-Slice-Concat-Cast-Max-Cast-Equal/Less-And-Where; the "
+               "Max's other input is a float32[2] initializer (const_fold_opt__132, "
+               "[1e9, -1e9]) that _plan._is_weight makes a Flax param, so from the Max on "
+               "the chain is traced, not folded (Slice node "
+               "'functional_1/positions_1/strided_slice_1': ends must be known)")
 
 FILES: tuple[ThirdParty, ...] = (
     # On the text page the text map (a Sigmoid, max 1) differs by 2.2e-4 at a glyph edge while
@@ -351,8 +353,10 @@ keras 3.15.1). They need their library in a venv of its own, named to the script
 
 The tf2onnx BERT-like encoder does not convert (known failure, xfail in the test): tf2onnx
 lowers the position-table slice `table[:tf.shape(x)[1]]` to a Slice whose `ends` come from
-Shape-Cast-Slice-Concat-Cast-Max-Cast-Equal/Less-And-Where, all shape arithmetic that
-onnx2flax does not fold, so it stops with "Slice node
+Shape-Cast-Slice-Concat-Cast-Max-Cast-Equal/Less-And-Where, all shape arithmetic, but the
+Max's other input is a float32[2] initializer (`[1e9, -1e9]`, tf2onnx's clamp) that onnx2flax
+treats as a weight (a Flax param: a float constant of more than one element), so from the Max
+on the chain is traced instead of folded and conversion stops with "Slice node
 'functional_1/positions_1/strided_slice_1': ends must be known at conversion time"."""
 
 
