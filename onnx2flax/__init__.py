@@ -9,12 +9,14 @@ Public API:
 - :func:`compare` -> :class:`ComparisonReport`: onnx2flax vs onnxruntime (and torch),
   per output or per node;
 - :func:`summarize` -> :class:`ModelSummary`: ops, support, inputs, outputs, parameter count;
+- :class:`Limits`: the work and memory budget of ``convert(..., limits=...)``;
 - the exceptions of :mod:`onnx2flax.errors`.
 """
 
 from ._compare import Comparison, ComparisonReport, compare, random_feeds
 from ._export import export
 from ._inspect import ModelSummary, summarize
+from ._limits import Limits
 from .converter import ConvertedModel, TensorSpec, convert
 from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
                      OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
@@ -30,7 +32,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'onnx2flax' has no attribute {name!r}")
 
 __all__ = [
-    "ConvertedModel", "NnxConvertedModel", "TensorSpec", "convert", "export",
+    "ConvertedModel", "NnxConvertedModel", "TensorSpec", "Limits", "convert", "export",
     "Comparison", "ComparisonReport", "compare", "random_feeds",
     "ModelSummary", "summarize",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._graph import Graph, Node
+from ._limits import Limits
 from ._load import to_device
 from ._registry import guarded, lookup
 
@@ -55,6 +56,9 @@ class Program:
     spatial_inputs: frozenset[str]
     bounds: dict[str, int] = field(default_factory=dict)
     output_channels_last: dict[str, bool] = field(default_factory=dict)
+    #: The budget of each trace, and the bytes the model stores (see ``Limits``).
+    limits: Limits = field(default_factory=Limits)
+    stored_bytes: int = 0
 
     def bound_of(self, node: Node) -> int | None:
         """The static bound given for ``node`` (by its name or first output), if any."""

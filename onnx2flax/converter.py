@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import jax
 import numpy as np
 
-from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
+from . import _fuse, _layout, _limits, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._bounds import Bounds, check_bounds
-from ._graph import TensorSpec
-from ._load import ModelLike, load_model
+from ._graph import Graph, TensorSpec
+from ._limits import Limits
+from ._load import ModelLike, load_model, owned
 from ._module import OnnxModule, _family, check_feed
 from ._normalize import normalize
 from ._plan import Program, plan
@@ -156,18 +157,18 @@ def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
-            api: Literal["linen"] = ...) -> ConvertedModel: ...
+            limits: Limits | None = ..., api: Literal["linen"] = ...) -> ConvertedModel: ...
 
 
 @overload
 def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool = ...,
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
-            api: Literal["nnx"]) -> NnxConvertedModel: ...
+            limits: Limits | None = ..., api: Literal["nnx"]) -> NnxConvertedModel: ...
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
             bounds: Bounds | None = None,
-            progress: bool | _progress.Progress | None = None,
+            progress: bool | _progress.Progress | None = None, limits: Limits | None = None,
             api: Literal["linen", "nnx"] = "linen") -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
 
@@ -198,12 +199,21 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     stderr, ``False`` is silent, a callable is called as ``progress(stage, done, total)``;
     the default (``None``) prints only for large models (1 GiB of weights or 20,000 nodes).
 
+    ``limits``: an :class:`~onnx2flax.Limits`, the budget the conversion and every trace of
+    the converted module charge (default ``Limits()``); a model that would exceed it raises
+    :class:`~onnx2flax.errors.ResourceLimitError` naming the node and the limit.
+
     Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models,
     :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once) and
     :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node.
     """
     if api not in ("linen", "nnx"):
-        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
+        raise InvalidInputError(f"api must be 'linen' or 'nnx', got {api!r}")
+    with _limits.charging(limits) as budget:
+        return _convert(model, channels_last, fold_batchnorm, bounds, progress, api, budget)
+
+
+def _convert(model, channels_last, fold_batchnorm, bounds, progress, api, budget):
     proto, base_dir = load_model(model)
     bounds = check_bounds(proto, bounds)
     report = _progress.reporter(progress, proto)
@@ -220,8 +230,24 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
+    program.limits, program.stored_bytes = budget.limits, budget.stored_bytes
     converted = ConvertedModel(program, channels_last, report)
+    _own_constants(graph, program)
     if api == "nnx":
         from .nnx import NnxConvertedModel
         return NnxConvertedModel(converted)
     return converted
+
+
+def _own_constants(graph: Graph, program: Program) -> None:
+    """Copy the constants a trace reads out of memory-mapped files (parameters were copied
+    into their device buffers), so the model keeps working if the files change."""
+    weights = set(program.free_params) | {name for layer in program.layers.values()
+                                          for name, _ in layer.sources.values()}
+    graphs = [graph]
+    while graphs:
+        g = graphs.pop()
+        for name, value in g.constants.items():
+            if g is not graph or name not in weights:
+                g.constants[name] = owned(value)
+        graphs.extend(sub for node in g.nodes for sub in node.subgraphs())

@@ -32,7 +32,6 @@ import pytest
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 import onnx2flax
-from onnx2flax import _load
 from onnx2flax.errors import InternalError, OnnxConversionError
 
 from fuzz_corpus import all_models, feeds_for
@@ -282,10 +281,12 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def test_fuzz_mutants_fail_cleanly(monkeypatch):
-    # A lower size limit than the default: a mutant may legitimately build a tensor of up
-    # to MAX_ELEMENTS, and filling 2**31 elements would take the whole time budget.
-    monkeypatch.setattr(_load, "MAX_ELEMENTS", 2**22)
+#: Lower than the defaults: a mutant may legitimately build a tensor as large as the limits
+#: allow, and filling gigabytes would take the whole time budget.
+_LIMITS = onnx2flax.Limits(tensor_bytes=2**24, folded_bytes=2**26)
+
+
+def test_fuzz_mutants_fail_cleanly():
     rng = np.random.default_rng(SEED)
     models = all_models()
     failures, slow = [], []
@@ -298,7 +299,7 @@ def test_fuzz_mutants_fail_cleanly(monkeypatch):
             signal.alarm(int(BUDGET_S * 3))
             try:
                 stage = "convert"
-                converted = onnx2flax.convert(data)
+                converted = onnx2flax.convert(data, limits=_LIMITS)
                 stats["converted"] += 1
                 stage = "trace"
                 converted.outputs  # noqa: B018  (eval_shape over the interpreter)
