@@ -183,9 +183,11 @@ def budget() -> Budget:
 
 @contextlib.contextmanager
 def charging(limits: Limits | None, stored_bytes: int = 0) -> Iterator[Budget]:
-    """Make a fresh budget for ``limits`` the one stages charge inside the block."""
+    """Make a fresh budget for ``limits`` the one stages charge inside the block
+    (``None``: the limits of the block around, else the defaults)."""
     if limits is None:
-        limits = Limits()
+        outer = _current.get()
+        limits = Limits() if outer is None else outer.limits
     elif not isinstance(limits, Limits):
         raise InvalidInputError(f"limits must be an onnx2flax.Limits, got {type(limits).__name__}")
     current = Budget(limits, stored_bytes)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from collections.abc import Sequence
 
+from ._limits import Limits, charging
 from .errors import OnnxConversionError
 
 
@@ -80,16 +80,18 @@ def _add_bound(p: argparse.ArgumentParser) -> None:
                    "NAME (node or output name): its output is padded to N (repeatable)")
 
 
+def _add_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise (or lower) one of onnx2flax.Limits for a trusted model, e.g. "
+                   "tensor_bytes=8G or loop_iterations=4000000 (repeatable; see docs/errors.md)")
+
+
 def _cmd_export(args) -> int:
+    from ._export import export, load_factory
+
+    factory = load_factory(args.factory, args.path)
     import torch
 
-    from ._export import export
-
-    module_name, _, attr = args.factory.partition(":")
-    if not module_name or not attr:
-        raise SystemExit(f"error: {args.factory!r} must look like package.module:factory")
-    sys.path.insert(0, ".")
-    factory = getattr(importlib.import_module(module_name), attr)
     torch.manual_seed(args.seed)
     model = factory()
     inputs = tuple(torch.randn(shape) for shape in args.input_shape)
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bound(p)
     p.add_argument("--api", choices=("linen", "nnx"), default="linen",
                    help="write a flax.linen module (default) or a flax.nnx module")
+    _add_limit(p)
     p.set_defaults(fn=_cmd_convert)
 
     p = sub.add_parser("compare", help="compare onnx2flax with onnxruntime on random inputs "
@@ -125,11 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-node", action="store_true",
                    help="compare every intermediate tensor; report the first divergence")
     _add_bound(p)
+    _add_limit(p)
     p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("inspect", help="list ops (and which are supported), inputs, outputs, "
                        "parameter count (exit code 1 if some op is unsupported)")
     p.add_argument("model")
+    _add_limit(p)
     p.set_defaults(fn=_cmd_inspect)
 
     p = sub.add_parser("export", help="export a PyTorch module to ONNX, keeping parameter "
@@ -140,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--static-batch", action="store_true", help="do not make dim 0 dynamic")
     p.add_argument("--seed", type=int, default=0, help="torch seed for the factory's weights")
+    p.add_argument("--path", metavar="DIR", help="folder to import the factory's module from "
+                   "(the working directory is not searched unless given: --path .)")
     p.set_defaults(fn=_cmd_export)
     return parser
 
@@ -147,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with charging(Limits.parse(getattr(args, "limit", ()))):
+            return args.fn(args)
     except OnnxConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

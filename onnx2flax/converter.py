@@ -99,7 +99,7 @@ class ConvertedModel:
         if not isinstance(feeds, Mapping):
             raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
                                     f"{type(feeds).__name__}; the model's inputs are {names}")
-        unknown = sorted(set(feeds) - set(names))
+        unknown = sorted(set(feeds) - set(names), key=repr)
         if unknown:
             raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
         missing = [n for n in names if n not in feeds]
@@ -128,12 +128,23 @@ def _as_feed(value: Any, spec: TensorSpec):
     if value is None:
         return None
     if spec.sequence and isinstance(value, (list, tuple)):
-        return [_as_array(v) for v in value]
-    return _as_array(value)
+        return [_as_array(v, f"element {i} of input {spec.name!r}") for i, v in enumerate(value)]
+    return _as_array(value, f"input {spec.name!r}")
 
 
-def _as_array(value: Any):
-    return value if hasattr(value, "dtype") else np.asarray(value)
+def _as_array(value: Any, what: str):
+    """``value`` as a NumPy or JAX array of numbers or bools (a torch tensor, a nested list:
+    converted), else :class:`~onnx2flax.errors.InvalidInputError`."""
+    if not isinstance(value, (np.ndarray, jax.Array)):
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise InvalidInputError(f"{what} cannot be read as an array ({type(exc).__name__}: "
+                                    f"{exc})") from None
+    if np.dtype(value.dtype).kind not in "biufc":
+        raise InvalidInputError(f"{what} has dtype {value.dtype}; onnx2flax takes arrays of "
+                                "numbers or bools")
+    return value
 
 
 def _map_tensors(fn, value):
