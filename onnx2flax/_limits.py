@@ -45,7 +45,7 @@ class Limits:
     """
 
     tensor_bytes: int = 4 * _GIB
-    folded_bytes: int = _GIB
+    folded_bytes: int = _GIB // 4
     inlined_nodes: int = 1_000_000
     loop_iterations: int = 2 ** 20
     unrolled_iterations: int = 2 ** 16
@@ -116,7 +116,7 @@ class Budget:
 
     def check_tensor(self, nbytes: float, where: str, shape=None) -> None:
         what = "the tensor's size in bytes" if shape is None \
-            else f"the size in bytes of a tensor of shape {list(shape)}"
+            else f"the size in bytes of a tensor of shape [{', '.join(_show(d) for d in shape)}]"
         self.check("tensor_bytes", nbytes, where, what)
 
     def charge_folded(self, nbytes: float, where: str, shape=None) -> None:
@@ -168,7 +168,7 @@ class Budget:
 
 
 def _show(value: float) -> str:
-    return f"{int(value):,}" if value < 1e18 else f"{value:.3g}"
+    return f"{int(value):,}" if value < 1e18 else f"{float(value):.3g}"
 
 
 _current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("onnx2flax_budget",

@@ -140,13 +140,17 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     if n_scan:
         raise ctx.fail(f"{n_scan} scan output(s) with an iteration count that depends on run-time "
                        "data: their length would not be known when tracing")
+    if bound is None and m is not None and m <= current.limits.loop_iterations:  # nested
+        current.check("loop_iterations", current.loop_nest * m, ctx.label,
+                      f"its trip count {m:,} times the {current.loop_nest:,} iterations of the "
+                      "loops around it")
     if bound is None:
         raise ResourceLimitError(
-            f"{ctx.label}: the loop needs a trip count of at most {most:,} (the limit "
-            f"loop_iterations={current.limits.loop_iterations:,}, divided by the iterations of "
-            f"the loops around it), found {'none' if m is None else f'{m:,}'}; bounded only by "
-            "its condition it could run forever, so it is refused; raise it with "
-            "convert(..., limits=onnx2flax.Limits(loop_iterations=...)) if the model is trusted")
+            f"{ctx.label}: the loop's trip count is {'missing' if m is None else f'{m:,}'}; "
+            "bounded only by its condition it could run forever, so it is refused (a trip "
+            f"count of at most {most:,} is needed, "
+            f"the limit loop_iterations={current.limits.loop_iterations:,} divided by the "
+            "iterations of the loops around it)")
 
     def keep_going(state):
         i, c, _ = state
