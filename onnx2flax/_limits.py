@@ -46,10 +46,10 @@ class Limits:
 
     tensor_bytes: int = 4 * _GIB
     folded_bytes: int = _GIB // 4
-    inlined_nodes: int = 1_000_000
+    inlined_nodes: int = 250_000
     loop_iterations: int = 2 ** 20
     unrolled_iterations: int = 2 ** 16
-    trace_steps: int = 4_000_000
+    trace_steps: int = 1_000_000
     sequence_length: int = 2 ** 14
     subgraph_depth: int = 64
     name_length: int = 4096
@@ -107,8 +107,7 @@ class Budget:
         if amount > allowed:
             raise ResourceLimitError(
                 f"{where}: {what} is {_show(amount)}, over the limit {name}={_show(allowed)}; "
-                f"raise it with convert(..., limits=onnx2flax.Limits({name}=...)) or the "
-                f"command line's --limit {name}=... if the model is trusted")
+                f"{how_to_raise(name)}")
 
     def allowed(self, name: str) -> int:
         value = getattr(self.limits, name)
@@ -165,6 +164,11 @@ class Budget:
         self.unrolled += 1
         self.check("unrolled_iterations", self.unrolled, where,
                    "the count of loop iterations unrolled while tracing")
+
+
+def how_to_raise(name: str) -> str:
+    return (f"raise it with convert(..., limits=onnx2flax.Limits({name}=...)) or the command "
+            f"line's --limit {name}=... if the model is trusted")
 
 
 def _show(value: float) -> str:

@@ -49,8 +49,13 @@ def _check_inlined_size(model: onnx.ModelProto) -> None:
     ``inlined_nodes`` (functions calling each other twice per level double each level)."""
     local = {(f.domain, f.name, getattr(f, "overload", "")): f for f in model.functions}
     sizes: dict[tuple, float] = {}
+    current = budget()
 
-    def size(nodes, path: tuple) -> float:
+    def size(nodes, path: tuple, depth: int) -> float:
+        if depth > current.limits.subgraph_depth:
+            current.check("subgraph_depth", depth, f"function {path[-1][1]!r}" if path
+                          else "the main graph", "the nesting depth of function calls and "
+                          "subgraphs")
         total = 0.0
         for node in nodes:
             key = (node.domain, node.op_type, getattr(node, "overload", ""))
@@ -59,19 +64,17 @@ def _check_inlined_size(model: onnx.ModelProto) -> None:
                     raise InvalidModelError(f"local functions cannot be inlined: "
                                             f"{key[0]}::{key[1]} calls itself")
                 if key not in sizes:
-                    sizes[key] = size(local[key].node, path + (key,))
+                    sizes[key] = size(local[key].node, path + (key,), depth + 1)
                 total += sizes[key]
             else:
                 total += 1
             for a in node.attribute:
                 for g in ([a.g] if a.HasField("g") else a.graphs):
-                    total += size(g.node, path)
+                    total += size(g.node, path, depth + 1)
         return total
 
-    with budget().nested("the model's local functions"):
-        count = size(model.graph.node, ())
-    budget().check("inlined_nodes", count, "the model's graph with its local functions inlined",
-                   "the count of nodes")
+    current.check("inlined_nodes", size(model.graph.node, (), 0),
+                  "the model's graph with its local functions inlined", "the count of nodes")
 
 
 def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:

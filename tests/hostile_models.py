@@ -50,6 +50,9 @@ class Case:
     expected: list[np.ndarray] | None = None
     error: str = "OnnxConversionError"  # the class an "error" case must raise
     after_convert: Callable[[], None] | None = None  # e.g. truncate the external data file
+    #: Convert only, and check the parameters' count and total instead of running (for
+    #: models whose point is the conversion and whose run XLA compiles slowly).
+    params: tuple[int, float] | None = None
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=18, functions=()):
@@ -151,13 +154,16 @@ def split_to_sequence(rng, folder: Path, big: bool) -> Case:
 # ------------------------------------------------------------------ the budget
 
 def function_bomb(rng, folder: Path, big: bool) -> Case:
-    """Functions that call the next one twice: 2**levels nodes once inlined."""
-    levels = int(rng.integers(21, 31 if big else 25))
+    """Functions that call the next one twice (2**levels nodes once inlined), or once in
+    a chain deeper than ``subgraph_depth``."""
+    chain = bool(rng.integers(2))
+    levels = int(rng.integers(65, 3000)) if chain else int(rng.integers(21, 31 if big else 25))
     functions = []
     for level in range(levels):
-        body = ([helper.make_node(f"F{level + 1}", ["a"], ["b"], domain="local"),
-                 helper.make_node(f"F{level + 1}", ["b"], ["c"], domain="local")]
-                if level < levels - 1 else
+        calls = ([helper.make_node(f"F{level + 1}", ["a"], ["c"], domain="local")] if chain else
+                 [helper.make_node(f"F{level + 1}", ["a"], ["b"], domain="local"),
+                  helper.make_node(f"F{level + 1}", ["b"], ["c"], domain="local")])
+        body = (calls if level < levels - 1 else
                 [helper.make_node("Neg", ["a"], ["b"]), helper.make_node("Neg", ["b"], ["c"])])
         functions.append(helper.make_function("local", f"F{level}", ["a"], ["c"], body,
                                               [helper.make_opsetid("", 18),
@@ -280,16 +286,18 @@ def alike_names(rng, folder: Path, big: bool) -> Case:
     digits = len(str(n))
     names = ["w" + "".join(marks[int(d)] for d in f"{i:0{digits}d}") for i in range(n)]
     values = rng.standard_normal((n, 3)).astype(F)
-    nodes, prev = [], "x"
-    for i, name in enumerate(names):
-        nodes.append(helper.make_node("Add", [prev, name], [f"a{i}"]))
-        prev = f"a{i}"
-    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    # One Concat rather than a chain of Adds: XLA fuses a chain of N adds of N parameters
+    # into one kernel and compiles it in time quadratic in N (minutes for 4,000).
+    nodes = [helper.make_node("Concat", ["x", *names], ["all"], axis=0),
+             helper.make_node("Reshape", ["all", "shape"], ["rows"]),
+             helper.make_node("ReduceSum", ["rows", "axis0"], ["y"], keepdims=0)]
     x = rng.standard_normal(3).astype(F)
     expected = x.astype(np.float64) + values.astype(np.float64).sum(0)
     model = _model(nodes, [("x", F, [3])], [("y", F, [3])],
-                   [_const(name, v) for name, v in zip(names, values)])
-    return Case(model, "ok", {"x": x}, [expected.astype(F)])
+                   [_const(name, v) for name, v in zip(names, values)]
+                   + [_const("shape", np.array([n + 1, 3])), _const("axis0", np.array([0]))])
+    return Case(model, "ok", {"x": x}, [expected.astype(F)],
+                params=None if big else (n, float(values.astype(np.float64).sum())))
 
 
 def dotted_name(rng, folder: Path, big: bool) -> Case:
@@ -367,6 +375,8 @@ GENERATORS: dict[str, Callable[..., Case]] = {
 
 def run_case(name: str, seed: int, big: bool) -> dict:
     """Build and try one case in this process; the outcome as a dict."""
+    import jax
+
     import onnx2flax
     from onnx2flax import errors
 
@@ -380,6 +390,14 @@ def run_case(name: str, seed: int, big: bool) -> dict:
             converted = onnx2flax.convert(model, progress=False)
             if case.after_convert is not None:
                 case.after_convert()
+            if case.params is not None:
+                leaves = jax.tree_util.tree_leaves(converted.variables)
+                count, total = case.params
+                if len(leaves) != count or not np.isclose(
+                        sum(float(np.sum(v)) for v in leaves), total, rtol=1e-5):
+                    return {"outcome": "wrong", "ok": False,
+                            "message": f"{len(leaves)} parameters, expected {count}"}
+                return {"outcome": "converted", "ok": True, "message": ""}
             got = converted.run(case.feeds)
         except errors.OnnxConversionError as exc:
             wanted = getattr(errors, case.error)

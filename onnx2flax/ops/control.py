@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._limits import budget
+from .._limits import budget, how_to_raise
 from .._registry import register
 from ..errors import ResourceLimitError, UnsupportedOpError
 from ._common import normalize_axis, subgraph
@@ -150,7 +150,7 @@ def loop(ctx, trip_count=None, cond=None, *initial):
             "bounded only by its condition it could run forever, so it is refused (a trip "
             f"count of at most {most:,} is needed, "
             f"the limit loop_iterations={current.limits.loop_iterations:,} divided by the "
-            "iterations of the loops around it)")
+            f"iterations of the loops around it); {how_to_raise('loop_iterations')}")
 
     def keep_going(state):
         i, c, _ = state
