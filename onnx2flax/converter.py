@@ -258,7 +258,8 @@ def _own_constants(graph: Graph, program: Program) -> None:
     graphs = [graph]
     while graphs:
         g = graphs.pop()
-        for name, value in g.constants.items():
+        read = {name for node in g.nodes for name in node.reads()} | {o.name for o in g.outputs}
+        for name in read & g.constants.keys():
             if g is not graph or name not in weights:
-                g.constants[name] = owned(value)
+                g.constants[name] = owned(g.constants[name])
         graphs.extend(sub for node in g.nodes for sub in node.subgraphs())
