@@ -349,7 +349,7 @@ def _alarm(signum, frame):
 
 #: Lower than the defaults: a mutant may legitimately build a tensor as large as the limits
 #: allow, and filling gigabytes would take the whole time budget.
-_LIMITS = onnx2flax.Limits(tensor_bytes=2**24, folded_bytes=2**26, inlined_nodes=2**14,
+_LIMITS = onnx2flax.Limits(tensor_bytes=2**24, folded_bytes=2**26, inlined_nodes=2**12,
                            trace_steps=2**16)
 
 
