@@ -435,7 +435,8 @@ def _child(cases: list[tuple[str, int]], big: bool) -> None:
 
 
 def run_cases(cases: list[tuple[str, int]], big: bool = False,
-              seconds: float = CASE_SECONDS) -> list[dict]:
+              seconds: float = CASE_SECONDS, report: Callable[[dict], None] | None = None
+              ) -> list[dict]:
     """Run ``cases`` in child processes (capped memory, killed past ``seconds`` per case):
     one result per case, with ``ok`` False for a wrong outcome, a crash or a hang, and for
     a case slower than ``seconds`` or adding more than :data:`CASE_MEMORY`."""
@@ -457,6 +458,8 @@ def run_cases(cases: list[tuple[str, int]], big: bool = False,
                 proc.kill()
                 results.append({"case": list(current or todo[done]), "outcome": "hang",
                                 "ok": False, "message": f"over {seconds} s"})
+                if report is not None:
+                    report(results[-1])
                 done += 1
                 break
             line = proc.stdout.readline()
@@ -465,6 +468,8 @@ def run_cases(cases: list[tuple[str, int]], big: bool = False,
                 if current is not None:
                     results.append({"case": list(current), "outcome": f"crash ({code})",
                                     "ok": False, "message": "the process died"})
+                    if report is not None:
+                        report(results[-1])
                     done += 1
                 break
             item = json.loads(line)
@@ -477,6 +482,8 @@ def run_cases(cases: list[tuple[str, int]], big: bool = False,
             item["ok"] = (item["ok"] and item["seconds"] <= seconds
                           and item["grew"] <= CASE_MEMORY)
             results.append(item)
+            if report is not None:
+                report(item)
             deadline = time.monotonic() + seconds * 3
         sel.close()
         proc.stdout.close()
@@ -498,10 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(GENERATORS)
     cases = [(names[i % len(names)], args.seed + i // len(names)) for i in range(args.cases)]
     start = time.perf_counter()
-    results = run_cases(cases, args.big)
+    def report(result):
+        if not result["ok"]:
+            print(json.dumps(result), flush=True)
+
+    results = run_cases(cases, args.big, report=report)
     bad = [r for r in results if not r["ok"]]
-    for r in bad:
-        print(json.dumps(r))
     slowest = max(results, key=lambda r: r.get("seconds", 0))
     biggest = max(results, key=lambda r: r.get("grew", 0))
     print(f"{len(results)} cases in {time.perf_counter() - start:.0f} s: {len(bad)} failed; "
