@@ -187,9 +187,11 @@ def fold_bomb(rng, folder: Path, big: bool) -> Case:
                                   value=numpy_helper.from_array(np.ones(1, np.float64)))]
         inits = [_const("s", [huge, 2 ** 12])]
     elif kind == 1:  # Pad-18 with axes
+        axis = int(rng.integers(0, 2))
+        pad = huge * (1 if axis == 0 else 4096)
         nodes = [helper.make_node("Pad", ["d", "p", "", "a"], ["y"])]
-        inits = [_const("d", np.ones((2, 256), F)), _const("p", np.array([huge, huge], np.int64)),
-                 _const("a", np.array([int(rng.integers(0, 2))], np.int64))]
+        inits = [_const("d", np.ones((2, 4096), F)), _const("p", np.array([pad, pad], np.int64)),
+                 _const("a", np.array([axis], np.int64))]
     elif kind == 2:  # Gather with many indices
         nodes = [helper.make_node("Gather", ["d", "i"], ["y"])]
         inits = [_const("d", np.ones((4, 4096 * 16), F)),
