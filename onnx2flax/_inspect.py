@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from . import ops  # noqa: F401  (registers handlers)
 from ._graph import Graph, TensorSpec
+from ._limits import charging
 from ._load import ModelLike, load_model
 from ._normalize import normalize
 from ._registry import lookup
@@ -50,7 +51,8 @@ class ModelSummary:
 def summarize(model: ModelLike) -> ModelSummary:
     """Summarize ``model`` (a path, bytes or ModelProto)."""
     proto, base_dir = load_model(model)
-    graph = normalize(proto, base_dir)
+    with charging(None):  # one budget for the whole model, as convert's
+        graph = normalize(proto, base_dir)
     counts: Counter = Counter()
     _count(graph, counts)
     ops_ = {key: (n, lookup(key[0], key[1], graph.opsets.get(key[0], 1)) is not None)
