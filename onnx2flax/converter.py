@@ -141,7 +141,8 @@ def _as_array(value: Any, what: str):
         except (ValueError, TypeError, RuntimeError) as exc:
             raise InvalidInputError(f"{what} cannot be read as an array ({type(exc).__name__}: "
                                     f"{exc})") from None
-    if np.dtype(value.dtype).kind not in "biufc":
+    dtype = np.dtype(value.dtype)  # ml_dtypes (bfloat16, int4, float8...) are kind "V"
+    if dtype.kind in "OSUMm" or dtype.type is np.void:
         raise InvalidInputError(f"{what} has dtype {value.dtype}; onnx2flax takes arrays of "
                                 "numbers or bools")
     return value
