@@ -11,6 +11,7 @@ Public API:
 - :func:`summarize` -> :class:`ModelSummary`: ops, support, inputs, outputs, parameter count;
 - :func:`register_op` and :class:`OpContext`: handlers for custom or contrib ops;
 - :func:`enable_compilation_cache`: a persistent XLA compilation cache across processes;
+- :class:`Limits`: the work and memory budget of ``convert(..., limits=...)``;
 - the exceptions of :mod:`onnx2flax.errors`.
 
 Importing the package is cheap: jax, flax and onnx are imported on first use of a name
@@ -36,6 +37,7 @@ _LAZY = {
     "NnxConvertedModel": ".nnx",
     "register_op": "._extend", "OpContext": "._extend",
     "enable_compilation_cache": "._cache",
+    "Limits": "._limits",
 }
 
 
@@ -53,7 +55,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ConvertedModel", "NnxConvertedModel", "TensorSpec", "convert", "export",
+    "ConvertedModel", "NnxConvertedModel", "TensorSpec", "Limits", "convert", "export",
     "Comparison", "ComparisonReport", "compare", "random_feeds",
     "ModelSummary", "summarize", "register_op", "OpContext", "enable_compilation_cache",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",

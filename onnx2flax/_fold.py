@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
-from . import _load
 from ._graph import Node, numpy_dtype
+from ._limits import budget
 from .errors import InvalidModelError, OnnxConversionError, ResourceLimitError, node_label
 
 # Ops that must never be folded: random, with subgraphs / side channels, or misevaluated.
@@ -45,7 +45,7 @@ def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) ->
     """Run one node on NumPy inputs (``None`` for omitted optional inputs): with ONNX's
     reference evaluator, else (it lacks the op's version, or fails on the inputs' types or
     shapes) with the op's own handler."""
-    _check_output_size(node, inputs)
+    _check_output_size(node, inputs, opsets)
     cache = _evaluators.setdefault(node, {})
     key = tuple(sorted(opsets.items()))
     evaluator = cache.get(key)
@@ -66,7 +66,7 @@ def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) ->
         outputs = _by_handler(node, inputs, opsets, exc)
     outputs = [np.asarray(out) for out in outputs]
     for out in outputs:
-        _check_count(node, list(out.shape), float(out.size))
+        budget().charge_folded(out.nbytes, node_label(node.name, node.op_type), out.shape)
     return outputs
 
 
@@ -118,26 +118,112 @@ def _as_graph(node: Node) -> onnx.GraphProto:
     return onnx.helper.make_graph([node.proto], "fold", inputs, outputs)
 
 
-def _check_output_size(node: Node, inputs: list[np.ndarray | None]) -> None:
-    """Refuse, before allocating, ops whose output size comes from a value (or from
-    broadcasting inputs against each other)."""
+def _check_output_size(node: Node, inputs: list[np.ndarray | None],
+                       opsets: dict[str, int]) -> None:
+    """Refuse, before evaluating, a node whose outputs would exceed the budget: their shape
+    comes from a per-op rule, or for ops that cannot grow past their inputs from a bound on
+    those, or else from ONNX shape inference on the node alone."""
+    label = node_label(node.name, node.op_type)
     try:
         shape = _output_shape(node, inputs)
     except (TypeError, ValueError, OverflowError, IndexError) as exc:
-        raise InvalidModelError(f"{node_label(node.name, node.op_type)}: its output size cannot "
+        raise InvalidModelError(f"{label}: its output size cannot "
                                 f"be computed from its inputs ({exc})") from None
-    if shape is not None:
-        if not all(0 <= d < np.inf for d in shape):  # also catches NaN
-            raise InvalidModelError(
-                f"{node_label(node.name, node.op_type)}: output dims {shape} are not sizes")
-        _check_count(node, shape, float(np.prod(shape, dtype=np.float64)) if shape else 1.0)
+    current = budget()
+    itemsize = max([v.itemsize for v in inputs if v is not None] + [1])
+    if shape is None:
+        bound = _input_bound(node, inputs)
+        room = min(current.allowed("tensor_bytes"),
+                   current.allowed("folded_bytes") - current.folded, _CHEAP_BYTES)
+        if bound is not None and bound * 8 <= room:
+            return
+        shapes = _inferred_shapes(node, inputs, opsets)
+        if shapes is None:
+            if bound is None:
+                raise ResourceLimitError(
+                    f"{label}: the size of its output cannot be known before evaluating it "
+                    "(ONNX shape inference gives none), so it is not folded")
+            shape = [bound]
+        else:
+            nbytes = sum(float(np.prod(s, dtype=np.float64)) * size for s, size in shapes)
+            current.check_tensor(nbytes, label, max(shapes, key=len)[0])
+            current.check("folded_bytes", current.folded + nbytes, label,
+                          "the total size in bytes of values computed from constants")
+            return
+    if not all(0 <= d < np.inf for d in shape):  # also catches NaN
+        raise InvalidModelError(f"{label}: output dims {shape} are not sizes")
+    nbytes = (float(np.prod(shape, dtype=np.float64)) if shape else 1.0) * itemsize
+    current.check_tensor(nbytes, label, shape)
+    current.check("folded_bytes", current.folded + nbytes, label,
+                  "the total size in bytes of values computed from constants")
 
 
-def _check_count(node: Node, shape: list, count: float) -> None:
-    if count > _load.MAX_ELEMENTS:
-        raise ResourceLimitError(
-            f"{node_label(node.name, node.op_type)} would create a tensor of shape {shape} "
-            f"({count:.3g} elements, limit {_load.MAX_ELEMENTS})")
+#: Below this bound an op that cannot grow past its inputs is evaluated without inference.
+_CHEAP_BYTES = 64 * 2 ** 20
+
+#: Ops whose outputs hold at most (product or sum of the input sizes) x (largest rank)
+#: elements whatever their attributes.
+_WITHIN_INPUTS = frozenset(
+    "Abs Acos Acosh And ArgMax ArgMin Asin Asinh Atan Atanh BitShift BitwiseAnd BitwiseNot "
+    "BitwiseOr BitwiseXor Cast CastLike Ceil Clip Compress Concat Cos Cosh CumSum DepthToSpace "
+    "Div Einsum Elu Equal Erf Exp Flatten Floor Gather GatherElements GatherND Gelu Greater "
+    "GreaterOrEqual HardSigmoid HardSwish Identity IsInf IsNaN LeakyRelu Less LessOrEqual Log "
+    "LogSoftmax MatMul Max Mean Min Mod Mul Neg NonMaxSuppression NonZero Not Or Pow Reciprocal ReduceL1 ReduceL2 "
+    "ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum "
+    "ReduceSumSquare Relu Reshape Round ScatterElements ScatterND Selu Shape Sigmoid Sign Sin "
+    "Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh "
+    "TopK Transpose Trilu Unsqueeze Where Xor".split())
+
+
+def _input_bound(node: Node, inputs: list[np.ndarray | None]) -> float | None:
+    if node.op_type not in _WITHIN_INPUTS:
+        return None
+    sizes = [float(max(v.size, 1)) for v in inputs if v is not None] or [1.0]
+    rank = max([v.ndim for v in inputs if v is not None] + [1])
+    return max(float(np.prod(sizes)), sum(sizes)) * rank
+
+
+def _inferred_shapes(node: Node, inputs: list[np.ndarray | None],
+                     opsets: dict[str, int]) -> list[tuple[list[int], int]] | None:
+    """The output shapes and item sizes ONNX shape inference gives ``node`` (small integer
+    inputs passed as values, the others as shapes and types), or ``None`` when some dim
+    stays unknown."""
+    given, infos = [], []
+    for name, value in zip(node.inputs, inputs):
+        if not name or value is None or name in given:
+            continue
+        given.append(name)
+        elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        if value.dtype.kind in "iub" and value.size <= 64:
+            infos.append(onnx.numpy_helper.from_array(value, name))
+        else:
+            infos.append(onnx.helper.make_tensor_value_info(name, elem, value.shape))
+    graph = onnx.helper.make_graph(
+        [node.proto], "infer", [i for i in infos if isinstance(i, onnx.ValueInfoProto)],
+        [onnx.ValueInfoProto(name=n) for n in node.outputs if n],
+        initializer=[i for i in infos if isinstance(i, onnx.TensorProto)])
+    model = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:  # noqa: BLE001  (inference failing only means "unknown")
+        return None
+    known = {v.name: v for v in (*inferred.output, *inferred.value_info)}
+    shapes = []
+    for name in node.outputs:
+        if not name:
+            continue
+        info = known.get(name)
+        tensor = info.type.tensor_type if info is not None else None
+        if tensor is None or not tensor.HasField("shape") \
+                or not all(d.HasField("dim_value") for d in tensor.shape.dim):
+            return None
+        try:
+            size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
+        except (KeyError, ValueError, TypeError):
+            size = 8
+        shapes.append(([int(d.dim_value) for d in tensor.shape.dim], size))
+    return shapes
 
 
 def _ints(value) -> list[int]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from . import ops  # noqa: F401  (registers handlers)
 from ._graph import Graph, Node, TensorSpec, is_float_weight
 from ._inputs import static_graph_inputs
+from ._limits import charging
 from ._load import ModelLike, load_model
 from ._normalize import normalize
 from ._registry import lookup
@@ -61,7 +62,8 @@ class ModelSummary:
 def summarize(model: ModelLike) -> ModelSummary:
     """Summarize ``model`` (a path, bytes or ModelProto)."""
     proto, base_dir = load_model(model)
-    graph = normalize(proto, base_dir)
+    with charging(None):  # one budget for the whole model, as convert's
+        graph = normalize(proto, base_dir)
     counts: Counter = Counter()
     first: dict[tuple[str, str], Node] = {}
     _count(graph, counts, first)

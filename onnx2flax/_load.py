@@ -20,10 +20,13 @@ from onnx import numpy_helper
 
 from . import _wire
 from ._graph import numpy_dtype
-from .errors import InvalidModelError, ResourceLimitError
+from ._limits import budget
+from .errors import InvalidModelError
 
-#: Largest tensor (in elements) the converter will materialize.
-MAX_ELEMENTS = 2**31
+#: Bits per element of the element types ONNX packs several to a byte (low bits first).
+_PACKED_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
+                onnx.TensorProto.FLOAT4E2M1: 4, onnx.TensorProto.INT2: 2,
+                onnx.TensorProto.UINT2: 2}
 
 ModelLike = str | os.PathLike | bytes | onnx.ModelProto
 
@@ -85,18 +88,21 @@ def _text_fields(descriptor) -> tuple:
 
 
 def tensor_to_array(tensor: onnx.TensorProto, base_dir: Path | None, what: str) -> np.ndarray:
-    """Decode a TensorProto; ``what`` names it in errors (e.g. "initializer 'fc.weight'")."""
+    """Decode a TensorProto; ``what`` names it in errors (e.g. "initializer 'fc.weight'").
+    Its size is checked against the budget's ``tensor_bytes`` before anything is read, and
+    counted as bytes the model stores (see ``Limits.folded_bytes``)."""
     dims = [int(d) for d in tensor.dims]
     if any(d < 0 for d in dims):
         raise InvalidModelError(f"{what} has negative dims {dims}")
-    count = int(np.prod(dims, dtype=np.float64)) if dims else 1
-    if count > MAX_ELEMENTS:
-        raise ResourceLimitError(f"{what} declares {count} elements (limit {MAX_ELEMENTS})")
     dtype = numpy_dtype(tensor.data_type, what)
+    if dtype.kind in "OSU":  # never mapped nor decoded: file bytes would become pointers
+        raise InvalidModelError(f"{what} is a string tensor; onnx2flax handles numeric tensors only")
+    count = float(np.prod(dims, dtype=np.float64)) if dims else 1.0
+    current = budget()
+    current.check_tensor(count * dtype.itemsize, what, dims)
+    current.stored_bytes += int(count) * dtype.itemsize
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return _read_external(tensor, dims, dtype, base_dir, what)
-    if tensor.data_type == onnx.TensorProto.STRING:
-        raise InvalidModelError(f"{what} is a string tensor; onnx2flax handles numeric tensors only")
     try:
         return numpy_helper.to_array(tensor)
     except Exception as exc:  # onnx raises ValueError/TypeError/IndexError on inconsistent data
@@ -113,7 +119,8 @@ def _read_external(tensor: onnx.TensorProto, dims: list[int], dtype: np.dtype,
         raise InvalidModelError(
             f"{what} stores its data in external file {location!r}; load the model from a "
             "path so the file can be found next to it")
-    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+    if not location or os.path.isabs(location) or location.startswith(("/", "\\")) \
+            or "\0" in location:
         raise InvalidModelError(f"{what}: external data location {location!r} must be a "
                                 "relative path inside the model's folder")
     target = (base_dir / location).resolve()
@@ -122,21 +129,43 @@ def _read_external(tensor: onnx.TensorProto, dims: list[int], dtype: np.dtype,
                                 f"model's folder {str(base_dir)!r}")
     if not target.is_file():
         raise InvalidModelError(f"{what}: external data file {location!r} is missing")
+    count = int(np.prod(dims)) if dims else 1
+    bits = _PACKED_BITS.get(tensor.data_type)
+    needed = count * dtype.itemsize if bits is None else -(-count * bits // 8)
     try:
         offset = int(info.get("offset", 0))
-        itemsize = np.dtype(dtype).itemsize
-        count = int(np.prod(dims)) if dims else 1
-        length = int(info.get("length", count * itemsize))
+        length = int(info.get("length", needed))
     except ValueError:
         raise InvalidModelError(f"{what}: external data offset/length are not integers") from None
     size = target.stat().st_size
-    if offset < 0 or length != count * itemsize or offset + length > size:
+    if offset < 0 or length != needed or offset + length > size:
         raise InvalidModelError(
-            f"{what}: external data needs {count * itemsize} bytes at offset {offset} of "
+            f"{what}: external data needs {needed} bytes at offset {offset} of "
             f"{location!r}, which holds {size} bytes (declared length {length})")
     if count == 0:
         return np.zeros(dims, dtype)
+    if bits is not None:
+        packed = np.fromfile(target, np.uint8, count=needed, offset=offset)
+        return _unpack(packed, bits, count, dtype).reshape(dims)
     return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=tuple(dims))
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int, dtype: np.dtype) -> np.ndarray:
+    """``count`` elements of ``bits`` bits each, packed low bits first into ``packed``."""
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    codes = ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
+    if dtype.kind == "f":  # float4: the code is the value's bit pattern
+        return codes.view(dtype)
+    if dtype.kind == "i":  # two's complement in ``bits`` bits
+        codes = codes.astype(np.int8) - ((codes >> (bits - 1)) << bits).astype(np.int8)
+    return codes.astype(dtype)
+
+
+def owned(array: np.ndarray) -> np.ndarray:
+    """``array`` with its own bytes: a memory-mapped file (external data, or weights left
+    in the model file) could change or shrink after ``convert`` and kill the process when
+    read (SIGBUS), so values read after conversion are copied out of it."""
+    return np.array(array) if _mapping(array) is not None else array
 
 
 def _mapping(array: np.ndarray) -> mmap.mmap | None:

@@ -17,13 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _layout, _load
+from . import _layout, _limits
 from ._fold import fold, foldable
 from ._graph import Graph, Node, TensorSpec
 from ._plan import LayerPlan, Program
 from ._registry import OpSpec, guarded, lookup
-from .errors import (InvalidInputError, InvalidModelError, ResourceLimitError,
-                     UnsupportedOpError, node_label)
+from .errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
 
 _REQUIRED = object()
 
@@ -143,6 +142,7 @@ class _Interpreter:
         # apply(..., mutable=['intermediates']) records every node output in ONNX layout.
         self.record = module.is_mutable_collection("intermediates")
         self._roots: dict[str, _Namespace] = {}
+        self.budget = _limits.budget()
 
     def call_layer(self, plan: LayerPlan, cls: type[nn.Module], args: tuple, kwargs: dict,
                    call_kwargs: dict):
@@ -173,6 +173,7 @@ class _Interpreter:
             self._run_node(env, graph, node)
 
     def _run_node(self, env: _Env, graph: Graph, node: Node) -> None:
+        self.budget.step(node_label(node.name, node.op_type))
         spec = lookup(node, graph.opsets)
         if spec is None:
             raise UnsupportedOpError(f"{node_label(node.name, node.op_type)} has no handler "
@@ -233,11 +234,12 @@ class _Interpreter:
         result = guarded(node, arrays, spec.fn, ctx, *arrays)
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
         for out in outs:  # shapes are static under trace: refuse before XLA allocates
-            if not isinstance(out, list) and np.size(out) > _load.MAX_ELEMENTS:
-                raise ResourceLimitError(
-                    f"{node_label(node.name, node.op_type)} would create a tensor of shape "
-                    f"{list(np.shape(out))} ({np.size(out):.3g} elements, limit "
-                    f"{_load.MAX_ELEMENTS})")
+            if isinstance(out, list):
+                self.budget.check_sequence(len(out), node_label(node.name, node.op_type))
+            elif out is not None:
+                itemsize = np.dtype(getattr(out, "dtype", float)).itemsize
+                self.budget.check_tensor(np.size(out) * itemsize,
+                                         node_label(node.name, node.op_type), np.shape(out))
         if ctx.out_perms is not None:
             out_perms = list(ctx.out_perms)
         elif out_perm is not None:
@@ -384,6 +386,10 @@ class OnnxModule(nn.Module):
 
     @nn.compact
     def __call__(self, *inputs, train: bool = False):
+        with _limits.charging(self.program.limits, self.program.stored_bytes):
+            return self._trace(inputs, train)
+
+    def _trace(self, inputs, train: bool):
         graph = self.program.graph
         if len(inputs) != len(graph.inputs):
             names = [s.name for s in graph.inputs]

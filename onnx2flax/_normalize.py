@@ -21,6 +21,7 @@ from ._fold import fold, foldable
 from ._graph import (Graph, Node, TensorSpec, is_float_weight, is_weight_dequantization,
                      node_name, numpy_dtype, onnx_domain, opset_map)
 from ._inputs import apply_given
+from ._limits import budget
 from ._load import tensor_to_array
 from .errors import InvalidModelError, UnsupportedOpError, node_label
 
@@ -40,12 +41,46 @@ def normalize(model: onnx.ModelProto, base_dir: Path | None, *,
             f"the model uses default-domain opset {opsets['']}; this onnx2flax (onnx "
             f"{onnx.__version__}) knows opsets 1..{_MAX_OPSET}")
     if model.functions:
+        _check_inlined_size(model)
         try:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as exc:
             raise InvalidModelError(f"local functions could not be inlined: {exc}") from None
     return _decode_graph(model.graph, opsets, base_dir, outer=frozenset(),
                          given=(input_shapes, constants))
+
+
+def _check_inlined_size(model: onnx.ModelProto) -> None:
+    """Refuse, before inlining, functions that would expand to more nodes than the budget's
+    ``inlined_nodes`` (functions calling each other twice per level double each level)."""
+    local = {(f.domain, f.name, getattr(f, "overload", "")): f for f in model.functions}
+    sizes: dict[tuple, float] = {}
+    current = budget()
+
+    def size(nodes, path: tuple, depth: int) -> float:
+        if depth > current.limits.subgraph_depth:
+            current.check("subgraph_depth", depth, f"function {path[-1][1]!r}" if path
+                          else "the main graph", "the nesting depth of function calls and "
+                          "subgraphs")
+        total = 0.0
+        for node in nodes:
+            key = (node.domain, node.op_type, getattr(node, "overload", ""))
+            if key in local:
+                if key in path:
+                    raise InvalidModelError(f"local functions cannot be inlined: "
+                                            f"{key[0]}::{key[1]} calls itself")
+                if key not in sizes:
+                    sizes[key] = size(local[key].node, path + (key,), depth + 1)
+                total += sizes[key]
+            else:
+                total += 1
+            for a in node.attribute:
+                for g in ([a.g] if a.HasField("g") else a.graphs):
+                    total += size(g.node, path, depth + 1)
+        return total
+
+    current.check("inlined_nodes", size(model.graph.node, (), 0),
+                  "the model's graph with its local functions inlined", "the count of nodes")
 
 
 def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
@@ -94,8 +129,15 @@ def _type_spec(name: str, tp: onnx.TypeProto, what: str) -> TensorSpec:
 
 def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | None,
                   outer: frozenset[str], given: tuple | None = None) -> Graph:
+    with budget().nested(f"graph {g.name[:100]!r}"):
+        return _decode_nested(g, opsets, base_dir, outer, given)
+
+
+def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | None,
+                   outer: frozenset[str], given: tuple | None) -> Graph:
     constants: dict[str, np.ndarray] = {}
     for init in g.initializer:
+        budget().check_name(init.name, "initializer")
         if init.name in constants:
             raise InvalidModelError(f"initializer {init.name!r} is defined twice")
         constants[init.name] = tensor_to_array(init, base_dir, f"initializer {init.name!r}")
@@ -110,10 +152,15 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
         raise InvalidModelError(f"graph inputs must have distinct, non-empty names, got {names}")
 
     nodes = []
+    scope: list[frozenset[str]] = []  # what subgraphs may read: built once, on first use
+    current = budget()
     for index, proto in enumerate(g.node):
         name = node_name(proto.name, proto.op_type, index)
+        for text in (name, *proto.input, *proto.output):
+            current.check_name(text, f"{node_label(name[:60], proto.op_type)}: the name")
         _check_schema(proto, name, opsets)
-        attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir, outer, constants, g)
+        attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir,
+                                    lambda: _scope(scope, outer, constants, g))
                  for a in proto.attribute}
         nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
                           list(proto.output), attrs, _detached(proto)))
@@ -122,9 +169,9 @@ def _decode_graph(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | N
     nodes = _sorted(nodes, known, outer)
     graph = Graph(g.name or "graph", nodes, inputs, outputs, constants, opsets,
                   initializers=frozenset(constants), outer=sorted(_outer_reads(nodes, known) & outer))
-    produced = known | {o for n in nodes for o in n.outputs if o} | outer
+    produced = known | {o for n in nodes for o in n.outputs if o}
     for out in outputs:
-        if out.name not in produced:
+        if out.name not in produced and out.name not in outer:
             raise InvalidModelError(f"graph output {out.name!r} is produced by no node, "
                                     "input or initializer")
     _fold_constants(graph, _declared_dtypes(g))
@@ -142,21 +189,24 @@ def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:
     return out
 
 
-def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, base_dir, outer,
-               constants, g):
+def _scope(cache: list, outer: frozenset[str], constants, g: onnx.GraphProto) -> frozenset[str]:
+    """The names subgraphs of ``g`` may read (computed once per graph)."""
+    if not cache:
+        cache.append(frozenset(outer | set(constants) | {i.name for i in g.input}
+                               | {o for n in g.node for o in n.output}))
+    return cache[0]
+
+
+def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, base_dir, scope):
     what = f"attribute {a.name!r} of {node_label(node_name, op_type)}"
     if a.ref_attr_name:
         raise InvalidModelError(f"{what} refers to a function attribute outside a function")
     if a.type == onnx.AttributeProto.TENSOR:
         return tensor_to_array(a.t, base_dir, what)
     if a.type == onnx.AttributeProto.GRAPH:
-        scope = frozenset(outer | set(constants) | {i.name for i in g.input}
-                          | {o for n in g.node for o in n.output})
-        return _decode_graph(a.g, opsets, base_dir, scope)
+        return _decode_graph(a.g, opsets, base_dir, scope())
     if a.type == onnx.AttributeProto.GRAPHS:
-        scope = frozenset(outer | set(constants) | {i.name for i in g.input}
-                          | {o for n in g.node for o in n.output})
-        return [_decode_graph(sub, opsets, base_dir, scope) for sub in a.graphs]
+        return [_decode_graph(sub, opsets, base_dir, scope()) for sub in a.graphs]
     if a.type == onnx.AttributeProto.TENSORS:
         return [tensor_to_array(t, base_dir, what) for t in a.tensors]
     if a.type == onnx.AttributeProto.TYPE_PROTO:  # Optional's element type
@@ -299,12 +349,13 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
     kept = []
     consts = graph.constants
     producers = {o: n for n in graph.nodes for o in n.outputs if o}
+    dtype_of: dict[str, np.dtype | None] = {}  # CastLike type sources resolved so far
     for node in graph.nodes:
         if node.op_type == "Constant" and node.domain == "":
             consts[node.outputs[0]] = _constant_value(node)
             continue
         ins = [i for i in node.inputs if i]
-        like = _cast_like_dtype(graph, node, producers, dtypes)
+        like = _cast_like_dtype(graph, node, producers, dtypes, dtype_of)
         if like is not None:  # CastLike(constant, input): only the input's dtype is read
             consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
             continue
@@ -338,31 +389,48 @@ _SAME_DTYPE = frozenset(
 
 
 def _cast_like_dtype(graph: Graph, node: Node, producers: dict[str, Node],
-                     declared: dict[str, np.dtype]) -> np.dtype | None:
+                     declared: dict[str, np.dtype], cache: dict[str, np.dtype | None]
+                     ) -> np.dtype | None:
     """The target dtype of a CastLike whose data is constant and whose type source has a
     dtype known without running the graph (declared in the file, or followed back through
     dtype-preserving ops), else None. Dynamo exports make the zero bias of every bias-free
-    Conv as ``CastLike(0, activation)``."""
+    Conv as ``CastLike(0, activation)``. ``cache`` keeps each name's answer, so N CastLikes
+    walk a chain once in all."""
     if node.op_type != "CastLike" or node.domain or len(node.inputs) != 2 \
             or node.inputs[0] not in graph.constants:
         return None
-    name = node.inputs[1]
-    for _ in range(len(producers) + 1):
-        if name in declared:
-            return declared[name]
-        if name in graph.constants:
-            return graph.constants[name].dtype
-        source = producers.get(name)
-        if source is None or source.domain or source.outputs[0] != name or not source.inputs:
-            return None
-        if source.op_type == "Where" and len(source.inputs) == 3:
-            name = source.inputs[1]
-        elif source.op_type in _SAME_DTYPE:
-            name = source.inputs[0]
-        elif source.op_type == "Cast":
-            return numpy_dtype(source.attrs.get("to", 1))
-        else:
-            return None
+    name, walked, found = node.inputs[1], [], None
+    while True:
+        if name in cache:
+            found = cache[name]
+            break
+        walked.append(name)
+        found = _dtype_here(graph, name, producers, declared)
+        if not isinstance(found, str):
+            break
+        name = found
+    for seen in walked:
+        cache[seen] = found
+    return found
+
+
+def _dtype_here(graph: Graph, name: str, producers: dict[str, Node],
+                declared: dict[str, np.dtype]) -> np.dtype | str | None:
+    """The dtype of ``name`` if known from its own definition, the name to follow back to
+    (a dtype-preserving producer's input), or None (unknown)."""
+    if name in declared:
+        return declared[name]
+    if name in graph.constants:
+        return graph.constants[name].dtype
+    source = producers.get(name)
+    if source is None or source.domain or source.outputs[0] != name or not source.inputs:
+        return None
+    if source.op_type == "Where" and len(source.inputs) == 3:
+        return source.inputs[1]
+    if source.op_type in _SAME_DTYPE:
+        return source.inputs[0]
+    if source.op_type == "Cast":
+        return numpy_dtype(source.attrs.get("to", 1))
     return None
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._graph import Graph, Node, is_float_weight, is_weight_dequantization
+from ._limits import Limits
 from ._load import to_device
 from ._registry import guarded, lookup
 
@@ -55,6 +56,9 @@ class Program:
     spatial_inputs: frozenset[str]
     bounds: dict[str, int] = field(default_factory=dict)
     output_channels_last: dict[str, bool] = field(default_factory=dict)
+    #: The budget of each trace, and the bytes the model stores (see ``Limits``).
+    limits: Limits = field(default_factory=Limits)
+    stored_bytes: int = 0
 
     def bound_of(self, node: Node) -> int | None:
         """The static bound given for ``node`` (by its name or first output), if any."""
@@ -89,9 +93,18 @@ def _insert(tree: dict, path: Path, value: np.ndarray) -> None:
     tree[path[-1]] = to_device(value)
 
 
+#: Deepest parameter tree: the leading parts of a name with more parts are joined by ``_``
+#: (JAX flattens trees recursively).
+_MAX_DEPTH = 32
+#: Top-level names Flax reads as collections (``params['params']`` is refused by ``apply``).
+_RESERVED = frozenset(("params", "batch_stats", "intermediates", "cache"))
+
+
 def _parts(name: str) -> list[str]:
     parts = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in re.split(r"[./:]", name)]
-    return [p for p in parts if p]
+    parts = [p for p in parts if p]
+    cut = len(parts) - _MAX_DEPTH + 1
+    return ["_".join(parts[:cut]), *parts[cut:]] if cut > 1 else parts
 
 
 class _Names:
@@ -100,17 +113,23 @@ class _Names:
     def __init__(self) -> None:
         self._leaves: set[Path] = set()
         self._prefixes: set[Path] = set()
+        self._suffixes: dict[Path, int] = {}  # the last _N tried per path: N alike names stay linear
 
     def take(self, path: Path) -> Path:
+        if path[0] in _RESERVED:
+            path = (f"{path[0]}_",) + path[1:]
         # under a leaf (a free 'fc.bias' next to layer 'fc'): join the parts below it
         # ('fc_bias'), as renaming only the last part could never succeed
         cut = next((i for i in range(1, len(path)) if path[:i] in self._leaves), None)
         if cut is not None:
             path = path[:cut - 1] + ("_".join(path[cut - 1:]),)
-        candidate, n = path, 0
+        candidate, n = path, self._suffixes.get(path, 0)
+        if n:
+            candidate = path[:-1] + (f"{path[-1]}_{n}",)
         while candidate in self._leaves or candidate in self._prefixes:
             n += 1
             candidate = path[:-1] + (f"{path[-1]}_{n}",)
+        self._suffixes[path] = n
         self._leaves.add(candidate)
         self._prefixes.update(candidate[:i] for i in range(1, len(candidate)))
         return candidate

@@ -150,7 +150,7 @@ def handler_error(exc: Exception, node: Node, arrays: list) -> OnnxConversionErr
     """The package error for a (non-package) exception raised by a handler: bad values
     (shapes, attributes) are the model's fault, anything else is a bug of ours."""
     label = node_label(node.name, node.op_type)
-    shapes = [None if a is None else list(np.shape(a)) for a in arrays]
+    shapes = [_shape_of(a) for a in arrays]
     found = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _NEEDS_STATIC):
         return UnsupportedOpError(f"{label} needs a value known at conversion time (a constant "
@@ -164,3 +164,12 @@ def handler_error(exc: Exception, node: Node, arrays: list) -> OnnxConversionErr
         return InvalidModelError(f"{label} failed on inputs of shapes {shapes}: {found}")
     return InternalError(f"{label}: internal error in onnx2flax on inputs of shapes {shapes} "
                          f"({found}); please report it with the model")
+
+
+def _shape_of(value) -> list | None:
+    """A tensor's shape; a sequence's (a list of tensors, maybe tracers) as ``seq[shapes]``."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return ["seq", *[_shape_of(v) for v in value[:8]]] + (["..."] if len(value) > 8 else [])
+    return list(np.shape(value))

@@ -8,7 +8,6 @@ or an unsupported op (``inspect``), 2 any error (one line on stderr, no tracebac
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 from . import __version__
 from ._progress import say
 from .errors import InvalidInputError, OnnxConversionError
+from ._limits import Limits, charging
 
 
 def _cmd_convert(args) -> int:
@@ -135,17 +135,9 @@ def _cmd_export(args) -> int:
         raise OnnxConversionError("onnx2flax export needs PyTorch: pip install "
                                   "'onnx2flax[torch]'") from None
 
-    from ._export import export
+    from ._export import export, load_factory
 
-    module_name, _, attr = args.factory.partition(":")
-    if not module_name or not attr:
-        raise InvalidInputError(f"{args.factory!r} must look like package.module:factory")
-    sys.path.insert(0, ".")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidInputError(f"cannot load the factory {args.factory!r}: "
-                                f"{type(exc).__name__}: {exc}") from None
+    factory = load_factory(args.factory, args.path)
     torch.manual_seed(args.seed)
     try:
         model = factory()
@@ -253,6 +245,12 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
                    "does the same as this flag)")
 
 
+def _add_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise (or lower) one of onnx2flax.Limits for a trusted model, e.g. "
+                   "tensor_bytes=8G or loop_iterations=4000000 (repeatable; see docs/errors.md)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnx2flax", description="Convert ONNX models into Flax (JAX) modules with "
@@ -273,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
                 "shapes model.py is written for")
     p.add_argument("--api", choices=("linen", "nnx"), default="linen",
                    help="write a flax.linen module (default) or a flax.nnx module")
+    _add_limit(p)
     p.set_defaults(fn=_cmd_convert)
 
     p = sub.add_parser("compare", help="compare onnx2flax with onnxruntime (exit code 1 on "
@@ -296,12 +295,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_bound(p)
     _add_cache(p)
+    _add_limit(p)
     p.set_defaults(fn=_cmd_compare)
 
     p = sub.add_parser("inspect", help="list ops (and which are supported), inputs, outputs, "
                        "parameter count (exit code 1 if some op is unsupported)")
     p.add_argument("model")
     _add_inputs(p, "an .npz of inputs: their shapes are shown as the inputs' shapes")
+    _add_limit(p)
     p.set_defaults(fn=_cmd_inspect)
 
     p = sub.add_parser("export", help="export a PyTorch module to ONNX, keeping parameter "
@@ -312,6 +313,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--static-batch", action="store_true", help="do not make dim 0 dynamic")
     p.add_argument("--seed", type=int, default=0, help="torch seed for the factory's weights")
+    p.add_argument("--path", metavar="DIR", help="folder to import the factory's module from "
+                   "(the working directory is not searched unless given: --path .)")
     p.set_defaults(fn=_cmd_export)
     return parser
 
@@ -321,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not getattr(args, "no_cache", True) and not os.environ.get("ONNX2FLAX_NO_CACHE"):
             _enable_cache()
-        return args.fn(args)
+        with charging(Limits.parse(getattr(args, "limit", ()))):
+            return args.fn(args)
     except OnnxConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

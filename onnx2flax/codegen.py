@@ -758,6 +758,8 @@ def _literal(value) -> str:
         return repr(value)
     if isinstance(value, float):
         return repr(value) if np.isfinite(value) else f"float({repr(value)!r})"
+    if isinstance(value, complex):
+        return f"complex({_literal(value.real)}, {_literal(value.imag)})"
     if isinstance(value, np.generic):
         return _scalar(np.asarray(value))
     if isinstance(value, np.dtype):

@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _fuse, _layout, _progress, ops  # noqa: F401  (ops registers every handler)
+from . import _fuse, _layout, _limits, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._bounds import Bounds, check_bounds
-from ._graph import TensorSpec
+from ._graph import Graph, TensorSpec
 from ._inputs import Specializations, static_graph_inputs
-from ._load import ModelLike, load_model
+from ._limits import Limits
+from ._load import ModelLike, load_model, owned
 from ._module import OnnxModule, _family, check_feed
 from ._normalize import dequantize_weights as _dequantize_weights, normalize
 from ._plan import Program, plan
@@ -161,7 +162,7 @@ class ConvertedModel:
         if not isinstance(feeds, Mapping):
             raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
                                     f"{type(feeds).__name__}; the model's inputs are {names}")
-        unknown = sorted(set(feeds) - set(names))
+        unknown = sorted(set(feeds) - set(names), key=repr)
         if unknown:
             raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
         missing = [n for n in names if n not in feeds]
@@ -236,12 +237,24 @@ def _as_feed(value: Any, spec: TensorSpec):
     if value is None:
         return None
     if spec.sequence and isinstance(value, (list, tuple)):
-        return [_as_array(v) for v in value]
-    return _as_array(value)
+        return [_as_array(v, f"element {i} of input {spec.name!r}") for i, v in enumerate(value)]
+    return _as_array(value, f"input {spec.name!r}")
 
 
-def _as_array(value: Any):
-    return value if hasattr(value, "dtype") else np.asarray(value)
+def _as_array(value: Any, what: str):
+    """``value`` as a NumPy or JAX array of numbers or bools (a torch tensor, a nested list:
+    converted), else :class:`~onnx2flax.errors.InvalidInputError`."""
+    if not isinstance(value, (np.ndarray, jax.Array)):
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise InvalidInputError(f"{what} cannot be read as an array ({type(exc).__name__}: "
+                                    f"{exc})") from None
+    dtype = np.dtype(value.dtype)  # ml_dtypes (bfloat16, int4, float8...) are kind "V"
+    if dtype.kind in "OSUMm" or dtype.type is np.void:
+        raise InvalidInputError(f"{what} has dtype {value.dtype}; onnx2flax takes arrays of "
+                                "numbers or bools")
+    return value
 
 
 def _map_tensors(fn, value):
@@ -267,7 +280,7 @@ def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
             input_shapes: Mapping[str, Sequence[int]] | None = ...,
             constants: Mapping[str, Any] | None = ...,
-            api: Literal["linen"] = ..., dequantize_weights: bool = ...) -> ConvertedModel: ...
+            limits: Limits | None = ..., api: Literal["linen"] = ..., dequantize_weights: bool = ...) -> ConvertedModel: ...
 
 
 @overload
@@ -275,7 +288,7 @@ def convert(model: ModelLike, *, channels_last: bool = ..., fold_batchnorm: bool
             bounds: Bounds | None = ..., progress: bool | _progress.Progress | None = ...,
             input_shapes: Mapping[str, Sequence[int]] | None = ...,
             constants: Mapping[str, Any] | None = ...,
-            api: Literal["nnx"], dequantize_weights: bool = ...) -> NnxConvertedModel: ...
+            limits: Limits | None = ..., api: Literal["nnx"], dequantize_weights: bool = ...) -> NnxConvertedModel: ...
 
 
 def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: bool = False,
@@ -283,7 +296,7 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
             progress: bool | _progress.Progress | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             constants: Mapping[str, Any] | None = None,
-            api: Literal["linen", "nnx"] = "linen",
+            limits: Limits | None = None, api: Literal["linen", "nnx"] = "linen",
             dequantize_weights: bool = False) -> ConvertedModel | NnxConvertedModel:
     """Convert an ONNX model (a path, bytes or ``onnx.ModelProto``) to Flax.
 
@@ -329,18 +342,23 @@ def convert(model: ModelLike, *, channels_last: bool = True, fold_batchnorm: boo
     stderr, ``False`` is silent, a callable is called as ``progress(stage, done, total)``;
     the default (``None``) prints only for large models (1 GiB of weights or 20,000 nodes).
 
+    ``limits``: an :class:`~onnx2flax.Limits`, the budget the conversion and every trace of
+    the converted module charge (default ``Limits()``); a model that would exceed it raises
+    :class:`~onnx2flax.errors.ResourceLimitError` naming the node and the limit.
+
     Raises :class:`~onnx2flax.errors.InvalidModelError` for unreadable or malformed models,
     :class:`~onnx2flax.errors.UnsupportedOpError` (listing every missing op at once) and
     :class:`~onnx2flax.errors.InvalidInputError` for ``bounds`` naming no bounded node, and
     for ``input_shapes`` / ``constants`` naming no graph input or disagreeing with it.
     """
     if api not in ("linen", "nnx"):
-        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
-    proto, base_dir = load_model(model)
-    converted = _convert(proto, base_dir, _options(
-        channels_last=channels_last, fold_batchnorm=fold_batchnorm, bounds=bounds,
-        progress=progress, input_shapes=input_shapes, constants=constants,
-        dequantize_weights=dequantize_weights))
+        raise InvalidInputError(f"api must be 'linen' or 'nnx', got {api!r}")
+    options = _options(channels_last=channels_last, fold_batchnorm=fold_batchnorm,
+                       bounds=bounds, progress=progress, input_shapes=input_shapes,
+                       constants=constants, dequantize_weights=dequantize_weights, limits=limits)
+    with _limits.charging(limits):
+        proto, base_dir = load_model(model)
+        converted = _convert(proto, base_dir, options)
     if api == "nnx":
         from .nnx import NnxConvertedModel
         return NnxConvertedModel(converted)
@@ -358,18 +376,24 @@ def _options(*, channels_last: bool = True, fold_batchnorm: bool = False,
              bounds: Bounds | None = None, progress: bool | _progress.Progress | None = None,
              input_shapes: Mapping[str, Sequence[int]] | None = None,
              constants: Mapping[str, Any] | None = None,
-             dequantize_weights: bool = False, exact_sizes: bool = False) -> dict[str, Any]:
+             dequantize_weights: bool = False, limits: Limits | None = None,
+             exact_sizes: bool = False) -> dict[str, Any]:
     """The options of :func:`_convert`: :func:`convert`'s, and ``exact_sizes`` (for the ONNX
     backend, whose contract is exact output shapes): ``run`` also specializes on the inputs
     of unbounded ops of data-dependent output size, which are then computed exactly."""
     return dict(channels_last=channels_last, fold_batchnorm=fold_batchnorm, bounds=bounds,
                 progress=progress, input_shapes=input_shapes, constants=constants,
-                dequantize_weights=dequantize_weights, exact_sizes=exact_sizes)
+                dequantize_weights=dequantize_weights, limits=limits, exact_sizes=exact_sizes)
 
 
 def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
     """:func:`convert` of a loaded model; the model is kept (to convert it again for other
     values) when some input has to be specialized by ``run``."""
+    with _limits.charging(options["limits"]) as budget:
+        return _convert_charged(proto, base_dir, options, budget)
+
+
+def _convert_charged(proto, base_dir, options: dict[str, Any], budget) -> ConvertedModel:
     bounds = check_bounds(proto, options["bounds"])
     report = _progress.reporter(options["progress"], proto)
     if report is not None:
@@ -392,4 +416,22 @@ def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
     program = plan(graph, bounds)
     if report is not None:
         report("plan", 1, 1)
-    return ConvertedModel(program, options["channels_last"], report, specialize)
+    program.limits, program.stored_bytes = budget.limits, budget.stored_bytes
+    converted = ConvertedModel(program, options["channels_last"], report, specialize)
+    _own_constants(graph, program)
+    return converted
+
+
+def _own_constants(graph: Graph, program: Program) -> None:
+    """Copy the constants a trace reads out of memory-mapped files (parameters were copied
+    into their device buffers), so the model keeps working if the files change."""
+    weights = set(program.free_params) | {name for layer in program.layers.values()
+                                          for name, _ in layer.sources.values()}
+    graphs = [graph]
+    while graphs:
+        g = graphs.pop()
+        read = {name for node in g.nodes for name in node.reads()} | {o.name for o in g.outputs}
+        for name in read & g.constants.keys():
+            if g is not graph or name not in weights:
+                g.constants[name] = owned(g.constants[name])
+        graphs.extend(sub for node in g.nodes for sub in node.subgraphs())

@@ -27,6 +27,7 @@ from flax.nnx import bridge
 from flax.nnx.bridge.variables import linen_vars_to_nnx_attrs
 
 from .converter import ConvertedModel
+from .errors import InvalidModelError
 
 __all__ = ["NnxConvertedModel", "to_nnx"]
 
@@ -40,8 +41,9 @@ def to_nnx(converted: ConvertedModel, *, rngs: nnx.Rngs | None = None,
     attrs = linen_vars_to_nnx_attrs(converted.variables if variables is None else variables)
     for name, value in attrs.items():
         if hasattr(model, name) or name.startswith(("to_nnx__", "_pytree__")):
-            raise ValueError(f"the model's top-level variable {name!r} clashes with an attribute "
-                             "of the NNX module; rename it in the ONNX file")
+            raise InvalidModelError(f"the model's top-level variable {name!r} clashes with an "
+                                    "attribute of the NNX module; rename it in the ONNX file "
+                                    "or convert with api='linen'")
         setattr(model, name, nnx.data(value))
     return model
 

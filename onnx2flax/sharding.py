@@ -23,6 +23,8 @@ from typing import Any, Literal
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from .errors import InvalidInputError
+
 __all__ = ["data_parallel_apply", "shard_variables"]
 
 Mode = Literal["replicate", "fsdp"]
@@ -32,6 +34,8 @@ def _auto(mesh: Mesh) -> Mesh:
     """``mesh`` with Auto axes: the converted module's ops (Flax layers, ``lax`` calls)
     let XLA propagate shardings; Explicit axes (``jax.make_mesh``'s default) would ask
     every op for an ``out_sharding``."""
+    if not isinstance(mesh, Mesh):
+        raise InvalidInputError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     return Mesh(mesh.devices, mesh.axis_names,
                 axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
@@ -39,10 +43,11 @@ def _auto(mesh: Mesh) -> Mesh:
 def _axis_name(mesh: Mesh, axis: str | None) -> str:
     if axis is None:
         if len(mesh.axis_names) != 1:
-            raise ValueError(f"the mesh has axes {mesh.axis_names}; name the one to use with axis=")
+            raise InvalidInputError(f"the mesh has axes {mesh.axis_names}; name the one to use "
+                                    "with axis=")
         return mesh.axis_names[0]
     if axis not in mesh.axis_names:
-        raise ValueError(f"axis {axis!r} is not one of the mesh's axes {mesh.axis_names}")
+        raise InvalidInputError(f"axis {axis!r} is not one of the mesh's axes {mesh.axis_names}")
     return axis
 
 
@@ -69,7 +74,7 @@ def shard_variables(variables: Any, mesh: Mesh, mode: Mode = "replicate", *,
     name = _axis_name(mesh, axis)
     size = mesh.shape[name]
     if mode not in ("replicate", "fsdp"):
-        raise ValueError(f"mode must be 'replicate' or 'fsdp', got {mode!r}")
+        raise InvalidInputError(f"mode must be 'replicate' or 'fsdp', got {mode!r}")
 
     def place(x):
         spec = _fsdp_spec(tuple(x.shape), size, name) if mode == "fsdp" else PartitionSpec()
@@ -101,6 +106,12 @@ def data_parallel_apply(converted, mesh: Mesh, variables: Any = None, *,
     run = jax.jit(call, out_shardings=batch)
 
     def apply(*inputs):
+        for i, x in enumerate(inputs):
+            if not hasattr(x, "shape") or not x.shape or x.shape[0] % mesh.shape[name]:
+                raise InvalidInputError(
+                    f"input {i} has shape {list(getattr(x, 'shape', []))}: data-parallel inputs "
+                    f"need a batch axis (axis 0) divisible by the {mesh.shape[name]} devices of "
+                    f"mesh axis {name!r}")
         placed = [jax.device_put(x, batch) for x in inputs]
         return run(variables, *placed)
 

@@ -63,7 +63,7 @@ def test_cli_export_then_compare(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     out = tmp_path / "convbn.onnx"
     assert main(["export", "exporters.guide_models:ConvBnNet", "--input-shape", "2,3,8,8",
-                 "-o", str(out)]) == 0
+                 "-o", str(out), "--path", "."]) == 0
     variables = onnx2flax.convert(out).variables
     assert set(variables["batch_stats"]["bn"]) == {"mean", "var"}
     assert main(["compare", str(out)]) == 0

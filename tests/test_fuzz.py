@@ -32,7 +32,6 @@ import pytest
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 import onnx2flax
-from onnx2flax import _load
 from onnx2flax.errors import InternalError, OnnxConversionError
 
 from fuzz_corpus import all_models, feeds_for
@@ -221,7 +220,10 @@ def _proto_mutant(model: onnx.ModelProto, rng) -> onnx.ModelProto:
     m.CopyFrom(model)
     g = m.graph
     for _ in range(int(rng.integers(1, 3))):
-        kind = rng.integers(15)
+        kind = rng.integers(19)
+        if kind >= 15:  # issue 12's hostile classes
+            _hostile_mutation(m, int(kind), rng)
+            continue
         if kind == 14 and len(m.functions):
             _mutate_function(_pick(rng, m.functions), rng)
             continue
@@ -265,6 +267,69 @@ def _proto_mutant(model: onnx.ModelProto, rng) -> onnx.ModelProto:
     return m
 
 
+_RESERVED = ["params", "batch_stats", "intermediates", "params.weight", "a" + ".b" * 2100,
+             ".".join(["x"] * 40), "w" * 5000]
+
+
+def _hostile_mutation(m: onnx.ModelProto, kind: int, rng) -> None:
+    """Issue 12's classes grafted onto a corpus model: a reserved or overlong weight name,
+    nested If, a function bomb, a folding bomb (the last three with unused outputs: still
+    decoded, inlined and folded)."""
+    g = m.graph
+    if kind == 15 and len(g.initializer):
+        init = _pick(rng, g.initializer)
+        old, new = init.name, _pick(rng, _RESERVED)
+        init.name = new
+        for node in g.node:
+            node.input[:] = [new if i == old else i for i in node.input]
+    elif kind == 16:
+        depth = int(rng.integers(1, 100))
+        node = g.node.add(op_type="If", input=["cond_" + str(depth)], output=["if_out"])
+        g.initializer.append(numpy_helper.from_array(np.array(True), "cond_" + str(depth)))
+        for level in range(depth):
+            leaf = helper.make_graph([helper.make_node("Constant", [], [f"l{level}"],
+                                                       value_float=1.0)], "leaf", [],
+                                     [helper.make_tensor_value_info(f"l{level}", TensorProto.FLOAT, [])])
+            node.attribute.add(name="else_branch", type=AttributeProto.GRAPH).g.CopyFrom(leaf)
+            sub = node.attribute.add(name="then_branch", type=AttributeProto.GRAPH).g
+            sub.name = f"nest{level}"
+            sub.output.append(helper.make_tensor_value_info(f"n{level}", TensorProto.FLOAT, []))
+            if level == depth - 1:
+                sub.node.append(helper.make_node("Constant", [], [f"n{level}"], value_float=2.0))
+            else:
+                node = sub.node.add(op_type="If", input=[f"cond_{depth}"], output=[f"n{level}"])
+    elif kind == 17:
+        levels = int(rng.integers(2, 40))
+        calls = int(rng.integers(1, 4))
+        for level in range(levels):
+            body, prev = [], "a"
+            for k in range(calls if level < levels - 1 else 0):
+                out = "c" if k == calls - 1 else f"t{k}"
+                body.append(helper.make_node(f"B{level + 1}", [prev], [out], domain="bomb"))
+                prev = out
+            body = body or [helper.make_node("Identity", ["a"], ["c"])]
+            m.functions.append(helper.make_function("bomb", f"B{level}", ["a"], ["c"], body,
+                                                    [helper.make_opsetid("", 17),
+                                                     helper.make_opsetid("bomb", 1)]))
+        m.opset_import.append(helper.make_opsetid("bomb", 1))
+        g.node.append(helper.make_node("B0", [_pick(rng, _names(g) or ["x"])], ["bomb_out"],
+                                       domain="bomb"))
+    else:
+        huge = int(_pick(rng, [2**20, 2**31, 2**40]))
+        op = _pick(rng, ["ConstantOfShape", "Expand", "Tile", "Pad", "Gather", "Einsum"])
+        d = numpy_helper.from_array(np.ones((2, 2), np.float32), "fold_d")
+        s_ = numpy_helper.from_array(np.array([huge, 2], np.int64), "fold_s")
+        g.initializer.extend([d, s_])
+        inputs = {"ConstantOfShape": ["fold_s"], "Expand": ["fold_d", "fold_s"],
+                  "Tile": ["fold_d", "fold_s"], "Pad": ["fold_d", "fold_s"],
+                  "Gather": ["fold_d", "fold_s"], "Einsum": ["fold_d", "fold_d"]}[op]
+        attrs = {"equation": "ij,kl->ijkl"} if op == "Einsum" else {}
+        if op == "Pad":
+            g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "fold_a"))
+            inputs += ["", "fold_a"]
+        g.node.append(helper.make_node(op, inputs, ["fold_out"], **attrs))
+
+
 def _mutant(models, rng) -> bytes:
     model = _pick(rng, models)
     if rng.random() < 0.25:
@@ -282,10 +347,13 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def test_fuzz_mutants_fail_cleanly(monkeypatch):
-    # A lower size limit than the default: a mutant may legitimately build a tensor of up
-    # to MAX_ELEMENTS, and filling 2**31 elements would take the whole time budget.
-    monkeypatch.setattr(_load, "MAX_ELEMENTS", 2**22)
+#: Lower than the defaults: a mutant may legitimately build a tensor as large as the limits
+#: allow, and filling gigabytes would take the whole time budget.
+_LIMITS = onnx2flax.Limits(tensor_bytes=2**24, folded_bytes=2**26, inlined_nodes=2**12,
+                           trace_steps=2**16)
+
+
+def test_fuzz_mutants_fail_cleanly():
     rng = np.random.default_rng(SEED)
     models = all_models()
     failures, slow = [], []
@@ -298,7 +366,7 @@ def test_fuzz_mutants_fail_cleanly(monkeypatch):
             signal.alarm(int(BUDGET_S * 3))
             try:
                 stage = "convert"
-                converted = onnx2flax.convert(data)
+                converted = onnx2flax.convert(data, limits=_LIMITS)
                 stats["converted"] += 1
                 stage = "trace"
                 converted.outputs  # noqa: B018  (eval_shape over the interpreter)

@@ -14,14 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._load import MAX_ELEMENTS
+from .._limits import budget, how_to_raise
 from .._registry import register
 from ..errors import ResourceLimitError, UnsupportedOpError
 from ._common import normalize_axis, subgraph
 
-#: Most iterations a Loop may run when only its condition bounds it, and most a static
-#: trip count may ask for. Loops that could exceed it are refused at conversion time.
-MAX_LOOP_ITERATIONS = 2 ** 20
 #: Most iterations of a Loop unrolled while tracing (one that carries sequences or
 #: optionals, or whose body needs the iteration number at conversion time).
 MAX_UNROLLED_ITERATIONS = 1024
@@ -83,8 +80,9 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     Outputs: the final loop-carried values, then the scan outputs stacked on a new axis 0.
     Scan outputs need a static iteration count: with a data-dependent condition their length
     would depend on the data, so such loops are refused. A loop bounded only by a run-time
-    condition (no trip count, or a static one above :data:`MAX_LOOP_ITERATIONS`, such as the
-    INT64_MAX torch writes for ``while`` loops) could run forever and is refused with
+    condition (no trip count, or a static one above ``Limits.loop_iterations`` divided by the
+    static trip counts of the enclosing loops, such as the INT64_MAX torch writes for
+    ``while`` loops) could run forever and is refused with
     :class:`~onnx2flax.errors.ResourceLimitError`; a trip count given as a run-time input
     bounds the loop by that value.
 
@@ -100,9 +98,11 @@ def loop(ctx, trip_count=None, cond=None, *initial):
                           f"must take {2 + n_carried} and give at least {1 + n_carried}")
     start = True if cond is None else _pred(ctx, cond)
     static_start = isinstance(start, (bool, np.ndarray))
+    current = budget()
+    most = current.limits.loop_iterations // current.loop_nest
     if trip_count is None or isinstance(trip_count, np.ndarray):
         m = None if trip_count is None else int(trip_count.reshape(()))
-        bound = m if m is not None and m <= MAX_LOOP_ITERATIONS else None
+        bound = m if m is not None and m <= most else None
     else:
         m = bound = jnp.reshape(trip_count, ())  # given at run time: it bounds the loop
     if any(v is None or isinstance(v, list) for v in initial):
@@ -122,14 +122,14 @@ def loop(ctx, trip_count=None, cond=None, *initial):
             cond_out, new, ys = body_fn(i, np.asarray(True), values)
             if n and not (isinstance(cond_out, np.ndarray) and _pred(ctx, cond_out)):
                 raise _DynamicCondition
-            if sum(n * y.size for y in ys) > MAX_ELEMENTS:
-                raise ResourceLimitError(f"{ctx.label}: {n} iterations of scan outputs of shapes "
-                                         f"{[list(y.shape) for y in ys]} exceed {MAX_ELEMENTS} "
-                                         "elements")
+            current.check("tensor_bytes", sum(n * y.size * y.dtype.itemsize for y in ys),
+                          ctx.label, f"the size in bytes of {n:,} iterations of scan outputs of "
+                          f"shapes {[list(y.shape) for y in ys]}")
             return new, ys
 
         try:
-            final, ys = lax.scan(scan_step, carried, jnp.arange(n))
+            with current.loop(n, ctx.label):
+                final, ys = lax.scan(scan_step, carried, jnp.arange(n))
             return (*final, *ys)
         except _DynamicCondition:
             pass
@@ -140,12 +140,17 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     if n_scan:
         raise ctx.fail(f"{n_scan} scan output(s) with an iteration count that depends on run-time "
                        "data: their length would not be known when tracing")
+    if bound is None and m is not None and m <= current.limits.loop_iterations:  # nested
+        current.check("loop_iterations", current.loop_nest * m, ctx.label,
+                      f"its trip count {m:,} times the {current.loop_nest:,} iterations of the "
+                      "loops around it")
     if bound is None:
         raise ResourceLimitError(
-            f"{ctx.label}: the loop needs a trip count of at most onnx2flax.ops.control."
-            f"MAX_LOOP_ITERATIONS = {MAX_LOOP_ITERATIONS}, found "
-            f"{'none' if m is None else m}; bounded only by its condition it could run "
-            "forever, so it is refused")
+            f"{ctx.label}: the loop's trip count is {'missing' if m is None else f'{m:,}'}; "
+            "bounded only by its condition it could run forever, so it is refused (a trip "
+            f"count of at most {most:,} is needed, "
+            f"the limit loop_iterations={current.limits.loop_iterations:,} divided by the "
+            f"iterations of the loops around it); {how_to_raise('loop_iterations')}")
 
     def keep_going(state):
         i, c, _ = state
@@ -156,8 +161,9 @@ def loop(ctx, trip_count=None, cond=None, *initial):
         cond_out, new, _ = body_fn(i, c, values)
         return i + 1, jnp.asarray(_pred(ctx, cond_out)), new
 
-    _, _, final = lax.while_loop(keep_going, while_step,
-                                 (jnp.asarray(0), jnp.asarray(start), carried))
+    with current.loop(bound if isinstance(bound, int) else 1, ctx.label):
+        _, _, final = lax.while_loop(keep_going, while_step,
+                                     (jnp.asarray(0), jnp.asarray(start), carried))
     return tuple(final)
 
 
@@ -177,6 +183,7 @@ def _unrolled(ctx, body, trip_count, start, values):
             raise ResourceLimitError(f"{ctx.label}: an unrolled loop may run at most "
                                      f"onnx2flax.ops.control.MAX_UNROLLED_ITERATIONS = "
                                      f"{MAX_UNROLLED_ITERATIONS} iterations")
+        budget().unroll(ctx.label)
         outs = ctx.run_graph(body, [np.asarray(i, np.int64), np.asarray(going), *values])
         if not isinstance(outs[0], np.ndarray):
             raise ctx.fail("the loop is unrolled while tracing (it carries sequences or "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from .._limits import budget
 from .._registry import register
 from ._common import normalize_axis, subgraph
 
@@ -83,6 +84,7 @@ def split_to_sequence(ctx, x, split=None):
     axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), np.ndim(x))
     length = np.shape(x)[axis]
     if split is None:
+        budget().check_sequence(length, ctx.label)
         pieces = jnp.split(x, length, axis) if length else []
         return ([jnp.squeeze(p, axis) for p in pieces] if not int(ctx.attr("keepdims", 1))
                 else pieces,)
@@ -96,6 +98,7 @@ def split_to_sequence(ctx, x, split=None):
         sizes = [int(s) for s in split]
     if any(s < 0 for s in sizes) or sum(sizes) != length:
         raise ctx.invalid(f"split sizes {sizes} do not add up to the axis length {length}")
+    budget().check_sequence(len(sizes), ctx.label)
     return (jnp.split(x, np.cumsum(sizes)[:-1].tolist(), axis),)
 
 
