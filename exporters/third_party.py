@@ -122,12 +122,6 @@ _SILERO = "silero-vad==6.2.3"
 _YOLO = "ultralytics==8.4.190"
 _YOLOX = "yolox==0.3.0"
 _TF2ONNX = "tf2onnx==1.17.0"  # with tensorflow-cpu 2.21.0 / keras 3.15.1
-_BERT_XFAIL = ("tf2onnx lowers the position slice `table[:tf.shape(x)[1]]` to a Slice whose "
-               "`ends` go Shape-Cast-Slice-Concat-Cast-Max-Cast-Equal/Less-And-Where; the "
-               "Max's other input is a float32[2] initializer (const_fold_opt__132, "
-               "[1e9, -1e9]) that _plan._is_weight makes a Flax param, so from the Max on "
-               "the chain is traced, not folded (Slice node "
-               "'functional_1/positions_1/strided_slice_1': ends must be known)")
 
 FILES: tuple[ThirdParty, ...] = (
     # On the text page the text map (a Sigmoid, max 1) differs by 2.2e-4 at a glyph edge while
@@ -170,10 +164,9 @@ FILES: tuple[ThirdParty, ...] = (
     ThirdParty("yolox_s_b2_320x416", _YOLOX, "", ("images=2,3,320,416",), made_by="yolox_s"),
     ThirdParty("tf2onnx_keras_lstm", _TF2ONNX, "", ("x=1,7,16",), made_by="keras_lstm"),
     ThirdParty("tf2onnx_keras_lstm_b3_t20", _TF2ONNX, "", ("x=3,20,16",), made_by="keras_lstm"),
-    ThirdParty("tf2onnx_keras_bert", _TF2ONNX, "", ("input_ids=1,9",), made_by="keras_bert",
-               compare_xfail=_BERT_XFAIL, convert_xfail=_BERT_XFAIL),
+    ThirdParty("tf2onnx_keras_bert", _TF2ONNX, "", ("input_ids=1,9",), made_by="keras_bert"),
     ThirdParty("tf2onnx_keras_bert_b2_s33", _TF2ONNX, "", ("input_ids=2,33",),
-               made_by="keras_bert", compare_xfail=_BERT_XFAIL, convert_xfail=_BERT_XFAIL),
+               made_by="keras_bert"),
 )
 
 

@@ -49,7 +49,8 @@ def numpy_dtype(elem_type: Any, what: str | None = None) -> np.dtype | None:
 
 def is_float_weight(value: np.ndarray | None) -> bool:
     """A float tensor known at conversion time, other than a scalar: what becomes a param
-    (shape-like inputs are excluded by the ops' ``static_inputs``)."""
+    (``_plan`` keeps those needed only at conversion time, shape-like inputs and the
+    arithmetic computing them, constants)."""
     return value is not None and value.dtype.kind == "f" and value.size > 1
 
 

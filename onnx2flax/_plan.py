@@ -3,7 +3,9 @@
 Weighted nodes (a registered ``params`` builder and constant weights) become layers named
 after their weights (``layer1.0.conv1.weight`` -> ``('layer1', '0', 'conv1')``); other float
 initializers read by the computation become free parameters (positional embeddings, class
-tokens). Integer and scalar constants stay NumPy constants of the trace.
+tokens). Integer and scalar constants stay NumPy constants of the trace, and so do float
+constants only needed at conversion time (a tf2onnx ``Max(Cast(shape), [1e9, -1e9])`` clamping
+a Slice end): see ``_conversion_time``.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
         consumed.update((id(node), k) for k in range(1, len(node.inputs)))
 
     free: dict[str, Path] = {}
+    conversion_time = _conversion_time(graph)
     for node in graph.nodes:
         spec = lookup(node, graph.opsets)
         static = spec.constant_inputs(len(node.inputs)) if spec else ()
@@ -174,12 +177,39 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
         reads = [*enumerate(node.inputs), *((None, n) for n in (n for sub in node.subgraphs() for n in sub.outer))]
         quantized = is_weight_dequantization(node, graph.constants)  # its inputs all params
         for k, name in reads:
-            if (id(node), k) in consumed or k in static or name in free or not (
+            if (id(node), k) in consumed or k in static or name in free or (
+                    name in conversion_time) or not (
                     is_float_weight(graph.constants.get(name))
                     or (quantized and name in graph.constants)):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
     return Program(graph, layers, free, _spatial_inputs(graph), dict(bounds or {}))
+
+
+def _conversion_time(graph: Graph) -> set[str]:
+    """Values every use of which is needed at conversion time: read at a handler's constant
+    position, or by a node all of whose used outputs are such values (transitively, so a
+    shape computed through Cast / Max / Where stays foldable). One reverse walk; graph
+    outputs and subgraph (If/Loop/Scan) reads are uses that are not."""
+    uses: dict[str, int] = {}
+    static_uses: dict[str, int] = {}
+    for node in graph.nodes:
+        for name in node.reads():
+            uses[name] = uses.get(name, 0) + 1
+    for spec in graph.outputs:
+        uses[spec.name] = uses.get(spec.name, 0) + 1
+    for node in reversed(graph.nodes):
+        used = [o for o in node.outputs if o and uses.get(o)]
+        if used and all(static_uses.get(o, 0) == uses[o] for o in used):
+            positions = range(len(node.inputs))
+        else:
+            spec = lookup(node, graph.opsets)
+            positions = spec.constant_inputs(len(node.inputs)) if spec else ()
+        for k in positions:
+            name = node.inputs[k] if k < len(node.inputs) else ""
+            if name:
+                static_uses[name] = static_uses.get(name, 0) + 1
+    return {name for name, count in static_uses.items() if count == uses[name]}
 
 
 def _unchanged(value: np.ndarray) -> np.ndarray:
