@@ -91,7 +91,7 @@ class ConvertedModel:
                                     f"branches of the model")
         values = {}
         for name in self._specializations.names:
-            value = _as_array(feeds[name])
+            value = _as_array(feeds[name], f"input {name!r}")
             check_feed(specs[name], value, False)
             values[name] = np.asarray(value, dtype=specs[name].dtype)
         return self._specializations.get(values)
