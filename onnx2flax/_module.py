@@ -441,6 +441,7 @@ class _ConstantInterpreter(_Interpreter):
         self.train = False
         self.top = False
         self.record = False
+        self.budget = _limits.budget()
 
 
 def evaluate_constant(node: Node, arrays: list[np.ndarray | None],
