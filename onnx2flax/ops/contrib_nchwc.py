@@ -11,16 +11,24 @@ input is plain NCHW or the convolution depthwise), are put back in ONNX order at
 
 ``B`` is the block size of the machine that saved the file (8 with AVX2, 16 with
 AVX-512); onnxruntime warns that such files are only valid there. onnx2flax reads it from
-the file's graph (the block that its weight and ReorderOutput channel counts fit) and
-refuses a file that fits both, never the block of the machine it runs on.
+the file's graph (the block that its weight and ReorderOutput channel counts fit). A file
+that fits both (every channel count a multiple of 16) is read as onnxruntime itself reads
+it: with the block of the onnxruntime installed here, and a warning saying the result is
+right only if the file was saved on a machine of that block size.
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
+import warnings
 import weakref
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
 from .. import _layout
 from .._registry import register
@@ -78,13 +86,48 @@ def _block_size(ctx) -> int:
         raise ctx.invalid("the com.microsoft.nchwc nodes fit no onnxruntime block size "
                           f"{_BLOCK_SIZES} (weight / ReorderOutput channel counts)")
     if len(fitting) > 1:
-        raise ctx.fail("this file is machine-specific (onnxruntime warns so when it saves "
-                       "the ORT_ENABLE_ALL graph): its weights are reordered by the saving "
-                       f"CPU's channel block size, and its channel counts fit each of "
-                       f"{fitting}, so the block cannot be told from the file. Save the "
-                       "optimized model at ORT_ENABLE_EXTENDED instead (no nchwc ops), or "
-                       "convert the original model")
+        here = _installed_block_size()
+        if here not in fitting:
+            raise ctx.fail(f"its channel counts fit each block size {fitting}, and the "
+                           "installed onnxruntime uses none of them: save the optimized model "
+                           "at ORT_ENABLE_EXTENDED instead (no nchwc ops), or convert the "
+                           "original model")
+        warnings.warn(f"{ctx.label}: this com.microsoft.nchwc file is machine-specific "
+                      f"(weights reordered by the saving CPU's channel block) and its channel "
+                      f"counts fit each block size {fitting}; read with block {here}, as the "
+                      "installed onnxruntime reads it: right only if it was saved on a machine "
+                      "of that block size (save at ORT_ENABLE_EXTENDED to avoid this)",
+                      stacklevel=2)
+        return here
     return fitting[0]
+
+
+@functools.cache
+def _installed_block_size() -> int:
+    """The installed onnxruntime's NCHWc block size: where it puts ``w[0, 1]`` of a 32x32 1x1
+    convolution's weight when it saves the reordered (``OIHWBiBo``) graph."""
+    import onnxruntime as ort
+
+    c = 32
+    w = np.arange(c * c, dtype=np.float32).reshape(c, c, 1, 1)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", 1, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info("y", 1, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # its warning that such files are machine-specific
+        options.optimized_model_filepath = str(Path(folder) / "probe.onnx")
+        ort.InferenceSession(model.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        saved = onnx.load(options.optimized_model_filepath)
+    reordered = [numpy_helper.to_array(t).ravel() for t in saved.graph.initializer
+                 if list(t.dims) == [c, c, 1, 1]]
+    if not reordered or not (reordered[0] == 1).any():
+        return 0  # this onnxruntime writes no NCHWc layout
+    return int(np.flatnonzero(reordered[0] == 1)[0])
 
 
 def _unblock(w: np.ndarray, group: int, b: int) -> np.ndarray:

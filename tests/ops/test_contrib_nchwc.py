@@ -106,11 +106,27 @@ def _nhwc_model(c_out):
                       _weights("w1", c_out, 32, 3), opset=17)
 
 
-def test_nchwc_block_size_not_in_file_refused(tmp_path):
+def test_nchwc_block_size_not_in_file_read_as_onnxruntime_does(tmp_path):
     """32 channels in and out fit block 8 and block 16 alike: the file cannot say how its
-    weights were reordered, so it is refused rather than converted with a guess."""
+    weights were reordered, so it is read with the installed onnxruntime's block (as
+    onnxruntime itself reads it), with a warning; equal to the original model here."""
+    model = _nhwc_model(32)
+    saved, _ = _saved_by_onnxruntime(model, tmp_path)
+    x = _rand(1, 8, 8, 32)
+    with pytest.warns(UserWarning, match="machine-specific.*ORT_ENABLE_EXTENDED"):
+        got = convert_and_run(saved, {"x": x})
+    np.testing.assert_allclose(got[0], run_ort(model, {"x": x}, fused=False)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_nchwc_ambiguous_block_refused_when_onnxruntime_has_none(tmp_path, monkeypatch):
+    """If the installed onnxruntime uses neither fitting block, nothing says which one the
+    file used: refused, naming the node, rather than guessed."""
+    from onnx2flax.ops import contrib_nchwc
+
     saved, _ = _saved_by_onnxruntime(_nhwc_model(32), tmp_path)
-    with pytest.raises(UnsupportedOpError, match="machine-specific.*ORT_ENABLE_EXTENDED"):
+    monkeypatch.setattr(contrib_nchwc, "_installed_block_size", lambda: 0)
+    with pytest.raises(UnsupportedOpError, match="Conv node.*ORT_ENABLE_EXTENDED"):
         onnx2flax.convert(saved).run({"x": _rand(1, 8, 8, 32)})
 
 
