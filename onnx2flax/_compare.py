@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import onnx
 
+from . import _boundary
 from ._fold import fold
 from ._graph import Graph, Node, numpy_dtype
 from ._load import ModelLike, load_model
@@ -454,8 +455,7 @@ def _compare_nodes(converted: ConvertedModel, feeds, ort_feeds, ort_values,
     # ``run`` used for their values (they are constants in it) is the one recorded.
     converted = converted.specialized(feeds)
     inputs = [feeds[s.name] for s in converted.inputs]
-    moved = [np.moveaxis(x, 1, -1) if s.channels_last else x
-             for s, x in zip(converted.inputs, inputs)]
+    moved = [_boundary.to_module(x, s) for s, x in zip(converted.inputs, inputs)]
     with jax.default_matmul_precision("highest"):
         _, state = converted.module.apply(converted.variables, *moved, mutable=["intermediates"])
     recorded = {name: np.asarray(v[0]) for name, v in state.get("intermediates", {}).items()}

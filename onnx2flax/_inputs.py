@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ._graph import TensorSpec, node_name, numpy_dtype, opset_map
-from ._module import check_feed
+from ._boundary import check_feed
 from ._registry import lookup
 from .errors import InvalidInputError
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _layout, _limits
+from . import _boundary, _layout, _limits
 from ._fold import fold, foldable
-from ._graph import Graph, Node, TensorSpec
+from ._graph import Graph, Node
 from ._plan import LayerPlan, Program
 from ._registry import OpSpec, guarded, lookup
 from .errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
@@ -288,80 +288,6 @@ def _common_perm(arrays, perms) -> _layout.Perm:
     return _layout.identity(rank)
 
 
-def check_feed(spec: TensorSpec, value: Any, channels_last: bool) -> None:
-    """Raise :class:`InvalidInputError` unless ``value`` fits input ``spec``: an array for a
-    tensor, a list of arrays for a sequence, ``None`` too for an optional."""
-    what = f"input {spec.name!r}"
-    if value is None:
-        if not spec.optional:
-            raise InvalidInputError(f"{what} is a {spec.kind}, got None (only optional inputs "
-                                    "may be None)")
-        return
-    if spec.sequence:
-        if not isinstance(value, (list, tuple)):
-            raise InvalidInputError(f"{what} is a {spec.kind}: it takes a list of arrays, got "
-                                    f"{type(value).__name__}")
-        for i, element in enumerate(value):
-            _check_tensor(spec, element, False, f"element {i} of {what}")
-        return
-    if isinstance(value, (list, tuple)):
-        raise InvalidInputError(f"{what} is a {spec.kind}, not a sequence: it takes an array, "
-                                f"got a {type(value).__name__}")
-    _check_tensor(spec, value, channels_last, what)
-
-
-def _check_tensor(spec: TensorSpec, value: Any, channels_last: bool, what: str) -> None:
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:
-        raise InvalidInputError(f"{what} must be an array, got {type(value).__name__}")
-    shape = tuple(np.shape(value))
-    layout = _layout.channels_last(len(shape)) if channels_last else None
-    if spec.shape is not None:
-        if len(shape) != len(spec.shape):
-            raise InvalidInputError(
-                f"{what} must have rank {len(spec.shape)} (shape {list(spec.shape)}"
-                f"{', channels-last' if channels_last else ''}), got shape {list(shape)}")
-        onnx_shape = shape if layout is None else tuple(
-            shape[layout.index(i)] for i in range(len(shape)))
-        for axis, (want, got) in enumerate(zip(spec.shape, onnx_shape)):
-            if isinstance(want, int) and want != got:
-                raise InvalidInputError(
-                    f"{what} has shape {list(onnx_shape)} in ONNX order, but "
-                    f"dim {axis} must be {want} (expected {list(spec.shape)})")
-    if spec.dtype is not None and _family(np.dtype(dtype)) != _family(spec.dtype):
-        raise InvalidInputError(
-            f"{what} must be {spec.dtype.name}, got {np.dtype(dtype).name}")
-
-
-def check_output(spec: TensorSpec, value: Any) -> None:
-    """Raise :class:`InvalidModelError` when graph output ``spec`` is declared a tensor and
-    the graph computes a sequence or an empty optional, or the other way round."""
-    typed = spec.sequence or spec.optional or spec.dtype is not None or spec.shape is not None
-    if value is None:
-        found = "an empty optional"
-        ok = spec.optional or not typed
-    elif isinstance(value, list):
-        found = "a sequence"
-        ok = spec.sequence or not typed
-    else:
-        found = "a tensor"
-        ok = not spec.sequence
-    if not ok:
-        raise InvalidModelError(f"graph output {spec.name!r} is declared a {spec.kind}, but "
-                                f"the graph computes {found}")
-
-
-def _family(dtype: np.dtype) -> str:
-    return {"f": "float", "c": "complex", "b": "bool", "i": "int", "u": "int"}.get(dtype.kind, dtype.kind)
-
-
-def returned_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
-    """Whether a graph output held as ``perm`` is returned channels-last (image outputs of a
-    channels-last module) rather than in ONNX order."""
-    rank = len(perm)
-    return channels_last and rank >= 3 and perm == _layout.channels_last(rank)
-
-
 class OnnxModule(nn.Module):
     """A converted ONNX graph as a ``flax.linen`` module.
 
@@ -384,12 +310,18 @@ class OnnxModule(nn.Module):
                 f"inputs={[s.name for s in graph.inputs]}, "
                 f"outputs={[s.name for s in graph.outputs]}, channels_last={self.channels_last})")
 
-    @nn.compact
     def __call__(self, *inputs, train: bool = False):
+        values = [o.value for o in self._outputs(*inputs, train=train)]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    @nn.compact
+    def _outputs(self, *inputs, train: bool = False) -> list[_boundary.Output]:
+        """As ``__call__``, each output with its spec (``channels_last`` set when it is
+        returned ``[N, *spatial, C]``): ``_boundary.Output``."""
         with _limits.charging(self.program.limits, self.program.stored_bytes):
             return self._trace(inputs, train)
 
-    def _trace(self, inputs, train: bool):
+    def _trace(self, inputs, train: bool) -> list[_boundary.Output]:
         graph = self.program.graph
         if len(inputs) != len(graph.inputs):
             names = [s.name for s in graph.inputs]
@@ -398,37 +330,18 @@ class OnnxModule(nn.Module):
         interp = _Interpreter(self, self.program, train)
         env = _Env(graph.constants)
         interp._current_env = env
-        for spec, value in zip(graph.inputs, inputs):
-            spatial = self.channels_last and spec.name in self.program.spatial_inputs
-            check_feed(spec, value, spatial)
-            if value is None or isinstance(value, (list, tuple)):
-                env.values[spec.name] = (_as_jax(value), None)
-                continue
-            perm = _layout.channels_last(np.ndim(value)) if spatial else _layout.identity(np.ndim(value))
-            env.values[spec.name] = (jnp.asarray(value), perm)
+        specs = _boundary.input_specs(graph.inputs, self.program.spatial_inputs,
+                                      self.channels_last)
+        for spec, value in zip(specs, inputs):
+            env.values[spec.name] = _boundary.held_input(spec, value)
         for name, path in self.program.free_params.items():
             value = graph.constants[name]
             param = interp.in_scope(path[:-1], lambda s, leaf=path[-1], v=value:
                                     s.param(leaf, _const_init(v)))
             env.values[name] = (param, _layout.identity(value.ndim))
         interp.run(env, graph)
-        outputs = []
-        for spec in graph.outputs:
-            value, perm = env.get(spec.name)
-            check_output(spec, value)
-            if perm is None:
-                self.program.output_channels_last[spec.name] = False
-                outputs.append(_as_jax(value))
-                continue
-            keep = returned_channels_last(perm, self.channels_last)
-            self.program.output_channels_last[spec.name] = keep
-            outputs.append(jnp.asarray(value if keep else _layout.to_onnx(value, perm)))
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-
-def _as_jax(value):
-    """A sequence (list or tuple of arrays) as a list of JAX arrays; ``None`` stays."""
-    return None if value is None else [jnp.asarray(v) for v in value]
+        return [_boundary.graph_output(spec, *env.get(spec.name), self.channels_last)
+                for spec in graph.outputs]
 
 
 class _ConstantInterpreter(_Interpreter):

@@ -49,7 +49,6 @@ class Program:
 
     ``spatial_inputs`` are inputs taken channels-last when the module is channels-last.
     ``bounds`` are the user's static bounds by node or first-output name (``_bounds``).
-    ``output_channels_last`` is filled in when the module is traced.
     """
 
     graph: Graph
@@ -57,7 +56,6 @@ class Program:
     free_params: dict[str, Path]
     spatial_inputs: frozenset[str]
     bounds: dict[str, int] = field(default_factory=dict)
-    output_channels_last: dict[str, bool] = field(default_factory=dict)
     #: The budget of each trace, and the bytes the model stores (see ``Limits``).
     limits: Limits = field(default_factory=Limits)
     stored_bytes: int = 0

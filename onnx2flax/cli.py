@@ -33,14 +33,12 @@ def _cmd_convert(args) -> int:
             f"in --feeds")
     say(f"converted; writing {args.output} (tracing the model)")
     inputs = None if feeds is None else _module_inputs(converted, feeds)
-    if inputs is not None:  # the outputs' layouts, traced at the feeds' shapes
-        import jax
-
-        jax.eval_shape(lambda v, *x: converted.module.apply(v, *x), converted.variables, *inputs)
+    # the outputs' layouts, traced at the feeds' shapes when given
+    outputs = converted.outputs if inputs is None else converted._output_specs(inputs)
     # Everything that traces comes before the first write: a failure leaves no DIR behind.
     summary = (f"{summarize(args.model).text()}\nlayout at the module boundary:\n" + "\n".join(
         f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"
-        for s in converted.inputs + converted.outputs) + "".join(
+        for s in converted.inputs + outputs) + "".join(
         f"\ninput {n} frozen to its --feeds value {feeds[n].tolist()}" for n in frozen)
         + f"\n{_USAGE[args.api]}\n")
     written = codegen.save(converted, args.output, force=args.force, api=args.api, inputs=inputs)
@@ -56,11 +54,13 @@ def _module_inputs(converted, feeds: dict) -> list:
 
     import jax
 
+    from ._boundary import module_shape
+
     missing = [s.name for s in converted.inputs if s.name not in feeds]
     if missing:
         raise InvalidInputError(f"--feeds lacks input(s) {missing}; the model's inputs are "
                                 f"{[s.name for s in converted.inputs]}")
-    return [jax.ShapeDtypeStruct(converted._module_shape(replace(s, shape=feeds[s.name].shape)),
+    return [jax.ShapeDtypeStruct(module_shape(replace(s, shape=feeds[s.name].shape)),
                                  feeds[s.name].dtype) for s in converted.inputs]
 
 

@@ -35,14 +35,13 @@ from typing import Any, Literal
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 from jax import lax
 
-from . import _layers, _layout
+from . import _boundary, _layers, _layout
 from ._files import output_dir, write_file
-from ._module import _Env, _Interpreter, returned_channels_last
+from ._module import _Env, _Interpreter
 from .converter import ConvertedModel, _placeholder_hint
 from .errors import OnnxConversionError, node_label
 
@@ -224,10 +223,9 @@ class _Generator(_Interpreter):
         outs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
-            keep = returned_channels_last(perm, converted.channels_last)
-            outs.append(self._emit_fn(lambda v, p=perm, k=keep: jnp.asarray(v if k else
-                                                                            _layout.to_onnx(v, p)),
-                                      [value], [f"out_{len(outs)}"], f"output {ascii(spec.name)}"))
+            outs.append(self._emit_fn(lambda v, p=perm: _boundary.module_output(
+                v, p, converted.channels_last), [value], [f"out_{len(outs)}"],
+                f"output {ascii(spec.name)}"))
         names = [self._name_of(o) for o in outs]
         result = names[0] if len(names) == 1 else "(" + ", ".join(names) + ",)"
         self._line(f"return {result}")

@@ -5,24 +5,23 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _fuse, _layout, _limits, _progress, ops  # noqa: F401  (ops registers every handler)
+from . import _boundary, _fuse, _limits, _progress, ops  # noqa: F401  (ops registers every handler)
 from ._bounds import Bounds, check_bounds
 from ._graph import Graph, TensorSpec
 from ._inputs import Specializations, static_graph_inputs
 from ._limits import Limits
 from ._load import ModelLike, load_model, owned
-from ._module import OnnxModule, _family, check_feed
+from ._module import OnnxModule
 from ._normalize import dequantize_weights as _dequantize_weights, normalize
 from ._plan import Program, plan
 from ._registry import check_supported
-from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
+from .errors import (InternalError, InvalidInputError, OnnxConversionError,
                      ResourceLimitError)
 
 if TYPE_CHECKING:
@@ -59,9 +58,8 @@ class ConvertedModel:
             None if progress is None else lambda done, total: progress("variables", done, total))
         graph = program.graph
         self.opset = graph.opset
-        self.inputs: list[TensorSpec] = [
-            replace(s, channels_last=channels_last and s.name in program.spatial_inputs)
-            for s in graph.inputs]
+        self.inputs: list[TensorSpec] = _boundary.input_specs(
+            graph.inputs, program.spatial_inputs, channels_last)
         self._outputs: list[TensorSpec] | None = None
         self._jitted = jax.jit(self._apply_onnx_layout)
 
@@ -91,8 +89,8 @@ class ConvertedModel:
                                     f"branches of the model")
         values = {}
         for name in self._specializations.names:
-            value = _as_array(feeds[name], f"input {name!r}")
-            check_feed(specs[name], value, False)
+            value = _boundary.as_array(feeds[name], f"input {name!r}")
+            _boundary.check_feed(specs[name], value, False)
             values[name] = np.asarray(value, dtype=specs[name].dtype)
         return self._specializations.get(values)
 
@@ -110,39 +108,34 @@ class ConvertedModel:
 
     @property
     def outputs(self) -> list[TensorSpec]:
+        """The graph's output specs, ``channels_last`` set on those the module returns
+        ``[N, *spatial, C]``: as the first :meth:`run` traced them, else traced without feeds
+        (unknown dims as 1). With :attr:`specialized_inputs`, none (each specialization has
+        its own)."""
         if self._outputs is None:
-            if not self._program.output_channels_last and self._specializations is None:
-                dummies = [self._dummy(s) for s in self.inputs]
+            if self._specializations is not None:
+                self._outputs = list(self._program.graph.outputs)
+            else:
                 with _placeholder_hint(self.inputs):
-                    jax.eval_shape(lambda v, *x: self.module.apply(v, *x), self.variables,
-                                   *dummies)
-            flags = self._program.output_channels_last
-            self._outputs = [replace(s, channels_last=flags.get(s.name, False))
-                             for s in self._program.graph.outputs]
+                    self._outputs = self._output_specs([_boundary.stand_in(s)
+                                                        for s in self.inputs])
         return self._outputs
 
-    @classmethod
-    def _dummy(cls, spec: TensorSpec):
-        """A stand-in input for tracing: a sequence gets one element, an optional a value."""
-        tensor = jax.ShapeDtypeStruct(cls._module_shape(spec), spec.dtype or np.float32)
-        return [tensor] if spec.sequence else tensor
+    def _output_specs(self, inputs: Sequence[Any]) -> list[TensorSpec]:
+        """The output specs (``channels_last`` as the module returns each) traced on
+        ``inputs``: arrays or ``jax.ShapeDtypeStruct`` in the module's layout."""
+        outs = jax.eval_shape(lambda v, *x: self.module.apply(v, *x, method="_outputs"),
+                              self.variables, *inputs)
+        return [o.spec for o in outs]
 
-    @staticmethod
-    def _module_shape(spec: TensorSpec) -> tuple[int, ...]:
-        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape or ())
-        if spec.channels_last:
-            shape = tuple(shape[i] for i in _layout.channels_last(len(shape)))
-        return shape
+    #: ``_boundary.module_shape``, for codegen.
+    _module_shape = staticmethod(_boundary.module_shape)
 
-    def _apply_onnx_layout(self, variables, *inputs):
-        moved = [_layout.convert(x, _layout.identity(x.ndim), _layout.channels_last(x.ndim))
-                 if spec.channels_last else x for spec, x in zip(self.inputs, inputs)]
-        outs = self.module.apply(variables, *moved)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        flags = self._program.output_channels_last
-        return tuple(
-            _layout.to_onnx(y, _layout.channels_last(y.ndim)) if flags.get(spec.name) else y
-            for spec, y in zip(self._program.graph.outputs, outs))
+    def _apply_onnx_layout(self, variables, *inputs) -> list[_boundary.Output]:
+        """``module.apply`` on ``inputs`` in ONNX order, outputs in ONNX order."""
+        moved = [_boundary.to_module(x, spec) for spec, x in zip(self.inputs, inputs)]
+        outs = self.module.apply(variables, *moved, method="_outputs")
+        return [_boundary.in_onnx_order(o) for o in outs]
 
     def run(self, feeds: Mapping[str, Any]) -> list[Any]:
         """Run on ``feeds`` (name -> array, ONNX layout), like onnxruntime's
@@ -159,21 +152,7 @@ class ConvertedModel:
 
     def _run(self, feeds: Mapping[str, Any], variables) -> list[Any]:
         names = [s.name for s in self.inputs]
-        if not isinstance(feeds, Mapping):
-            raise InvalidInputError(f"feeds must be a dict of input name -> array, got "
-                                    f"{type(feeds).__name__}; the model's inputs are {names}")
-        unknown = sorted(set(feeds) - set(names), key=repr)
-        if unknown:
-            raise InvalidInputError(f"unknown input name(s) {unknown}; the model's inputs are {names}")
-        missing = [n for n in names if n not in feeds]
-        if missing:
-            raise InvalidInputError(f"missing input(s) {missing}; the model's inputs are {names}")
-        arrays = []
-        for spec in self.inputs:
-            value = _as_feed(feeds[spec.name], spec)
-            check_feed(replace(spec, channels_last=False), value, False)
-            arrays.append(_map_tensors(lambda x, s=spec: x if s.dtype is None or x.dtype == s.dtype
-                                       else np.asarray(x, dtype=s.dtype), value))
+        arrays = _boundary.onnx_feeds(feeds, self.inputs)
         if self._specializations is not None:
             given = dict(zip(names, arrays))
             model = self.specialized(given)
@@ -186,8 +165,9 @@ class ConvertedModel:
             if "RESOURCE_EXHAUSTED" in str(exc):
                 raise ResourceLimitError(f"the model ran out of memory: {exc}") from None
             raise InternalError(f"XLA failed to compile or run the model: {exc}") from exc
-        return [_map_tensors(lambda y, s=spec: _cast(np.asarray(y), s), out)
-                for out, spec in zip(outs, self.outputs)]
+        if self._outputs is None:
+            self._outputs = [o.spec for o in outs]
+        return [_boundary.cast_output(o.value, o.spec) for o in outs]
 
 
 @contextlib.contextmanager
@@ -229,50 +209,6 @@ def _dims_example(spec: TensorSpec, batch: int | None = None) -> str:
     return ",".join(str(d) if isinstance(d, int) and d >= 0
                     else str(batch) if i == 0 and batch is not None
                     else f"<{d or f'dim{i}'}>" for i, d in enumerate(spec.shape or ()))
-
-
-def _as_feed(value: Any, spec: TensorSpec):
-    """``value`` with its tensors as arrays: a list or tuple given for a sequence becomes a
-    list of arrays, any other value (nested lists too) one array; ``None`` stays."""
-    if value is None:
-        return None
-    if spec.sequence and isinstance(value, (list, tuple)):
-        return [_as_array(v, f"element {i} of input {spec.name!r}") for i, v in enumerate(value)]
-    return _as_array(value, f"input {spec.name!r}")
-
-
-def _as_array(value: Any, what: str):
-    """``value`` as a NumPy or JAX array of numbers or bools (a torch tensor, a nested list:
-    converted), else :class:`~onnx2flax.errors.InvalidInputError`."""
-    if not isinstance(value, (np.ndarray, jax.Array)):
-        try:
-            value = np.asarray(value)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise InvalidInputError(f"{what} cannot be read as an array ({type(exc).__name__}: "
-                                    f"{exc})") from None
-    dtype = np.dtype(value.dtype)  # ml_dtypes (bfloat16, int4, float8...) are kind "V"
-    if dtype.kind in "OSUMm" or dtype.type is np.void:
-        raise InvalidInputError(f"{what} has dtype {value.dtype}; onnx2flax takes arrays of "
-                                "numbers or bools")
-    return value
-
-
-def _map_tensors(fn, value):
-    """``fn`` applied to a tensor, to each tensor of a sequence; ``None`` stays."""
-    if value is None:
-        return None
-    return [fn(v) for v in value] if isinstance(value, list) else fn(value)
-
-
-def _cast(value: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """``value`` in the output's declared dtype (JAX computes int64 as int32 without x64),
-    never across dtype families (that would hide a wrong graph)."""
-    if spec.dtype is None or value.dtype == spec.dtype:
-        return value
-    if _family(value.dtype) != _family(spec.dtype):
-        raise InvalidModelError(f"graph output {spec.name!r} is declared {spec.dtype.name}, but "
-                                f"the graph computes {value.dtype.name}")
-    return value.astype(spec.dtype)
 
 
 @overload

@@ -10,13 +10,13 @@ import weakref
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
 
 import onnx2flax
+from onnx2flax import _boundary
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=None):
@@ -123,16 +123,13 @@ def assert_codegen_matches(converted, feeds, expected=None):
     checked.add(signature)
     if expected is None:
         expected = converted.run(feeds)
-    module_inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x
-                     for s, x in zip(converted.inputs, inputs)]
+    module_inputs = [_boundary.to_module(x, s) for s, x in zip(converted.inputs, inputs)]
 
     def onnx_layout(call, *xs):  # a generated module with ConvertedModel.run's layout moves
-        xs = [jnp.moveaxis(x, 1, -1) if s.channels_last else x
-              for s, x in zip(converted.inputs, xs)]
+        xs = [_boundary.to_module(x, s) for s, x in zip(converted.inputs, xs)]
         outs = call(*xs)
         outs = outs if isinstance(outs, tuple) else (outs,)
-        return [jnp.moveaxis(y, -1, 1) if s.channels_last else y
-                for s, y in zip(converted.outputs, outs)]
+        return [_boundary.to_onnx(y, s) for s, y in zip(converted.outputs, outs)]
 
     apis = ["linen", "nnx"] if converted._program.layers else ["linen"]
     for api in apis:

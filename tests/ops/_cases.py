@@ -11,6 +11,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import onnx2flax
+from onnx2flax import _boundary
 from helpers import assert_codegen_matches, assert_matches_ort, make_model
 
 
@@ -76,7 +77,7 @@ def transposes(converted, x_onnx, *, layout_only=False) -> int:
     """Transposes in the compiled HLO of ``module.apply`` on a channels-last input.
     ``layout_only``: only those from ``jnp.transpose`` (not those XLA's CPU gather
     lowering adds to gathers along inner axes)."""
-    x = np.moveaxis(x_onnx, 1, -1)
+    x = _boundary.to_module(x_onnx, converted.inputs[0])
     fn = jax.jit(lambda v, x: converted.module.apply(v, x))
     lines = [line for line in fn.lower(converted.variables, x).compile().as_text().splitlines()
              if " transpose(" in line]

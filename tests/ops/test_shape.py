@@ -12,6 +12,7 @@ import onnx2flax
 from _cases import (assert_matches_reference, check_chain, check_node, conv_chain,
                     transposes)
 from helpers import assert_codegen_matches, assert_matches_ort, convert_and_run, make_model
+from onnx2flax import _boundary
 from onnx2flax.errors import UnsupportedOpError
 
 I64 = np.int64
@@ -417,7 +418,7 @@ def test_nhwc_input_transposed_for_a_conv_compiles_without_transposes():
     model = make_model(nodes, [("x", np.float32, [2, 8, 8, 3])], [("y", np.float32, None)],
                        {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)})
     converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
-    inputs = [np.moveaxis(x, 1, -1) if s.channels_last else x for s in converted.inputs]
+    inputs = [_boundary.to_module(x, s) for s in converted.inputs]
     hlo = jax.jit(converted.module.apply).lower(converted.variables, *inputs).compile().as_text()
     assert " transpose(" not in hlo
 
