@@ -4,10 +4,10 @@ converted module's layout, and what a feed or an output must be.
 ONNX order is the file's: images ``[N, C, *spatial]``. The module's layout differs from it
 only for the image tensors of a channels-last module (``TensorSpec.channels_last``): those
 are ``[N, *spatial, C]``, i.e. held as ``_layout.channels_last(rank)``. Which inputs are such
-images is decided before tracing (``Program.spatial_inputs``); which outputs are is decided
-by the trace (the layout the interpreter holds each output in), and returned with the
-outputs as :class:`Output` (a pytree whose spec is static, so that ``jax.jit`` and
-``jax.eval_shape`` return it too).
+images is decided before tracing (:func:`spatial_inputs`, planned once as
+``Program.spatial_inputs``); which outputs are is decided by the trace (the layout the
+interpreter holds each output in), and returned with the outputs as :class:`Output` (a
+pytree whose spec is static, so that ``jax.jit`` and ``jax.eval_shape`` return it too).
 
 Used by the module (its inputs and outputs), ``ConvertedModel`` (``run``'s feeds, layout
 moves and casts; ``inputs`` / ``outputs``), ``compare``, ``codegen`` (the generated
@@ -26,10 +26,63 @@ import numpy as np
 from flax import struct
 
 from . import _layout
-from ._graph import TensorSpec
+from ._graph import Graph, Node, TensorSpec
+from ._registry import lookup
 from .errors import InvalidInputError, InvalidModelError
 
 # --- layouts ----------------------------------------------------------------------------
+
+#: (De)quantization keeps its input's layout: a QDQ model's image input is channels-last.
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def spatial_inputs(graph: Graph) -> frozenset[str]:
+    """The inputs a channels-last module takes ``[N, *spatial, C]``: those of rank 3-5 that
+    reach input 0 of a channels-last op through elementwise ops (and Identity,
+    QuantizeLinear / DequantizeLinear) only.
+
+    This is not the rule the trace applies (``_module._Interpreter._call`` and the
+    handlers), and cannot be it: an input's layout must be fixed before any trace (it is
+    what ``ConvertedModel.inputs`` tells the user, and ``convert`` does not trace), while the
+    trace only propagates the layouts it is given. So this predicts, without tracing,
+    whether holding the input channels-last reaches a channels-last op with no transpose,
+    from the facts the trace acts on: the registry's ``"elementwise"`` and
+    ``"channels_last"`` layouts (read from the registry here as there), and what three
+    ``"custom"`` handlers do that the registry does not declare: Identity, QuantizeLinear
+    and DequantizeLinear keep input 0's layout (``ctx.out_perms = [ctx.in_perms[0]]`` in
+    ``ops/elementwise.py``, ``ops/quantize.py``), and nchwc ReorderInput with
+    ``channels_last=1`` undoes the move its ``"channels_last"`` layout makes. One owner for
+    those would be a registry declaration (say ``keeps_layout=(0,)``) read by both; until the
+    handlers declare it, they and this function must agree (tests/test_quantized_weights.py
+    and tests/ops/test_contrib_nchwc.py check that they do). A prediction only decides where
+    a transpose happens, never a value: the trace converts whatever layout it is given.
+    """
+    consumers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            consumers.setdefault(i, []).append(node)
+    found = set()
+    for spec in graph.inputs:
+        if spec.rank is None or not 3 <= spec.rank <= 5 or spec.sequence or spec.optional:
+            continue
+        frontier, seen = [spec.name], set()
+        while frontier and spec.name not in found:
+            name = frontier.pop()
+            for node in consumers.get(name, []):
+                op = lookup(node, graph.opsets)
+                if op is None or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                # An op whose channels_last attribute says its input is NHWC already
+                # (nchwc ReorderInput) takes it as it is.
+                if (op.layout == "channels_last" and node.inputs[0] == name
+                        and not int(node.attrs.get("channels_last", 0))):
+                    found.add(spec.name)
+                elif op.layout == "elementwise" or node.op_type == "Identity" or (
+                        node.op_type in _QDQ and node.inputs[0] == name):
+                    frontier.extend(node.outputs)
+    return frozenset(found)
+
 
 
 def input_specs(inputs: Sequence[TensorSpec], spatial: frozenset[str],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._boundary import spatial_inputs
 from ._graph import Graph, Node, is_float_weight, is_weight_dequantization
 from ._limits import Limits
 from ._load import to_device
@@ -47,7 +48,8 @@ class LayerPlan:
 class Program:
     """Everything the Flax module needs: the graph, the layer and parameter plan.
 
-    ``spatial_inputs`` are inputs taken channels-last when the module is channels-last.
+    ``spatial_inputs`` are inputs taken channels-last when the module is channels-last
+    (``_boundary.spatial_inputs``).
     ``bounds`` are the user's static bounds by node or first-output name (``_bounds``).
     """
 
@@ -181,7 +183,7 @@ def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
                     or (quantized and name in graph.constants)):
                 continue
             free[name] = names.take(tuple(_parts(graph.origins.get(name, name))) or ("param",))
-    return Program(graph, layers, free, _spatial_inputs(graph), dict(bounds or {}))
+    return Program(graph, layers, free, spatial_inputs(graph), dict(bounds or {}))
 
 
 def _conversion_time(graph: Graph) -> set[str]:
@@ -212,37 +214,3 @@ def _conversion_time(graph: Graph) -> set[str]:
 
 def _unchanged(value: np.ndarray) -> np.ndarray:
     return value
-
-
-# (De)quantization keeps its input's layout: a QDQ model's image input is channels-last.
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
-
-
-def _spatial_inputs(graph: Graph) -> frozenset[str]:
-    """Inputs of rank 3-5 that reach a channels-last op through elementwise ops (and
-    QuantizeLinear / DequantizeLinear) only."""
-    consumers: dict[str, list[Node]] = {}
-    for node in graph.nodes:
-        for i in node.inputs:
-            consumers.setdefault(i, []).append(node)
-    found = set()
-    for spec in graph.inputs:
-        if spec.rank is None or not 3 <= spec.rank <= 5 or spec.sequence or spec.optional:
-            continue
-        frontier, seen = [spec.name], set()
-        while frontier and spec.name not in found:
-            name = frontier.pop()
-            for node in consumers.get(name, []):
-                op = lookup(node, graph.opsets)
-                if op is None or id(node) in seen:
-                    continue
-                seen.add(id(node))
-                # An op whose channels_last attribute says its input is NHWC already
-                # (nchwc ReorderInput) takes it as it is.
-                if (op.layout == "channels_last" and node.inputs[0] == name
-                        and not int(node.attrs.get("channels_last", 0))):
-                    found.add(spec.name)
-                elif op.layout == "elementwise" or node.op_type == "Identity" or (
-                        node.op_type in _QDQ and node.inputs[0] == name):
-                    frontier.extend(node.outputs)
-    return frozenset(found)

@@ -110,8 +110,8 @@ class ConvertedModel:
     def outputs(self) -> list[TensorSpec]:
         """The graph's output specs, ``channels_last`` set on those the module returns
         ``[N, *spatial, C]``: as the first :meth:`run` traced them, else traced without feeds
-        (unknown dims as 1). With :attr:`specialized_inputs`, none (each specialization has
-        its own)."""
+        (unknown dims as 1). With :attr:`specialized_inputs`, none channels-last (each
+        specialization has its own)."""
         if self._outputs is None:
             if self._specializations is not None:
                 self._outputs = list(self._program.graph.outputs)

@@ -14,7 +14,7 @@ from flax import nnx
 from onnx import helper
 
 import onnx2flax
-from onnx2flax import codegen
+from onnx2flax import _boundary, codegen
 from onnx2flax._files import OutputExistsError
 
 from helpers import load_generated, make_model
@@ -192,7 +192,7 @@ _FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures").glob("*
 @pytest.mark.parametrize("path", _FIXTURES, ids=[p.stem for p in _FIXTURES])
 def test_fixture_models(tmp_path, path, api):
     converted = onnx2flax.convert(path)
-    inputs = [np.random.default_rng(0).standard_normal(converted._module_shape(s)).astype(s.dtype)
+    inputs = [np.random.default_rng(0).standard_normal(_boundary.module_shape(s)).astype(s.dtype)
               for s in converted.inputs]
     _generate_and_compare(tmp_path, converted, inputs, f"gen_{path.stem}_{api}", api=api,
                           train=bool(converted.variables.get("batch_stats")))
