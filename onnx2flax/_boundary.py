@@ -84,7 +84,6 @@ def spatial_inputs(graph: Graph) -> frozenset[str]:
     return frozenset(found)
 
 
-
 def input_specs(inputs: Sequence[TensorSpec], spatial: frozenset[str],
                 channels_last: bool) -> list[TensorSpec]:
     """The graph's input specs as the module takes them: ``channels_last`` set on the
@@ -136,7 +135,7 @@ def held_input(spec: TensorSpec, value: Any) -> tuple[Any, _layout.Perm | None]:
     return jnp.asarray(value), _perm(spec, np.ndim(value))
 
 
-def returns_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
+def _returns_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
     """Whether a graph output held as ``perm`` is returned channels-last (image outputs of a
     channels-last module) rather than in ONNX order."""
     rank = len(perm)
@@ -145,8 +144,8 @@ def returns_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:
 
 def module_output(value, perm: _layout.Perm, channels_last: bool):
     """Graph output tensor ``value`` held as ``perm`` as the module returns it (a JAX array):
-    ``[N, *spatial, C]`` when :func:`returns_channels_last`, else in ONNX order."""
-    return jnp.asarray(value if returns_channels_last(perm, channels_last)
+    ``[N, *spatial, C]`` when :func:`_returns_channels_last`, else in ONNX order."""
+    return jnp.asarray(value if _returns_channels_last(perm, channels_last)
                        else _layout.to_onnx(value, perm))
 
 
@@ -170,7 +169,7 @@ def graph_output(spec: TensorSpec, value, perm: _layout.Perm | None,
     if perm is None:
         return Output(_as_jax(value), spec)
     return Output(module_output(value, perm, channels_last),
-                  replace(spec, channels_last=returns_channels_last(perm, channels_last)))
+                  replace(spec, channels_last=_returns_channels_last(perm, channels_last)))
 
 
 def in_onnx_order(output: Output) -> Output:
