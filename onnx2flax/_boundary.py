@@ -174,7 +174,7 @@ def graph_output(spec: TensorSpec, value, perm: _layout.Perm | None,
 
 def in_onnx_order(output: Output) -> Output:
     """``output`` (from the module) with its tensor in ONNX order."""
-    return output.replace(value=to_onnx(output.value, output.spec)) \
+    return replace(output, value=to_onnx(output.value, output.spec)) \
         if output.spec.channels_last else output
 
 

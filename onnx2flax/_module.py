@@ -340,8 +340,11 @@ class OnnxModule(nn.Module):
                                     s.param(leaf, _const_init(v)))
             env.values[name] = (param, _layout.identity(value.ndim))
         interp.run(env, graph)
-        return [_boundary.graph_output(spec, *env.get(spec.name), self.channels_last)
-                for spec in graph.outputs]
+        outputs = []
+        for spec in graph.outputs:
+            value, perm = env.get(spec.name)
+            outputs.append(_boundary.graph_output(spec, value, perm, self.channels_last))
+        return outputs
 
 
 class _ConstantInterpreter(_Interpreter):
