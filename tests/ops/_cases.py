@@ -74,7 +74,8 @@ def conv_chain(middle, x, rng, *, opset=17, c_mid=4, extra=None, c_out=3):
 
 
 def transposes(converted, x_onnx, *, layout_only=False) -> int:
-    """Transposes in the compiled HLO of ``module.apply`` on a channels-last input.
+    """Transposes in the compiled HLO of ``module.apply`` on ``x_onnx`` in the module's
+    layout (channels-last for an image input).
     ``layout_only``: only those from ``jnp.transpose`` (not those XLA's CPU gather
     lowering adds to gathers along inner axes)."""
     x = _boundary.to_module(x_onnx, converted.inputs[0])
