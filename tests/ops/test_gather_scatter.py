@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from _cases import check_graph, check_node
+from helpers import check_graph, check_node
 
 I64 = np.int64
 
@@ -37,7 +37,7 @@ def test_gather_runtime_indices_and_embedding_weight(rng):
     """Indices from the model's inputs; data an initializer (an embedding table)."""
     table = rng.standard_normal((10, 4)).astype(np.float32)
     ids = np.array([[1, 9, -1], [0, 0, 3]], I64)
-    check_node("Gather", {"ids": ids}, {"table": table}, input_names=["table", "ids"],
+    check_node("Gather", {"ids": ids}, {"table": table}, inputs=["table", "ids"],
                out_dtypes=[np.float32])
 
 

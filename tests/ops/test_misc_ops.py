@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mathcheck import after_conv, check, node_model
+from helpers import after_conv, check_graph, node_model
 
 import onnx2flax
 from onnx2flax.errors import OnnxConversionError
@@ -28,7 +28,7 @@ def test_center_crop_pad_held_channels_last(shape, axes):
     model, feeds = after_conv([("CenterCropPad", ["shape"], attrs, np.float32)],
                               consts={"shape": np.array(shape, np.int64)},
                               opset=18, shape=(2, 3, 5, 7))
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 def test_center_crop_pad_shape_mismatch_is_refused():
@@ -46,7 +46,7 @@ def test_reverse_sequence(time_axis, batch_axis, shape):
     lens = np.array([5, 1, 3, 2], np.int64)
     model = node_model("ReverseSequence", {"x": x, "lens": lens}, opset=10,
                        attrs={"time_axis": time_axis, "batch_axis": batch_axis})
-    check(model, {"x": x, "lens": lens})
+    check_graph(model, {"x": x, "lens": lens})
 
 
 def test_reverse_sequence_same_axes_are_refused():
@@ -73,7 +73,7 @@ def test_col2im(image, block, attrs):
     model = node_model("Col2Im", {"x": x}, attrs=attrs, opset=18,
                        consts={"image": np.array(image, np.int64),
                                "block": np.array(block, np.int64)})
-    check(model, {"x": x})
+    check_graph(model, {"x": x})
 
 
 def test_col2im_wrong_column_count_is_refused():
@@ -88,7 +88,7 @@ def test_col2im_wrong_column_count_is_refused():
 @pytest.mark.parametrize("shape", [(3, 3), (2, 4, 5, 5), (1, 1)])
 def test_det(shape):
     x = _normal(*shape)
-    check(node_model("Det", {"x": x}, opset=11), {"x": x}, rtol=1e-4, atol=1e-4)
+    check_graph(node_model("Det", {"x": x}, opset=11), {"x": x}, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["linear", "circular"])
@@ -108,7 +108,7 @@ def test_tensor_scatter(mode, axis, past_shape, update_len, with_indices):
                           else np.array([0, length - update_len, 1]).clip(0, length - update_len)
                           ).astype(np.int64)
     model = node_model("TensorScatter", feeds, attrs={"mode": mode, "axis": axis}, opset=24)
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 def test_tensor_scatter_bad_mode_is_refused():
