@@ -45,8 +45,8 @@ def graph_model(nodes, feeds, consts=None, *, out_dtypes=None, input_shapes=None
     output, of dtype ``out_dtypes[name]`` (default: the first feed's)."""
     shapes = input_shapes or {}
     inputs = [(n, v.dtype, shapes.get(n, list(v.shape))) for n, v in feeds.items()]
-    default = next(iter(feeds.values())).dtype
-    outs = [(o, np.dtype((out_dtypes or {}).get(o, default)), None)
+    dtypes = out_dtypes or {}
+    outs = [(o, np.dtype(dtypes[o] if o in dtypes else next(iter(feeds.values())).dtype), None)
             for node in nodes for o in node.output if o]
     return make_model(nodes, inputs, outs, consts or {}, opset=opset)
 
