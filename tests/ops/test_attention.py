@@ -67,7 +67,7 @@ def test_attention_masks(mask_shape, mask_dtype, is_causal):
         mask = _rand(*mask_shape)
     feeds["m"] = mask
     # onnxruntime refuses 1-D masks, which the spec's broadcasting allows.
-    _attention(feeds, is_causal=is_causal, reference="onnx" if len(mask_shape) == 1 else "ort")
+    _attention(feeds, is_causal=is_causal, reference="onnx" if len(mask_shape) == 1 else "onnxruntime")
 
 
 def test_attention_causal_cross_and_scaled_softcap():
@@ -83,7 +83,7 @@ def test_attention_past_present_and_qk_output(mode):
     feeds["pk"], feeds["pv"] = _rand(2, 2, 3, 8), _rand(2, 2, 3, 8)
     # onnxruntime writes -FLT_MAX, not the spec's -inf, for causally masked scores (mode 2).
     _attention(feeds, n_out=4, is_causal=1, softcap=3.0, qk_matmul_output_mode=mode,
-               reference="onnx" if mode == 2 else "ort")
+               reference="onnx" if mode == 2 else "onnxruntime")
 
 
 def test_attention_softmax_precision_fp16():

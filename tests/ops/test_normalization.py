@@ -1,5 +1,6 @@
-"""Layer / Instance / Group normalization and LRN against onnxruntime: Flax layers when the
-scale and bias are constants (params ``scale`` / ``bias``), direct computation otherwise."""
+"""Batch / Layer / Instance / Group normalization and LRN against onnxruntime: Flax layers
+when the scale and bias are constants (params ``scale`` / ``bias``), direct computation
+otherwise."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 import onnx
 import pytest
-from helpers import after_conv, check_graph, make_model, node_model, sandwich
+from helpers import after_conv, check_graph, check_node, make_model, node_model, sandwich
 from onnx import helper
 
 import onnx2flax
@@ -202,3 +203,13 @@ def test_batch_norm_statistics_outputs_before_opset_14_are_refused():
     with pytest.raises(onnx2flax.errors.UnsupportedOpError,
                        match="BatchNormalization node .*running-statistics outputs"):
         onnx2flax.convert(model).run(feeds)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 15])
+def test_batchnorm_epsilon_and_opsets(rng, opset):
+    c = 5
+    weights = {"s": _vec(c), "b": _vec(c), "m": _vec(c), "v": np.abs(_vec(c)) + 0.1}
+    converted, _, _ = check_node("BatchNormalization",
+                                 {"x": rng.standard_normal((2, c, 4, 3)).astype(np.float32)},
+                                 weights, opset=opset, attrs=dict(epsilon=1e-2))
+    assert set(converted.variables["batch_stats"]) == set(converted.variables["params"])
