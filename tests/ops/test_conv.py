@@ -50,7 +50,7 @@ def test_conv_without_bias_and_dynamic_weight(rng):
     (dict(group=3), 6, 9),                                           # grouped
     (dict(group=4), 4, 8),                                           # depthwise, multiplier 2
     (dict(group=2, dilations=[2, 3], pads=[2, 3, 1, 0]), 4, 6),      # grouped and dilated
-    (dict(dilations=[2, 2], auto_pad="SAME_UPPER", strides=[2, 1]), 3, 5),
+    (dict(dilations=[2, 2], strides=[2, 1], pads=[2, 1, 1, 2]), 3, 5),
     (dict(kernel_shape=[3, 2], strides=[3, 2], pads=[0, 1, 2, 0]), 3, 4),
 ])
 def test_conv_groups_and_dilations(rng, attrs, c_in, c_out):

@@ -11,9 +11,9 @@ import pytest
 from onnx import helper
 
 import onnx2flax
-from helpers import (after_conv, assert_codegen_matches, check_chain, check_graph, check_node,
-                     conv_chain, convert_and_run, make_model, node_model, transposes,
-                     values_and_hlo)
+from helpers import (after_conv, assert_codegen_matches, assert_same, check_chain, check_graph,
+                     check_node, conv_chain, convert_and_run, make_model, node_model,
+                     transposes, values_and_hlo)
 from onnx2flax.errors import OnnxConversionError, UnsupportedOpError
 
 I64 = np.int64
@@ -31,13 +31,13 @@ def x4(rng):
 
 
 def assert_same_as(expected, op, x, *, opset, attrs, n_out=1):
-    """One-input node ``op`` at ``opset`` gives ``expected`` (for opsets no runtime has)."""
-    outs = [f"y{i}" for i in range(n_out)]
-    model = make_model([helper.make_node(op, ["x"], outs, **attrs)],
-                       [("x", x.dtype, list(x.shape))], [(o, x.dtype, None) for o in outs],
-                       opset=opset)
-    for got, want in zip(convert_and_run(model, {"x": x}), expected, strict=True):
-        np.testing.assert_array_equal(got, want)
+    """One-input node ``op`` at ``opset`` gives ``expected`` exactly, dtypes included (for
+    opsets no runtime has)."""
+    model = node_model(op, {"x": x}, attrs=attrs, outputs=n_out, opset=opset)
+    got = convert_and_run(model, {"x": x})
+    assert len(got) == len(expected)
+    for k, (g, e) in enumerate(zip(got, expected)):
+        assert_same(f"y{k}", g, e, rtol=0, atol=0)
 
 
 # --- Slice -------------------------------------------------------------------------------
@@ -156,6 +156,16 @@ def test_pad_attribute_opsets(x4, opset, attrs):
     check_node("Pad", {"x": x4}, opset=opset, attrs=attrs)
 
 
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+def test_pad_integer_opset11(rng, mode):
+    """Pad-11 on int32: pads as an input, the constant value (an int) optional."""
+    x = rng.integers(-50, 50, (3, 4)).astype(np.int32)
+    consts = {"pads": np.array([1, 0, 2, 3], I64)}
+    if mode == "constant":
+        consts["v"] = np.array(-7, np.int32)
+    check_node("Pad", {"x": x}, consts, opset=11, attrs=dict(mode=mode), rtol=0, atol=0)
+
+
 def test_pad_runtime_constant_value(x4):
     check_node("Pad", {"x": x4, "v": np.array(3.0, np.float32)}, {"pads": np.array([1] * 8)},
                inputs=["x", "pads", "v"])
@@ -170,9 +180,34 @@ def test_concat(x4, axis):
                attrs=dict(axis=axis))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, bool])
+def test_concat_unequal_sizes_and_empty_inputs(rng, dtype):
+    """Inputs of different sizes along ``axis`` (negative), one of them empty there."""
+    a, b, e = (rng.standard_normal(s) > 0 if dtype is bool
+               else (rng.standard_normal(s) * 10).astype(dtype)
+               for s in [(2, 3, 1), (2, 3, 4), (2, 3, 0)])
+    check_node("Concat", {"a": a, "e": e, "b": b}, attrs=dict(axis=-1), opset=13)
+
+
 def test_transpose(x4):
     check_node("Transpose", {"x": x4}, attrs=dict(perm=[2, 0, 3, 1]))
     check_node("Transpose", {"x": x4})
+
+
+def test_integer_and_bool_values_move_unchanged(rng):
+    """Transpose, Slice (negative axis and step), Split and Squeeze on int64 and bool."""
+    i = rng.integers(-1000, 1000, (2, 1, 3, 4))
+    b = rng.standard_normal((2, 1, 3, 4)) > 0
+    consts = {"s": np.array([-1], I64), "e": np.array([INT64_MIN], I64),
+              "a": np.array([-1], I64), "st": np.array([-2], I64), "ax": np.array([1], I64)}
+    nodes = [helper.make_node("Transpose", ["i"], ["ti"], perm=[3, 1, 0, 2]),
+             helper.make_node("Transpose", ["b"], ["tb"], perm=[0, 2, 3, 1]),
+             helper.make_node("Slice", ["i", "s", "e", "a", "st"], ["si"]),
+             helper.make_node("Slice", ["b", "s", "e", "a", "st"], ["sb"]),
+             helper.make_node("Split", ["i"], ["i0", "i1"], axis=2, num_outputs=2),
+             helper.make_node("Squeeze", ["b", "ax"], ["qb"])]
+    bools = {"tb": bool, "sb": bool, "qb": bool}
+    check_graph(nodes, {"i": i, "b": b}, consts, opset=18, out_dtypes=bools, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("opset", [11, 13])
@@ -194,6 +229,12 @@ def test_squeeze_unsqueeze(rng, opset, op, axes):
 def test_depth_to_space(rng, mode):
     x = rng.standard_normal((2, 8, 3, 2)).astype(np.float32)
     check_node("DepthToSpace", {"x": x}, opset=13, attrs=dict(blocksize=2, mode=mode))
+
+
+def test_depth_to_space_block_3(rng):
+    x = rng.standard_normal((1, 18, 2, 3)).astype(np.float32)
+    for mode in ("DCR", "CRD"):
+        check_node("DepthToSpace", {"x": x}, opset=13, attrs=dict(blocksize=3, mode=mode))
 
 
 def test_space_to_depth(rng):
