@@ -195,7 +195,7 @@ def test_linear_attention(rule, decay_width, beta_width, past):
         feeds["g"], names[4] = -RNG.random((2, 5, decay_width)).astype(np.float32), "g"
     if beta_width:
         feeds["b"], names[5] = RNG.random((2, 5, beta_width)).astype(np.float32), "b"
-    check_node("LinearAttention", feeds, opset=27, n_out=2, inputs=names, reference="onnx",
+    check_node("LinearAttention", feeds, opset=27, outputs=2, inputs=names, reference="onnx",
                attrs={"update_rule": rule, "q_num_heads": 4, "kv_num_heads": 2}, rtol=1e-4,
                atol=1e-5)
 
@@ -217,7 +217,7 @@ def test_causal_conv_with_state(kernel, activation, extras):
         feeds["b"], names[2] = _rand(3), "b"
     if "past" in extras:
         feeds["p"], names[3] = _rand(2, 3, kernel - 1), "p"
-    check_node("CausalConvWithState", feeds, opset=27, n_out=2, inputs=names,
+    check_node("CausalConvWithState", feeds, opset=27, outputs=2, inputs=names,
                attrs={"activation": activation}, reference="onnx")
 
 
