@@ -68,9 +68,9 @@ def _refuse(ctx: OpContext, **unsupported):
             raise ctx.fail(f"{name} is not supported")
 
 
-@register("Attention", domain=_MS,
-          params=_dense_params)
-def ms_attention(ctx: OpContext, x, weights, bias=None, mask_index=None, past=None, attention_bias=None,
+@register("Attention", domain=_MS, params=_dense_params)
+def ms_attention(ctx: OpContext, x, weights, bias=None, mask_index=None, past=None,
+                 attention_bias=None,
                  past_sequence_length=None):
     """BERT / GPT-2 self-attention with the QKV projection: X ``[B, S, D_in]`` @ weights
     ``[D_in, Dq+Dk+Dv]`` (+ bias; ``qkv_hidden_sizes``, default equal thirds) split into
@@ -130,9 +130,9 @@ def _unpack_heads(ctx: OpContext, query, key, value, bias, heads: int):
             attention._split_heads(ctx, value, heads, "value"))
 
 
-@register("MultiHeadAttention",
-          domain=_MS)
-def multi_head_attention(ctx: OpContext, query, key=None, value=None, bias=None, key_padding_mask=None,
+@register("MultiHeadAttention", domain=_MS)
+def multi_head_attention(ctx: OpContext, query, key=None, value=None, bias=None,
+                         key_padding_mask=None,
                          attention_bias=None, past_key=None, past_value=None,
                          past_sequence_length=None, cache_indirection=None):
     """Attention on projected Q, K, V (see :func:`_unpack_heads`) with ``num_heads``;
@@ -204,9 +204,9 @@ def _gqa_inputs(ctx: OpContext, query, key, value):
             jnp.reshape(value, (b, s, kv_heads, h)))
 
 
-@register("GroupQueryAttention",
-          domain=_MS)
-def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=None, past_value=None,
+@register("GroupQueryAttention", domain=_MS)
+def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=None,
+                          past_value=None,
                           seqlens_k=None, total_sequence_length=None, cos_cache=None,
                           sin_cache=None, position_ids=None, attention_bias=None,
                           head_sink=None):
@@ -251,9 +251,9 @@ def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=
     return (_merge_heads(y), *present)[:len(ctx.node.outputs)]
 
 
-@register("DecoderMaskedMultiHeadAttention",
-          domain=_MS)
-def decoder_masked_mha(ctx: OpContext, query, key=None, value=None, mask_index=None, attention_bias=None,
+@register("DecoderMaskedMultiHeadAttention", domain=_MS)
+def decoder_masked_mha(ctx: OpContext, query, key=None, value=None, mask_index=None,
+                       attention_bias=None,
                        past_key=None, past_value=None, past_sequence_length=None,
                        beam_width=None, cache_indirection=None, bias=None):
     """One decoding step of MultiHeadAttention (query ``[B, 1, D]``). Self-attention: the

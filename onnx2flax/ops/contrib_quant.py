@@ -147,9 +147,9 @@ def _channels_first(ctx: OpContext):
                        "is not supported; convert the model before that optimization")
 
 
-@register("QLinearAveragePool", domain=_MS,
-          layout="channels_last")
-def qlinear_average_pool(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+@register("QLinearAveragePool", domain=_MS, layout="channels_last")
+def qlinear_average_pool(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None,
+                         y_zero_point=None):
     """``quantize(AveragePool(dequantize(X)))`` with AveragePool's attributes; X
     channels-last."""
     _check_8_bit(ctx, x)
@@ -206,9 +206,9 @@ def _to_float(ctx: OpContext, acc, a_scale, b_scale, bias, dtype):
     return y.astype(dtype)
 
 
-@register("MatMulIntegerToFloat",
-          domain=_MS)
-def matmul_integer_to_float(ctx: OpContext, a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None,
+@register("MatMulIntegerToFloat", domain=_MS)
+def matmul_integer_to_float(ctx: OpContext, a, b, a_scale, b_scale, a_zero_point=None,
+                            b_zero_point=None,
                             bias=None):
     """``(A - a_zp) @ (B - b_zp) * a_scale * b_scale + bias`` (int32 product; output in the
     scales' type)."""
