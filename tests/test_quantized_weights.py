@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_matches_ort, make_model
+from helpers import check_graph, make_model
 from onnx import helper
 
 RNG = np.random.default_rng(0)
@@ -59,7 +59,7 @@ def _leaves(tree):
 def test_weights_stay_quantized():
     model = _qdq_conv_model()
     feeds = {"x": RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)}
-    converted, got, _ = assert_matches_ort(model, feeds, fused=False)
+    converted, got, _ = check_graph(model, feeds, fused=False)
     assert converted.inputs[0].channels_last  # seen through QuantizeLinear -> DequantizeLinear
     leaves = _leaves(converted.variables["params"])
     assert leaves["conv/weight_quantized"].dtype == jnp.int8
@@ -79,7 +79,7 @@ def test_weights_stay_quantized():
 def test_dequantize_weights_at_conversion_for_fine_tuning():
     model = _qdq_conv_model()
     feeds = {"x": RNG.standard_normal((2, 3, 4, 4)).astype(np.float32)}
-    quantized, expected, _ = assert_matches_ort(model, feeds, fused=False)
+    quantized, expected, _ = check_graph(model, feeds, fused=False)
     import onnx2flax
 
     converted = onnx2flax.convert(model, dequantize_weights=True)
@@ -108,5 +108,5 @@ def test_narrow_and_wide_quantized_weights(dtype):
                        {"w_quantized": w, "s": np.float32(0.1), "z": np.asarray(zero, np_type)},
                        opset=21)
     feeds = {"x": RNG.standard_normal((3, 6)).astype(np.float32)}
-    converted, _, _ = assert_matches_ort(model, feeds, fused=False)
+    converted, _, _ = check_graph(model, feeds, fused=False)
     assert _leaves(converted.variables["params"])["w_quantized"].dtype == np.dtype(np_type)

@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._graph import Graph
+from .._module import OpContext
 from .._registry import register
 from ._common import onnx_dtype
 
 
-def _split_heads(ctx, x, heads: int, what: str):
+def _split_heads(ctx: OpContext, x, heads: int, what: str):
     """``[B, S, H*D]`` -> ``[B, H, S, D]``."""
     b, s, hidden = x.shape
     if heads < 1 or hidden % heads:
@@ -26,7 +27,7 @@ def _split_heads(ctx, x, heads: int, what: str):
     return jnp.transpose(jnp.reshape(x, (b, s, heads, hidden // heads)), (0, 2, 1, 3))
 
 
-def _heads(ctx, q, k, v):
+def _heads(ctx: OpContext, q, k, v):
     """Q, K, V as ``[B, H, S, D]``, checking the head counts (GQA: ``Hq % Hkv == 0``)."""
     if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
         raise ctx.invalid(f"Q, K and V must all be 3-D or all 4-D, got shapes "
@@ -52,7 +53,7 @@ def _heads(ctx, q, k, v):
     return q, k, v
 
 
-def _bias(ctx, mask, dtype, sq: int, skv: int, offset, nonpad):
+def _bias(ctx: OpContext, mask, dtype, sq: int, skv: int, offset, nonpad):
     """The additive attention bias, broadcastable to ``[B, H, Sq, Skv]`` (``None`` if none):
     the mask (bool: 0 / -inf; float: added as is; a short key axis padded with -inf) plus
     -inf outside the causal frontier, the sliding window and the non-padded keys.
@@ -90,7 +91,7 @@ def _bias(ctx, mask, dtype, sq: int, skv: int, offset, nonpad):
     return sum(terms[1:], terms[0]) if terms else None
 
 
-def _scale(ctx, head_size: int) -> float:
+def _scale(ctx: OpContext, head_size: int) -> float:
     """The ``scale`` attribute, ``1/sqrt(D)`` when absent."""
     scale = ctx.attr("scale", None)
     return 1 / np.sqrt(head_size) if scale is None else float(scale)
@@ -132,7 +133,7 @@ def attend(q, k, v, bias=None, *, scale: float, softcap: float = 0.0):
 
 
 @register("Attention", since=23)
-def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
+def attention(ctx: OpContext, q, k, v, attn_mask=None, past_key=None, past_value=None,
               nonpad_kv_seqlen=None):
     """Scaled dot-product attention. Q ``[B, Hq, Sq, D]``, K ``[B, Hkv, Skv, D]``, V
     ``[B, Hkv, Skv, Dv]`` (or 3-D ``[B, S, H*D]``); query heads share the key/value heads in
@@ -197,7 +198,7 @@ def rotate(heads, cos, sin, dim: int, interleaved: bool):
 
 
 @register("RotaryEmbedding", since=23)
-def rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids=None):
+def rotary_embedding(ctx: OpContext, x, cos_cache, sin_cache, position_ids=None):
     """RoPE on x ``[B, H, S, D]`` or ``[B, S, H*D]`` (``num_heads``): the first
     ``rotary_embedding_dim`` (default D) features of each head are rotated as pairs
     (first half with second half, or even with odd features when ``interleaved``) by the
@@ -229,7 +230,7 @@ def rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids=None):
 
 
 @register("SwiGLU", since=28)
-def swiglu(ctx, a, b):
+def swiglu(ctx: OpContext, a, b):
     """``a * sigmoid(alpha * a) * b`` for gate ``a`` and value ``b`` of one shape."""
     if a.shape != b.shape:
         raise ctx.invalid(f"A {list(a.shape)} and B {list(b.shape)} must have the same shape "
@@ -242,7 +243,7 @@ _UPDATE_RULES = ("linear", "gated", "delta", "gated_delta")
 
 
 @register("LinearAttention", since=27)
-def linear_attention(ctx, query, key, value, past_state=None, decay=None, beta=None):
+def linear_attention(ctx: OpContext, query, key, value, past_state=None, decay=None, beta=None):
     """Recurrent linear attention over packed ``[B, T, H*D]`` inputs, one token at a time
     (``lax.scan``) in float32. The state ``S`` ``[B, Hkv, Dk, Dv]`` starts at ``past_state``
     (or zeros); per token: ``S *= exp(g)`` (gated rules, ``decay`` ``[B, T, Hkv]`` or
@@ -307,7 +308,7 @@ def linear_attention(ctx, query, key, value, past_state=None, decay=None, beta=N
 
 
 @register("CausalConvWithState", since=27)
-def causal_conv_with_state(ctx, x, weight, bias=None, past_state=None):
+def causal_conv_with_state(ctx: OpContext, x, weight, bias=None, past_state=None):
     """Depthwise causal 1-D convolution of x ``[B, C, L]`` with weight ``[C, 1, K]`` after
     the carried ``past_state`` ``[B, C, K-1]`` (zeros if absent), with an optional bias and
     fused SiLU (``activation`` 'silu' / 'swish'). Returns the output ``[B, C, L]`` and the
@@ -336,7 +337,7 @@ def causal_conv_with_state(ctx, x, weight, bias=None, past_state=None):
     return y, padded[:, :, padded.shape[2] - (k - 1):]
 
 
-def _modifier(ctx, name: str, x):
+def _modifier(ctx: OpContext, name: str, x):
     """Run the optional one-in, one-out subgraph attribute ``name`` on ``x``."""
     graph = ctx.attr(name, None)
     if graph is None:
@@ -351,7 +352,7 @@ def _modifier(ctx, name: str, x):
 
 
 @register("FlexAttention", since=1, domain="ai.onnx.preview")
-def flex_attention(ctx, q, k, v):
+def flex_attention(ctx: OpContext, q, k, v):
     """Attention on Q ``[B, Hq, L, D]``, K ``[B, Hkv, S, D]``, V ``[B, Hkv, S, Dv]`` (GQA as
     in Attention) with the optional subgraphs ``score_mod`` (on the scaled scores) and
     ``prob_mod`` (on the softmax), both ``[B, Hq, L, S]`` in ``softmax_precision`` (default

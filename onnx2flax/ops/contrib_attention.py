@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._module import OpContext
 from .._registry import register
 from . import attention
 from .contrib_transformer import _MS, _dense, _dense_params
@@ -22,7 +23,7 @@ def _merge_heads(y):
     return jnp.reshape(jnp.transpose(y, (0, 2, 1, 3)), (b, s, n * h))
 
 
-def _key_mask(ctx, mask, batch: int, sq: int, skv: int, past: int, causal: bool, dtype):
+def _key_mask(ctx: OpContext, mask, batch: int, sq: int, skv: int, past: int, causal: bool, dtype):
     """The additive mask ``[B, 1, Sq, Skv]`` (or ``None``) of Attention / MultiHeadAttention:
     ``mask_filter_value`` (default -10000) where the mask index or key padding mask hides a
     key, or (``unidirectional``) a key lies after the query (query 0 at position ``past``).
@@ -56,19 +57,20 @@ def _plus(bias, extra):
     return extra if bias is None else (bias if extra is None else bias + extra)
 
 
-def _head_scale(ctx, head_size: int) -> float:
+def _head_scale(ctx: OpContext, head_size: int) -> float:
     """``scale``; absent or 0 means ``1/sqrt(head_size)``."""
     return float(ctx.attr("scale", 0.0)) or 1 / np.sqrt(head_size)
 
 
-def _refuse(ctx, **unsupported):
+def _refuse(ctx: OpContext, **unsupported):
     for name, value in unsupported.items():
         if value:
             raise ctx.fail(f"{name} is not supported")
 
 
 @register("Attention", domain=_MS, params=_dense_params)
-def ms_attention(ctx, x, weights, bias=None, mask_index=None, past=None, attention_bias=None,
+def ms_attention(ctx: OpContext, x, weights, bias=None, mask_index=None, past=None,
+                 attention_bias=None,
                  past_sequence_length=None):
     """BERT / GPT-2 self-attention with the QKV projection: X ``[B, S, D_in]`` @ weights
     ``[D_in, Dq+Dk+Dv]`` (+ bias; ``qkv_hidden_sizes``, default equal thirds) split into
@@ -101,7 +103,7 @@ def ms_attention(ctx, x, weights, bias=None, mask_index=None, past=None, attenti
     return _merge_heads(y), jnp.stack([k, v])
 
 
-def _unpack_heads(ctx, query, key, value, bias, heads: int):
+def _unpack_heads(ctx: OpContext, query, key, value, bias, heads: int):
     """Q, K, V as ``[B, N, S, H]`` from MultiHeadAttention's input forms: separate ``[B, S,
     D]`` (bias ``[Dq+Dk+Dv]`` added), key/value already ``[B, N, L, H]`` (bias on Q only),
     packed KV ``key [B, L, N, 2, H]`` or packed QKV ``query [B, S, N, 3, H]``."""
@@ -129,7 +131,8 @@ def _unpack_heads(ctx, query, key, value, bias, heads: int):
 
 
 @register("MultiHeadAttention", domain=_MS)
-def multi_head_attention(ctx, query, key=None, value=None, bias=None, key_padding_mask=None,
+def multi_head_attention(ctx: OpContext, query, key=None, value=None, bias=None,
+                         key_padding_mask=None,
                          attention_bias=None, past_key=None, past_value=None,
                          past_sequence_length=None, cache_indirection=None):
     """Attention on projected Q, K, V (see :func:`_unpack_heads`) with ``num_heads``;
@@ -152,7 +155,7 @@ def multi_head_attention(ctx, query, key=None, value=None, bias=None, key_paddin
 
 
 @register("RotaryEmbedding", domain=_MS)
-def ms_rotary_embedding(ctx, x, position_ids, cos_cache, sin_cache):
+def ms_rotary_embedding(ctx: OpContext, x, position_ids, cos_cache, sin_cache):
     """RoPE (ONNX RotaryEmbedding's computation) with com.microsoft's input order;
     ``position_ids`` ``[B, S]``, or ``[1]``: the position of token 0 (then 0.., +1 each)."""
     _refuse(ctx, is_packed_batching=int(ctx.attr("is_packed_batching", 0)))
@@ -162,7 +165,7 @@ def ms_rotary_embedding(ctx, x, position_ids, cos_cache, sin_cache):
     return attention.rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids)
 
 
-def _rotary_qk(ctx, q, k, positions, cos_cache, sin_cache):
+def _rotary_qk(ctx: OpContext, q, k, positions, cos_cache, sin_cache):
     """Q ``[B, S, N, H]`` and K ``[B, S, Nkv, H]`` rotated at ``positions`` ``[B, S]`` when
     ``do_rotary`` (caches ``[max, H_rot/2]``, ``rotary_interleaved``), else unchanged."""
     if not int(ctx.attr("do_rotary", 0)):
@@ -184,7 +187,7 @@ def _write_at(cache, new, start):
         cache, new, start)
 
 
-def _gqa_inputs(ctx, query, key, value):
+def _gqa_inputs(ctx: OpContext, query, key, value):
     """Q ``[B, S, N, H]``, K and V ``[B, S, Nkv, H]`` from separate or packed inputs, and
     the head counts (``num_heads``, ``kv_num_heads``)."""
     heads, kv_heads = int(ctx.attr("num_heads")), int(ctx.attr("kv_num_heads"))
@@ -202,7 +205,8 @@ def _gqa_inputs(ctx, query, key, value):
 
 
 @register("GroupQueryAttention", domain=_MS)
-def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_value=None,
+def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=None,
+                          past_value=None,
                           seqlens_k=None, total_sequence_length=None, cos_cache=None,
                           sin_cache=None, position_ids=None, attention_bias=None,
                           head_sink=None):
@@ -248,7 +252,8 @@ def group_query_attention(ctx, query, key=None, value=None, past_key=None, past_
 
 
 @register("DecoderMaskedMultiHeadAttention", domain=_MS)
-def decoder_masked_mha(ctx, query, key=None, value=None, mask_index=None, attention_bias=None,
+def decoder_masked_mha(ctx: OpContext, query, key=None, value=None, mask_index=None,
+                       attention_bias=None,
                        past_key=None, past_value=None, past_sequence_length=None,
                        beam_width=None, cache_indirection=None, bias=None):
     """One decoding step of MultiHeadAttention (query ``[B, 1, D]``). Self-attention: the
@@ -297,7 +302,7 @@ def decoder_masked_mha(ctx, query, key=None, value=None, mask_index=None, attent
     return (_merge_heads(y), k, v)[:len(ctx.node.outputs)]
 
 
-def _block_layouts(ctx, rows, cols, blocks: int) -> np.ndarray:
+def _block_layouts(ctx: OpContext, rows, cols, blocks: int) -> np.ndarray:
     """The CSR block layouts (``block_row_indices`` ``[L, blocks+1]``,
     ``block_col_indices`` ``[L, nnz]``) as dense ``[L, blocks, blocks]`` booleans."""
     rows = np.asarray(ctx.static(rows, "block_row_indices"), np.int64)
@@ -319,7 +324,7 @@ def _block_layouts(ctx, rows, cols, blocks: int) -> np.ndarray:
 
 
 @register("SparseAttention", domain=_MS)
-def sparse_attention(ctx, query, key, value, past_key, past_value, block_row_indices,
+def sparse_attention(ctx: OpContext, query, key, value, past_key, past_value, block_row_indices,
                      block_col_indices, total_sequence_length, key_total_sequence_lengths,
                      cos_cache=None, sin_cache=None):
     """Block-sparse causal grouped-query attention (Phi-3-small): Q ``[B, S, N*H]``, K / V

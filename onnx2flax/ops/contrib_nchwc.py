@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from . import pool, resize
 from .contrib_transformer import fused_conv
@@ -75,7 +76,7 @@ def _fits(graph, b: int) -> bool:
     return True
 
 
-def _block_size(ctx) -> int:
+def _block_size(ctx: OpContext) -> int:
     """The block size the file was saved with, read from its graph (not from this machine):
     the one of 8 and 16 that its nchwc nodes fit; an error when both or neither do."""
     graph = ctx._interp.graph
@@ -151,7 +152,7 @@ def _pad_channels(x, channels: int):
 
 
 @register("Conv", domain=_NCHWC, layout="channels_last", static_inputs=(1,))
-def nchwc_conv(ctx, x, w, b=None, z=None):
+def nchwc_conv(ctx: OpContext, x, w, b=None, z=None):
     """FusedConv on the unblocked weight; an input with fewer channels than the weight's
     (padded) input channels gets zero channels."""
     group = int(ctx.attr("group", 1))
@@ -161,7 +162,7 @@ def nchwc_conv(ctx, x, w, b=None, z=None):
 
 
 @register("ReorderInput", domain=_NCHWC, layout="channels_last")
-def reorder_input(ctx, x):
+def reorder_input(ctx: OpContext, x):
     """NCHW (or, ``channels_last``, NHWC) -> blocked: held channels-last, same values."""
     if int(ctx.attr("channels_last", 0)):  # the NHWC input, in ONNX order, is the holding
         return _layout.to_onnx(x, _layout.channels_last(x.ndim))
@@ -169,7 +170,7 @@ def reorder_input(ctx, x):
 
 
 @register("ReorderOutput", domain=_NCHWC, layout="channels_last")
-def reorder_output(ctx, x):
+def reorder_output(ctx: OpContext, x):
     """Blocked -> the first ``channels`` channels, NCHW (or NHWC with ``channels_last``)."""
     channels = int(ctx.attr("channels"))
     if not 0 < channels <= x.shape[-1]:
@@ -187,7 +188,7 @@ for _op, _fn in (("MaxPool", pool.max_pool), ("AveragePool", pool.average_pool),
 
 
 @register("Upsample", domain=_NCHWC, layout="custom")
-def nchwc_upsample(ctx, x):
+def nchwc_upsample(ctx: OpContext, x):
     """Integer ``scales`` ``[1, 1, sH, sW]``; nearest (floor) or linear with
     ``coordinate_transformation_mode`` (asymmetric by default)."""
     o = resize._options(ctx, ("nearest", "linear"),

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 from .attention import _split_heads, attention
@@ -30,7 +31,7 @@ register("QuantizeLinear", domain=_MS, layout="custom")(quantize_linear)
 register("DequantizeLinear", domain=_MS, layout="custom")(dequantize_linear)
 
 
-def _dequantized(ctx, x, scale, zero_point, what: str):
+def _dequantized(ctx: OpContext, x, scale, zero_point, what: str):
     """``(x - zero_point) * scale`` in float32; scale and zero point are scalars."""
     y = jnp.asarray(x).astype(jnp.float32)
     if zero_point is not None:
@@ -38,20 +39,20 @@ def _dequantized(ctx, x, scale, zero_point, what: str):
     return y * _scalar(ctx, scale, f"{what} scale").astype(jnp.float32)
 
 
-def _quantized(ctx, y, scale, zero_point, dtype):
+def _quantized(ctx: OpContext, y, scale, zero_point, dtype):
     """``saturate(round(y / scale) + zero_point)`` in ``dtype`` (scalar scale, zero point)."""
     zero = None if zero_point is None else _scalar(ctx, zero_point, "output zero point")
     return _saturate(ctx, _divide(y, _scalar(ctx, scale, "output scale").astype(jnp.float32)),
                      zero, np.dtype(dtype))
 
 
-def _check_8_bit(ctx, x):
+def _check_8_bit(ctx: OpContext, x):
     if np.dtype(x.dtype) not in (np.dtype(np.uint8), np.dtype(np.int8)):
         raise ctx.invalid(f"quantized input must be uint8 or int8, got {np.dtype(x.dtype).name}")
 
 
 def _binary(fn):
-    def handler(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale,
+    def handler(ctx: OpContext, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale,
                 c_zero_point=None):
         _check_8_bit(ctx, a)
         if a.dtype != b.dtype:
@@ -70,7 +71,7 @@ register("QLinearMul", domain=_MS, layout="elementwise")(_binary(jnp.multiply))
 
 
 def _unary(fn):
-    def handler(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+    def handler(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
         _check_8_bit(ctx, x)
         if y_scale is None:
             raise ctx.invalid("Y_scale is required")
@@ -82,21 +83,21 @@ def _unary(fn):
 
 @register("QLinearSigmoid", domain=_MS, layout="elementwise")
 @_unary
-def _sigmoid(ctx, x):
+def _sigmoid(ctx: OpContext, x):
     """``quantize(sigmoid(dequantize(X)))``."""
     return jax.nn.sigmoid(x)
 
 
 @register("QLinearLeakyRelu", domain=_MS, layout="elementwise")
 @_unary
-def _leaky_relu(ctx, x):
+def _leaky_relu(ctx: OpContext, x):
     """``quantize(leaky_relu(dequantize(X), alpha))``, ``alpha`` default 0.01."""
     alpha = float(ctx.attr("alpha", 0.01))
     return jnp.where(x >= 0, x, x * np.float32(alpha))
 
 
 @register("QLinearWhere", domain=_MS, layout="elementwise")
-def qlinear_where(ctx, condition, x, x_scale, x_zero_point, y, y_scale, y_zero_point,
+def qlinear_where(ctx: OpContext, condition, x, x_scale, x_zero_point, y, y_scale, y_zero_point,
                   z_scale, z_zero_point):
     """``where(condition, X, Y)`` with X and Y each requantized to Z's scale and zero point."""
     _check_8_bit(ctx, x)
@@ -108,7 +109,7 @@ def qlinear_where(ctx, condition, x, x_scale, x_zero_point, y, y_scale, y_zero_p
 
 
 @register("QLinearConcat", domain=_MS)
-def qlinear_concat(ctx, y_scale, y_zero_point, *triples):
+def qlinear_concat(ctx: OpContext, y_scale, y_zero_point, *triples):
     """Inputs ``Y_scale, Y_zero_point, (X_i, X_i_scale, X_i_zero_point)...``: each X_i
     requantized to Y's scale and zero point, concatenated along ``axis``."""
     if not triples or len(triples) % 3:
@@ -127,7 +128,7 @@ def qlinear_concat(ctx, y_scale, y_zero_point, *triples):
 
 
 @register("QLinearSoftmax", domain=_MS)
-def qlinear_softmax(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+def qlinear_softmax(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
     """``quantize(softmax(dequantize(X)))``: attribute ``opset`` picks Softmax's meaning,
     before 13 over the trailing axes from ``axis`` together, from 13 along ``axis``."""
     _check_8_bit(ctx, x)
@@ -140,14 +141,15 @@ def qlinear_softmax(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_poi
     return _quantized(ctx, y, y_scale, y_zero_point, x.dtype)
 
 
-def _channels_first(ctx):
+def _channels_first(ctx: OpContext):
     if int(ctx.attr("channels_last", 0)):
         raise ctx.fail("channels_last=1 (an NHWC graph from onnxruntime's layout optimizer) "
                        "is not supported; convert the model before that optimization")
 
 
 @register("QLinearAveragePool", domain=_MS, layout="channels_last")
-def qlinear_average_pool(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
+def qlinear_average_pool(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None,
+                         y_zero_point=None):
     """``quantize(AveragePool(dequantize(X)))`` with AveragePool's attributes; X
     channels-last."""
     _check_8_bit(ctx, x)
@@ -157,7 +159,7 @@ def qlinear_average_pool(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zer
 
 
 @register("QLinearGlobalAveragePool", domain=_MS, layout="channels_last")
-def qlinear_global_average_pool(ctx, x, x_scale, x_zero_point, y_scale, y_zero_point):
+def qlinear_global_average_pool(ctx: OpContext, x, x_scale, x_zero_point, y_scale, y_zero_point):
     """``quantize(mean over spatial positions(dequantize(X)))``; X channels-last."""
     _check_8_bit(ctx, x)
     _channels_first(ctx)
@@ -166,13 +168,13 @@ def qlinear_global_average_pool(ctx, x, x_scale, x_zero_point, y_scale, y_zero_p
     return _quantized(ctx, y, y_scale, y_zero_point, x.dtype)
 
 
-def _matmul_int32(ctx, a, b, a_zero_point, b_zero_point):
+def _matmul_int32(ctx: OpContext, a, b, a_zero_point, b_zero_point):
     return jnp.matmul(_centered(ctx, a, a_zero_point, False),
                       _centered(ctx, b, b_zero_point, False), preferred_element_type=jnp.int32)
 
 
 @register("QGemm", domain=_MS)
-def qgemm(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None,
+def qgemm(ctx: OpContext, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None,
           y_zero_point=None):
     """``Y = alpha * a_scale * b_scale * ((A - a_zp) @ (B - b_zp) + C)`` (C int32, the
     product's scale), quantized with ``y_scale`` / ``y_zero_point`` when given, else
@@ -195,7 +197,7 @@ def qgemm(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_sca
                      dtype)
 
 
-def _to_float(ctx, acc, a_scale, b_scale, bias, dtype):
+def _to_float(ctx: OpContext, acc, a_scale, b_scale, bias, dtype):
     """``acc * a_scale * b_scale (+ bias)``; a 1-D scale is per column."""
     y = acc.astype(jnp.float32) * (_per_row_or_column(jnp.asarray(a_scale, jnp.float32), False)
                                    * _per_row_or_column(jnp.asarray(b_scale, jnp.float32), False))
@@ -205,7 +207,8 @@ def _to_float(ctx, acc, a_scale, b_scale, bias, dtype):
 
 
 @register("MatMulIntegerToFloat", domain=_MS)
-def matmul_integer_to_float(ctx, a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None,
+def matmul_integer_to_float(ctx: OpContext, a, b, a_scale, b_scale, a_zero_point=None,
+                            b_zero_point=None,
                             bias=None):
     """``(A - a_zp) @ (B - b_zp) * a_scale * b_scale + bias`` (int32 product; output in the
     scales' type)."""
@@ -214,7 +217,7 @@ def matmul_integer_to_float(ctx, a, b, a_scale, b_scale, a_zero_point=None, b_ze
 
 
 @register("DynamicQuantizeMatMul", domain=_MS)
-def dynamic_quantize_matmul(ctx, a, b, b_scale, b_zero_point=None, bias=None):
+def dynamic_quantize_matmul(ctx: OpContext, a, b, b_scale, b_zero_point=None, bias=None):
     """float A quantized to uint8 as DynamicQuantizeLinear does, then
     ``(A_q - a_zp) @ (B - b_zp) * a_scale * b_scale + bias``."""
     a_q, a_scale, a_zero_point = dynamic_quantize_linear(ctx, a)
@@ -223,7 +226,7 @@ def dynamic_quantize_matmul(ctx, a, b, b_scale, b_zero_point=None, bias=None):
     return _to_float(ctx, acc, a_scale, b_scale, bias, np.dtype(np.float32))
 
 
-def _lstm_weight(ctx, w, scale, zero_point, what: str):
+def _lstm_weight(ctx: OpContext, w, scale, zero_point, what: str):
     """A ``[dirs, k, 4*hidden]`` quantized weight as ONNX LSTM's float ``[dirs, 4*hidden, k]``;
     scale and zero point ``[dirs]`` (per direction) or ``[dirs, 4*hidden]`` (per column)."""
     dirs, _, columns = np.shape(w)
@@ -238,7 +241,7 @@ def _lstm_weight(ctx, w, scale, zero_point, what: str):
 
 
 @register("DynamicQuantizeLSTM", domain=_MS)
-def dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None,
+def dynamic_quantize_lstm(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None,
                           initial_c=None, p=None, w_scale=None, w_zero_point=None, r_scale=None,
                           r_zero_point=None):
     """LSTM (attributes and outputs as ONNX's) whose W ``[dirs, input, 4*hidden]`` and R
@@ -253,7 +256,7 @@ def dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=No
                 initial_c, p)
 
 
-def _attention_bias(ctx, mask_index, batch: int, sq: int, past: int):
+def _attention_bias(ctx: OpContext, mask_index, batch: int, sq: int, past: int):
     """The additive ``[B, 1, Sq, P+Sq]`` bias of com.microsoft attention: ``mask_filter_value``
     (default -10000) where ``unidirectional`` or ``mask_index`` forbids a key, else 0.
     ``mask_index``: ``[B]`` key lengths, ``[2B]`` ends then starts, ``[B, P+Sq]`` or
@@ -279,7 +282,7 @@ def _attention_bias(ctx, mask_index, batch: int, sq: int, past: int):
 
 
 @register("QAttention", domain=_MS)
-def qattention(ctx, x, weight, bias, input_scale, weight_scale, mask_index=None,
+def qattention(ctx: OpContext, x, weight, bias, input_scale, weight_scale, mask_index=None,
                input_zero_point=None, weight_zero_point=None, past=None):
     """Self-attention on a quantized input ``[B, S, in]`` and weight ``[in, 3*hidden]``:
     ``QKV = (X - x_zp) @ (W - w_zp) * x_scale * w_scale + bias`` (int32 product; weight

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _layers, _layout
+from .._module import OpContext
 from .._registry import register
 from . import conv, linear, normalization
 
@@ -33,37 +34,37 @@ def _tanh_gelu(x):
 # -- activations and bias fusions ------------------------------------------------------
 
 @register("Gelu", domain=_MS, layout="elementwise")
-def gelu(ctx, x):
+def gelu(ctx: OpContext, x):
     """Exact (erf) GELU."""
     return _erf_gelu(x)
 
 
 @register("BiasGelu", domain=_MS, layout="elementwise")
-def bias_gelu(ctx, a, b):
+def bias_gelu(ctx: OpContext, a, b):
     """Exact GELU of ``A + B`` (B ``[hidden]``)."""
     return _erf_gelu(a + b)
 
 
 @register("FastGelu", domain=_MS, layout="elementwise")
-def fast_gelu(ctx, x, bias=None):
+def fast_gelu(ctx: OpContext, x, bias=None):
     """Tanh-approximated GELU of ``X (+ bias)``."""
     return _tanh_gelu(x if bias is None else x + bias)
 
 
 @register("QuickGelu", domain=_MS, layout="elementwise")
-def quick_gelu(ctx, x):
+def quick_gelu(ctx: OpContext, x):
     """``x * sigmoid(alpha * x)`` (alpha 1.702)."""
     return x * jax.nn.sigmoid(float(ctx.attr("alpha", 1.702)) * x)
 
 
 @register("BiasAdd", domain=_MS, layout="elementwise")
-def bias_add(ctx, x, bias, skip):
+def bias_add(ctx: OpContext, x, bias, skip):
     """``X + bias + skip`` (X, skip ``[N, S, C]``, bias ``[C]``)."""
     return x + bias + skip
 
 
 @register("BiasSplitGelu", domain=_MS)
-def bias_split_gelu(ctx, x, bias):
+def bias_split_gelu(ctx: OpContext, x, bias):
     """``X + bias`` split in two halves along the last axis: ``left * gelu(right)``."""
     if x.shape[-1] % 2:
         raise ctx.invalid(f"the last dim of X {list(x.shape)} must be even")
@@ -72,7 +73,7 @@ def bias_split_gelu(ctx, x, bias):
 
 
 @register("BiasSoftmax", domain=_MS)
-def bias_softmax(ctx, data, bias):
+def bias_softmax(ctx: OpContext, data, bias):
     """Softmax over the dims ``axis..`` (flattened, default axis 1) of ``data + bias``.
     A bias of lower rank broadcasts over the leading dims, or, with
     ``is_inner_broadcast``, over the dims just before ``axis``."""
@@ -100,7 +101,7 @@ _ACTIVATIONS = {
 }
 
 
-def _activate(ctx, y, params):
+def _activate(ctx: OpContext, y, params):
     """The fused ``activation`` attribute applied to ``y`` with its float parameters."""
     name = ctx.attr("activation", "")
     if name == "":
@@ -114,7 +115,7 @@ def _activate(ctx, y, params):
 # -- weighted fusions --------------------------------------------------------------------
 
 @register("FusedMatMul", domain=_MS)
-def fused_matmul(ctx, a, b):
+def fused_matmul(ctx: OpContext, a, b):
     """``alpha * A' @ B'``: ``transA`` / ``transB`` swap the last two axes; ``transBatchA`` /
     ``transBatchB`` first move axis 0 to the second-to-last place."""
     def prepare(x, trans, trans_batch):
@@ -131,19 +132,19 @@ def fused_matmul(ctx, a, b):
     return y if alpha == 1 else y * jnp.asarray(alpha, y.dtype)
 
 
-def _gemm_activation_params(ctx):
+def _gemm_activation_params(ctx: OpContext):
     return [ctx.attr(n) for n in ("activation_alpha", "activation_beta", "activation_gamma")
             if n in ctx.node.attrs]
 
 
 @register("FusedGemm", domain=_MS, params=linear._gemm_params)
-def fused_gemm(ctx, a, b, c=None):
+def fused_gemm(ctx: OpContext, a, b, c=None):
     """Gemm followed by the fused ``activation`` (``activation_alpha`` / ``_beta``)."""
     return _activate(ctx, linear.gemm(ctx, a, b, c), _gemm_activation_params(ctx))
 
 
 @register("FusedConv", domain=_MS, layout="channels_last", params=conv._conv_params)
-def fused_conv(ctx, x, w, b=None, z=None):
+def fused_conv(ctx: OpContext, x, w, b=None, z=None):
     """Conv (channels-last), plus the optional sum input Z, then the fused ``activation``
     with ``activation_params``."""
     y = conv.conv(ctx, x, w, b)
@@ -169,7 +170,7 @@ def _nhwc_conv_params(node, weights):
 
 
 @register("NhwcConv", domain=_MS, params=_nhwc_conv_params)
-def nhwc_conv(ctx, x, w, b=None):
+def nhwc_conv(ctx: OpContext, x, w, b=None):
     """2-D Conv on NHWC X with an OHWI weight (the transformer optimizer's layout), NHWC
     out: a plain channels-last Flax Conv."""
     if x.ndim != 4 or w.ndim != 4:
@@ -192,7 +193,7 @@ def _dense_params(node, weights):
     return {"params": params, "sources": sources}
 
 
-def _dense(ctx, x, w, bias):
+def _dense(ctx: OpContext, x, w, bias):
     """``x @ W (+ bias)``: the node's Dense layer when its weights are constant."""
     if x.shape[-1] != w.shape[0]:
         raise ctx.invalid(f"input {list(x.shape)} and weight {list(w.shape)} do not multiply")
@@ -203,7 +204,7 @@ def _dense(ctx, x, w, bias):
 
 
 @register("GemmFastGelu", domain=_MS, params=_dense_params)
-def gemm_fast_gelu(ctx, x, w, bias=None):
+def gemm_fast_gelu(ctx: OpContext, x, w, bias=None):
     """FastGelu(X @ W + bias)."""
     return _tanh_gelu(_dense(ctx, x, w, bias))
 
@@ -226,7 +227,7 @@ def _nbits_params(node, weights):
 
 
 @register("MatMulNBits", domain=_MS, params=_nbits_params)
-def matmul_nbits(ctx, a, b, scales, zero_points=None, g_idx=None, bias=None):
+def matmul_nbits(ctx: OpContext, a, b, scales, zero_points=None, g_idx=None, bias=None):
     """``A @ dequantize(B)^T (+ bias)``, A ``[..., K]``, B uint8 ``[N, blocks, blob]``: a
     ``_layers.MatMulNBits`` layer holding the packed weight (unpacked when traced)."""
     k, n = int(ctx.attr("K")), int(ctx.attr("N"))
@@ -259,7 +260,7 @@ def matmul_nbits(ctx, a, b, scales, zero_points=None, g_idx=None, bias=None):
 # -- normalization -----------------------------------------------------------------------
 
 @register("SimplifiedLayerNormalization", layout="custom", params=normalization._trailing_params)
-def simplified_layer_norm(ctx, x, scale):
+def simplified_layer_norm(ctx: OpContext, x, scale):
     """onnxruntime's RMS normalization in the ONNX domain (any opset): ``X / sqrt(mean(X^2)
     + epsilon) * scale`` over axes ``axis..``; outputs Y and (optional) ``inv_std_var``."""
     y, _, inv_std = normalization._trailing_norm(ctx, x, scale, None, rms=True, n_out=3)
@@ -279,7 +280,7 @@ def _skip_params(node, weights):
     return built
 
 
-def _skip_norm(ctx, x, skip, gamma, beta, bias, rms: bool):
+def _skip_norm(ctx: OpContext, x, skip, gamma, beta, bias, rms: bool):
     """``s = input + skip (+ bias)`` normalized over the last axis (epsilon default 1e-12),
     times gamma (plus beta); outputs ``(y, mean, inv_std_var, s)``."""
     s = x + skip
@@ -298,18 +299,18 @@ def _skip_norm(ctx, x, skip, gamma, beta, bias, rms: bool):
 
 
 @register("SkipLayerNormalization", domain=_MS, params=_skip_params)
-def skip_layer_norm(ctx, x, skip, gamma, beta=None, bias=None):
+def skip_layer_norm(ctx: OpContext, x, skip, gamma, beta=None, bias=None):
     """LayerNorm(input + skip + bias) * gamma + beta; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, beta, bias, rms=False)
 
 
 @register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params)
-def skip_simplified_layer_norm(ctx, x, skip, gamma, bias=None):
+def skip_simplified_layer_norm(ctx: OpContext, x, skip, gamma, bias=None):
     """RMSNorm(input + skip + bias) * gamma; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, None, bias, rms=True)
 
 
-def _group_norm_nhwc(ctx, x, gamma, beta):
+def _group_norm_nhwc(ctx: OpContext, x, gamma, beta):
     """com.microsoft GroupNorm's computation on X ``[N, *spatial, C]``: ``groups``
     contiguous channel groups normalized over their channels and the spatial dims
     (``epsilon``), then ``* gamma + beta`` per channel, then SiLU if ``activation`` is 1."""
@@ -330,7 +331,7 @@ def _group_norm_nhwc(ctx, x, gamma, beta):
 
 
 @register("GroupNorm", domain=_MS)
-def ms_group_norm(ctx, x, gamma, beta):
+def ms_group_norm(ctx: OpContext, x, gamma, beta):
     """Group normalization of NHWC X (``channels_last`` 1, the default) or NCHW X."""
     if int(ctx.attr("channels_last", 1)):
         return _group_norm_nhwc(ctx, x, gamma, beta)
@@ -338,7 +339,7 @@ def ms_group_norm(ctx, x, gamma, beta):
 
 
 @register("SkipGroupNorm", domain=_MS)
-def skip_group_norm(ctx, x, gamma, beta, skip, bias=None):
+def skip_group_norm(ctx: OpContext, x, gamma, beta, skip, bias=None):
     """GroupNorm of ``S = X + skip (+ bias)``, X NHWC, skip ``[N, H, W, C]``, ``[N, 1, 1,
     C]`` or ``[N, C]``; outputs Y and S."""
     if skip.ndim == 2:
@@ -348,7 +349,7 @@ def skip_group_norm(ctx, x, gamma, beta, skip, bias=None):
 
 
 @register("EmbedLayerNormalization", domain=_MS)
-def embed_layer_norm(ctx, input_ids, segment_ids, word_embedding, position_embedding,
+def embed_layer_norm(ctx: OpContext, input_ids, segment_ids, word_embedding, position_embedding,
                      segment_embedding=None, gamma=None, beta=None, mask=None, position_ids=None):
     """BERT's embeddings: ``word[input_ids] + position[position_ids or 0..S-1] (+
     segment[segment_ids])`` layer-normalized (epsilon default 1e-12) with gamma / beta.

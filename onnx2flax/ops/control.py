@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from .._limits import budget, how_to_raise
+from .._module import OpContext
 from .._registry import register
 from ..errors import ResourceLimitError, UnsupportedOpError
 from ._common import normalize_axis, subgraph
@@ -24,7 +25,7 @@ from ._common import normalize_axis, subgraph
 MAX_UNROLLED_ITERATIONS = 1024
 
 
-def _pred(ctx, cond):
+def _pred(ctx: OpContext, cond):
     """A one-element condition tensor as a scalar bool."""
     if np.size(cond) != 1:
         raise ctx.invalid(f"the condition must hold one element, got shape {list(np.shape(cond))}")
@@ -34,7 +35,7 @@ def _pred(ctx, cond):
 
 
 @register("If")
-def if_(ctx, cond):
+def if_(ctx: OpContext, cond):
     """A condition known while tracing runs only the taken branch; a run-time condition
     becomes ``lax.cond``, whose branches must give outputs of equal shapes and dtypes."""
     then_branch, else_branch = subgraph(ctx, "then_branch"), subgraph(ctx, "else_branch")
@@ -63,7 +64,7 @@ class _DynamicCondition(Exception):
     """The Loop body's condition output depends on run-time data."""
 
 
-def _carry_like(ctx, new, old, what):
+def _carry_like(ctx: OpContext, new, old, what):
     """``new`` cast to ``old``'s dtype; the shape must not change between iterations."""
     new = jnp.asarray(new)
     if new.shape != old.shape:
@@ -73,7 +74,7 @@ def _carry_like(ctx, new, old, what):
 
 
 @register("Loop")
-def loop(ctx, trip_count=None, cond=None, *initial):
+def loop(ctx: OpContext, trip_count=None, cond=None, *initial):
     """``lax.scan`` when the trip count is static and the condition stays true (constant, or
     passed through unchanged); otherwise ``lax.while_loop``.
 
@@ -167,7 +168,7 @@ def loop(ctx, trip_count=None, cond=None, *initial):
     return tuple(final)
 
 
-def _unrolled(ctx, body, trip_count, start, values):
+def _unrolled(ctx: OpContext, body, trip_count, start, values):
     """The loop run in Python while tracing: the iteration number and the condition are
     NumPy values, loop-carried values may be sequences or optionals and may change shape.
     Needs a trip count and conditions known at conversion time, and at most
@@ -207,7 +208,7 @@ def _unrolled(ctx, body, trip_count, start, values):
     return (*values, *ys)
 
 
-def _scan(ctx, body, states, xs, in_dirs, out_axes, out_dirs):
+def _scan(ctx: OpContext, body, states, xs, in_dirs, out_axes, out_dirs):
     """``lax.scan`` of ``body`` over ``xs`` (each scanned along axis 0)."""
     n_state = len(states)
     xs = [jnp.flip(x, 0) if d else x for x, d in zip(xs, in_dirs)]
@@ -230,7 +231,7 @@ def _scan(ctx, body, states, xs, in_dirs, out_axes, out_dirs):
     return (*final, *outs)
 
 
-def _scan_counts(ctx, body, inputs):
+def _scan_counts(ctx: OpContext, body, inputs):
     """Numbers of states, scan inputs and scan outputs, checked against the body."""
     n_in = int(ctx.attr("num_scan_inputs"))
     n_state = len(inputs) - n_in
@@ -244,7 +245,7 @@ def _scan_counts(ctx, body, inputs):
 
 
 @register("Scan", since=9)
-def scan(ctx, *inputs):
+def scan(ctx: OpContext, *inputs):
     """Opset 9+: states then ``num_scan_inputs`` scan inputs, scanned along
     ``scan_input_axes``; scan outputs stacked along ``scan_output_axes``."""
     body = subgraph(ctx, "body")
@@ -261,7 +262,7 @@ def scan(ctx, *inputs):
 
 
 @register("Scan", since=8)
-def scan_v8(ctx, sequence_lens, *inputs):
+def scan_v8(ctx: OpContext, sequence_lens, *inputs):
     """Opset 8: every input and output has a leading batch axis; scan inputs are
     ``[batch, seq, ...]``. Runs the opset-9 scan per batch entry (``vmap``)."""
     body = subgraph(ctx, "body")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._module import OpContext
 from .._registry import register
 from ._common import auto_pads, check_window_fits, spatial_attrs
 
@@ -88,7 +89,7 @@ def _conv_nd(x, kernel, strides, pads, dilations, group, lhs_dilation=None,
                                     preferred_element_type=preferred_element_type)
 
 
-def _kernel_shape(ctx, w) -> tuple[int, ...]:
+def _kernel_shape(ctx: OpContext, w) -> tuple[int, ...]:
     k = tuple(int(d) for d in w.shape[2:])
     declared = ctx.attr("kernel_shape", None)
     if declared is not None and tuple(int(d) for d in declared) != k:
@@ -97,7 +98,7 @@ def _kernel_shape(ctx, w) -> tuple[int, ...]:
     return k
 
 
-def conv_geometry(ctx, x, w):
+def conv_geometry(ctx: OpContext, x, w):
     """Checked ``kernel_shape, group, strides, dilations, pads`` of a Conv-like node (also
     ConvInteger, QLinearConv); X ``[N, *spatial, C_in]`` (channels-last), W
     ``[C_out, C_in/g, *k]``; ``auto_pad`` resolved into ``pads``."""
@@ -114,7 +115,7 @@ def conv_geometry(ctx, x, w):
     return k, group, strides, dilations, pads
 
 
-def integer_conv(ctx, x, w):
+def integer_conv(ctx: OpContext, x, w):
     """conv(X, W) of integer tensors accumulated exactly in int32 (X channels-last, W in ONNX
     order ``[C_out, C_in/g, *k]``; zero points already subtracted)."""
     _, group, strides, dilations, pads = conv_geometry(ctx, x, w)
@@ -123,7 +124,7 @@ def integer_conv(ctx, x, w):
 
 
 @register("Conv", layout="channels_last", params=_conv_params)
-def conv(ctx, x, w, b=None):
+def conv(ctx: OpContext, x, w, b=None):
     """Y = conv(X, W) + B; X ``[N, *spatial, C_in]`` (channels-last), W ``[C_out, C_in/g, *k]``."""
     k, group, strides, dilations, pads = conv_geometry(ctx, x, w)
     if ctx.layer_plan is not None:
@@ -146,7 +147,7 @@ def _conv_transpose_params(node, weights):
 
 
 @register("ConvTranspose", layout="channels_last", params=_conv_transpose_params)
-def conv_transpose(ctx, x, w, b=None):
+def conv_transpose(ctx: OpContext, x, w, b=None):
     """Transposed convolution; X ``[N, *spatial, C_in]``, W ``[C_in, C_out/g, *k]``.
 
     Flax pads the stride-dilated input, ONNX and torch crop the output, so per spatial dim
@@ -200,7 +201,7 @@ def conv_transpose(ctx, x, w, b=None):
 
 
 @register("Col2Im", since=18, static_inputs=(1, 2))
-def col2im(ctx, x, image_shape, block_shape):
+def col2im(ctx: OpContext, x, image_shape, block_shape):
     """``[N, C * prod(block), L] -> [N, C, *image]``: sum every column of sliding blocks
     back into the (padded, then cropped) image; the inverse of im2col."""
     image = [int(v) for v in ctx.static(image_shape, "image_shape").reshape(-1)]
@@ -231,7 +232,7 @@ def col2im(ctx, x, image_shape, block_shape):
 
 
 @register("DeformConv", since=19, layout="channels_last")
-def deform_conv(ctx, x, w, offset, b=None, mask=None):
+def deform_conv(ctx: OpContext, x, w, offset, b=None, mask=None):
     """X ``[N, *spatial, C]`` (channels-last); W ``[oC, C/group, *k]``, offset
     ``[N, offset_group * prod(k) * n, *out]`` and mask ``[N, offset_group * prod(k), *out]``
     (ONNX order) -> ``[N, *out, oC]``. Each kernel cell samples X (linear interpolation,

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis
 
 
-def _bound(ctx, why: str, most: int) -> int:
+def _bound(ctx: OpContext, why: str, most: int) -> int:
     """The node's static bound; without one, an error saying how to give it. ``most``: a
     count the results never exceed (the bound that never drops a result)."""
     if ctx.bound is not None:
@@ -40,7 +41,7 @@ def _fit(a, n: int, fill):
 
 
 @register("NonZero", since=9, bounded=True)
-def non_zero(ctx, x):
+def non_zero(ctx: OpContext, x):
     """``[rank, count]`` indices of the non-zero elements in row-major order. With a bound
     ``N``: ``[rank, N]``, the columns past the count are -1."""
     n = _bound(ctx, "the number of non-zero elements depends on the input's values", np.size(x))
@@ -51,7 +52,7 @@ def non_zero(ctx, x):
 
 # --- NonMaxSuppression -----------------------------------------------------------------------
 
-def _scalar(ctx, value, what: str):
+def _scalar(ctx: OpContext, value, what: str):
     """An optional one-element input as a scalar (``None`` when absent or empty)."""
     if value is None or np.size(value) == 0:
         return None
@@ -60,7 +61,7 @@ def _scalar(ctx, value, what: str):
     return value.reshape(())
 
 
-def _corners(ctx, boxes):
+def _corners(ctx: OpContext, boxes):
     """``ymin, xmin, ymax, xmax``, each ``[batch, boxes]``, from ``[y1, x1, y2, x2]`` (any
     two opposite corners) or, with ``center_point_box=1``, ``[x_center, y_center, w, h]``."""
     center = int(ctx.attr("center_point_box", 0))
@@ -103,7 +104,7 @@ def _select_class(ymin, xmin, ymax, xmax, scores, limit, iou_threshold, score_th
 
 
 @register("NonMaxSuppression", since=10, bounded=True)
-def non_max_suppression(ctx, boxes, scores, max_per_class=None, iou_threshold=None,
+def non_max_suppression(ctx: OpContext, boxes, scores, max_per_class=None, iou_threshold=None,
                         score_threshold=None):
     """``boxes [B, S, 4]``, ``scores [B, C, S]`` -> ``[count, 3]`` rows ``(batch, class,
     box)``, per batch entry and class in descending score order (see ``_select_class``). With
@@ -187,7 +188,7 @@ def _unique_bounded(x, axis: int | None, is_sorted: bool, n: int):
 
 
 @register("Unique", since=11, bounded=True)
-def unique(ctx, x):
+def unique(ctx: OpContext, x):
     """Distinct values (``axis`` absent: of the flattened input) or distinct slices along
     ``axis``, sorted ascending (slices lexicographically) or, with ``sorted=0``, in order of
     first occurrence. Outputs: ``Y``, the index of each one's first occurrence, for each

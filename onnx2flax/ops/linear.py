@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from .._module import OpContext
 from .._registry import register
 
 
@@ -42,7 +43,7 @@ def _gemm_params(node, weights):
 
 
 @register("Gemm", params=_gemm_params)
-def gemm(ctx, a, b, c=None):
+def gemm(ctx: OpContext, a, b, c=None):
     """Y = alpha * A' @ B' + beta * C; A ``[M, K]``, B ``[K, N]`` (or transposed)."""
     alpha, beta, trans_a, trans_b = _gemm_attrs(ctx.node.attrs)
     if a.ndim != 2 or b.ndim != 2:
@@ -69,7 +70,7 @@ def _matmul_params(node, weights):
 
 
 @register("MatMul", params=_matmul_params)
-def matmul(ctx, a, b):
+def matmul(ctx: OpContext, a, b):
     """numpy.matmul semantics; a constant 2-D B ``[in, out]`` becomes a Dense layer."""
     if ctx.layer_plan is not None and a.ndim >= 1:
         if a.shape[-1] != b.shape[0]:
@@ -79,7 +80,7 @@ def matmul(ctx, a, b):
 
 
 @register("Det", since=11)
-def det(ctx, x):
+def det(ctx: OpContext, x):
     """``[*, M, M] -> [*]``: determinants of square float matrices."""
     if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
         raise ctx.invalid(f"input must be [*, M, M], got shape {list(x.shape)}")

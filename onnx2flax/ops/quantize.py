@@ -17,6 +17,7 @@ from jax import lax
 from onnx import helper
 
 from .. import _layout
+from .._module import OpContext
 from .._registry import register
 from ._common import cast_to, normalize_axis, onnx_dtype
 from .conv import integer_conv
@@ -29,7 +30,7 @@ _FLOAT_TARGETS = {np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float
 _REAL_TYPES = {np.dtype(t) for t in (np.float32, np.float16, ml_dtypes.bfloat16)}
 
 
-def _saturate(ctx, y, zero_point, dtype: np.dtype):
+def _saturate(ctx: OpContext, y, zero_point, dtype: np.dtype):
     """``saturate(round(y) + zero_point)`` in ``dtype``: integers round half to even and
     clip to the type's range; float8 / float4 types take a (saturating) cast of
     ``y + zero_point``."""
@@ -53,7 +54,7 @@ def _onnx_shape(x, perm) -> list[int]:
     return [int(np.shape(x)[perm.index(i)]) for i in range(len(perm))]
 
 
-def _laid_out(ctx, value, index: int, dims: list[int], perm, what: str):
+def _laid_out(ctx: OpContext, value, index: int, dims: list[int], perm, what: str):
     """Input ``index`` (a scale or zero point) brought to broadcast against an input of ONNX
     shape ``dims`` held as ``perm``: one element is per-tensor; otherwise ``axis`` (default 1)
     picks the quantized axis, and the value is 1-D of that axis's length (per-axis) or, with
@@ -84,7 +85,7 @@ def _laid_out(ctx, value, index: int, dims: list[int], perm, what: str):
     return _layout.convert(value, _layout.identity(len(dims)), perm)
 
 
-def _zero_point_matches(ctx, scale, zero_point):
+def _zero_point_matches(ctx: OpContext, scale, zero_point):
     if (zero_point is not None and np.shape(zero_point) != np.shape(scale)
             and np.size(zero_point) * np.size(scale) != 1):
         raise ctx.invalid(f"scale {list(np.shape(scale))} and zero point "
@@ -92,7 +93,7 @@ def _zero_point_matches(ctx, scale, zero_point):
 
 
 @register("QuantizeLinear", since=10, layout="custom")
-def quantize_linear(ctx, x, scale, zero_point=None):
+def quantize_linear(ctx: OpContext, x, scale, zero_point=None):
     """``saturate(round(x / scale) + zero_point)``, in the layout of ``x``. The output type
     is ``output_dtype``, else the zero point's, else uint8; ``x / scale`` is computed in the
     type ``precision`` names, else in the scale's (float32 for a float8e8m0 scale)."""
@@ -111,7 +112,7 @@ def quantize_linear(ctx, x, scale, zero_point=None):
     return _saturate(ctx, y, zero, dtype)
 
 
-def _quantized_type(ctx, zero_point) -> np.dtype:
+def _quantized_type(ctx: OpContext, zero_point) -> np.dtype:
     declared = int(ctx.attr("output_dtype", 0))
     dtype = np.dtype(np.uint8) if zero_point is None else np.dtype(zero_point.dtype)
     if declared:
@@ -128,7 +129,7 @@ def _quantized_type(ctx, zero_point) -> np.dtype:
 
 
 @register("DequantizeLinear", since=10, layout="custom")
-def dequantize_linear(ctx, x, scale, zero_point=None):
+def dequantize_linear(ctx: OpContext, x, scale, zero_point=None):
     """``(x - zero_point) * scale`` computed in float32, in the layout of ``x``; the output
     type is ``output_dtype``, else the scale's."""
     perm = ctx.in_perms[0]
@@ -150,7 +151,7 @@ def dequantize_linear(ctx, x, scale, zero_point=None):
 
 
 @register("DynamicQuantizeLinear", since=11, layout="custom")
-def dynamic_quantize_linear(ctx, x):
+def dynamic_quantize_linear(ctx: OpContext, x):
     """uint8 quantization of float ``x`` over its range widened to include 0: returns
     ``y`` (``x``'s layout), ``y_scale = (max - min) / 255`` (1 for an all-zero x, as
     onnxruntime does, where the formula would divide by zero) and
@@ -165,7 +166,7 @@ def dynamic_quantize_linear(ctx, x):
     return y, scale.astype(x.dtype), zero.astype(jnp.uint8)
 
 
-def _centered(ctx, v, zero_point, per_row: bool):
+def _centered(ctx: OpContext, v, zero_point, per_row: bool):
     """``v - zero_point`` (int32 for integer ``v``, float32 for float8): a 1-D zero point is
     per row (``per_row``, for the left operand) or per column of the last two axes."""
     if zero_point is not None and np.ndim(zero_point) > 0 and np.ndim(v) < 2:
@@ -184,7 +185,7 @@ def _per_row_or_column(value, per_row: bool):
 
 
 @register("MatMulInteger", since=10)
-def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
+def matmul_integer(ctx: OpContext, a, b, a_zero_point=None, b_zero_point=None):
     """``(A - a_zero_point) @ (B - b_zero_point)`` in int32 (inputs int8 / uint8). A 1-D
     ``a_zero_point`` is per row of A, a 1-D ``b_zero_point`` per column of B."""
     return jnp.matmul(_centered(ctx, a, a_zero_point, True),
@@ -193,7 +194,7 @@ def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
 
 
 @register("QLinearMatMul", since=10)
-def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
+def qlinear_matmul(ctx: OpContext, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
                    y_zero_point):
     """``quantize((A - a_zp) @ (B - b_zp) * a_scale * b_scale / y_scale, y_zp)``; scales and
     zero points are scalars, or per row of A / per column of B (1-D, or N-D ``[..., M, 1]`` /
@@ -216,7 +217,7 @@ def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_sc
                      _quantized_type(ctx, y_zero_point))
 
 
-def _per_output_channel(ctx, value, w, what: str):
+def _per_output_channel(ctx: OpContext, value, w, what: str):
     """A scalar or ``[C_out]`` weight scale / zero point, as a scalar or a 1-D array that
     broadcasts along the channels-last output's channel axis."""
     if value is None or np.size(value) == 1:
@@ -227,13 +228,13 @@ def _per_output_channel(ctx, value, w, what: str):
     return jnp.asarray(value)
 
 
-def _scalar(ctx, value, what: str):
+def _scalar(ctx: OpContext, value, what: str):
     if np.size(value) != 1:
         raise ctx.invalid(f"{what} must be a scalar, got shape {list(np.shape(value))}")
     return jnp.reshape(jnp.asarray(value), ())
 
 
-def _integer_conv(ctx, x, w, x_zero_point, w_zero_point):
+def _integer_conv(ctx: OpContext, x, w, x_zero_point, w_zero_point):
     """conv(X - x_zero_point, W - w_zero_point) in int32; X channels-last, W ONNX order."""
     x = jnp.asarray(x).astype(jnp.int32)
     if x_zero_point is not None:
@@ -246,7 +247,7 @@ def _integer_conv(ctx, x, w, x_zero_point, w_zero_point):
 
 
 @register("ConvInteger", since=10, layout="channels_last")
-def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None):
+def conv_integer(ctx: OpContext, x, w, x_zero_point=None, w_zero_point=None):
     """int32 ``conv(X - x_zero_point, W - w_zero_point)``; X ``[N, *spatial, C_in]``
     (channels-last) int8 / uint8, W ``[C_out, C_in/g, *k]``; padding counts as the zero
     point (zero after centering). Attributes as Conv's."""
@@ -254,7 +255,7 @@ def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None):
 
 
 @register("QLinearConv", since=10, layout="channels_last")
-def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale,
+def qlinear_conv(ctx: OpContext, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale,
                  y_zero_point, b=None):
     """``quantize((conv(X - x_zp, W - w_zp) + B) * x_scale * w_scale / y_scale, y_zp)``;
     X channels-last, ``w_scale`` / ``w_zero_point`` scalar or per output channel, B int32
@@ -277,7 +278,7 @@ def _bits(dtype: np.dtype) -> int:
 
 
 @register("BitCast", since=26, layout="elementwise")
-def bitcast(ctx, x):
+def bitcast(ctx: OpContext, x):
     """The bits of ``x`` read as type ``to`` of the same width (bool is one byte, 0 or 1).
     64-bit types need ``jax_enable_x64``: JAX otherwise holds them in 32 bits."""
     to = int(ctx.attr("to"))

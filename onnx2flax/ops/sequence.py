@@ -9,17 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._limits import budget
+from .._module import OpContext
 from .._registry import register
 from ._common import normalize_axis, subgraph
 
 
-def _seq(ctx, value) -> list:
+def _seq(ctx: OpContext, value) -> list:
     if not isinstance(value, list):
         raise ctx.invalid(f"input 0 must be a sequence, got a tensor of shape {list(np.shape(value))}")
     return value
 
 
-def _position(ctx, position, length: int, default: int, insert: bool = False) -> int:
+def _position(ctx: OpContext, position, length: int, default: int, insert: bool = False) -> int:
     """A static position in ``[-length, length)`` (``length`` itself allowed for inserts)."""
     if position is None:
         return default
@@ -30,35 +31,35 @@ def _position(ctx, position, length: int, default: int, insert: bool = False) ->
 
 
 @register("SequenceEmpty", since=11)
-def sequence_empty(ctx):
+def sequence_empty(ctx: OpContext):
     return ([],)
 
 
 @register("SequenceConstruct", since=11)
-def sequence_construct(ctx, *tensors):
+def sequence_construct(ctx: OpContext, *tensors):
     return (list(tensors),)
 
 
 @register("SequenceLength", since=11)
-def sequence_length(ctx, seq):
+def sequence_length(ctx: OpContext, seq):
     return np.asarray(len(_seq(ctx, seq)), np.int64)
 
 
 @register("SequenceAt", since=11, static_inputs=(1,))
-def sequence_at(ctx, seq, position):
+def sequence_at(ctx: OpContext, seq, position):
     seq = _seq(ctx, seq)
     return seq[_position(ctx, position, len(seq), 0)]
 
 
 @register("SequenceInsert", since=11, static_inputs=(2,))
-def sequence_insert(ctx, seq, tensor, position=None):
+def sequence_insert(ctx: OpContext, seq, tensor, position=None):
     seq = list(_seq(ctx, seq))
     seq.insert(_position(ctx, position, len(seq), len(seq), insert=True), tensor)
     return (seq,)
 
 
 @register("SequenceErase", since=11, static_inputs=(1,))
-def sequence_erase(ctx, seq, position=None):
+def sequence_erase(ctx: OpContext, seq, position=None):
     seq = list(_seq(ctx, seq))
     if not seq:
         raise ctx.invalid("cannot erase from an empty sequence")
@@ -67,7 +68,7 @@ def sequence_erase(ctx, seq, position=None):
 
 
 @register("ConcatFromSequence", since=11)
-def concat_from_sequence(ctx, seq):
+def concat_from_sequence(ctx: OpContext, seq):
     """Concatenate along ``axis``, or stack along a new ``axis`` with ``new_axis=1``."""
     seq = _seq(ctx, seq)
     if not seq:
@@ -78,7 +79,7 @@ def concat_from_sequence(ctx, seq):
 
 
 @register("SplitToSequence", since=11, static_inputs=(1,))
-def split_to_sequence(ctx, x, split=None):
+def split_to_sequence(ctx: OpContext, x, split=None):
     """``split`` scalar: chunks of that size (the last may be shorter); 1-D: the sizes.
     Without ``split``: size-1 pieces, squeezed unless ``keepdims``."""
     axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), np.ndim(x))
@@ -103,7 +104,7 @@ def split_to_sequence(ctx, x, split=None):
 
 
 @register("SequenceMap", since=17)
-def sequence_map(ctx, seq, *others):
+def sequence_map(ctx: OpContext, seq, *others):
     """The ``body`` graph applied to each element of ``seq`` (and of the other sequence
     inputs, all of its length; tensor inputs are passed whole). One output sequence per body
     output. Unrolled while tracing, so elements may differ in shape."""
@@ -125,7 +126,7 @@ def sequence_map(ctx, seq, *others):
 
 
 @register("Optional", since=15)
-def optional(ctx, value=None):
+def optional(ctx: OpContext, value=None):
     """An optional holding ``value``, or an empty one (``None``) when the input is absent."""
     if value is None and "type" not in ctx.node.attrs:
         raise ctx.invalid("an empty Optional (no input) needs the 'type' attribute")
@@ -133,13 +134,13 @@ def optional(ctx, value=None):
 
 
 @register("OptionalHasElement", since=15)
-def optional_has_element(ctx, value=None):
+def optional_has_element(ctx: OpContext, value=None):
     """False for an empty optional or an absent input; true for any tensor or sequence."""
     return np.asarray(value is not None)
 
 
 @register("OptionalGetElement", since=15)
-def optional_get_element(ctx, value):
+def optional_get_element(ctx: OpContext, value):
     """The optional's value (a tensor or sequence given directly is returned as is)."""
     if value is None:
         raise ctx.invalid("the optional is empty; OptionalGetElement needs a value")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from helpers import assert_codegen_matches
-from mathcheck import after_conv, check, multi_node_model, node_model, sandwich
+from helpers import (after_conv, assert_codegen_matches, check_graph, multi_node_model,
+                     node_model, sandwich)
 
 import onnx2flax
 
@@ -34,14 +34,14 @@ def _specs(opset):
 
 @pytest.mark.parametrize("opset", [6, 24])
 def test_activations(opset):
-    check(multi_node_model(_specs(opset), {"x": X}, opset=opset), {"x": X}, rtol=1e-5, atol=1e-6)
+    check_graph(multi_node_model(_specs(opset), {"x": X}, opset=opset), {"x": X}, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("slope_shape", [(1,), (4,), (3, 1)])
 def test_prelu_broadcasting(slope_shape):
     slope = RNG.uniform(0.05, 0.5, slope_shape).astype(np.float32)
     feeds = {"x": X, "s": slope}
-    check(node_model("PRelu", feeds, opset=16), feeds)
+    check_graph(node_model("PRelu", feeds, opset=16), feeds)
 
 
 def test_prelu_rejects_bidirectional_broadcast():
@@ -55,7 +55,7 @@ def test_prelu_channels_last_param():
     meets the channels-last value without a transpose."""
     slope = RNG.uniform(0.05, 0.5, (3, 1, 1)).astype(np.float32)
     model, feeds = sandwich("PRelu", extra={"act.weight": slope})
-    converted = check(model, feeds)
+    converted, _, _ = check_graph(model, feeds)
     np.testing.assert_array_equal(converted.variables["params"]["act"]["weight"], slope)
 
 
@@ -67,7 +67,7 @@ def test_softmax_family_channels_last(opset):
     specs = [(op, [], None if axis is None else {"axis": axis}, np.float32)
              for op in ("Softmax", "LogSoftmax", "Hardmax") for axis in (None, 0, 2, -1)]
     model, feeds = after_conv(specs, opset=opset, shape=(2, 3, 3, 4), pre="Round")
-    check(model, feeds, rtol=1e-5, atol=1e-5)
+    check_graph(model, feeds, rtol=1e-5, atol=1e-5)
 
 
 def test_softmax_no_transpose():

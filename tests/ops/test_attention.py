@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _cases import check_node
-from helpers import make_model
+from helpers import check_node, make_model
 from onnx import TensorProto, helper
 
 import onnx2flax
@@ -20,12 +19,12 @@ def _rand(*shape, dtype=np.float32):
     return RNG.standard_normal(shape).astype(dtype)
 
 
-def _attention(feeds, *, opset=23, n_out=1, reference="ort", names=None, **attrs):
+def _attention(feeds, *, opset=23, n_out=1, reference="onnxruntime", names=None, **attrs):
     """One Attention node on ``feeds`` (Q, K, V, then optional inputs by name; ``names``
     lists the node's inputs with '' for absent ones)."""
     out_dtypes = [feeds["q"].dtype] * n_out
-    return check_node("Attention", feeds, opset=opset, attrs=attrs, n_out=n_out,
-                      out_dtypes=out_dtypes, input_names=names, reference=reference)
+    return check_node("Attention", feeds, opset=opset, attrs=attrs, outputs=n_out,
+                      out_dtypes=out_dtypes, inputs=names, reference=reference)
 
 
 def _assert_refused(op, feeds, attrs, opset, match, n_out=1):
@@ -68,7 +67,7 @@ def test_attention_masks(mask_shape, mask_dtype, is_causal):
         mask = _rand(*mask_shape)
     feeds["m"] = mask
     # onnxruntime refuses 1-D masks, which the spec's broadcasting allows.
-    _attention(feeds, is_causal=is_causal, reference="onnx" if len(mask_shape) == 1 else "ort")
+    _attention(feeds, is_causal=is_causal, reference="onnx" if len(mask_shape) == 1 else "onnxruntime")
 
 
 def test_attention_causal_cross_and_scaled_softcap():
@@ -84,7 +83,7 @@ def test_attention_past_present_and_qk_output(mode):
     feeds["pk"], feeds["pv"] = _rand(2, 2, 3, 8), _rand(2, 2, 3, 8)
     # onnxruntime writes -FLT_MAX, not the spec's -inf, for causally masked scores (mode 2).
     _attention(feeds, n_out=4, is_causal=1, softcap=3.0, qk_matmul_output_mode=mode,
-               reference="onnx" if mode == 2 else "ort")
+               reference="onnx" if mode == 2 else "onnxruntime")
 
 
 def test_attention_softmax_precision_fp16():
@@ -196,7 +195,7 @@ def test_linear_attention(rule, decay_width, beta_width, past):
         feeds["g"], names[4] = -RNG.random((2, 5, decay_width)).astype(np.float32), "g"
     if beta_width:
         feeds["b"], names[5] = RNG.random((2, 5, beta_width)).astype(np.float32), "b"
-    check_node("LinearAttention", feeds, opset=27, n_out=2, input_names=names, reference="onnx",
+    check_node("LinearAttention", feeds, opset=27, outputs=2, inputs=names, reference="onnx",
                attrs={"update_rule": rule, "q_num_heads": 4, "kv_num_heads": 2}, rtol=1e-4,
                atol=1e-5)
 
@@ -218,7 +217,7 @@ def test_causal_conv_with_state(kernel, activation, extras):
         feeds["b"], names[2] = _rand(3), "b"
     if "past" in extras:
         feeds["p"], names[3] = _rand(2, 3, kernel - 1), "p"
-    check_node("CausalConvWithState", feeds, opset=27, n_out=2, input_names=names,
+    check_node("CausalConvWithState", feeds, opset=27, outputs=2, inputs=names,
                attrs={"activation": activation}, reference="onnx")
 
 

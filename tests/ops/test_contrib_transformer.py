@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_codegen_matches, assert_matches_ort, make_model, run_ort
+from helpers import assert_codegen_matches, check_graph, make_model, run_ort
 from onnx import helper
 
 import onnx2flax
@@ -42,7 +42,7 @@ def _check(op, feeds, consts=None, *, inputs=None, n_out=1, outs=None, out_dtype
     """One com.microsoft ``op`` node on ``inputs`` (default: feeds then consts) against
     onnxruntime."""
     node = _node(op, inputs or [*feeds, *(consts or {})], n_out, outs, **attrs)
-    return assert_matches_ort(_model([node], feeds, consts, out_dtypes=out_dtypes), feeds,
+    return check_graph(_model([node], feeds, consts, out_dtypes=out_dtypes), feeds,
                               rtol=rtol, atol=atol)
 
 
@@ -78,7 +78,7 @@ def test_gelu_family():
              _node("FastGelu", ["x"], outs=["fg"]), _node("FastGelu", ["x", "b"], outs=["fgb"]),
              _node("QuickGelu", ["x"], outs=["q"]),
              _node("QuickGelu", ["x"], outs=["qa"], alpha=1.3)]
-    assert_matches_ort(_model(nodes, feeds, outs=["g", "bg", "fg", "fgb", "q", "qa"]), feeds)
+    check_graph(_model(nodes, feeds, outs=["g", "bg", "fg", "fgb", "q", "qa"]), feeds)
 
 
 def test_bias_add_and_bias_split_gelu():
@@ -111,7 +111,7 @@ def test_skip_layer_norms(weights):
              _node("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma", "bias"],
                    outs=["c", "", "", "c_sum"], epsilon=1e-2),
              _node("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma"], outs=["d"])]
-    converted, _, _ = assert_matches_ort(
+    converted, _, _ = check_graph(
         _model(nodes, feeds, consts, outs=["a", "a_sum", "b", "c", "c_sum", "d"]), feeds,
         rtol=1e-4, atol=1e-5)
     if weights == "const":
@@ -124,7 +124,7 @@ def test_simplified_layer_norm_in_the_onnx_domain():
                             epsilon=1e-3)
     flat = helper.make_node("SimplifiedLayerNormalization", ["x", "scale2"], ["z", "inv"],
                             axis=1)
-    assert_matches_ort(_model([node, flat], feeds, {"scale": _rand(8), "scale2": _rand(3, 8)},
+    check_graph(_model([node, flat], feeds, {"scale": _rand(8), "scale2": _rand(3, 8)},
                               outs=["y", "z", "inv"]), feeds, rtol=1e-4)
 
 
@@ -144,7 +144,7 @@ def test_embed_layer_norm(with_optional):
         names += ["mask", "pos_ids"]
     node = _node("EmbedLayerNormalization", names, outs=["y", "mask_index", "sum"],
                  epsilon=1e-5)
-    assert_matches_ort(_model([node], feeds, consts, out_dtypes={"mask_index": np.int32}),
+    check_graph(_model([node], feeds, consts, out_dtypes={"mask_index": np.int32}),
                        feeds, rtol=1e-4)
 
 
@@ -159,7 +159,7 @@ def test_fused_matmul():
     for i, (attrs, a_shape, b_shape) in enumerate(cases):
         feeds[f"a{i}"], feeds[f"b{i}"] = _rand(*a_shape), _rand(*b_shape)
         nodes.append(_node("FusedMatMul", [f"a{i}", f"b{i}"], outs=[f"y{i}"], **attrs))
-    assert_matches_ort(_model(nodes, feeds, outs=[n.output[0] for n in nodes]), feeds)
+    check_graph(_model(nodes, feeds, outs=[n.output[0] for n in nodes]), feeds)
 
 
 def test_fused_gemm():
@@ -170,7 +170,7 @@ def test_fused_gemm():
     feeds = {"a": _rand(3, 4)}
     nodes = [_node("FusedGemm", ["a", "w", "c"], outs=[f"y{i}"], transB=1, alpha=0.7,
                    activation=name, **extra) for i, (name, extra) in enumerate(cases)]
-    assert_matches_ort(_model(nodes, feeds, {"w": _rand(5, 4), "c": _rand(5)},
+    check_graph(_model(nodes, feeds, {"w": _rand(5, 4), "c": _rand(5)},
                               outs=[n.output[0] for n in nodes]), feeds)
 
 
@@ -390,7 +390,7 @@ def test_group_query_attention(packed, past, s, attrs):
                  **attrs)
     total = feeds.pop("total")
     consts["total"] = total  # a constant, as genai's models compute it from shapes
-    assert_matches_ort(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
+    check_graph(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_group_query_attention_position_ids():
@@ -403,7 +403,7 @@ def test_group_query_attention_position_ids():
     feeds["pos"] = np.array([[7], [9]], np.int64)
     node = _node("GroupQueryAttention", [*names, "cos", "sin", "pos"], 3, num_heads=heads,
                  kv_num_heads=kv_heads, do_rotary=1)
-    assert_matches_ort(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
+    check_graph(_model([node], feeds, consts), feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_group_query_attention_rows_of_different_lengths():
@@ -420,7 +420,7 @@ def test_group_query_attention_rows_of_different_lengths():
                  "v": _rand(b, length, kv_heads * h), "pk": past_k, "pv": past_v,
                  "seqlens": seqlens + step}
         total = {"total": np.array(s + step, np.int32)}
-        _, (_, past_k, past_v), _ = assert_matches_ort(_model([node], feeds, total), feeds,
+        _, (_, past_k, past_v), _ = check_graph(_model([node], feeds, total), feeds,
                                                        rtol=1e-4)
 
 
@@ -460,7 +460,7 @@ def test_matmul_nbits_two_bits_float_zero_points_and_g_idx():
     nodes = [_node("MatMulNBits", ["a", "q2", "s2", "zp2"], outs=["y2"], bits=2, **attrs),
              _node("MatMulNBits", ["a", "q4", "s4", "zpf"], outs=["yf"], bits=4, **attrs),
              _node("MatMulNBits", ["a", "q4", "s4", "", "g"], outs=["yg"], bits=4, **attrs)]
-    assert_matches_ort(_model(nodes, feeds, consts, outs=["y2", "yf", "yg"]), feeds,
+    check_graph(_model(nodes, feeds, consts, outs=["y2", "yf", "yg"]), feeds,
                        rtol=1e-4, atol=1e-4)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import convert_and_run, make_model, run_ort
-from mathcheck import check, multi_node_model, node_model, sandwich
+from helpers import (check_graph, convert_and_run, make_model, multi_node_model, node_model,
+                     run_ort, sandwich)
 from onnx import helper
 
 import onnx2flax
@@ -35,7 +35,7 @@ def test_unary_float(opset):
     feeds = {"x": x, "p": P, "q": Q}
     specs = [(op, [feed], None, np.float32) for op, (since, feed) in _UNARY.items()
              if since <= opset]
-    check(multi_node_model(specs, feeds, opset=opset), feeds, rtol=2e-6, atol=1e-6)
+    check_graph(multi_node_model(specs, feeds, opset=opset), feeds, rtol=2e-6, atol=1e-6)
 
 
 _BINARY_FLOAT = ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean"]
@@ -55,7 +55,7 @@ def test_binary_float_broadcasting(opset):
     if opset >= 8:  # variadic ops broadcast from opset 8
         specs += [("Sum", ["p", "b", "p"], None, np.float32),
                   ("Mean", ["p", "b", "b"], None, np.float32), ("Max", ["p"], None, np.float32)]
-    check(multi_node_model(specs, feeds, opset=opset), feeds)
+    check_graph(multi_node_model(specs, feeds, opset=opset), feeds)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
@@ -72,7 +72,7 @@ def test_integer_ops(dtype):
               ("Neg", ["a"], None, dtype), ("Sign", ["a"], None, dtype),
               ("Equal", ["a", "b"], None, bool),
               ("Greater", ["a", "b"], None, bool), ("LessOrEqual", ["a", "b"], None, bool)]
-    check(multi_node_model(specs, feeds, opset=14), feeds, rtol=0, atol=0)
+    check_graph(multi_node_model(specs, feeds, opset=14), feeds, rtol=0, atol=0)
 
 
 def test_pow_mixed_types():
@@ -80,7 +80,7 @@ def test_pow_mixed_types():
     feeds = {"x": P, "n": np.array([2, 3, 0, -1], np.int64),
              "i": np.array([2, 3, 4, 5], np.int32), "f": np.array([2.0, 0.5, 1.0, 3.0], np.float32)}
     specs = [("Pow", ["x", "n"], None, np.float32), ("Pow", ["i", "f"], None, np.int32)]
-    check(multi_node_model(specs, feeds, opset=15), feeds)
+    check_graph(multi_node_model(specs, feeds, opset=15), feeds)
 
 
 def test_mod_float_floor_opset28():
@@ -106,7 +106,7 @@ def test_logical_and_where():
     specs = [("And", ["a", "b"], None, bool), ("Or", ["a", "b"], None, bool),
              ("Xor", ["a", "b"], None, bool), ("Not", ["a"], None, bool),
              ("Where", ["a", "x", "y"], None, np.float32), ("Equal", ["a", "b"], None, bool)]
-    check(multi_node_model(specs, feeds, opset=16), feeds)
+    check_graph(multi_node_model(specs, feeds, opset=16), feeds)
 
 
 @pytest.mark.parametrize("opset", [10, 20])
@@ -114,7 +114,7 @@ def test_isinf_isnan(opset):
     x = np.array([[np.inf, -np.inf, np.nan, 0.0, 1.0, -2.0]], np.float32)
     specs = [("IsInf", ["x"], {"detect_negative": neg, "detect_positive": pos}, bool)
              for neg in (0, 1) for pos in (0, 1)] + [("IsNaN", ["x"], None, bool)]
-    check(multi_node_model(specs, {"x": x}, opset=opset), {"x": x})
+    check_graph(multi_node_model(specs, {"x": x}, opset=opset), {"x": x})
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint32])
@@ -122,7 +122,7 @@ def test_bit_shift(dtype):
     x = np.array([1, 2, 15, 200], dtype)
     y = np.array([1, 2, 3, 0], dtype)
     specs = [("BitShift", ["x", "y"], {"direction": d}, dtype) for d in ("LEFT", "RIGHT")]
-    check(multi_node_model(specs, {"x": x, "y": y}, opset=11), {"x": x, "y": y}, rtol=0, atol=0)
+    check_graph(multi_node_model(specs, {"x": x, "y": y}, opset=11), {"x": x, "y": y}, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8])
@@ -130,13 +130,13 @@ def test_bitwise(dtype):
     feeds = {"x": np.array([[1, 2, 15, 100]], dtype), "y": np.array([3, 6, 9, 77], dtype)}
     specs = [(op, ["x", "y"], None, dtype) for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor")]
     specs.append(("BitwiseNot", ["x"], None, dtype))
-    check(multi_node_model(specs, feeds, opset=18), feeds, rtol=0, atol=0)
+    check_graph(multi_node_model(specs, feeds, opset=18), feeds, rtol=0, atol=0)
 
 
 def test_clip_versions():
     """Opset 6: min/max attributes; 11+: optional inputs (float and integer)."""
     lo, hi = np.array(-0.5, np.float32), np.array(0.7, np.float32)
-    check(multi_node_model([("Clip", ["x"], {"min": -0.5, "max": 0.7}, np.float32),
+    check_graph(multi_node_model([("Clip", ["x"], {"min": -0.5, "max": 0.7}, np.float32),
                             ("Clip", ["x"], {"max": 0.2}, np.float32),
                             ("Clip", ["x"], None, np.float32)], {"x": X}, opset=6), {"x": X})
     i = np.array([[-5, 0, 3, 9]], np.int64)
@@ -145,7 +145,7 @@ def test_clip_versions():
     specs = [("Clip", ["x", "lo", "hi"], None, np.float32),
              ("Clip", ["x", "", "hi"], None, np.float32),
              ("Clip", ["x", "lo"], None, np.float32), ("Clip", ["i", "ilo", "ihi"], None, np.int64)]
-    check(multi_node_model(specs, feeds, opset=13), feeds)
+    check_graph(multi_node_model(specs, feeds, opset=13), feeds)
 
 
 @pytest.mark.parametrize("op, attrs", [("Add", {"axis": 1}), ("Mul", {"axis": -3}),
@@ -180,7 +180,7 @@ def test_legacy_broadcast_opset6(op, attrs):
 def test_channels_last(op, extra):
     """Conv -> op(h, constant) -> Conv: the constant operand is re-laid out to match."""
     model, feeds = sandwich(op, extra=extra, opset=17)
-    check(model, feeds, rtol=1e-5, atol=1e-5)
+    check_graph(model, feeds, rtol=1e-5, atol=1e-5)
 
 
 def test_where_channels_last_mixed_layouts():
@@ -192,7 +192,7 @@ def test_where_channels_last_mixed_layouts():
     graph.node.extend([cond, where])
     graph.initializer.append(helper.make_tensor("zero", 1, [], [0.0]))
     graph.output.append(helper.make_tensor_value_info("out", 1, None))
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 def test_variadic_legacy():

@@ -1,4 +1,4 @@
-"""Gather/Scatter families, OneHot and TopK against onnxruntime. Each test puts several
+"""Gather/Scatter families, TensorScatter, OneHot and TopK against onnxruntime. Each test puts several
 variants in one model (one compilation) to keep the suite fast."""
 
 from __future__ import annotations
@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from _cases import check_graph, check_node
+import onnx2flax
+from helpers import check_graph, check_node, node_model
+from onnx2flax.errors import OnnxConversionError
 
 I64 = np.int64
+RNG = np.random.default_rng(0)
+
+
+def _normal(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
 
 
 def node(op, inputs, out, **attrs):
@@ -37,7 +44,7 @@ def test_gather_runtime_indices_and_embedding_weight(rng):
     """Indices from the model's inputs; data an initializer (an embedding table)."""
     table = rng.standard_normal((10, 4)).astype(np.float32)
     ids = np.array([[1, 9, -1], [0, 0, 3]], I64)
-    check_node("Gather", {"ids": ids}, {"table": table}, input_names=["table", "ids"],
+    check_node("Gather", {"ids": ids}, {"table": table}, inputs=["table", "ids"],
                out_dtypes=[np.float32])
 
 
@@ -138,3 +145,33 @@ def test_top_k(rng, opset):
         outs.update(v2=np.float32, i2=I64, v3=np.int32, i3=I64)
     check_graph(nodes, {"x": x, "xi": x.astype(np.int32) - 3}, consts, opset=opset,
                 out_dtypes=outs)
+
+
+# --- TensorScatter ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["linear", "circular"])
+@pytest.mark.parametrize("axis, past_shape, update_len", [(-2, (3, 2, 6, 4), 3),
+                                                          (1, (3, 6, 5), 2),
+                                                          (2, (3, 2, 6), 6)])
+@pytest.mark.parametrize("with_indices", [True, False])
+def test_tensor_scatter(mode, axis, past_shape, update_len, with_indices):
+    past = _normal(*past_shape)
+    shape = list(past_shape)
+    shape[axis] = update_len
+    update = _normal(*shape)
+    feeds = {"past": past, "update": update}
+    length = past_shape[axis]
+    if with_indices:  # circular mode wraps around; linear writes stay inside
+        feeds["where"] = (np.array([0, length - 1, 2]) if mode == "circular"
+                          else np.array([0, length - update_len, 1]).clip(0, length - update_len)
+                          ).astype(np.int64)
+    model = node_model("TensorScatter", feeds, attrs={"mode": mode, "axis": axis}, opset=24)
+    check_graph(model, feeds)
+
+
+def test_tensor_scatter_bad_mode_is_refused():
+    feeds = {"past": _normal(1, 4, 2), "update": _normal(1, 2, 2)}
+    model = node_model("TensorScatter", feeds, attrs={"mode": "wrap"}, opset=24)
+    with pytest.raises(OnnxConversionError, match="TensorScatter.*mode"):
+        onnx2flax.convert(model).run(feeds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mathcheck import after_conv, check, node_model
+from helpers import after_conv, check_graph, node_model
 
 import onnx2flax
 from onnx2flax.errors import OnnxConversionError
@@ -41,12 +41,12 @@ def _case(op, shape, reduction, weighted, ignore_index, opset, log_prob=False):
     ("SoftmaxCrossEntropyLoss", (2, C, 3), 13),
 ])
 def test_losses(op, shape, opset, reduction, weighted, ignore_index):
-    check(*_case(op, shape, reduction, weighted, ignore_index, opset))
+    check_graph(*_case(op, shape, reduction, weighted, ignore_index, opset))
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_sce_log_prob_output(reduction):
-    check(*_case("SoftmaxCrossEntropyLoss", (2, C, 2, 3), reduction, True, 1, 13, log_prob=True))
+    check_graph(*_case("SoftmaxCrossEntropyLoss", (2, C, 2, 3), reduction, True, 1, 13, log_prob=True))
 
 
 def test_sce_on_channels_last_scores():
@@ -54,7 +54,7 @@ def test_sce_on_channels_last_scores():
     target = RNG.integers(0, 3, (2, 4, 5)).astype(np.int64)
     model, feeds = after_conv([("SoftmaxCrossEntropyLoss", ["t"], {"reduction": "none"},
                                 np.float32)], consts={"t": target}, opset=13)
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 def test_unknown_reduction_is_refused():

@@ -1,5 +1,6 @@
-"""Layer / Instance / Group normalization and LRN against onnxruntime: Flax layers when the
-scale and bias are constants (params ``scale`` / ``bias``), direct computation otherwise."""
+"""Batch / Layer / Instance / Group normalization and LRN against onnxruntime: Flax layers
+when the scale and bias are constants (params ``scale`` / ``bias``), direct computation
+otherwise."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import jax
 import numpy as np
 import onnx
 import pytest
-from helpers import make_model
-from mathcheck import after_conv, check, node_model, sandwich
+from helpers import after_conv, check_graph, check_node, make_model, node_model, sandwich
 from onnx import helper
 
 import onnx2flax
@@ -47,7 +47,7 @@ def _layer_norm_model(x_shape, scale_shape, *, axis=None, epsilon=None, bias=Tru
 def test_layer_norm_layer(case):
     """A constant [D] scale (and bias) makes an nn.LayerNorm with the model's epsilon."""
     model, feeds = _layer_norm_model(**case)
-    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-5, atol=1e-5)
     ln = converted.variables["params"]["ln"]
     assert sorted(ln) == (["bias", "scale"] if case.get("bias", True) else ["scale"])
     assert ln["scale"].shape == case["scale_shape"]
@@ -61,7 +61,7 @@ def test_layer_norm_layer(case):
 def test_layer_norm_direct(case):
     """Multi-dim or size-1 scales, or a scale that is an input: computed directly."""
     model, feeds = _layer_norm_model(**case)
-    check(model, feeds, rtol=1e-5, atol=1e-5)
+    check_graph(model, feeds, rtol=1e-5, atol=1e-5)
 
 
 def test_layer_norm_channels_last():
@@ -74,7 +74,7 @@ def test_layer_norm_channels_last():
              ("LayerNormalization", ["chw"], {"axis": 1, "epsilon": 1e-3}, np.float32),
              ("LayerNormalization", ["hw"], {"axis": -2}, np.float32)]
     model, feeds = after_conv(specs, consts=consts)
-    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-5, atol=1e-5)
     assert set(converted.variables["params"]["lnw"]) == {"scale", "bias"}
 
 
@@ -86,7 +86,7 @@ def test_rms_norm():
              ("RMSNormalization", ["rms.weight"], {"axis": 1, "epsilon": 0.1}, np.float32),
              ("RMSNormalization", ["hw"], {"axis": 2}, np.float32)]
     model, feeds = after_conv(specs, consts=consts, opset=23)
-    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-5, atol=1e-5)
     assert set(converted.variables["params"]["rms"]) == {"scale"}
 
 
@@ -98,7 +98,7 @@ def test_mean_variance_and_lp_norm(opset):
     specs += [("LpNormalization", [], attrs, np.float32)
               for attrs in (None, {"axis": 1, "p": 1}, {"axis": 2})]
     model, feeds = after_conv(specs, opset=opset)
-    check(model, feeds, rtol=1e-5, atol=1e-5)
+    check_graph(model, feeds, rtol=1e-5, atol=1e-5)
 
 
 def test_instance_norm():
@@ -109,10 +109,10 @@ def test_instance_norm():
     specs = [("InstanceNormalization", weights, None, np.float32),
              ("InstanceNormalization", weights, {"epsilon": 0.1}, np.float32)]
     model, feeds = after_conv(specs, consts=consts, opset=6)
-    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-5, atol=1e-5)
     assert set(converted.variables["params"]["inorm"]) == {"scale", "bias"}
     feeds = {"x": _vec(2, 3, 7), "s": _vec(3, offset=1.0), "b": _vec(3)}
-    check(node_model("InstanceNormalization", feeds, opset=22), feeds, rtol=1e-5, atol=1e-5)
+    check_graph(node_model("InstanceNormalization", feeds, opset=22), feeds, rtol=1e-5, atol=1e-5)
 
 
 def test_instance_norm_onnx_order_no_transpose():
@@ -121,7 +121,7 @@ def test_instance_norm_onnx_order_no_transpose():
     feeds = {"x": _vec(2, 4, 6)}
     model = node_model("InstanceNormalization", feeds, opset=6,
                        consts={"gn.weight": _vec(4, offset=1.0), "gn.bias": _vec(4)})
-    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-5, atol=1e-5)
     jaxpr = str(jax.make_jaxpr(converted.module.apply)(converted.variables, feeds["x"]))
     assert "transpose" not in jaxpr
 
@@ -138,7 +138,7 @@ def test_group_norm(opset):
              ("GroupNormalization", ["one.weight", "one.bias"], {"num_groups": 1, "epsilon": 0.1},
               np.float32)]
     model, feeds = after_conv(specs, consts=consts, opset=opset, shape=(2, 4, 3, 5))
-    converted = check(model, feeds, rtol=1e-5, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-5, atol=1e-5)
     if opset == 21:
         assert converted.variables["params"]["gn"]["scale"].shape == (4,)
 
@@ -158,7 +158,7 @@ def test_lrn(opset):
              ("LRN", [], {"size": 5, "alpha": 0.01, "beta": 0.5, "bias": 2.0}, np.float32),
              ("LRN", [], {"size": 1}, np.float32)]
     model, feeds = after_conv(specs, opset=opset, shape=(2, 5, 3, 4))
-    check(model, feeds, rtol=1e-5, atol=1e-6)
+    check_graph(model, feeds, rtol=1e-5, atol=1e-6)
 
 
 
@@ -178,7 +178,7 @@ def test_batch_norm_training_mode(opset, shape):
              **_bn_stats(shape[1])}
     model = node_model("BatchNormalization", feeds, outputs=3, opset=opset,
                        attrs={"training_mode": 1, "momentum": 0.7, "epsilon": 1e-3})
-    check(model, feeds, rtol=1e-4, atol=1e-5)
+    check_graph(model, feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_batch_norm_training_mode_with_constant_statistics_channels_last():
@@ -193,7 +193,7 @@ def test_batch_norm_training_mode_with_constant_statistics_channels_last():
     model.graph.output.extend([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [3])
                                for n in ("mean", "var")])
     model.opset_import[0].version = 15
-    converted = check(model, feeds, rtol=1e-4, atol=1e-5)
+    converted, _, _ = check_graph(model, feeds, rtol=1e-4, atol=1e-5)
     assert "batch_stats" not in converted.variables
 
 
@@ -203,3 +203,13 @@ def test_batch_norm_statistics_outputs_before_opset_14_are_refused():
     with pytest.raises(onnx2flax.errors.UnsupportedOpError,
                        match="BatchNormalization node .*running-statistics outputs"):
         onnx2flax.convert(model).run(feeds)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 15])
+def test_batchnorm_epsilon_and_opsets(rng, opset):
+    c = 5
+    weights = {"s": _vec(c), "b": _vec(c), "m": _vec(c), "v": np.abs(_vec(c)) + 0.1}
+    converted, _, _ = check_node("BatchNormalization",
+                                 {"x": rng.standard_normal((2, c, 4, 3)).astype(np.float32)},
+                                 weights, opset=opset, attrs=dict(epsilon=1e-2))
+    assert set(converted.variables["batch_stats"]) == set(converted.variables["params"])

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_model
-from mathcheck import check, node_model, sandwich
+from helpers import check_graph, make_model, node_model, sandwich
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
@@ -23,14 +22,14 @@ RNG = np.random.default_rng(0)
     ({"kernel_shape": [2, 2], "dilations": [2, 1], "ceil_mode": 1, "strides": [2, 2]}, 18),
 ])
 def test_lp_pool_channels_last(attrs, opset):
-    check(*sandwich("LpPool", attrs=attrs, opset=opset, shape=(2, 3, 7, 6)), rtol=1e-4)
+    check_graph(*sandwich("LpPool", attrs=attrs, opset=opset, shape=(2, 3, 7, 6)), rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape, k", [((2, 3, 9), [3]), ((1, 2, 4, 5, 6), [2, 3, 2])])
 def test_lp_pool_1d_3d_onnx_order(shape, k):
     x = RNG.standard_normal(shape).astype(np.float32)
     model = node_model("LpPool", {"x": x}, attrs={"kernel_shape": k, "p": 3}, opset=18)
-    check(model, {"x": x}, rtol=1e-4, channels_last=False)
+    check_graph(model, {"x": x}, rtol=1e-4, channels_last=False)
 
 
 def test_lp_pool_v1_float_p():
@@ -43,7 +42,7 @@ def test_lp_pool_v1_float_p():
 
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_global_lp_pool(p):
-    check(*sandwich("GlobalLpPool", attrs={"p": p}, opset=2), rtol=1e-4)
+    check_graph(*sandwich("GlobalLpPool", attrs={"p": p}, opset=2), rtol=1e-4)
 
 
 def test_lp_pool_bad_p_is_refused():
@@ -71,7 +70,7 @@ def test_max_pool_then_unpool(pool, in_shape, out_shape, channels_last):
     model = make_model(nodes, [("x", np.float32, in_shape)], [("y", np.float32, None)],
                        consts, opset=11)
     x = RNG.standard_normal(in_shape).astype(np.float32)
-    check(model, {"x": x}, channels_last=channels_last)
+    check_graph(model, {"x": x}, channels_last=channels_last)
 
 
 def test_max_unpool_with_smaller_output_shape_is_refused():
@@ -91,4 +90,4 @@ def test_max_unpool_indices_input():
                                          strides=[2, 2])],
                        [("x", np.float32, x.shape), ("i", TensorProto.INT64, i.shape)],
                        [("y", np.float32, None)], opset=11)
-    check(model, {"x": x, "i": i})
+    check_graph(model, {"x": x, "i": i})

@@ -7,9 +7,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from _cases import check_chain
-from helpers import make_model, run_ort
-from mathcheck import after_conv, check, node_model
+from helpers import (after_conv, check_chain, check_graph, make_model, node_model, run_ort,
+                     values_and_hlo)
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
@@ -60,12 +59,12 @@ def _dq(x, scale, zero_point=None, *, attrs=None, opset=21, out=np.float32):
 @pytest.mark.parametrize("zero_point", [np.uint8(3), np.int8(-4), None])
 def test_quantize_per_tensor_rounds_half_to_even(zero_point, opset):
     """2.5 -> 2, 3.5 -> 4, -2.5 -> -2; out-of-range values saturate."""
-    check(*_q(_ties((3, 8)), 1.0, zero_point, opset=opset))
+    check_graph(*_q(_ties((3, 8)), 1.0, zero_point, opset=opset))
 
 
 @pytest.mark.parametrize("zero_point", [np.int16(-300), np.uint16(4000)])
 def test_quantize_16_bit(zero_point):
-    check(*_q(_ties((4, 6), 0.01), 0.01, zero_point))
+    check_graph(*_q(_ties((4, 6), 0.01), 0.01, zero_point))
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1, -3])
@@ -74,7 +73,7 @@ def test_quantize_per_axis(axis):
     n = x.shape[axis]
     scale = RNG.uniform(0.05, 0.2, n).astype(np.float32)
     zero = RNG.integers(0, 30, n).astype(np.uint8)
-    check(*_q(x, scale, zero, attrs={"axis": axis}, opset=13))
+    check_graph(*_q(x, scale, zero, attrs={"axis": axis}, opset=13))
 
 
 @pytest.mark.parametrize("shape, axis, block", [((3, 4), 1, 2), ((5, 3), 0, 2), ((2, 7, 3), -2, 3)])
@@ -85,18 +84,18 @@ def test_quantize_blocked(shape, axis, block):
     sshape[axis] = -(-shape[axis] // block)
     scale = RNG.uniform(0.05, 0.2, sshape).astype(np.float32)
     zero = RNG.integers(-10, 10, sshape).astype(np.int8)
-    check(*_q(x, scale, zero, attrs={"axis": axis, "block_size": block}))
+    check_graph(*_q(x, scale, zero, attrs={"axis": axis, "block_size": block}))
 
 
 def test_quantize_output_dtype_without_zero_point():
-    check(*_q(_ties((2, 5)), 1.0, attrs={"output_dtype": TensorProto.INT8}, out=np.int8))
+    check_graph(*_q(_ties((2, 5)), 1.0, attrs={"output_dtype": TensorProto.INT8}, out=np.int8))
 
 
 def test_quantize_float16_input_and_scale():
     x = _ties((3, 4), 0.5).astype(np.float16)
     model = node_model("QuantizeLinear", {"x": x}, opset=21, out_dtypes=[np.int8],
                        consts={"s": np.float16(0.5), "z": np.int8(1)})
-    check(model, {"x": x})
+    check_graph(model, {"x": x})
 
 
 def test_quantize_channels_last_per_axis():
@@ -106,7 +105,7 @@ def test_quantize_channels_last_per_axis():
                               consts={"s": np.float32([0.01, 0.02, 0.05]),
                                       "z": np.uint8([100, 128, 50]),
                                       "s0": np.float32(0.02), "z0": np.uint8(128)}, opset=13)
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 @pytest.mark.parametrize("zero_point", [ml_dtypes.int4(-1), ml_dtypes.uint4(3),
@@ -145,27 +144,27 @@ def test_dequantize_per_tensor(dtype, opset):
     info = np.iinfo(dtype)
     x = RNG.integers(max(info.min, -1000), min(info.max, 1000), (3, 4)).astype(dtype)
     zero = None if dtype == np.int32 else dtype(7)
-    check(*_dq(x, np.float32(0.25), zero, opset=opset))
+    check_graph(*_dq(x, np.float32(0.25), zero, opset=opset))
 
 
 @pytest.mark.parametrize("axis", [1, -1, 0])
 def test_dequantize_per_axis(axis):
     x = RNG.integers(-128, 128, (2, 3, 4)).astype(np.int8)
     n = x.shape[axis]
-    check(*_dq(x, RNG.uniform(0.1, 1, n).astype(np.float32),
+    check_graph(*_dq(x, RNG.uniform(0.1, 1, n).astype(np.float32),
                RNG.integers(-5, 5, n).astype(np.int8), attrs={"axis": axis}, opset=13))
 
 
 def test_dequantize_blocked():
     x = RNG.integers(0, 256, (5, 4)).astype(np.uint8)
-    check(*_dq(x, RNG.uniform(0.1, 1, (3, 4)).astype(np.float32),
+    check_graph(*_dq(x, RNG.uniform(0.1, 1, (3, 4)).astype(np.float32),
                RNG.integers(0, 256, (3, 4)).astype(np.uint8),
                attrs={"axis": 0, "block_size": 2}))
 
 
 def test_dequantize_float16_scale():
     x = RNG.integers(-128, 128, (3, 4)).astype(np.int8)
-    check(*_dq(x, np.float16(0.125), np.int8(3), out=np.float16), rtol=1e-3)
+    check_graph(*_dq(x, np.float16(0.125), np.int8(3), out=np.float16), rtol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2,
@@ -199,11 +198,12 @@ def test_quantize_dequantize_channels_last_roundtrip():
          + 0.1 * RNG.standard_normal((3, 3, 1, 1)).astype(np.float32))
     model = make_model(nodes, [("x", np.float32, x.shape)], [("y", np.float32, None)],
                        {"w": w, "s": scale, "z": zero}, opset=21)
-    check(model, {"x": x}, atol=1e-4)
+    check_graph(model, {"x": x}, atol=1e-4)
 
 
+@values_and_hlo
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_qdq_between_convs_needs_no_transpose(per_channel):
+def test_qdq_between_convs_needs_no_transpose(per_channel, aspect):
     """Quantize / dequantize keep the channels-last layout of a Conv output."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
@@ -211,10 +211,11 @@ def test_qdq_between_convs_needs_no_transpose(per_channel):
     z = np.int8([0, 3, -2, 1]) if per_channel else np.int8(2)
     middle = [helper.make_node("QuantizeLinear", ["a", "s", "z"], ["q"]),
               helper.make_node("DequantizeLinear", ["q", "s", "z"], ["b"])]
-    check_chain(middle, x, rng, extra={"s": s, "z": z}, opset=13)
+    check_chain(middle, x, rng, aspect, extra={"s": s, "z": z}, opset=13)
 
 
-def test_qlinear_conv_between_convs_needs_no_transpose():
+@values_and_hlo
+def test_qlinear_conv_between_convs_needs_no_transpose(aspect):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
     extra = {"sx": np.float32(0.05), "zx": np.uint8(128), "w": _ints(np.int8, (4, 4, 3, 3)),
@@ -224,7 +225,7 @@ def test_qlinear_conv_between_convs_needs_no_transpose():
               helper.make_node("QLinearConv", ["qa", "sx", "zx", "w", "sw", "zw", "sy", "zy"],
                                ["qb"], pads=[1, 1, 1, 1]),
               helper.make_node("DequantizeLinear", ["qb", "sy", "zy"], ["b"])]
-    check_chain(middle, x, rng, extra=extra, opset=13)
+    check_chain(middle, x, rng, aspect, extra=extra, opset=13)
 
 
 # ---- DynamicQuantizeLinear ---------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_dynamic_quantize(values):
     x = {"mixed": x, "negative": -np.abs(x), "positive": np.abs(x), "zeros": 0 * x}[values]
     model = node_model("DynamicQuantizeLinear", {"x": x}, opset=11, outputs=3,
                        out_dtypes=[np.uint8, np.float32, np.uint8])
-    check(model, {"x": x})
+    check_graph(model, {"x": x})
 
 
 def test_dynamic_quantize_channels_last():
@@ -243,7 +244,7 @@ def test_dynamic_quantize_channels_last():
     model.graph.node[-1].output.extend(["scale", "zero"])
     model.graph.output.extend([helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
                                helper.make_tensor_value_info("zero", TensorProto.UINT8, [])])
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 # ---- MatMulInteger / QLinearMatMul ---------------------------------------------------------
@@ -258,7 +259,7 @@ def _ints(dtype, shape):
 def test_matmul_integer(a_type, b_type):
     a, b = _ints(a_type, (2, 4, 5)), _ints(b_type, (5, 3))
     consts = {"za": _ints(a_type, ()), "zb": _ints(b_type, ())}
-    check(node_model("MatMulInteger", {"a": a, "b": b}, consts=consts, opset=10,
+    check_graph(node_model("MatMulInteger", {"a": a, "b": b}, consts=consts, opset=10,
                      out_dtypes=[np.int32]), {"a": a, "b": b})
 
 
@@ -270,7 +271,7 @@ def test_matmul_integer_zero_points(zero_points):
               "vector": {"az": np.array([9], np.uint8),  # ORT takes only 1-element A zero points
                          "bz": RNG.integers(0, 255, 5).astype(np.uint8)}}[zero_points]
     model = node_model("MatMulInteger", feeds, consts=consts, opset=10, out_dtypes=[np.int32])
-    check(model, feeds, rtol=0, atol=0)
+    check_graph(model, feeds, rtol=0, atol=0)
 
 
 def _per_row_pair(op, a, b, consts, a_names, **kwargs):
@@ -300,7 +301,7 @@ def test_qlinear_matmul(dtype, shape_a, shape_b, opset, scale_type):
               "zb": _ints(dtype, ()), "sy": scale_type(0.5), "zy": _ints(dtype, ())}
     model = node_model("QLinearMatMul", {"a": a, "b": b}, consts=consts, opset=opset,
                        inputs=["a", "sa", "za", "b", "sb", "zb", "sy", "zy"])
-    check(model, {"a": a, "b": b})
+    check_graph(model, {"a": a, "b": b})
 
 
 def test_qlinear_matmul_per_column():
@@ -308,7 +309,7 @@ def test_qlinear_matmul_per_column():
     consts = {"sa": np.float32(0.02), "za": np.uint8(7),
               "sb": RNG.uniform(0.01, 0.03, 4).astype(np.float32), "zb": np.zeros(4, np.int8),
               "sy": np.float32(0.3), "zy": np.uint8(128)}
-    check(node_model("QLinearMatMul", {"a": a, "b": b}, consts=consts, opset=10,
+    check_graph(node_model("QLinearMatMul", {"a": a, "b": b}, consts=consts, opset=10,
                      inputs=["a", "sa", "za", "b", "sb", "zb", "sy", "zy"],
                      out_dtypes=[np.uint8]), {"a": a, "b": b})
 
@@ -347,7 +348,7 @@ def test_qlinear_conv(attrs, channels_last):
               "b": RNG.integers(-2000, 2000, 6).astype(np.int32)}
     model = node_model("QLinearConv", {"x": x}, consts=consts, attrs=attrs, opset=10,
                        inputs=["x", "sx", "zx", "w", "sw", "zw", "sy", "zy", "b"])
-    check(model, {"x": x}, channels_last=channels_last)
+    check_graph(model, {"x": x}, channels_last=channels_last)
 
 
 @pytest.mark.parametrize("attrs", _CONV_ATTRS)
@@ -366,7 +367,7 @@ def test_conv_integer_against_onnxruntime():
     x, w = _ints(np.int8, (2, 3, 5, 5)), _ints(np.int8, (4, 3, 3, 3))
     model = node_model("ConvInteger", {"x": x}, consts={"w": w, "zx": np.int8(-3)},
                        attrs={"strides": [2, 1]}, opset=10, out_dtypes=[np.int32])
-    check(model, {"x": x})
+    check_graph(model, {"x": x})
 
 
 # ---- BitCast / Cast to float8e8m0 --------------------------------------------------------
@@ -381,7 +382,7 @@ def test_bitcast(source, to):
     x = x.astype(source) if np.dtype(source).kind == "f" else x.astype(np.int64).astype(source)
     model = node_model("BitCast", {"x": x}, attrs={"to": to}, opset=26,
                        out_dtypes=[helper.tensor_dtype_to_np_dtype(to)])
-    check(model, {"x": x}, rtol=0, atol=0)
+    check_graph(model, {"x": x}, rtol=0, atol=0)
 
 
 def test_bitcast_bool_and_float8():

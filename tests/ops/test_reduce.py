@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from mathcheck import after_conv, check, multi_node_model, node_model
+from helpers import after_conv, check_graph, multi_node_model, node_model
 
 import onnx2flax
 
@@ -43,7 +43,7 @@ def test_reductions_channels_last(opset, axes, keepdims):
     specs = _reduce_specs(opset, axes, keepdims)
     consts = {} if axes is None else {"axes": np.array(axes, np.int64)}
     model, feeds = after_conv(specs, consts=consts, opset=opset, pre="Abs")
-    check(model, feeds, rtol=2e-5, atol=1e-5)
+    check_graph(model, feeds, rtol=2e-5, atol=1e-5)
 
 
 def test_reductions_empty_axes_input():
@@ -53,7 +53,7 @@ def test_reductions_empty_axes_input():
     specs = [(op, ["x", "axes"], {"noop_with_empty_axes": noop, "keepdims": keep}, np.float32)
              for op in ("ReduceSum", "ReduceMax", "ReduceL2") for noop in (0, 1) for keep in (0, 1)]
     specs += [("ReduceMean", ["x"], {"noop_with_empty_axes": 1}, np.float32)]
-    check(multi_node_model(specs, {"x": X}, opset=18, consts=consts), {"x": X}, rtol=2e-5)
+    check_graph(multi_node_model(specs, {"x": X}, opset=18, consts=consts), {"x": X}, rtol=2e-5)
 
 
 @pytest.mark.parametrize("dtype, opset", [(np.int32, 11), (np.int64, 18)])
@@ -66,14 +66,14 @@ def test_reductions_integer(dtype, opset):
     specs = _reduce_specs(opset, [1], 0, ops, dtype, data=["x"])
     specs += [("ArgMax", ["x"], {"axis": 2}, np.int64), ("ArgMin", ["x"], {"axis": 1}, np.int64)]
     feeds = {"x": x}
-    check(multi_node_model(specs, feeds, opset=opset, consts={"axes": np.array([1], np.int64)}),
+    check_graph(multi_node_model(specs, feeds, opset=opset, consts={"axes": np.array([1], np.int64)}),
           feeds, rtol=0, atol=0)
 
 
 def test_reduce_max_bool_opset20():
     x = RNG.random((3, 4)) > 0.6
     specs = [(op, ["x", "axes"], None, bool) for op in ("ReduceMax", "ReduceMin")]
-    check(multi_node_model(specs, {"x": x}, opset=20, consts={"axes": np.array([1], np.int64)}),
+    check_graph(multi_node_model(specs, {"x": x}, opset=20, consts={"axes": np.array([1], np.int64)}),
           {"x": x})
 
 
@@ -87,7 +87,7 @@ def test_arg_reductions_channels_last(opset):
              ((1, 1, 0), (1, 0, 1), (-1, 0, 0), (0, 1, 1))]
     specs.append(("ArgMax", [], None, np.int64))
     model, feeds = after_conv(specs, opset=opset, pre="Round")
-    check(model, feeds)
+    check_graph(model, feeds)
 
 
 _FLAGS = [{"exclusive": e, "reverse": r} for e in (0, 1) for r in (0, 1)]
@@ -100,10 +100,10 @@ def test_cumsum_cumprod():
     specs = [(op, [axis], flags, np.float32) for op in ("CumSum", "CumProd") for axis in consts
              for flags in _FLAGS]
     model, feeds = after_conv(specs, consts=consts, opset=26)
-    check(model, feeds)
+    check_graph(model, feeds)
     feeds = {"i": RNG.integers(-9, 9, (3, 4)).astype(np.int64)}
     specs = [("CumSum", ["i", "a"], flags, np.int64) for flags in _FLAGS]
-    check(multi_node_model(specs, feeds, opset=11, consts={"a": np.array(0, np.int64)}),
+    check_graph(multi_node_model(specs, feeds, opset=11, consts={"a": np.array(0, np.int64)}),
           feeds, rtol=0, atol=0)
 
 
@@ -117,13 +117,13 @@ def test_cumsum_cumprod():
 ])
 def test_einsum(equation, shapes):
     feeds = {f"in{k}": RNG.standard_normal(s).astype(np.float32) for k, s in enumerate(shapes)}
-    check(node_model("Einsum", feeds, attrs={"equation": equation}, opset=12), feeds, rtol=1e-5)
+    check_graph(node_model("Einsum", feeds, attrs={"equation": equation}, opset=12), feeds, rtol=1e-5)
 
 
 def test_einsum_integer():
     feeds = {"a": RNG.integers(-3, 4, (2, 3)).astype(np.int64),
              "b": RNG.integers(-3, 4, (3, 2)).astype(np.int64)}
-    check(node_model("Einsum", feeds, attrs={"equation": "ij,jk->ik"}, opset=12), feeds)
+    check_graph(node_model("Einsum", feeds, attrs={"equation": "ij,jk->ik"}, opset=12), feeds)
 
 
 def test_reduce_axes_from_an_input_are_specialized():
@@ -131,8 +131,8 @@ def test_reduce_axes_from_an_input_are_specialized():
     alone cannot trace it."""
     feeds = {"x": X, "axes": np.array([1], np.int64)}
     model = node_model("ReduceSum", feeds, opset=13)
-    converted = check(model, feeds)
-    check(model, {"x": X, "axes": np.array([-1], np.int64)})
+    converted, _, _ = check_graph(model, feeds)
+    check_graph(model, {"x": X, "axes": np.array([-1], np.int64)})
     assert converted.specialized_inputs == ["axes"]
     with pytest.raises(onnx2flax.errors.UnsupportedOpError, match="axes"):
         converted.module.apply(converted.variables, X, feeds["axes"])
@@ -143,7 +143,7 @@ def test_reductions_of_empty_sets():
     feeds = {"x": np.zeros((2, 0, 4), np.float32)}
     specs = _reduce_specs(18, [1], 1, ["ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
                                        "ReduceLogSumExp"], data=["x"])
-    check(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
+    check_graph(multi_node_model(specs, feeds, opset=18, consts={"axes": np.array([1], np.int64)}),
           feeds)
 
 
@@ -158,6 +158,6 @@ def test_axis_ops_stay_channels_last():
              ("ArgMax", [], {"axis": 1, "keepdims": 0}, np.int64),
              ("CumSum", ["ax"], None, np.float32)]
     model, feeds = after_conv(specs, consts=consts, opset=18)
-    converted = check(model, feeds)
+    converted, _, _ = check_graph(model, feeds)
     x = np.moveaxis(feeds["x"], 1, -1)
     assert "transpose" not in str(jax.make_jaxpr(converted.module.apply)(converted.variables, x))

@@ -9,8 +9,8 @@ import pytest
 from onnx import helper
 
 import onnx2flax
-from _cases import check_chain, check_graph
-from helpers import assert_codegen_matches, convert_and_run, make_model, run_ort
+from helpers import (assert_codegen_matches, check_chain, check_graph, convert_and_run,
+                     make_model, run_ort, values_and_hlo)
 
 I64 = np.int64
 COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
@@ -114,11 +114,12 @@ def test_upsample_and_resize_v10(x, opset):
     (dict(mode="nearest"), [1, 1, 2, 0.5]),   # a repeat and a strided slice: no gather at all
     (dict(mode="linear", coordinate_transformation_mode="align_corners"), [1, 1, 2, 1.5]),
     (dict(mode="cubic", antialias=1), [1, 1, 1.5, 0.5])])
-def test_resize_channels_last(rng, attrs, scales):
+@values_and_hlo
+def test_resize_channels_last(rng, attrs, scales, aspect):
     """Conv -> Resize -> Conv resizes H and W of the channels-last value in place: no layout
     transpose (XLA's CPU gathers along inner axes add their own, not counted there)."""
     x = rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
-    check_chain([helper.make_node("Resize", ["a", "", "sc"], ["b"], **attrs)], x, rng,
+    check_chain([helper.make_node("Resize", ["a", "", "sc"], ["b"], **attrs)], x, rng, aspect,
                 opset=18, extra={"sc": np.array(scales, np.float32)},
                 layout_only=attrs["mode"] != "nearest")
 

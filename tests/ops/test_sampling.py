@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_codegen_matches, make_model
-from mathcheck import check, node_model
+from helpers import assert_codegen_matches, check_graph, make_model, node_model
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
@@ -45,7 +44,7 @@ def test_grid_sample_2d(mode, opset, padding, align, channels_last):
     x, grid = _normal(2, 3, 5, 6), _grid(2, (4, 7), 2)
     model = node_model("GridSample", {"x": x, "grid": grid}, opset=opset,
                        attrs={"mode": mode, "padding_mode": padding, "align_corners": align})
-    check(model, {"x": x, "grid": grid}, rtol=1e-4, atol=1e-5, channels_last=channels_last)
+    check_graph(model, {"x": x, "grid": grid}, rtol=1e-4, atol=1e-5, channels_last=channels_last)
 
 
 @pytest.mark.parametrize("align", [0, 1])
@@ -67,7 +66,7 @@ def test_grid_sample_after_conv_is_held_channels_last():
     x, grid = _normal(2, 3, 6, 5), _grid(2, (3, 4), 2)
     model = make_model(nodes, [("x", np.float32, x.shape), ("grid", np.float32, grid.shape)],
                        [("y", np.float32, None)], {"w": w}, opset=16)
-    check(model, {"x": x, "grid": grid}, rtol=1e-4)
+    check_graph(model, {"x": x, "grid": grid}, rtol=1e-4)
 
 
 @pytest.mark.parametrize("attrs, opset, match", [
@@ -89,7 +88,7 @@ def test_affine_grid(size, align):
     if align and 1 in size[2:]:  # a lone position: -1 (reference), 1 (onnxruntime), 0 (torch)
         _check_reference(model, {"theta": theta})
     else:
-        check(model, {"theta": theta})
+        check_graph(model, {"theta": theta})
 
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
@@ -113,7 +112,7 @@ def test_roi_align(mode, coord, opset, ratio):
         feeds, consts = {"x": x}, {"rois": rois, "batch": batch}
     model = node_model("RoiAlign", feeds, attrs=attrs, consts=consts, opset=opset,
                        out_dtypes=[np.float32])
-    check(model, feeds, rtol=1e-4, atol=1e-5)
+    check_graph(model, feeds, rtol=1e-4, atol=1e-5)
 
 
 def test_roi_align_adaptive_sampling_needs_constant_rois():
@@ -123,7 +122,7 @@ def test_roi_align_adaptive_sampling_needs_constant_rois():
     batch = np.zeros(1, np.int64)
     feeds = {"x": x, "rois": rois, "batch": batch}
     model = node_model("RoiAlign", feeds, opset=16, out_dtypes=[np.float32])
-    converted = check(model, feeds)
+    converted, _, _ = check_graph(model, feeds)
     with pytest.raises(OnnxConversionError, match="RoiAlign.*sampling_ratio 0"):
         converted.module.apply(converted.variables, np.moveaxis(x, 1, -1), rois, batch)
 
@@ -151,7 +150,7 @@ def test_deform_conv(attrs, c, o, shape, with_mask_bias, channels_last):
         feeds.update(b=_normal(o), mask=RNG.uniform(0, 1, (n, og * 6, *out)).astype(np.float32))
         inputs += ["b", "mask"]
     model = node_model("DeformConv", feeds, inputs=inputs, attrs=attrs, opset=19)
-    check(model, feeds, rtol=1e-4, atol=1e-4, channels_last=channels_last)
+    check_graph(model, feeds, rtol=1e-4, atol=1e-4, channels_last=channels_last)
 
 
 @pytest.mark.parametrize("shape, k", [((1, 2, 7), (3,)), ((1, 2, 4, 5, 3), (2, 3, 2))])
@@ -163,8 +162,8 @@ def test_deform_conv_without_offsets_is_conv(shape, k):
     model = node_model("DeformConv", {"x": x, "w": w, "offset": offset}, opset=19)
     conv = node_model("Conv", {"x": x, "w": w}, opset=19)
     got = onnx2flax.convert(model).run({"x": x, "w": w, "offset": offset})[0]
-    np.testing.assert_allclose(got, check(conv, {"x": x, "w": w}).run({"x": x, "w": w})[0],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, check_graph(conv, {"x": x, "w": w})[1][0], rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_codegen_writes_the_samplers():

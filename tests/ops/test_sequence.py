@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import onnx2flax
 import onnx2flax.backend
 from onnx2flax.errors import InvalidInputError, InvalidModelError, UnsupportedOpError
-from helpers import assert_matches_ort, make_model, run_ort
+from helpers import check_graph, make_model, run_ort
 
 F = np.float32
 FLOAT = TensorProto.FLOAT
@@ -81,7 +81,7 @@ def test_split_insert_erase_concat(rng):
          ("tail", F, None)],
         {"sizes": np.array([1, 3, 1], np.int64), "one": np.array(1, np.int64),
          "minus_one": np.array(-1, np.int64), "two": np.array(2, np.int64)})
-    assert_matches_ort(model, {"x": rng.standard_normal((2, 5)).astype(F),
+    check_graph(model, {"x": rng.standard_normal((2, 5)).astype(F),
                                "y": rng.standard_normal((2, 4)).astype(F)})
 
 
@@ -95,7 +95,7 @@ def test_construct_empty_and_stack(rng):
     ]
     model = make_model(nodes, [("x", F, [2, 3]), ("y", F, [2, 3])],
                        [("a", F, None), ("b", F, None)])
-    assert_matches_ort(model, {"x": rng.standard_normal((2, 3)).astype(F),
+    check_graph(model, {"x": rng.standard_normal((2, 3)).astype(F),
                                "y": rng.standard_normal((2, 3)).astype(F)})
 
 

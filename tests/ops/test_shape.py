@@ -1,32 +1,18 @@
-"""Shape and data-movement ops against onnxruntime: every attribute and opset form."""
+"""Shape ops (onnx2flax/ops/shape.py) against onnxruntime: every attribute and opset form
+(data movement: test_movement.py)."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
 import onnx2flax
-from _cases import (assert_matches_reference, check_chain, check_node, conv_chain,
-                    transposes)
-from helpers import assert_codegen_matches, assert_matches_ort, convert_and_run, make_model
-from onnx2flax import _boundary
+from helpers import check_graph, check_node, convert_and_run, make_model
 from onnx2flax.errors import UnsupportedOpError
 
 I64 = np.int64
 INT64_MAX, INT64_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-
-
-def assert_same_as(expected, op, x, *, opset, attrs, n_out=1):
-    """One-input node ``op`` at ``opset`` gives ``expected`` (for opsets no runtime has)."""
-    outs = [f"y{i}" for i in range(n_out)]
-    model = make_model([helper.make_node(op, ["x"], outs, **attrs)],
-                       [("x", x.dtype, list(x.shape))], [(o, x.dtype, None) for o in outs],
-                       opset=opset)
-    for got, want in zip(convert_and_run(model, {"x": x}), expected, strict=True):
-        np.testing.assert_array_equal(got, want)
 
 
 @pytest.fixture
@@ -34,147 +20,7 @@ def x4(rng):
     return rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
 
 
-# --- Slice -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("starts, ends, axes, steps", [
-    ([1, 0], [INT64_MAX, -1], [2, 3], None),                   # INT64_MAX end
-    ([-1, 4], [INT64_MIN, 0], [3, 2], [-1, -2]),               # negative steps to the start
-    ([0, 1, 1], [1, 3, 5], None, None),                        # axes default: 0..n-1
-    ([-100], [100], [-1], [3]),                                # clamped, stride 3
-    ([3], [1], [2], [1]),                                      # empty
-    ([INT64_MAX], [INT64_MIN], [1], [-INT64_MAX]),              # one element, huge step
-])
-def test_slice(x4, starts, ends, axes, steps):
-    consts = {"s": np.array(starts, I64), "e": np.array(ends, I64)}
-    names = ["x", "s", "e"]
-    if axes is not None or steps is not None:
-        consts["a"] = np.array(axes if axes is not None else range(len(starts)), I64)
-        names.append("a")
-    if steps is not None:
-        consts["st"] = np.array(steps, I64)
-        names.append("st")
-    check_node("Slice", {"x": x4}, consts, input_names=names)
-
-
-def test_slice_int32_inputs_and_opset1(x4):
-    check_node("Slice", {"x": x4}, {"s": np.array([1], np.int32), "e": np.array([-1], np.int32)})
-    check_node("Slice", {"x": x4}, opset=9, attrs=dict(starts=[1, -3], ends=[INT64_MAX, 4],
-                                                       axes=[0, 3]))
-
-
-def test_slice_runtime_starts_are_specialized(x4):
-    """``run`` converts once per value of run-time starts / ends (as onnxruntime takes them);
-    the module alone cannot trace them."""
-    node = helper.make_node("Slice", ["x", "s", "e"], ["y"])
-    model = make_model([node], [("x", np.float32, [2, 3, 4, 5]), ("s", I64, [1]),
-                                ("e", I64, [1])], [("y", np.float32, None)])
-    for start, end in ((0, 1), (1, -1)):
-        assert_matches_ort(model, {"x": x4, "s": np.array([start]), "e": np.array([end])})
-    converted = onnx2flax.convert(model, channels_last=False)
-    with pytest.raises(UnsupportedOpError, match="starts must be known"):
-        converted.module.apply(converted.variables, x4, np.array([0]), np.array([1]))
-
-
-def test_dynamic_batch_shape_subgraph(rng):
-    """Shape -> Slice(INT64_MAX) -> Concat -> Reshape with a dim_param batch: one
-    conversion serves every batch size."""
-    nodes = [helper.make_node("Shape", ["x"], ["s"]),
-             helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
-             helper.make_node("Concat", ["n", "minus1"], ["shape"], axis=0),
-             helper.make_node("Reshape", ["x", "shape"], ["flat"]),
-             helper.make_node("Slice", ["flat", "one", "big", "one"], ["y"])]
-    model = make_model(nodes, [("x", np.float32, ["batch", 3, 4])], [("y", np.float32, None)],
-                       {"zero": np.array([0]), "one": np.array([1]), "minus1": np.array([-1]),
-                        "big": np.array([INT64_MAX])})
-    converted = onnx2flax.convert(model)
-    for batch in (1, 3):
-        x = rng.standard_normal((batch, 3, 4)).astype(np.float32)
-        np.testing.assert_array_equal(converted.run({"x": x})[0], x.reshape(batch, -1)[:, 1:])
-        assert_codegen_matches(converted, {"x": x})
-
-
-# --- Split -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("opset, attrs, split, n_out", [
-    (1, dict(axis=1, split=[1, 2]), None, 2),
-    (2, dict(axis=-1), None, 5),
-    (11, dict(axis=2, split=[1, 3]), None, 2),
-    (13, dict(axis=3), [2, 0, 3], 3),
-    (13, dict(), None, 2),
-    (18, dict(axis=3, num_outputs=3), None, 3),   # uneven: 2, 2, 1
-    (18, dict(axis=1), [1, 2], 2),
-])
-def test_split(x4, opset, attrs, split, n_out):
-    consts = {} if split is None else {"split": np.array(split, I64)}
-    if opset == 1:  # no runtime implements Split-1: compare with Split-2
-        expected = check_node("Split", {"x": x4}, opset=2, attrs=attrs, n_out=n_out)[2]
-        assert_same_as(expected, "Split", x4, opset=1, attrs=attrs, n_out=n_out)
-        return
-    check_node("Split", {"x": x4}, consts, opset=opset, attrs=attrs, n_out=n_out)
-
-
-# --- Pad ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
-@pytest.mark.parametrize("pads, axes", [
-    ([0, 1, 2, 0, 0, 2, 1, 3], None),
-    ([1, 2, 2, 1], [-1, 2]),
-    ([0, -1, 1, 0, 1, 0, -2, 1], None),                       # negative pads crop
-])
-def test_pad(x4, mode, pads, axes):
-    consts = {"pads": np.array(pads, I64)}
-    names = ["x", "pads"]
-    if mode == "constant":
-        consts["v"] = np.array(1.5, np.float32)
-        names.append("v")
-    if axes is not None:
-        consts["axes"] = np.array(axes, I64)
-        names += [""] * (4 - len(names) - 1) + ["axes"]
-    check_node("Pad", {"x": x4}, consts, opset=19, attrs=dict(mode=mode), input_names=names)
-
-
-@pytest.mark.parametrize("opset, attrs", [
-    (1, dict(paddings=[0, 0, 1, 2, 0, 0, 2, 1], mode="reflect")),
-    (2, dict(pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="constant", value=-2.0)),
-    (2, dict(pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="edge")),
-])
-def test_pad_attribute_opsets(x4, opset, attrs):
-    if opset == 1:  # onnxruntime has no Pad-1: compare with Pad-2
-        expected = check_node("Pad", {"x": x4}, opset=2, attrs=dict(
-            pads=attrs["paddings"], mode=attrs["mode"]))[2]
-        assert_same_as(expected, "Pad", x4, opset=1, attrs=attrs)
-        return
-    check_node("Pad", {"x": x4}, opset=opset, attrs=attrs)
-
-
-def test_pad_runtime_constant_value(x4):
-    check_node("Pad", {"x": x4, "v": np.array(3.0, np.float32)}, {"pads": np.array([1] * 8)},
-               input_names=["x", "pads", "v"])
-
-
-# --- Concat, Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Shape, Size ----------------
-
-@pytest.mark.parametrize("axis", [0, -1, 2])
-def test_concat(x4, axis):
-    check_node("Concat", {"x": x4, "z": x4 * 2}, {"c": np.ones((2, 3, 4, 5), np.float32)},
-               attrs=dict(axis=axis))
-
-
-def test_transpose(x4):
-    check_node("Transpose", {"x": x4}, attrs=dict(perm=[2, 0, 3, 1]))
-    check_node("Transpose", {"x": x4})
-
-
-@pytest.mark.parametrize("opset", [11, 13])
-@pytest.mark.parametrize("op, axes", [("Squeeze", [0, -2]), ("Squeeze", None),
-                                      ("Unsqueeze", [0, -1]), ("Unsqueeze", [1, 3])])
-def test_squeeze_unsqueeze(rng, opset, op, axes):
-    x = rng.standard_normal((1, 3, 1, 4) if op == "Squeeze" else (3, 4)).astype(np.float32)
-    if opset < 13:
-        check_node(op, {"x": x}, opset=opset, attrs={} if axes is None else dict(axes=axes))
-    else:
-        check_node(op, {"x": x}, {} if axes is None else {"axes": np.array(axes, I64)},
-                   opset=opset)
+# --- Reshape, Flatten, Shape, Size ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape, allowzero", [([0, -1], 0), ([3, 0, 2, 20], 1), ([-1], 0),
@@ -218,7 +64,7 @@ def test_cast_float8_saturates(rng):
     nodes = [helper.make_node("Cast", ["x"], ["f8"], to=TensorProto.FLOAT8E4M3FN),
              helper.make_node("Cast", ["f8"], ["y"], to=TensorProto.FLOAT)]
     model = make_model(nodes, [("x", np.float32, [5])], [("y", np.float32, None)], opset=19)
-    assert_matches_ort(model, {"x": x})
+    check_graph(model, {"x": x})
 
 
 def test_cast_like(rng):
@@ -260,7 +106,7 @@ def test_constant_of_shape_and_range_from_shapes(x4):
                        [("y0", np.float32, None), ("y1", I64, None)],
                        {"three": np.array(3, I64), "zero": np.array(0, I64),
                         "two": np.array(2, I64)}, opset=11)
-    assert_matches_ort(model, {"x": x4})
+    check_graph(model, {"x": x4})
 
 
 @pytest.mark.parametrize("k, dtype", [(0, None), (2, TensorProto.INT32), (-1, TensorProto.FLOAT)])
@@ -289,7 +135,7 @@ def test_non_zero_constant_folds_and_dynamic_is_refused(rng):
              helper.make_node("Add", ["x", "s"], ["y"])]
     model = make_model(nodes, [("x", np.float32, [3, 4])], [("y", np.float32, None)],
                        {"c": np.array([[0, 1], [1, 1]], np.float32)}, opset=13)
-    assert_matches_ort(model, {"x": x})
+    check_graph(model, {"x": x})
     model = make_model([helper.make_node("NonZero", ["x"], ["y"], name="nz")],
                        [("x", np.float32, [3, 4])], [("y", I64, None)], opset=13)
     with pytest.raises(UnsupportedOpError, match="NonZero node 'nz'.*bounds="):
@@ -301,142 +147,3 @@ def test_compress(x4, axis):
     cond = np.array([True, False, True], bool)
     attrs = {} if axis is None else dict(axis=axis)
     check_node("Compress", {"x": x4}, {"c": cond}, opset=11, attrs=attrs)
-
-
-# --- DepthToSpace, SpaceToDepth --------------------------------------------------------------
-
-@pytest.mark.parametrize("mode", ["DCR", "CRD"])
-def test_depth_to_space(rng, mode):
-    x = rng.standard_normal((2, 8, 3, 2)).astype(np.float32)
-    check_node("DepthToSpace", {"x": x}, opset=13, attrs=dict(blocksize=2, mode=mode))
-
-
-def test_space_to_depth(rng):
-    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
-    check_node("SpaceToDepth", {"x": x}, opset=13, attrs=dict(blocksize=2))
-
-
-@pytest.mark.parametrize("mode", ["DCR", "CRD"])
-def test_space_to_depth_mode_opset28(rng, mode):
-    """Opset 28 adds ``mode`` (onnxruntime lacks it: ONNX's reference evaluator)."""
-    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
-    check_node("SpaceToDepth", {"x": x}, opset=28, attrs=dict(blocksize=2, mode=mode),
-               reference="onnx")
-
-
-# --- channels-last: Conv -> op -> Conv stays channels-last, with no transpose ------------------
-
-@pytest.fixture
-def img(rng):
-    return rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
-
-
-def test_channels_last_slice(img, rng):
-    check_chain([helper.make_node("Slice", ["a", "s", "e", "ax", "st"], ["b"])], img, rng,
-                extra={"s": np.array([1, -1]), "e": np.array([INT64_MAX, INT64_MIN]),
-                       "ax": np.array([2, 3]), "st": np.array([1, -2])})
-
-
-def test_channels_last_split_concat(img, rng):
-    """Concat with a constant first: the constant, not the activation, is re-laid. A float
-    Constant is a weight, hence a Flax param: re-laying it is the one transpose."""
-    const = rng.standard_normal((2, 2, 6, 8)).astype(np.float32)
-    nodes = [helper.make_node("Constant", [], ["const"],
-                              value=onnx.numpy_helper.from_array(const)),
-             helper.make_node("Split", ["a", "sp"], ["p", "q"], axis=1),
-             helper.make_node("Concat", ["const", "q", "p"], ["b"], axis=1)]
-    converted = check_chain(nodes, img, rng, c_mid=6, extra={"sp": np.array([1, 3])}, allowed=1)
-    assert converted.variables["params"]["const"].shape == const.shape
-
-
-def test_channels_last_pad(img, rng):
-    check_chain([helper.make_node("Pad", ["a", "p"], ["b"], mode="reflect")], img, rng,
-                extra={"p": np.array([0, 0, 1, 2, 0, 0, 2, 1])})
-
-
-def test_channels_last_squeeze_unsqueeze_transpose(img, rng):
-    nodes = [helper.make_node("Unsqueeze", ["a", "ax"], ["u"]),
-             helper.make_node("Squeeze", ["u", "ax"], ["t"]),
-             helper.make_node("Transpose", ["t"], ["t2"], perm=[0, 1, 3, 2]),
-             helper.make_node("Transpose", ["t2"], ["b"], perm=[0, 1, 3, 2])]
-    check_chain(nodes, img, rng, extra={"ax": np.array([2])})
-
-
-@pytest.mark.parametrize("op, mode", [("DepthToSpace", "DCR"), ("DepthToSpace", "CRD"),
-                                      ("SpaceToDepth", None), ("SpaceToDepth", "CRD")])
-def test_channels_last_depth_space(rng, op, mode):
-    """The shuffle is done on the channels-last value (SpaceToDepth's mode is opset 28,
-    checked with ONNX's reference evaluator)."""
-    attrs = dict(blocksize=2, **({} if mode is None else dict(mode=mode)))
-    x = rng.standard_normal((1, 3, 4, 6)).astype(np.float32)
-    c_mid = 1 if op == "DepthToSpace" else 16
-    opset = 28 if op == "SpaceToDepth" and mode else 17
-    model = conv_chain([helper.make_node(op, ["a"], ["b"], **attrs)], x, rng, c_mid=c_mid,
-                       opset=opset)
-    check = assert_matches_ort if opset == 17 else assert_matches_reference
-    converted, _, _ = check(model, {"x": x}, rtol=1e-4, atol=1e-4)
-    # The block shuffle itself is a transpose; nothing else is.
-    assert transposes(converted, x) <= 1
-
-
-def test_transpose_of_onnx_order_values_is_done_once():
-    """A ViT patch embedding: Conv -> Reshape [N, C, L] -> Transpose [N, L, C] -> Add ->
-    LayerNormalization -> MatMul -> Add (residual) -> LayerNormalization. The Transpose of an
-    ONNX-order value is done (not recorded), so the residual stream stays in ONNX order, and
-    the Reshape, which only regroups the Conv output's spatial dims, keeps it channels-last,
-    so that Transpose only relabels it: the compiled program has no transpose at all."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
-    inits = {"w": rng.standard_normal((6, 3, 4, 4)).astype(np.float32),
-             "shape": np.array([2, 6, 4], np.int64),
-             "pos": rng.standard_normal((1, 4, 6)).astype(np.float32),
-             "g": rng.uniform(0.5, 1.5, 6).astype(np.float32),
-             "m": rng.standard_normal((6, 6)).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[4, 4]),
-             helper.make_node("Reshape", ["c", "shape"], ["r"]),
-             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
-             helper.make_node("Add", ["t", "pos"], ["e"]),
-             helper.make_node("LayerNormalization", ["e", "g"], ["n"], axis=-1),
-             helper.make_node("MatMul", ["n", "m"], ["h"]),
-             helper.make_node("Add", ["e", "h"], ["s"]),
-             helper.make_node("LayerNormalization", ["s", "g"], ["y"], axis=-1)]
-    model = make_model(nodes, [("x", np.float32, [2, 3, 8, 8])], [("y", np.float32, None)],
-                       inits)
-    converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
-    assert transposes(converted, x) == 0
-
-
-def test_nhwc_input_transposed_for_a_conv_compiles_without_transposes():
-    """tf2onnx's pattern: an NHWC graph input, Transpose to NCHW, Conv, Relu, Transpose back
-    to NHWC. The transposes cancel against the channels-last layout: none in the program."""
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1])]
-    model = make_model(nodes, [("x", np.float32, [2, 8, 8, 3])], [("y", np.float32, None)],
-                       {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)})
-    converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
-    inputs = [_boundary.to_module(x, s) for s in converted.inputs]
-    hlo = jax.jit(converted.module.apply).lower(converted.variables, *inputs).compile().as_text()
-    assert " transpose(" not in hlo
-
-
-def test_transposed_residual_stream_is_transposed_once():
-    """x [N, C, L] (ONNX order) -> Transpose [N, L, C] -> LayerNorm -> MatMul -> Add (residual)
-    -> LayerNorm: the Transpose is done once; recording it instead would leave the residual
-    stream transposed and transpose it back for each LayerNorm and the MatMul."""
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 6, 4)).astype(np.float32)
-    inits = {"g": rng.uniform(0.5, 1.5, 6).astype(np.float32),
-             "m": rng.standard_normal((6, 6)).astype(np.float32)}
-    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
-             helper.make_node("LayerNormalization", ["t", "g"], ["n"], axis=-1),
-             helper.make_node("MatMul", ["n", "m"], ["h"]),
-             helper.make_node("Add", ["t", "h"], ["s"]),
-             helper.make_node("LayerNormalization", ["s", "g"], ["y"], axis=-1)]
-    model = make_model(nodes, [("x", np.float32, [2, 6, 4])], [("y", np.float32, None)], inits)
-    converted, _, _ = assert_matches_ort(model, {"x": x}, rtol=1e-4, atol=1e-4)
-    jaxpr = jax.make_jaxpr(converted.module.apply)(converted.variables, x)
-    assert str(jaxpr).count("transpose[") == 1

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_codegen_matches
-from mathcheck import check, node_model
+from helpers import assert_codegen_matches, check_graph, node_model
 from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
 
@@ -48,7 +47,7 @@ def test_dft(opset, inverse, onesided, last, axis, length):
         got = onnx2flax.convert(model).run({"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     else:
-        check(model, {"x": x}, rtol=1e-4, atol=1e-4)
+        check_graph(model, {"x": x}, rtol=1e-4, atol=1e-4)
 
 
 def test_dft_on_the_last_axis_is_refused():
@@ -73,7 +72,7 @@ def test_stft(onesided, last, window, frame_length, step):
         inputs[3] = "len"
     model = node_model("STFT", {"x": x}, attrs={"onesided": onesided}, consts=consts,
                        inputs=inputs, opset=17)
-    check(model, {"x": x}, rtol=1e-4, atol=1e-4)
+    check_graph(model, {"x": x}, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("op", ["HannWindow", "HammingWindow", "BlackmanWindow"])
@@ -83,7 +82,7 @@ def test_windows_of_constant_size_fold(op, periodic, dtype):
     out = np.float32 if dtype == TensorProto.FLOAT else np.float64
     model = node_model(op, {}, attrs={"periodic": periodic, "output_datatype": dtype},
                        consts={"size": np.array(10, np.int64)}, out_dtypes=[out], opset=17)
-    check(model, {}, rtol=1e-6, atol=1e-6)
+    check_graph(model, {}, rtol=1e-6, atol=1e-6)
 
 
 def test_mel_weight_matrix_of_constants_folds():
@@ -91,15 +90,15 @@ def test_mel_weight_matrix_of_constants_folds():
               "rate": np.array(8192, np.int64), "low": np.array(0, np.float32),
               "high": np.array(4096, np.float32)}
     model = node_model("MelWeightMatrix", {}, consts=consts, out_dtypes=[np.float32], opset=17)
-    check(model, {})
+    check_graph(model, {})
 
 
 def test_window_of_run_time_size_is_specialized():
     """``run`` converts once per run-time window size; the module alone cannot trace it."""
     feeds = {"size": np.array(4, np.int64)}
     model = node_model("HannWindow", feeds, out_dtypes=[np.float32])
-    converted = check(model, feeds)
-    check(model, {"size": np.array(7, np.int64)})
+    converted, _, _ = check_graph(model, feeds)
+    check_graph(model, {"size": np.array(7, np.int64)})
     with pytest.raises(OnnxConversionError, match="HannWindow.*conversion-time constants"):
         converted.module.apply(converted.variables, feeds["size"])
 
