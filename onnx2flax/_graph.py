@@ -92,7 +92,9 @@ class TensorSpec:
 
 @dataclass(eq=False)
 class Node:
-    """One ONNX node with decoded attributes (Python values, NumPy arrays, Graphs)."""
+    """One ONNX node with decoded attributes (Python values, NumPy arrays, Graphs); ``attrs``
+    also holds the defaults of the op's ONNX schema at the model's opset (``proto`` only
+    what the file says)."""
 
     name: str
     op_type: str

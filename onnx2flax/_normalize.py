@@ -1,12 +1,14 @@
 """Stage 2: ModelProto -> Graph.
 
-Inlines local functions, decodes attributes and tensors once, checks that every name is
-defined exactly once and that the graph has no cycle (sorting it topologically), and folds
-nodes whose inputs are all constant.
+Inlines local functions, decodes attributes and tensors once (filling in the defaults of the
+op's ONNX schema at the model's opset), checks that every name is defined exactly once and
+that the graph has no cycle (sorting it topologically), and folds nodes whose inputs are all
+constant.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from onnx import helper
 
 from ._fold import fold, foldable
 from ._graph import (Graph, Node, TensorSpec, is_float_weight, is_weight_dequantization,
-                     node_name, numpy_dtype, onnx_domain, opset_map)
+                     node_name, numpy_dtype, onnx_domain, opset_for, opset_map)
 from ._inputs import apply_given
 from ._limits import budget
 from ._load import tensor_to_array
@@ -162,6 +164,9 @@ def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | 
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir,
                                     lambda: _scope(scope, outer, constants, g))
                  for a in proto.attribute}
+        for key, value in _schema_defaults(onnx_domain(proto.domain), proto.op_type,
+                                           opset_for(opsets, proto.domain)).items():
+            attrs.setdefault(key, list(value) if isinstance(value, list) else value)
         nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
                           list(proto.output), attrs, _detached(proto)))
 
@@ -224,6 +229,29 @@ def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, bas
     elif isinstance(value, list) and value and isinstance(value[0], bytes):
         value = [v.decode("utf-8", errors="replace") for v in value]
     return value
+
+
+#: Schema defaults that contradict the spec's text; left out, so the handler's default holds.
+_SLIPS = {("GRU", "direction"): "foward",  # GRU-1's misspelt "forward"
+          ("RNN", "activations"): ["Tanh", "Tanh"]}  # two, though one direction needs one
+
+
+@functools.cache
+def _schema_defaults(domain: str, op_type: str, opset: int) -> dict[str, Any]:
+    """``{attribute: default}`` of the op's ONNX schema at ``opset`` (decoded as read from a
+    file), so every reader of ``node.attrs`` sees the same defaults, the right ones for the
+    node's opset; empty for ops onnx does not define (contrib ops: their handlers' own)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return {}
+    out = {}
+    for key, spec in schema.attributes.items():
+        if spec.default_value.type:
+            value = _attribute(spec.default_value, "", op_type, {}, None, None)
+            if _SLIPS.get((op_type, key)) != value:
+                out[key] = value
+    return out
 
 
 def _check_schema(proto: onnx.NodeProto, name: str, opsets: dict[str, int]) -> None:
