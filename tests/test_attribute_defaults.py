@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 
+from onnx2flax import ops  # noqa: F401  (registers the handlers)
 from onnx2flax._normalize import normalize
+from onnx2flax._registry import _REGISTRY, schema_defaults
 
 
 def _graph(node, opset, domain=""):
@@ -28,10 +30,20 @@ def test_given_attributes_win_and_the_proto_is_unchanged():
     assert node.attrs == {"alpha": 1.0} and not node.proto.attribute
 
 
-def test_ops_onnx_does_not_define_get_no_defaults():
-    node = _graph(helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft"), 1,
+def test_ops_onnx_does_not_define_get_their_handlers_defaults():
+    node = _graph(helper.make_node("QuickGelu", ["x"], ["y"], domain="com.microsoft"), 1,
                   "com.microsoft").nodes[0]
-    assert node.attrs == {}
+    assert node.attrs == {"alpha": 1.702}
+    node = _graph(helper.make_node("LayerNormalization", ["x", "x"], ["y"]), 13).nodes[0]
+    assert node.attrs == {"axis": -1, "epsilon": 1e-5}  # onnx defines it from opset 17
+
+
+def test_handler_defaults_never_restate_the_schema():
+    """A handler's ``defaults`` are for what the op's schema at its first version lacks."""
+    for (domain, op), specs in _REGISTRY.items():
+        for spec in specs:
+            given = set(schema_defaults(domain, op, spec.since))
+            assert not set(spec.defaults) & given, (domain, op, spec.since)
 
 
 def test_schema_slips_are_not_filled():

@@ -72,7 +72,7 @@ def _bias(ctx, mask, dtype, sq: int, skv: int, offset, nonpad):
     pos_q = jnp.arange(sq)[:, None] + offset
     pos_k = jnp.arange(skv)
     allowed = []
-    if int(ctx.attr("is_causal", 0)):
+    if int(ctx.attr("is_causal")):
         allowed.append(pos_k <= pos_q)
     left, right = int(ctx.attr("left_window_size", -1)), int(ctx.attr("right_window_size", -1))
     if left < -1 or right < -1:
@@ -156,12 +156,12 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
     elif nonpad_kv_seqlen is not None:
         offset = jnp.reshape(nonpad_kv_seqlen, (-1, 1, 1, 1)) - q.shape[2]
     present_k, present_v = k, v
-    mode = int(ctx.attr("qk_matmul_output_mode", 0))
+    mode = int(ctx.attr("qk_matmul_output_mode"))
     if mode not in (0, 1, 2, 3):
         raise ctx.invalid(f"qk_matmul_output_mode must be 0, 1, 2 or 3, got {mode}")
 
     raw, v = _scores(q, k, v, _scale(ctx, q.shape[3]))
-    softcap = float(ctx.attr("softcap", 0.0))
+    softcap = float(ctx.attr("softcap"))
     capped = softcap * jnp.tanh(raw / softcap) if softcap > 0 else raw
     bias = _bias(ctx, attn_mask, dtype, q.shape[2], k.shape[2], offset, nonpad_kv_seqlen)
     scores = capped if bias is None else capped + bias
@@ -214,7 +214,7 @@ def rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids=None):
     else:
         raise ctx.invalid(f"the input must be 3-D or 4-D, got shape {list(x.shape)}")
     head_size = heads.shape[3]
-    dim = int(ctx.attr("rotary_embedding_dim", 0)) or head_size
+    dim = int(ctx.attr("rotary_embedding_dim")) or head_size
     if dim % 2 or dim > head_size:
         raise ctx.invalid(f"rotary_embedding_dim {dim} must be even and at most the head size "
                           f"{head_size}")
@@ -224,7 +224,7 @@ def rotary_embedding(ctx, x, cos_cache, sin_cache, position_ids=None):
     if cos_cache.shape != sin_cache.shape or cos_cache.shape[-1] != dim // 2:
         raise ctx.invalid(f"cos/sin caches {list(cos_cache.shape)}, {list(sin_cache.shape)} "
                           f"must end in rotary_embedding_dim / 2 = {dim // 2}")
-    out = rotate(heads, cos_cache, sin_cache, dim, int(ctx.attr("interleaved", 0)))
+    out = rotate(heads, cos_cache, sin_cache, dim, int(ctx.attr("interleaved")))
     return jnp.swapaxes(out, 1, 2) if x.ndim == 4 else jnp.reshape(out, x.shape)
 
 
@@ -234,7 +234,7 @@ def swiglu(ctx, a, b):
     if a.shape != b.shape:
         raise ctx.invalid(f"A {list(a.shape)} and B {list(b.shape)} must have the same shape "
                           "(SwiGLU does not broadcast)")
-    alpha = float(ctx.attr("alpha", 1.0))
+    alpha = float(ctx.attr("alpha"))
     return (a * jax.nn.sigmoid(alpha * a) * b).astype(a.dtype)
 
 
@@ -249,7 +249,7 @@ def linear_attention(ctx, query, key, value, past_state=None, decay=None, beta=N
     ``[B, T, Hkv*Dk]``), ``v <- beta * (v - S^T k)`` (delta rules, ``beta`` ``[B, T, Hkv|1]``),
     ``S += k v^T``, output ``scale * q^T S`` (each KV state shared by ``Hq / Hkv`` query
     heads). Returns the output ``[B, T, Hq*Dv]`` and the final state."""
-    rule = ctx.attr("update_rule", "gated_delta")
+    rule = ctx.attr("update_rule")
     if rule not in _UPDATE_RULES:
         raise ctx.invalid(f"update_rule must be one of {_UPDATE_RULES}, got {rule!r}")
     gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
@@ -299,7 +299,7 @@ def linear_attention(ctx, query, key, value, past_state=None, decay=None, beta=N
 
     time_major = (jnp.moveaxis(k, 2, 0), jnp.moveaxis(v, 2, 0), g, beta)
     final, states = jax.lax.scan(step, past_state.astype(f32), time_major)  # states [T, B, ...]
-    scale = float(ctx.attr("scale", 0.0)) or 1 / np.sqrt(dk)
+    scale = float(ctx.attr("scale")) or 1 / np.sqrt(dk)
     groups = q_heads // kv_heads
     out = scale * jnp.einsum("bhtk,tbhkv->bthv", q, jnp.repeat(states, groups, axis=2))
     return (jnp.reshape(out, (b, t, q_heads * dv)).astype(query.dtype),
@@ -312,7 +312,7 @@ def causal_conv_with_state(ctx, x, weight, bias=None, past_state=None):
     the carried ``past_state`` ``[B, C, K-1]`` (zeros if absent), with an optional bias and
     fused SiLU (``activation`` 'silu' / 'swish'). Returns the output ``[B, C, L]`` and the
     last ``K-1`` steps of the padded sequence as the next state."""
-    activation = ctx.attr("activation", "none")
+    activation = ctx.attr("activation")
     if activation not in ("none", "silu", "swish"):
         raise ctx.invalid(f"activation must be 'none', 'silu' or 'swish', got {activation!r}")
     if (x.ndim != 3 or weight.ndim != 3 or weight.shape[:2] != (x.shape[1], 1)

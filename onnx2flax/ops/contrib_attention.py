@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._registry import register
+from .._registry import register, schema_defaults
 from . import attention
 from .contrib_transformer import _MS, _dense, _dense_params
 
@@ -151,7 +151,8 @@ def multi_head_attention(ctx, query, key=None, value=None, bias=None, key_paddin
     return (_merge_heads(y), k, v)[:len(ctx.node.outputs)]
 
 
-@register("RotaryEmbedding", domain=_MS)
+@register("RotaryEmbedding", domain=_MS,
+          defaults=schema_defaults("", "RotaryEmbedding"))
 def ms_rotary_embedding(ctx, x, position_ids, cos_cache, sin_cache):
     """RoPE (ONNX RotaryEmbedding's computation) with com.microsoft's input order;
     ``position_ids`` ``[B, S]``, or ``[1]``: the position of token 0 (then 0.., +1 each)."""

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._registry import register
+from .._registry import register, schema_defaults
 from ._common import normalize_axis
 from .attention import _split_heads, attention
 from .pool import average_pool
@@ -146,7 +146,8 @@ def _channels_first(ctx):
                        "is not supported; convert the model before that optimization")
 
 
-@register("QLinearAveragePool", domain=_MS, layout="channels_last")
+@register("QLinearAveragePool", domain=_MS, layout="channels_last",
+          defaults=schema_defaults("", "AveragePool"))
 def qlinear_average_pool(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
     """``quantize(AveragePool(dequantize(X)))`` with AveragePool's attributes; X
     channels-last."""
@@ -171,20 +172,20 @@ def _matmul_int32(ctx, a, b, a_zero_point, b_zero_point):
                       _centered(ctx, b, b_zero_point, False), preferred_element_type=jnp.int32)
 
 
-@register("QGemm", domain=_MS)
+@register("QGemm", domain=_MS, defaults=schema_defaults("", "Gemm"))  # Gemm's attributes, no beta
 def qgemm(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None,
           y_zero_point=None):
     """``Y = alpha * a_scale * b_scale * ((A - a_zp) @ (B - b_zp) + C)`` (C int32, the
     product's scale), quantized with ``y_scale`` / ``y_zero_point`` when given, else
     float32. ``transA`` / ``transB``; B's scale and zero point scalar or per column."""
-    if int(ctx.attr("transA", 0)):
+    if int(ctx.attr("transA")):
         a = jnp.swapaxes(a, 0, 1)
-    if int(ctx.attr("transB", 0)):
+    if int(ctx.attr("transB")):
         b = jnp.swapaxes(b, 0, 1)
     acc = _matmul_int32(ctx, a, b, a_zero_point, b_zero_point)
     if c is not None:
         acc = acc + jnp.asarray(c).astype(jnp.int32)
-    scale = (np.float32(ctx.attr("alpha", 1.0)) * _scalar(ctx, a_scale, "a_scale")
+    scale = (np.float32(ctx.attr("alpha")) * _scalar(ctx, a_scale, "a_scale")
              * jnp.asarray(b_scale, jnp.float32))
     if y_scale is None:
         return acc.astype(jnp.float32) * scale
@@ -237,7 +238,8 @@ def _lstm_weight(ctx, w, scale, zero_point, what: str):
     return jnp.swapaxes(centered * jnp.reshape(jnp.asarray(scale, jnp.float32), shape), 1, 2)
 
 
-@register("DynamicQuantizeLSTM", domain=_MS)
+@register("DynamicQuantizeLSTM", domain=_MS,
+          defaults=schema_defaults("", "LSTM"))
 def dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None,
                           initial_c=None, p=None, w_scale=None, w_zero_point=None, r_scale=None,
                           r_zero_point=None):
@@ -278,7 +280,8 @@ def _attention_bias(ctx, mask_index, batch: int, sq: int, past: int):
     return jnp.where(allowed, 0.0, np.float32(ctx.attr("mask_filter_value", -10000.0)))
 
 
-@register("QAttention", domain=_MS)
+@register("QAttention", domain=_MS,
+          defaults=schema_defaults("", "Attention"))
 def qattention(ctx, x, weight, bias, input_scale, weight_scale, mask_index=None,
                input_zero_point=None, weight_zero_point=None, past=None):
     """Self-attention on a quantized input ``[B, S, in]`` and weight ``[in, 3*hidden]``:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _layers, _layout
-from .._registry import register
+from .._registry import register, schema_defaults
 from . import conv, linear, normalization
 
 _MS = "com.microsoft"
@@ -102,7 +102,7 @@ _ACTIVATIONS = {
 
 def _activate(ctx, y, params):
     """The fused ``activation`` attribute applied to ``y`` with its float parameters."""
-    name = ctx.attr("activation", "")
+    name = ctx.attr("activation")
     if name == "":
         return y
     if name not in _ACTIVATIONS or (name == "Clip" and len(params) != 2):
@@ -136,20 +136,27 @@ def _gemm_activation_params(ctx):
             if n in ctx.node.attrs]
 
 
-@register("FusedGemm", domain=_MS, params=linear._gemm_params)
+#: FusedGemm and FusedConv take Gemm's and Conv's attributes (and defaults) and an activation.
+_FUSED_GEMM = {**schema_defaults("", "Gemm"), "activation": ""}
+FUSED_CONV = {**schema_defaults("", "Conv"), "activation": "", "activation_params": []}
+
+
+@register("FusedGemm", domain=_MS, params=linear._gemm_params,
+          defaults=_FUSED_GEMM)
 def fused_gemm(ctx, a, b, c=None):
     """Gemm followed by the fused ``activation`` (``activation_alpha`` / ``_beta``)."""
     return _activate(ctx, linear.gemm(ctx, a, b, c), _gemm_activation_params(ctx))
 
 
-@register("FusedConv", domain=_MS, layout="channels_last", params=conv._conv_params)
+@register("FusedConv", domain=_MS, layout="channels_last", params=conv._conv_params,
+          defaults=FUSED_CONV)
 def fused_conv(ctx, x, w, b=None, z=None):
     """Conv (channels-last), plus the optional sum input Z, then the fused ``activation``
     with ``activation_params``."""
     y = conv.conv(ctx, x, w, b)
     if z is not None:
         y = y + _layout.convert(z, _layout.identity(z.ndim), _layout.channels_last(z.ndim))
-    return _activate(ctx, y, ctx.attr("activation_params", []))
+    return _activate(ctx, y, ctx.attr("activation_params"))
 
 
 def _ohwi_to_oihw(w):
@@ -168,7 +175,8 @@ def _nhwc_conv_params(node, weights):
     return built
 
 
-@register("NhwcConv", domain=_MS, params=_nhwc_conv_params)
+@register("NhwcConv", domain=_MS, params=_nhwc_conv_params,
+          defaults=schema_defaults("", "Conv"))
 def nhwc_conv(ctx, x, w, b=None):
     """2-D Conv on NHWC X with an OHWI weight (the transformer optimizer's layout), NHWC
     out: a plain channels-last Flax Conv."""
@@ -258,7 +266,8 @@ def matmul_nbits(ctx, a, b, scales, zero_points=None, g_idx=None, bias=None):
 
 # -- normalization -----------------------------------------------------------------------
 
-@register("SimplifiedLayerNormalization", layout="custom", params=normalization._trailing_params)
+@register("SimplifiedLayerNormalization", layout="custom", params=normalization._trailing_params,
+          defaults={"axis": -1, "epsilon": 1e-5})
 def simplified_layer_norm(ctx, x, scale):
     """onnxruntime's RMS normalization in the ONNX domain (any opset): ``X / sqrt(mean(X^2)
     + epsilon) * scale`` over axes ``axis..``; outputs Y and (optional) ``inv_std_var``."""
@@ -280,30 +289,35 @@ def _skip_params(node, weights):
 
 
 def _skip_norm(ctx, x, skip, gamma, beta, bias, rms: bool):
-    """``s = input + skip (+ bias)`` normalized over the last axis (epsilon default 1e-12),
-    times gamma (plus beta); outputs ``(y, mean, inv_std_var, s)``."""
+    """``s = input + skip (+ bias)`` normalized over the last axis, times gamma (plus beta);
+    outputs ``(y, mean, inv_std_var, s)``."""
     s = x + skip
     if bias is not None:
         s = s + bias
     identity = _layout.identity(s.ndim)
-    y = normalization._trailing_norm(ctx, s, gamma, beta, rms=rms, perm=identity,
-                                     epsilon=1e-12)[0]
+    y = normalization._trailing_norm(ctx, s, gamma, beta, rms=rms, perm=identity)[0]
     outs = [y, None, None, s]
     if any(ctx.node.outputs[1:3]):
         _, mean, inv_std = normalization._standardize(s, (s.ndim - 1,),
-                                                      float(ctx.attr("epsilon", 1e-12)),
+                                                      float(ctx.attr("epsilon")),
                                                       center=not rms)
         outs[1:3] = mean, inv_std
     return outs[:len(ctx.node.outputs)]
 
 
-@register("SkipLayerNormalization", domain=_MS, params=_skip_params)
+#: The Skip*LayerNormalization defaults (they have no axis attribute: the last axis).
+_SKIP_NORM = {"axis": -1, "epsilon": 1e-12}
+
+
+@register("SkipLayerNormalization", domain=_MS, params=_skip_params,
+          defaults=_SKIP_NORM)
 def skip_layer_norm(ctx, x, skip, gamma, beta=None, bias=None):
     """LayerNorm(input + skip + bias) * gamma + beta; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, beta, bias, rms=False)
 
 
-@register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params)
+@register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params,
+          defaults=_SKIP_NORM)
 def skip_simplified_layer_norm(ctx, x, skip, gamma, bias=None):
     """RMSNorm(input + skip + bias) * gamma; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, None, bias, rms=True)

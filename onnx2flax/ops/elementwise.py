@@ -56,8 +56,8 @@ for _name, _fn, _since in [
 
 @register("IsInf", since=10, layout="elementwise")
 def is_inf(ctx: OpContext, x):
-    negative = bool(ctx.attr("detect_negative", 1))
-    positive = bool(ctx.attr("detect_positive", 1))
+    negative = bool(ctx.attr("detect_negative"))
+    positive = bool(ctx.attr("detect_positive"))
     return ((x == jnp.inf) & positive) | ((x == -jnp.inf) & negative)
 
 
@@ -96,7 +96,7 @@ def _legacy_binary(fn):
         perm = ctx.in_perms[0]
         b = _layout.to_onnx(b, ctx.in_perms[1])
         a_shape = tuple(np.shape(a)[perm.index(i)] for i in range(len(perm)))
-        if int(ctx.attr("broadcast", 0)):
+        if int(ctx.attr("broadcast")):
             axis = int(ctx.attr("axis", len(a_shape) - np.ndim(b)))
             axis = axis % len(a_shape) if a_shape else 0
             if axis + np.ndim(b) > len(a_shape):
@@ -126,7 +126,7 @@ for _name, _fn, _since in [
 def _mod(ctx: OpContext, a, b, floor_floats: bool):
     """``fmod=0``: ``a - floor(a / b) * b`` (the divisor's sign, Python's ``%``), for floats
     only from opset 28; ``fmod=1``: C's ``fmod`` (the dividend's sign)."""
-    if int(ctx.attr("fmod", 0)):
+    if int(ctx.attr("fmod")):
         return jnp.fmod(a, b)
     if not (floor_floats or _is_int(a, b)):
         raise ctx.invalid("fmod=0 needs integer inputs before opset 28 (floats need fmod=1)")

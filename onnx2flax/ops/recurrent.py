@@ -206,6 +206,6 @@ def gru(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None):
 def lstm(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None,
          p=None):
     """LSTM with peepholes ``P`` and ``input_forget``; outputs Y, Y_h, Y_c."""
-    cell = partial(_lstm_cell, input_forget=int(ctx.attr("input_forget", 0)))
+    cell = partial(_lstm_cell, input_forget=int(ctx.attr("input_forget")))
     return _recurrent(ctx, x, w, r, b, sequence_lens, initial_h, initial_c, p, n_gates=4,
                       defaults=["Sigmoid", "Tanh", "Tanh"], cell=cell, cell_state=True)
