@@ -161,22 +161,22 @@ def nchwc_conv(ctx, x, w, b=None, z=None):
     return fused_conv(ctx, x, w, b, z)
 
 
-@register("ReorderInput", domain=_NCHWC, layout="channels_last")
+@register("ReorderInput", domain=_NCHWC, layout="channels_last", defaults={"channels_last": 0})
 def reorder_input(ctx, x):
     """NCHW (or, ``channels_last``, NHWC) -> blocked: held channels-last, same values."""
-    if int(ctx.attr("channels_last", 0)):  # the NHWC input, in ONNX order, is the holding
+    if int(ctx.attr("channels_last")):  # the NHWC input, in ONNX order, is the holding
         return _layout.to_onnx(x, _layout.channels_last(x.ndim))
     return x
 
 
-@register("ReorderOutput", domain=_NCHWC, layout="channels_last")
+@register("ReorderOutput", domain=_NCHWC, layout="channels_last", defaults={"channels_last": 0})
 def reorder_output(ctx, x):
     """Blocked -> the first ``channels`` channels, NCHW (or NHWC with ``channels_last``)."""
     channels = int(ctx.attr("channels"))
     if not 0 < channels <= x.shape[-1]:
         raise ctx.invalid(f"channels={channels} must be in 1..{x.shape[-1]}")
     y = x[..., :channels]
-    if int(ctx.attr("channels_last", 0)):
+    if int(ctx.attr("channels_last")):
         ctx.out_perms = [_layout.identity(y.ndim)]
     return y
 

@@ -26,8 +26,9 @@ from .recurrent import lstm
 
 _MS = "com.microsoft"
 
-register("QuantizeLinear", domain=_MS, layout="custom")(quantize_linear)
-register("DequantizeLinear", domain=_MS, layout="custom")(dequantize_linear)
+# com.microsoft's take a per-axis scale from version 1 on.
+register("QuantizeLinear", domain=_MS, layout="custom", defaults={"axis": 1})(quantize_linear)
+register("DequantizeLinear", domain=_MS, layout="custom", defaults={"axis": 1})(dequantize_linear)
 
 
 def _dequantized(ctx, x, scale, zero_point, what: str):
@@ -87,11 +88,11 @@ def _sigmoid(ctx, x):
     return jax.nn.sigmoid(x)
 
 
-@register("QLinearLeakyRelu", domain=_MS, layout="elementwise")
+@register("QLinearLeakyRelu", domain=_MS, layout="elementwise", defaults={"alpha": 0.01})
 @_unary
 def _leaky_relu(ctx, x):
-    """``quantize(leaky_relu(dequantize(X), alpha))``, ``alpha`` default 0.01."""
-    alpha = float(ctx.attr("alpha", 0.01))
+    """``quantize(leaky_relu(dequantize(X), alpha))``."""
+    alpha = float(ctx.attr("alpha"))
     return jnp.where(x >= 0, x, x * np.float32(alpha))
 
 
@@ -141,13 +142,13 @@ def qlinear_softmax(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_poi
 
 
 def _channels_first(ctx):
-    if int(ctx.attr("channels_last", 0)):
+    if int(ctx.attr("channels_last")):
         raise ctx.fail("channels_last=1 (an NHWC graph from onnxruntime's layout optimizer) "
                        "is not supported; convert the model before that optimization")
 
 
 @register("QLinearAveragePool", domain=_MS, layout="channels_last",
-          defaults=schema_defaults("", "AveragePool"))
+          defaults={**schema_defaults("", "AveragePool"), "channels_last": 0})
 def qlinear_average_pool(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=None):
     """``quantize(AveragePool(dequantize(X)))`` with AveragePool's attributes; X
     channels-last."""
@@ -157,7 +158,8 @@ def qlinear_average_pool(ctx, x, x_scale, x_zero_point=None, y_scale=None, y_zer
     return _quantized(ctx, y, y_scale, y_zero_point, x.dtype)
 
 
-@register("QLinearGlobalAveragePool", domain=_MS, layout="channels_last")
+@register("QLinearGlobalAveragePool", domain=_MS, layout="channels_last",
+          defaults={"channels_last": 0})
 def qlinear_global_average_pool(ctx, x, x_scale, x_zero_point, y_scale, y_zero_point):
     """``quantize(mean over spatial positions(dequantize(X)))``; X channels-last."""
     _check_8_bit(ctx, x)
@@ -263,7 +265,7 @@ def _attention_bias(ctx, mask_index, batch: int, sq: int, past: int):
     total = past + sq
     keys, queries = jnp.arange(total), jnp.arange(sq)
     allowed = jnp.ones((batch, 1, sq, total), bool)
-    if int(ctx.attr("unidirectional", 0)):
+    if int(ctx.attr("unidirectional")):
         allowed = allowed & (keys[None, :] <= queries[:, None] + past)
     if mask_index is not None:
         m = jnp.asarray(mask_index)
@@ -277,11 +279,15 @@ def _attention_bias(ctx, mask_index, batch: int, sq: int, past: int):
         else:
             raise ctx.invalid(f"mask_index of shape {list(m.shape)} is not [{batch}], "
                               f"[{2 * batch}], [{batch}, {total}] or [{batch}, {sq}, {total}]")
-    return jnp.where(allowed, 0.0, np.float32(ctx.attr("mask_filter_value", -10000.0)))
+    return jnp.where(allowed, 0.0, np.float32(ctx.attr("mask_filter_value")))
 
 
-@register("QAttention", domain=_MS,
-          defaults=schema_defaults("", "Attention"))
+#: QAttention computes as ONNX Attention (whose attributes it is read with), plus its own.
+_QATTENTION = {**schema_defaults("", "Attention"), "unidirectional": 0,
+               "mask_filter_value": -10000.0, "do_rotary": 0, "past_present_share_buffer": 0}
+
+
+@register("QAttention", domain=_MS, defaults=_QATTENTION)
 def qattention(ctx, x, weight, bias, input_scale, weight_scale, mask_index=None,
                input_zero_point=None, weight_zero_point=None, past=None):
     """Self-attention on a quantized input ``[B, S, in]`` and weight ``[in, 3*hidden]``:
@@ -290,7 +296,7 @@ def qattention(ctx, x, weight, bias, input_scale, weight_scale, mask_index=None,
     the ONNX Attention path (``scale`` default ``1/sqrt(head size)``; ``unidirectional``;
     ``mask_index``; ``past`` ``[2, B, heads, P, head size]``). Outputs ``[B, S, hidden]``
     and ``present`` ``[2, B, heads, P+S, head size]``."""
-    if int(ctx.attr("do_rotary", 0)) or int(ctx.attr("past_present_share_buffer", 0)):
+    if int(ctx.attr("do_rotary")) or int(ctx.attr("past_present_share_buffer")):
         raise ctx.fail("do_rotary and past_present_share_buffer are not supported")
     if np.ndim(x) != 3 or np.ndim(weight) != 2 or np.shape(weight)[1] % 3:
         raise ctx.invalid(f"input must be [batch, sequence, in] and weight [in, 3*hidden], got "
