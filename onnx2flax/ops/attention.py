@@ -26,8 +26,9 @@ def _split_heads(ctx, x, heads: int, what: str):
     return jnp.transpose(jnp.reshape(x, (b, s, heads, hidden // heads)), (0, 2, 1, 3))
 
 
-def _heads(ctx, q, k, v):
-    """Q, K, V as ``[B, H, S, D]``, checking the head counts (GQA: ``Hq % Hkv == 0``)."""
+def _heads(ctx, q, k, v, lenient: bool):
+    """Q, K, V as ``[B, H, S, D]``, checking the head counts (GQA: ``Hq % Hkv == 0``);
+    ``lenient``: 4-D inputs may have ``q_num_heads`` / ``kv_num_heads`` that agree."""
     if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
         raise ctx.invalid(f"Q, K and V must all be 3-D or all 4-D, got shapes "
                           f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
@@ -39,9 +40,8 @@ def _heads(ctx, q, k, v):
         k = _split_heads(ctx, k, int(kv_heads), "K")
         v = _split_heads(ctx, v, int(kv_heads), "V")
     elif q_heads is not None or kv_heads is not None:
-        # Opset 25 forbids them with 4-D inputs; before, they must agree with the shapes.
         given = (q_heads or q.shape[1], kv_heads or k.shape[1])
-        if ctx.opset >= 25 or given != (q.shape[1], k.shape[1]):
+        if not lenient or given != (q.shape[1], k.shape[1]):
             raise ctx.invalid(f"q_num_heads={q_heads} / kv_num_heads={kv_heads} do not apply "
                               f"to 4-D inputs of shapes {list(q.shape)}, {list(k.shape)}")
     if (k.shape[:2] != v.shape[:2] or q.shape[0] != k.shape[0] or k.shape[2] != v.shape[2]
@@ -133,7 +133,7 @@ def attend(q, k, v, bias=None, *, scale: float, softcap: float = 0.0):
 
 @register("Attention", since=23)
 def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
-              nonpad_kv_seqlen=None):
+              nonpad_kv_seqlen=None, *, lenient_heads=True):
     """Scaled dot-product attention. Q ``[B, Hq, Sq, D]``, K ``[B, Hkv, Skv, D]``, V
     ``[B, Hkv, Skv, Dv]`` (or 3-D ``[B, S, H*D]``); query heads share the key/value heads in
     groups of ``Hq / Hkv`` (GQA). Outputs Y (Q's rank), present key/value ``[B, Hkv, P+Skv,
@@ -142,7 +142,7 @@ def attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None,
     Opset 24 adds ``nonpad_kv_seqlen`` (an external cache: keys past it are padding, the
     causal frontier is bottom-right aligned to it); opset 25 adds the sliding window."""
     rank3 = q.ndim == 3
-    q, k, v = _heads(ctx, q, k, v)
+    q, k, v = _heads(ctx, q, k, v, lenient_heads)
     dtype = q.dtype
     if (past_key is None) != (past_value is None):
         raise ctx.invalid("past_key and past_value must be given together")
@@ -194,6 +194,12 @@ def rotate(heads, cos, sin, dim: int, interleaved: bool):
     rot = (jnp.stack(pair, axis=-1).reshape(rot.shape) if interleaved
            else jnp.concatenate(pair, axis=-1))
     return jnp.concatenate([rot, rest], axis=-1).astype(heads.dtype)
+
+
+@register("Attention", since=25)
+def attention_v25(ctx, q, k, v, *inputs):
+    """Opset 25 forbids ``q_num_heads`` / ``kv_num_heads`` with 4-D inputs."""
+    return attention(ctx, q, k, v, *inputs, lenient_heads=False)
 
 
 @register("RotaryEmbedding", since=23)

@@ -182,13 +182,28 @@ def clip(ctx: OpContext, x, lo=None, hi=None):
     return x
 
 
-@register("Dropout", layout="elementwise", static_inputs=(1, 2))
+@register("Dropout", layout="elementwise")
+def dropout_v1(ctx: OpContext, x):
+    """Before opset 10 the optional mask has X's dtype."""
+    return _dropout(ctx, x, float(ctx.attr("ratio")), x.dtype)
+
+
+@register("Dropout", since=10, layout="elementwise")
+def dropout_v10(ctx: OpContext, x):
+    return _dropout(ctx, x, float(ctx.attr("ratio")), bool)
+
+
+@register("Dropout", since=12, layout="elementwise", static_inputs=(1, 2))
 def dropout(ctx: OpContext, x, ratio=None, training_mode=None):
-    """Identity at inference; with ``train=True`` drops with probability ``ratio``. The
-    optional mask is bool from opset 10, of X's dtype before."""
-    rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio").item())
+    """Opset 12: ``ratio`` (default 0.5) is an input known at conversion time."""
+    return _dropout(ctx, x, 0.5 if ratio is None else float(ctx.static(ratio, "ratio").item()),
+                    bool)
+
+
+def _dropout(ctx: OpContext, x, rate: float, mask_dtype):
+    """Identity at inference; with ``train=True`` drops with probability ``rate``; the
+    optional mask of ``mask_dtype``."""
     outputs = [o for o in ctx.node.outputs if o]
-    mask_dtype = bool if ctx.opset >= 10 else x.dtype
     if not ctx.train or rate == 0.0:
         return (x, jnp.ones(x.shape, mask_dtype)) if len(outputs) > 1 else x
     keep = jax.random.bernoulli(ctx.make_rng("dropout"), 1.0 - rate, x.shape)

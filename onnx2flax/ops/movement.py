@@ -166,11 +166,11 @@ def slice_(ctx: OpContext, x, starts, ends, axes=None, steps=None):
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 
-def _pad(ctx: OpContext, x, pads, value, axes=None):
+def _pad(ctx: OpContext, x, pads, value, axes=None, wrap=False):
     """Pad held ``x``; ``pads`` is ``[begins..., ends...]`` over ONNX ``axes`` (all axes by
-    default). Negative pads crop."""
+    default). Negative pads crop. ``wrap``: the mode exists (opset 19)."""
     mode = ctx.attr("mode")
-    if mode not in _PAD_MODES or (mode == "wrap" and ctx.opset < 19):
+    if mode not in _PAD_MODES or (mode == "wrap" and not wrap):
         raise ctx.fail(f"mode {mode!r} is not supported (constant, reflect, edge; wrap from "
                        "opset 19)")
     pads = _ints(pads)
@@ -212,6 +212,13 @@ def pad(ctx: OpContext, x, pads, constant_value=None, axes=None):
     """Opset 11: ``pads`` (and, from 18, ``axes``) are inputs known at conversion time;
     ``constant_value`` may be computed at run time."""
     return _pad(ctx, x, ctx.static(pads, "pads"), constant_value, ctx.static(axes, "axes"))
+
+
+@register("Pad", since=19, layout="custom", static_inputs=(1, 3))
+def pad_v19(ctx: OpContext, x, pads, constant_value=None, axes=None):
+    """Opset 19 adds mode ``wrap``."""
+    return _pad(ctx, x, ctx.static(pads, "pads"), constant_value, ctx.static(axes, "axes"),
+                wrap=True)
 
 
 # --- Squeeze, Unsqueeze --------------------------------------------------------------------

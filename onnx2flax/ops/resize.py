@@ -287,8 +287,6 @@ def upsample(ctx: OpContext, x, scales):
     return resize_v10(ctx, x, scales)
 
 
-_GRID_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
-               20: {"linear": "linear", "nearest": "nearest", "cubic": "cubic"}}
 
 
 def _reflect(x, lo: float, hi: float):
@@ -306,16 +304,29 @@ def _reflect(x, lo: float, hi: float):
 
 
 @register("GridSample", since=16, layout="channels_last")
+def grid_sample_v16(ctx: OpContext, x, grid):
+    """Opset 16: 2-D only, modes bilinear / nearest / bicubic."""
+    if x.ndim != 4:
+        raise ctx.invalid(f"opset {ctx.opset} GridSample takes 4-D inputs only, got rank {x.ndim}")
+    return _grid_sample(ctx, x, grid, {"bilinear": "linear", "nearest": "nearest",
+                                       "bicubic": "cubic"})
+
+
+@register("GridSample", since=20, layout="channels_last")
 def grid_sample(ctx: OpContext, x, grid):
+    """Opset 20: any rank, modes linear / nearest / cubic."""
+    return _grid_sample(ctx, x, grid, {"linear": "linear", "nearest": "nearest", "cubic": "cubic"})
+
+
+def _grid_sample(ctx: OpContext, x, grid, names: dict[str, str]):
     """X ``[N, *spatial, C]`` (channels-last), grid ``[N, *out, r]`` (ONNX order; its last
     axis lists coordinates in ``[-1, 1]`` fastest spatial axis first, x before y) ->
-    Y ``[N, *out, C]``. Opset 16: 2-D only, modes bilinear / nearest / bicubic; opset 20:
-    any rank, modes linear / nearest / cubic. As torch: nearest rounds half to even;
+    Y ``[N, *out, C]``; ``names`` maps the version's modes to nearest / linear / cubic. As
+    torch: nearest rounds half to even;
     border / reflection move coordinates lying outside into the image, then every tap
     outside it reads 0 (zeros), the edge (border) or its mirror (reflection). Cubic with
     border clamps only the taps, as torch and onnxruntime (ONNX's reference clamps the
     coordinate as well: it differs near the edges)."""
-    names = _GRID_MODES[20 if ctx.opset >= 20 else 16]
     mode = ctx.attr("mode")
     padding = ctx.attr("padding_mode")
     align = int(ctx.attr("align_corners"))
@@ -328,8 +339,6 @@ def grid_sample(ctx: OpContext, x, grid):
     if grid.ndim != r + 2 or grid.shape[0] != n or grid.shape[-1] != r:
         raise ctx.invalid(f"grid of shape {list(grid.shape)} does not fit a {r}-D input of "
                           f"batch {n}: expected [N, *out, {r}]")
-    if ctx.opset < 20 and r != 2:
-        raise ctx.invalid(f"opset {ctx.opset} GridSample takes 4-D inputs only, got rank {r + 2}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
     out = grid.shape[1:-1]
