@@ -116,7 +116,8 @@ _SLIPS = {("GRU", "direction"): "foward",  # GRU-1's misspelt "forward"
 def schema_defaults(domain: str, op_type: str,
                     opset: int = onnx.defs.onnx_opset_version()) -> dict[str, Any]:
     """``{attribute: default}`` of the op's ONNX schema at ``opset`` (decoded as normalize
-    decodes a file's attributes); empty for ops onnx does not define. Do not mutate."""
+    decodes a file's attributes, floats as the spec's decimal); empty for ops onnx does not
+    define. Do not mutate."""
     try:
         schema = onnx.defs.get_schema(op_type, opset, domain)
     except onnx.defs.SchemaError:
@@ -125,6 +126,8 @@ def schema_defaults(domain: str, op_type: str,
     for key, spec in schema.attributes.items():
         if spec.default_value.type:
             value = decode_text(onnx.helper.get_attribute_value(spec.default_value))
+            if isinstance(value, float):  # 1e-5, not the float32 onnx stores (9.99999974e-06)
+                value = float(str(np.float32(value)))
             if _SLIPS.get((op_type, key)) != value:
                 out[key] = value
     return out

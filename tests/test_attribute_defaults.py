@@ -26,8 +26,8 @@ def test_schema_defaults_are_filled_for_the_nodes_opset():
 def test_given_attributes_win_and_the_proto_is_unchanged():
     node = _graph(helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.5), 16).nodes[0]
     assert node.attrs == {"alpha": 0.5}
-    node = _graph(helper.make_node("Elu", ["x"], ["y"]), 16).nodes[0]
-    assert node.attrs == {"alpha": 1.0} and not node.proto.attribute
+    node = _graph(helper.make_node("LeakyRelu", ["x"], ["y"]), 16).nodes[0]
+    assert node.attrs == {"alpha": 0.01} and not node.proto.attribute  # not float32's 0.0099...
 
 
 def test_ops_onnx_does_not_define_get_their_handlers_defaults():
