@@ -150,8 +150,7 @@ def _pad_channels(x, channels: int):
     return x if missing <= 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, missing)])
 
 
-@register("Conv", domain=_NCHWC, layout="channels_last", static_inputs=(1,),
-          defaults=FUSED_CONV)
+@register("Conv", domain=_NCHWC, layout="channels_last", static_inputs=(1,), defaults=FUSED_CONV)
 def nchwc_conv(ctx, x, w, b=None, z=None):
     """FusedConv on the unblocked weight; an input with fewer channels than the weight's
     (padded) input channels gets zero channels."""

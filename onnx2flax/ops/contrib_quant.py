@@ -240,8 +240,7 @@ def _lstm_weight(ctx, w, scale, zero_point, what: str):
     return jnp.swapaxes(centered * jnp.reshape(jnp.asarray(scale, jnp.float32), shape), 1, 2)
 
 
-@register("DynamicQuantizeLSTM", domain=_MS,
-          defaults=schema_defaults("", "LSTM"))
+@register("DynamicQuantizeLSTM", domain=_MS, defaults=schema_defaults("", "LSTM"))
 def dynamic_quantize_lstm(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None,
                           initial_c=None, p=None, w_scale=None, w_zero_point=None, r_scale=None,
                           r_zero_point=None):

@@ -142,8 +142,7 @@ _FUSED_GEMM = {**schema_defaults("", "Gemm"), "activation": ""}
 FUSED_CONV = {**schema_defaults("", "Conv"), "activation": "", "activation_params": []}
 
 
-@register("FusedGemm", domain=_MS, params=linear._gemm_params,
-          defaults=_FUSED_GEMM)
+@register("FusedGemm", domain=_MS, params=linear._gemm_params, defaults=_FUSED_GEMM)
 def fused_gemm(ctx, a, b, c=None):
     """Gemm followed by the fused ``activation`` (``activation_alpha`` / ``_beta``)."""
     return _activate(ctx, linear.gemm(ctx, a, b, c), _gemm_activation_params(ctx))
@@ -176,8 +175,7 @@ def _nhwc_conv_params(node, weights):
     return built
 
 
-@register("NhwcConv", domain=_MS, params=_nhwc_conv_params,
-          defaults=schema_defaults("", "Conv"))
+@register("NhwcConv", domain=_MS, params=_nhwc_conv_params, defaults=schema_defaults("", "Conv"))
 def nhwc_conv(ctx, x, w, b=None):
     """2-D Conv on NHWC X with an OHWI weight (the transformer optimizer's layout), NHWC
     out: a plain channels-last Flax Conv."""
@@ -310,15 +308,13 @@ def _skip_norm(ctx, x, skip, gamma, beta, bias, rms: bool):
 _SKIP_NORM = {"axis": -1, "epsilon": 1e-12}
 
 
-@register("SkipLayerNormalization", domain=_MS, params=_skip_params,
-          defaults=_SKIP_NORM)
+@register("SkipLayerNormalization", domain=_MS, params=_skip_params, defaults=_SKIP_NORM)
 def skip_layer_norm(ctx, x, skip, gamma, beta=None, bias=None):
     """LayerNorm(input + skip + bias) * gamma + beta; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, beta, bias, rms=False)
 
 
-@register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params,
-          defaults=_SKIP_NORM)
+@register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params, defaults=_SKIP_NORM)
 def skip_simplified_layer_norm(ctx, x, skip, gamma, bias=None):
     """RMSNorm(input + skip + bias) * gamma; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, None, bias, rms=True)
