@@ -366,7 +366,7 @@ def flex_attention(ctx, q, k, v):
     if not q.ndim == k.ndim == v.ndim == 4:
         raise ctx.invalid(f"Q, K and V must be 4-D, got shapes {list(q.shape)}, "
                           f"{list(k.shape)}, {list(v.shape)}")
-    q, k, v = _heads(ctx, q, k, v)
+    q, k, v = _heads(ctx, q, k, v, lenient=True)
     scores, v = _scores(q, k, v, _scale(ctx, q.shape[3]))
     precision = ctx.attr("softmax_precision", None)
     compute = (jnp.dtype(jnp.float32) if precision is None
