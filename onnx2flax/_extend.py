@@ -39,7 +39,8 @@ class OpContext(Protocol):
 
     def attr(self, name: str, default: Any = ...) -> Any:
         """Attribute ``name`` (decoded: int, float, str, list, NumPy array), or ``default``
-        when absent; without a default a missing attribute is an ``InvalidModelError``."""
+        when absent; without a default a missing attribute is an ``InvalidModelError``.
+        Ops ONNX defines have their schema's defaults filled in."""
 
     def fail(self, message: str) -> UnsupportedOpError:
         """An error naming the node, to ``raise`` for a case the handler does not support."""

@@ -83,7 +83,7 @@ def _bn_factors(graph: Graph, bn: Node):
     scale, bias, mean, var = (v.astype(np.float64) for v in values)
     if not scale.shape == bias.shape == mean.shape == var.shape:
         return None
-    s = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    s = scale / np.sqrt(var + float(bn.attrs["epsilon"]))
     return s, bias - mean * s
 
 
@@ -103,7 +103,7 @@ def _fuse(graph: Graph, prev: Node, bn: Node) -> Node | None:
         w = w * s.reshape(-1, *[1] * (w.ndim - 1))
         b = np.zeros(s.size) if bias is None else bias.astype(np.float64)
     elif prev.op_type == "ConvTranspose":
-        group = int(attrs.get("group", 1))
+        group = int(attrs["group"])
         c_in, c_out_g = weight.shape[:2] if weight.ndim >= 3 else (0, 0)
         if weight.ndim < 3 or group < 1 or c_in % group or c_out_g * group != s.size:
             return None
@@ -111,11 +111,11 @@ def _fuse(graph: Graph, prev: Node, bn: Node) -> Node | None:
         w = (split * s.reshape(group, 1, c_out_g, *[1] * (w.ndim - 2))).reshape(w.shape)
         b = np.zeros(s.size) if bias is None else bias.astype(np.float64)
     else:  # Gemm: Y = alpha * A' B' + beta * C, channels are the columns of Y
-        trans_b = int(attrs.get("transB", 0))
+        trans_b = int(attrs["transB"])
         if weight.ndim != 2 or weight.shape[0 if trans_b else 1] != s.size:
             return None
         w = w * (s[:, None] if trans_b else s[None, :])
-        beta = float(attrs.get("beta", 1.0))
+        beta = float(attrs["beta"])
         if bias is None:
             b = np.zeros(s.size)
         elif bias.size in (1, s.size) and (bias.ndim < 2 or bias.shape[0] == 1):

@@ -22,6 +22,15 @@ def onnx_domain(domain: str) -> str:
     return "" if domain == "ai.onnx" else domain
 
 
+def decode_text(value: Any) -> Any:
+    """A decoded attribute value with bytes (ONNX's strings) made ``str``."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", errors="replace") for v in value]
+    return value
+
+
 def opset_map(opset_import: Iterable[Any]) -> dict[str, int]:
     """``{domain: version}`` of a model's ``opset_import`` (OperatorSetIdProtos), domains as
     :func:`onnx_domain` gives them; the default domain is always present (1 if not imported)."""
@@ -92,7 +101,9 @@ class TensorSpec:
 
 @dataclass(eq=False)
 class Node:
-    """One ONNX node with decoded attributes (Python values, NumPy arrays, Graphs)."""
+    """One ONNX node with decoded attributes (Python values, NumPy arrays, Graphs); ``attrs``
+    also holds the defaults of the op's ONNX schema at the model's opset, or of its handler
+    (``proto`` only what the file says)."""
 
     name: str
     op_type: str

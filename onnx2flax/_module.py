@@ -69,7 +69,9 @@ class OpContext:
         return node_label(self.node.name, self.node.op_type)
 
     def attr(self, name: str, default: Any = _REQUIRED) -> Any:
-        """Attribute ``name``, or ``default`` (the spec's default) when absent."""
+        """Attribute ``name`` as given or defaulted by normalize (by the op's ONNX schema at
+        the node's opset, else by the handler's registered ``defaults``), else ``default``
+        (for defaults the spec's text derives, e.g. from the input's rank)."""
         if name in self.node.attrs:
             return self.node.attrs[name]
         if default is _REQUIRED:

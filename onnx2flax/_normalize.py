@@ -1,8 +1,9 @@
 """Stage 2: ModelProto -> Graph.
 
-Inlines local functions, decodes attributes and tensors once, checks that every name is
-defined exactly once and that the graph has no cycle (sorting it topologically), and folds
-nodes whose inputs are all constant.
+Inlines local functions, decodes attributes and tensors once (filling in the defaults of the
+op's ONNX schema at the model's opset, or of its handler), checks that every name is defined
+exactly once and that the graph has no cycle (sorting it topologically), and folds nodes
+whose inputs are all constant.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import onnx
 import onnx.inliner
 from onnx import helper
 
+from . import ops  # noqa: F401  (registers the handlers, whose defaults fill node.attrs)
 from ._fold import fold, foldable
-from ._graph import (Graph, Node, TensorSpec, is_float_weight, is_weight_dequantization,
-                     node_name, numpy_dtype, onnx_domain, opset_map)
+from ._graph import (Graph, Node, TensorSpec, decode_text, is_float_weight,
+                     is_weight_dequantization, node_name, numpy_dtype, onnx_domain, opset_for,
+                     opset_map)
 from ._inputs import apply_given
 from ._limits import budget
 from ._load import tensor_to_array
+from ._registry import lookup, schema_defaults
 from .errors import InvalidModelError, UnsupportedOpError, node_label
 
 #: Newest default-domain opset the converter knows; newer models are refused.
@@ -162,6 +166,7 @@ def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | 
         attrs = {a.name: _attribute(a, name, proto.op_type, opsets, base_dir,
                                     lambda: _scope(scope, outer, constants, g))
                  for a in proto.attribute}
+        _fill_defaults(attrs, proto, opsets)
         nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
                           list(proto.output), attrs, _detached(proto)))
 
@@ -219,11 +224,18 @@ def _attribute(a: onnx.AttributeProto, node_name: str, op_type: str, opsets, bas
         value = helper.get_attribute_value(a)
     except Exception as exc:
         raise InvalidModelError(f"{what} cannot be read: {exc}") from None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    elif isinstance(value, list) and value and isinstance(value[0], bytes):
-        value = [v.decode("utf-8", errors="replace") for v in value]
-    return value
+    return decode_text(value)
+
+
+def _fill_defaults(attrs: dict[str, Any], proto: onnx.NodeProto, opsets: dict[str, int]) -> None:
+    """Complete ``attrs`` with the defaults of the op's ONNX schema at the node's opset, then
+    with those its handler registers (for ops or versions onnx gives none), so that every
+    reader of ``node.attrs`` (handlers, params builders, fusions, folds) sees one default."""
+    spec = lookup(proto, opsets)
+    schema = schema_defaults(onnx_domain(proto.domain), proto.op_type,
+                             opset_for(opsets, proto.domain))
+    for key, value in {**(spec.defaults if spec else {}), **schema}.items():
+        attrs.setdefault(key, list(value) if isinstance(value, list) else value)
 
 
 def _check_schema(proto: onnx.NodeProto, name: str, opsets: dict[str, int]) -> None:

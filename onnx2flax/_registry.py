@@ -29,14 +29,16 @@ without a source cannot be written back (``onnx2flax.torch_state``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import jax
 import numpy as np
+import onnx
 
-from ._graph import Graph, Node, onnx_domain, opset_for
+from ._graph import Graph, Node, decode_text, onnx_domain, opset_for
 from .errors import (InternalError, InvalidModelError, OnnxConversionError, ResourceLimitError,
                      UnsupportedOpError, node_label)
 
@@ -64,6 +66,7 @@ class OpSpec:
     params: ParamsBuilder | None
     static_inputs: tuple[int, ...]
     bounded: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def constant_inputs(self, count: int) -> tuple[int, ...]:
         """Input positions (of ``count``) kept as conversion-time constants rather than made
@@ -77,12 +80,16 @@ _REGISTRY: dict[tuple[str, str], list[OpSpec]] = {}
 
 def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = "onnx",
              params: ParamsBuilder | None = None, static_inputs: tuple[int, ...] = (),
-             bounded: bool = False) -> Callable[[H], H]:
+             bounded: bool = False, defaults: Mapping[str, Any] | None = None
+             ) -> Callable[[H], H]:
     """Decorator registering ``fn(ctx, *inputs)`` for ``op_types`` from opset ``since`` on.
 
     ``static_inputs`` are input positions that must be known at conversion time (shapes,
     axes, scales): a float initializer there stays a constant instead of becoming a param.
     ``bounded``: the op's output size depends on its input values (see the module's doc).
+    ``defaults``: attribute defaults for ops onnx has no schema for (contrib ops, a
+    default-domain op used before the opset that defines it); normalize fills them, after
+    the schema's, into ``node.attrs``.
     """
     domain = onnx_domain(domain)
 
@@ -92,7 +99,7 @@ def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = 
             if any(s.since == since for s in specs):
                 raise RuntimeError(f"{domain or 'ai.onnx'}::{op} since {since} registered twice")
             specs.append(OpSpec(domain, op, since, fn, layout, params, tuple(static_inputs),
-                                bounded))
+                                bounded, dict(defaults or {})))
             specs.sort(key=lambda s: s.since)
         return fn
 
@@ -109,6 +116,32 @@ def lookup(node: Node | Any, opsets: Mapping[str, int]) -> OpSpec | None:
         if spec.since <= opset:
             best = spec
     return best
+
+
+#: Schema defaults that contradict the spec's text; left out, so the handler's default holds.
+_SLIPS = {("GRU", "direction"): "foward",  # GRU-1's misspelt "forward"
+          ("RNN", "activations"): ["Tanh", "Tanh"]}  # two, though one direction needs one
+
+
+@functools.cache
+def schema_defaults(domain: str, op_type: str,
+                    opset: int = onnx.defs.onnx_opset_version()) -> dict[str, Any]:
+    """``{attribute: default}`` of the op's ONNX schema at ``opset`` (decoded as normalize
+    decodes a file's attributes, floats as the spec's decimal); empty for ops onnx does not
+    define. Do not mutate."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return {}
+    out = {}
+    for key, spec in schema.attributes.items():
+        if spec.default_value.type:
+            value = decode_text(onnx.helper.get_attribute_value(spec.default_value))
+            if isinstance(value, float):  # 1e-5, not the float32 onnx stores (9.99999974e-06)
+                value = float(str(np.float32(value)))
+            if _SLIPS.get((op_type, key)) != value:
+                out[key] = value
+    return out
 
 
 def supported_ops() -> dict[tuple[str, str], list[int]]:

@@ -40,7 +40,7 @@ def spatial_attrs(ctx: OpContext, kernel_shape: tuple[int, ...]):
 def auto_pads(ctx: OpContext, in_shape, kernel_shape, strides, dilations, pads):
     """Resolve ``auto_pad`` (NOTSET, VALID, SAME_UPPER, SAME_LOWER) into explicit pads
     for the spatial sizes ``in_shape``."""
-    mode = ctx.attr("auto_pad", "NOTSET")
+    mode = ctx.attr("auto_pad")
     if mode in ("NOTSET", ""):
         return pads
     if mode == "VALID":

@@ -20,32 +20,32 @@ def _activation(name, since=1):
 
 @_activation("Elu")
 def elu(ctx: OpContext, x):
-    alpha = float(ctx.attr("alpha", 1.0))
+    alpha = float(ctx.attr("alpha"))
     return jnp.where(x > 0, x, alpha * jnp.expm1(x))
 
 
 @_activation("Celu", since=12)
 def celu(ctx: OpContext, x):
-    alpha = float(ctx.attr("alpha", 1.0))
+    alpha = float(ctx.attr("alpha"))
     return jnp.maximum(x, 0) + jnp.minimum(0, alpha * jnp.expm1(x / alpha))
 
 
 @_activation("Selu")
 def selu(ctx: OpContext, x):
-    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
-    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+    alpha = float(ctx.attr("alpha"))
+    gamma = float(ctx.attr("gamma"))
     return gamma * jnp.where(x > 0, x, alpha * jnp.expm1(x))
 
 
 @_activation("LeakyRelu")
 def leaky_relu(ctx: OpContext, x):
-    alpha = float(ctx.attr("alpha", 0.01))
+    alpha = float(ctx.attr("alpha"))
     return jnp.where(x >= 0, x, alpha * x)
 
 
 @_activation("ThresholdedRelu", since=10)
 def thresholded_relu(ctx: OpContext, x):
-    alpha = float(ctx.attr("alpha", 1.0))
+    alpha = float(ctx.attr("alpha"))
     return jnp.where(x > alpha, x, jnp.zeros_like(x))
 
 
@@ -60,7 +60,7 @@ def _hard_sigmoid(x, alpha, beta):
 @_activation("HardSigmoid")
 def hard_sigmoid(ctx: OpContext, x):
     """alpha defaults to 0.2 (torch exports 1/6 explicitly)."""
-    return _hard_sigmoid(x, float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5)))
+    return _hard_sigmoid(x, float(ctx.attr("alpha")), float(ctx.attr("beta")))
 
 
 @_activation("HardSwish", since=14)
@@ -80,7 +80,7 @@ def softsign(ctx: OpContext, x):
 
 @_activation("Swish", since=24)
 def swish(ctx: OpContext, x):
-    return x * jax.nn.sigmoid(float(ctx.attr("alpha", 1.0)) * x)
+    return x * jax.nn.sigmoid(float(ctx.attr("alpha")) * x)
 
 
 @_activation("Mish", since=18)
@@ -91,7 +91,7 @@ def mish(ctx: OpContext, x):
 @_activation("Gelu", since=20)
 def gelu(ctx: OpContext, x):
     """``approximate='none'`` (default) is the exact erf form; jax defaults to tanh."""
-    approximate = ctx.attr("approximate", "none")
+    approximate = ctx.attr("approximate")
     if approximate not in ("none", "tanh"):
         raise ctx.invalid(f"approximate must be 'none' or 'tanh', got {approximate!r}")
     return jax.nn.gelu(x, approximate=approximate == "tanh")
@@ -99,8 +99,8 @@ def gelu(ctx: OpContext, x):
 
 @_activation("Shrink", since=9)
 def shrink(ctx: OpContext, x):
-    bias = float(ctx.attr("bias", 0.0))
-    lambd = float(ctx.attr("lambd", 0.5))
+    bias = float(ctx.attr("bias"))
+    lambd = float(ctx.attr("lambd"))
     zero = jnp.zeros_like(x)
     return jnp.where(x < -lambd, x + bias, jnp.where(x > lambd, x - bias, zero)).astype(x.dtype)
 
@@ -158,7 +158,7 @@ def _softmax_v1(fn):
         """Opset < 13: the input is seen as 2-D ``[prod(d[:axis]), prod(d[axis:])]`` (axis
         default 1), i.e. normalized over ONNX axes ``axis..rank-1`` together."""
         perm = ctx.in_perms[0]
-        axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), x.ndim)
+        axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
         ctx.out_perms = [perm]
         return fn(x, tuple(_layout.axis_in(perm, a) for a in range(axis, x.ndim)))
     return handler
@@ -168,7 +168,7 @@ def _softmax_v13(fn):
     def handler(ctx: OpContext, x):
         """Opset >= 13: normalized along the single axis ``axis`` (default -1)."""
         perm = ctx.in_perms[0]
-        axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
+        axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
         ctx.out_perms = [perm]
         return fn(x, (_layout.axis_in(perm, axis),))
     return handler

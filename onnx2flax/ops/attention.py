@@ -27,8 +27,9 @@ def _split_heads(ctx: OpContext, x, heads: int, what: str):
     return jnp.transpose(jnp.reshape(x, (b, s, heads, hidden // heads)), (0, 2, 1, 3))
 
 
-def _heads(ctx: OpContext, q, k, v):
-    """Q, K, V as ``[B, H, S, D]``, checking the head counts (GQA: ``Hq % Hkv == 0``)."""
+def _heads(ctx: OpContext, q, k, v, lenient: bool):
+    """Q, K, V as ``[B, H, S, D]``, checking the head counts (GQA: ``Hq % Hkv == 0``);
+    ``lenient``: 4-D inputs may have ``q_num_heads`` / ``kv_num_heads`` that agree."""
     if not q.ndim == k.ndim == v.ndim or q.ndim not in (3, 4):
         raise ctx.invalid(f"Q, K and V must all be 3-D or all 4-D, got shapes "
                           f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
@@ -40,9 +41,8 @@ def _heads(ctx: OpContext, q, k, v):
         k = _split_heads(ctx, k, int(kv_heads), "K")
         v = _split_heads(ctx, v, int(kv_heads), "V")
     elif q_heads is not None or kv_heads is not None:
-        # Opset 25 forbids them with 4-D inputs; before, they must agree with the shapes.
         given = (q_heads or q.shape[1], kv_heads or k.shape[1])
-        if ctx.opset >= 25 or given != (q.shape[1], k.shape[1]):
+        if not lenient or given != (q.shape[1], k.shape[1]):
             raise ctx.invalid(f"q_num_heads={q_heads} / kv_num_heads={kv_heads} do not apply "
                               f"to 4-D inputs of shapes {list(q.shape)}, {list(k.shape)}")
     if (k.shape[:2] != v.shape[:2] or q.shape[0] != k.shape[0] or k.shape[2] != v.shape[2]
@@ -73,7 +73,7 @@ def _bias(ctx: OpContext, mask, dtype, sq: int, skv: int, offset, nonpad):
     pos_q = jnp.arange(sq)[:, None] + offset
     pos_k = jnp.arange(skv)
     allowed = []
-    if int(ctx.attr("is_causal", 0)):
+    if int(ctx.attr("is_causal")):
         allowed.append(pos_k <= pos_q)
     left, right = int(ctx.attr("left_window_size", -1)), int(ctx.attr("right_window_size", -1))
     if left < -1 or right < -1:
@@ -134,7 +134,7 @@ def attend(q, k, v, bias=None, *, scale: float, softcap: float = 0.0):
 
 @register("Attention", since=23)
 def attention(ctx: OpContext, q, k, v, attn_mask=None, past_key=None, past_value=None,
-              nonpad_kv_seqlen=None):
+              nonpad_kv_seqlen=None, *, lenient_heads=True):
     """Scaled dot-product attention. Q ``[B, Hq, Sq, D]``, K ``[B, Hkv, Skv, D]``, V
     ``[B, Hkv, Skv, Dv]`` (or 3-D ``[B, S, H*D]``); query heads share the key/value heads in
     groups of ``Hq / Hkv`` (GQA). Outputs Y (Q's rank), present key/value ``[B, Hkv, P+Skv,
@@ -143,7 +143,7 @@ def attention(ctx: OpContext, q, k, v, attn_mask=None, past_key=None, past_value
     Opset 24 adds ``nonpad_kv_seqlen`` (an external cache: keys past it are padding, the
     causal frontier is bottom-right aligned to it); opset 25 adds the sliding window."""
     rank3 = q.ndim == 3
-    q, k, v = _heads(ctx, q, k, v)
+    q, k, v = _heads(ctx, q, k, v, lenient_heads)
     dtype = q.dtype
     if (past_key is None) != (past_value is None):
         raise ctx.invalid("past_key and past_value must be given together")
@@ -157,12 +157,12 @@ def attention(ctx: OpContext, q, k, v, attn_mask=None, past_key=None, past_value
     elif nonpad_kv_seqlen is not None:
         offset = jnp.reshape(nonpad_kv_seqlen, (-1, 1, 1, 1)) - q.shape[2]
     present_k, present_v = k, v
-    mode = int(ctx.attr("qk_matmul_output_mode", 0))
+    mode = int(ctx.attr("qk_matmul_output_mode"))
     if mode not in (0, 1, 2, 3):
         raise ctx.invalid(f"qk_matmul_output_mode must be 0, 1, 2 or 3, got {mode}")
 
     raw, v = _scores(q, k, v, _scale(ctx, q.shape[3]))
-    softcap = float(ctx.attr("softcap", 0.0))
+    softcap = float(ctx.attr("softcap"))
     capped = softcap * jnp.tanh(raw / softcap) if softcap > 0 else raw
     bias = _bias(ctx, attn_mask, dtype, q.shape[2], k.shape[2], offset, nonpad_kv_seqlen)
     scores = capped if bias is None else capped + bias
@@ -197,6 +197,12 @@ def rotate(heads, cos, sin, dim: int, interleaved: bool):
     return jnp.concatenate([rot, rest], axis=-1).astype(heads.dtype)
 
 
+@register("Attention", since=25)
+def attention_v25(ctx, q, k, v, *inputs):
+    """Opset 25 forbids ``q_num_heads`` / ``kv_num_heads`` with 4-D inputs."""
+    return attention(ctx, q, k, v, *inputs, lenient_heads=False)
+
+
 @register("RotaryEmbedding", since=23)
 def rotary_embedding(ctx: OpContext, x, cos_cache, sin_cache, position_ids=None):
     """RoPE on x ``[B, H, S, D]`` or ``[B, S, H*D]`` (``num_heads``): the first
@@ -215,7 +221,7 @@ def rotary_embedding(ctx: OpContext, x, cos_cache, sin_cache, position_ids=None)
     else:
         raise ctx.invalid(f"the input must be 3-D or 4-D, got shape {list(x.shape)}")
     head_size = heads.shape[3]
-    dim = int(ctx.attr("rotary_embedding_dim", 0)) or head_size
+    dim = int(ctx.attr("rotary_embedding_dim")) or head_size
     if dim % 2 or dim > head_size:
         raise ctx.invalid(f"rotary_embedding_dim {dim} must be even and at most the head size "
                           f"{head_size}")
@@ -225,7 +231,7 @@ def rotary_embedding(ctx: OpContext, x, cos_cache, sin_cache, position_ids=None)
     if cos_cache.shape != sin_cache.shape or cos_cache.shape[-1] != dim // 2:
         raise ctx.invalid(f"cos/sin caches {list(cos_cache.shape)}, {list(sin_cache.shape)} "
                           f"must end in rotary_embedding_dim / 2 = {dim // 2}")
-    out = rotate(heads, cos_cache, sin_cache, dim, int(ctx.attr("interleaved", 0)))
+    out = rotate(heads, cos_cache, sin_cache, dim, int(ctx.attr("interleaved")))
     return jnp.swapaxes(out, 1, 2) if x.ndim == 4 else jnp.reshape(out, x.shape)
 
 
@@ -235,7 +241,7 @@ def swiglu(ctx: OpContext, a, b):
     if a.shape != b.shape:
         raise ctx.invalid(f"A {list(a.shape)} and B {list(b.shape)} must have the same shape "
                           "(SwiGLU does not broadcast)")
-    alpha = float(ctx.attr("alpha", 1.0))
+    alpha = float(ctx.attr("alpha"))
     return (a * jax.nn.sigmoid(alpha * a) * b).astype(a.dtype)
 
 
@@ -250,7 +256,7 @@ def linear_attention(ctx: OpContext, query, key, value, past_state=None, decay=N
     ``[B, T, Hkv*Dk]``), ``v <- beta * (v - S^T k)`` (delta rules, ``beta`` ``[B, T, Hkv|1]``),
     ``S += k v^T``, output ``scale * q^T S`` (each KV state shared by ``Hq / Hkv`` query
     heads). Returns the output ``[B, T, Hq*Dv]`` and the final state."""
-    rule = ctx.attr("update_rule", "gated_delta")
+    rule = ctx.attr("update_rule")
     if rule not in _UPDATE_RULES:
         raise ctx.invalid(f"update_rule must be one of {_UPDATE_RULES}, got {rule!r}")
     gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
@@ -300,7 +306,7 @@ def linear_attention(ctx: OpContext, query, key, value, past_state=None, decay=N
 
     time_major = (jnp.moveaxis(k, 2, 0), jnp.moveaxis(v, 2, 0), g, beta)
     final, states = jax.lax.scan(step, past_state.astype(f32), time_major)  # states [T, B, ...]
-    scale = float(ctx.attr("scale", 0.0)) or 1 / np.sqrt(dk)
+    scale = float(ctx.attr("scale")) or 1 / np.sqrt(dk)
     groups = q_heads // kv_heads
     out = scale * jnp.einsum("bhtk,tbhkv->bthv", q, jnp.repeat(states, groups, axis=2))
     return (jnp.reshape(out, (b, t, q_heads * dv)).astype(query.dtype),
@@ -313,7 +319,7 @@ def causal_conv_with_state(ctx: OpContext, x, weight, bias=None, past_state=None
     the carried ``past_state`` ``[B, C, K-1]`` (zeros if absent), with an optional bias and
     fused SiLU (``activation`` 'silu' / 'swish'). Returns the output ``[B, C, L]`` and the
     last ``K-1`` steps of the padded sequence as the next state."""
-    activation = ctx.attr("activation", "none")
+    activation = ctx.attr("activation")
     if activation not in ("none", "silu", "swish"):
         raise ctx.invalid(f"activation must be 'none', 'silu' or 'swish', got {activation!r}")
     if (x.ndim != 3 or weight.ndim != 3 or weight.shape[:2] != (x.shape[1], 1)
@@ -361,7 +367,7 @@ def flex_attention(ctx: OpContext, q, k, v):
     if not q.ndim == k.ndim == v.ndim == 4:
         raise ctx.invalid(f"Q, K and V must be 4-D, got shapes {list(q.shape)}, "
                           f"{list(k.shape)}, {list(v.shape)}")
-    q, k, v = _heads(ctx, q, k, v)
+    q, k, v = _heads(ctx, q, k, v, lenient=True)
     scores, v = _scores(q, k, v, _scale(ctx, q.shape[3]))
     precision = ctx.attr("softmax_precision", None)
     compute = (jnp.dtype(jnp.float32) if precision is None

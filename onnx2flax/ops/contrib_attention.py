@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._module import OpContext
-from .._registry import register
+from .._registry import register, schema_defaults
 from . import attention
 from .contrib_transformer import _MS, _dense, _dense_params
 
@@ -49,8 +49,14 @@ def _key_mask(ctx: OpContext, mask, batch: int, sq: int, skv: int, past: int, ca
         hidden = hidden | (pos_k > jnp.arange(sq)[:, None] + past)
     if mask is None and not causal:
         return None
-    filter_value = float(ctx.attr("mask_filter_value", -10000.0))
+    filter_value = float(ctx.attr("mask_filter_value"))
     return jnp.where(hidden, jnp.asarray(filter_value, dtype), jnp.zeros((), dtype))
+
+
+#: Attribute defaults shared by the ops whose common helpers read them.
+_SCALED = {"scale": 0.0}  # 0: 1/sqrt(head size)
+_MASKED = {**_SCALED, "mask_filter_value": -10000.0}
+_ROTARY = {"do_rotary": 0, "rotary_interleaved": 0}
 
 
 def _plus(bias, extra):
@@ -58,8 +64,8 @@ def _plus(bias, extra):
 
 
 def _head_scale(ctx: OpContext, head_size: int) -> float:
-    """``scale``; absent or 0 means ``1/sqrt(head_size)``."""
-    return float(ctx.attr("scale", 0.0)) or 1 / np.sqrt(head_size)
+    """``scale``; 0 (the default) means ``1/sqrt(head_size)``."""
+    return float(ctx.attr("scale")) or 1 / np.sqrt(head_size)
 
 
 def _refuse(ctx: OpContext, **unsupported):
@@ -68,7 +74,9 @@ def _refuse(ctx: OpContext, **unsupported):
             raise ctx.fail(f"{name} is not supported")
 
 
-@register("Attention", domain=_MS, params=_dense_params)
+@register("Attention", domain=_MS, params=_dense_params,
+          defaults={**_MASKED, "unidirectional": 0, "do_rotary": 0,
+                    "past_present_share_buffer": 0})
 def ms_attention(ctx: OpContext, x, weights, bias=None, mask_index=None, past=None,
                  attention_bias=None,
                  past_sequence_length=None):
@@ -77,8 +85,8 @@ def ms_attention(ctx: OpContext, x, weights, bias=None, mask_index=None, past=No
     ``num_heads``; ``past`` ``[2, B, N, P, H]`` prepended; ``mask_index`` and
     ``unidirectional`` as in :func:`_key_mask`; ``attention_bias`` ``[B|1, N|1, S, P+S]``
     added. Outputs ``[B, S, Dv]`` and ``present`` ``[2, B, N, P+S, H]``."""
-    _refuse(ctx, do_rotary=int(ctx.attr("do_rotary", 0)),
-            past_present_share_buffer=int(ctx.attr("past_present_share_buffer", 0)))
+    _refuse(ctx, do_rotary=int(ctx.attr("do_rotary")),
+            past_present_share_buffer=int(ctx.attr("past_present_share_buffer")))
     heads = int(ctx.attr("num_heads"))
     sizes = [int(v) for v in ctx.attr("qkv_hidden_sizes", [weights.shape[1] // 3] * 3)]
     if x.ndim != 3 or sum(sizes) != weights.shape[1] or sizes[0] != sizes[1]:
@@ -93,7 +101,7 @@ def ms_attention(ctx: OpContext, x, weights, bias=None, mask_index=None, past=No
         p = past.shape[3]
         k, v = jnp.concatenate([past[0], k], axis=2), jnp.concatenate([past[1], v], axis=2)
     b, _, s, h = q.shape
-    mask = _key_mask(ctx, mask_index, b, s, p + s, p, bool(int(ctx.attr("unidirectional", 0))),
+    mask = _key_mask(ctx, mask_index, b, s, p + s, p, bool(int(ctx.attr("unidirectional"))),
                      q.dtype)
     y = attention.attend(q, k, v, _plus(mask, attention_bias), scale=_head_scale(ctx, h))
     if len(ctx.node.outputs) < 2:
@@ -130,7 +138,7 @@ def _unpack_heads(ctx: OpContext, query, key, value, bias, heads: int):
             attention._split_heads(ctx, value, heads, "value"))
 
 
-@register("MultiHeadAttention", domain=_MS)
+@register("MultiHeadAttention", domain=_MS, defaults={**_MASKED, "unidirectional": 0})
 def multi_head_attention(ctx: OpContext, query, key=None, value=None, bias=None,
                          key_padding_mask=None,
                          attention_bias=None, past_key=None, past_value=None,
@@ -149,16 +157,17 @@ def multi_head_attention(ctx: OpContext, query, key=None, value=None, bias=None,
         v = jnp.concatenate([past_value, v], axis=2)
     b, _, s, h = q.shape
     mask = _key_mask(ctx, key_padding_mask, b, s, k.shape[2], p,
-                     bool(int(ctx.attr("unidirectional", 0))), q.dtype)
+                     bool(int(ctx.attr("unidirectional"))), q.dtype)
     y = attention.attend(q, k, v, _plus(mask, attention_bias), scale=_head_scale(ctx, h))
     return (_merge_heads(y), k, v)[:len(ctx.node.outputs)]
 
 
-@register("RotaryEmbedding", domain=_MS)
+@register("RotaryEmbedding", domain=_MS,
+          defaults={**schema_defaults("", "RotaryEmbedding"), "is_packed_batching": 0})
 def ms_rotary_embedding(ctx: OpContext, x, position_ids, cos_cache, sin_cache):
     """RoPE (ONNX RotaryEmbedding's computation) with com.microsoft's input order;
     ``position_ids`` ``[B, S]``, or ``[1]``: the position of token 0 (then 0.., +1 each)."""
-    _refuse(ctx, is_packed_batching=int(ctx.attr("is_packed_batching", 0)))
+    _refuse(ctx, is_packed_batching=int(ctx.attr("is_packed_batching")))
     seq = x.shape[-2] if x.ndim == 4 else x.shape[1]
     if position_ids.ndim == 1:
         position_ids = (jnp.reshape(position_ids, (1, 1)) + jnp.arange(seq)[None, :])
@@ -168,12 +177,12 @@ def ms_rotary_embedding(ctx: OpContext, x, position_ids, cos_cache, sin_cache):
 def _rotary_qk(ctx: OpContext, q, k, positions, cos_cache, sin_cache):
     """Q ``[B, S, N, H]`` and K ``[B, S, Nkv, H]`` rotated at ``positions`` ``[B, S]`` when
     ``do_rotary`` (caches ``[max, H_rot/2]``, ``rotary_interleaved``), else unchanged."""
-    if not int(ctx.attr("do_rotary", 0)):
+    if not int(ctx.attr("do_rotary")):
         return q, k
     if cos_cache is None or sin_cache is None:
         raise ctx.invalid("do_rotary needs cos_cache and sin_cache")
     cos, sin = jnp.take(cos_cache, positions, axis=0), jnp.take(sin_cache, positions, axis=0)
-    interleaved = bool(int(ctx.attr("rotary_interleaved", 0)))
+    interleaved = bool(int(ctx.attr("rotary_interleaved")))
     dim = 2 * cos.shape[-1]
     return (attention.rotate(q, cos, sin, dim, interleaved),
             attention.rotate(k, cos, sin, dim, interleaved))
@@ -204,7 +213,9 @@ def _gqa_inputs(ctx: OpContext, query, key, value):
             jnp.reshape(value, (b, s, kv_heads, h)))
 
 
-@register("GroupQueryAttention", domain=_MS)
+@register("GroupQueryAttention", domain=_MS,
+          defaults={**_SCALED, **_ROTARY, "smooth_softmax": 0, "qk_output": 0,
+                    "local_window_size": -1, "softcap": 0.0})
 def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=None,
                           past_value=None,
                           seqlens_k=None, total_sequence_length=None, cos_cache=None,
@@ -218,8 +229,8 @@ def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=
     caches ``[max, H_rot/2]``, ``rotary_interleaved``), written into the present cache ``[B, Nkv, max(T, P),
     H]`` after the past, and each query attends the valid keys up to its own position
     (within ``local_window_size``), with ``softcap`` and ``attention_bias``."""
-    _refuse(ctx, smooth_softmax=int(ctx.attr("smooth_softmax", 0)),
-            head_sink=head_sink is not None, qk_output=int(ctx.attr("qk_output", 0)))
+    _refuse(ctx, smooth_softmax=int(ctx.attr("smooth_softmax")),
+            head_sink=head_sink is not None, qk_output=int(ctx.attr("qk_output")))
     if seqlens_k is None or total_sequence_length is None:
         raise ctx.invalid("seqlens_k and total_sequence_length are required")
     q, k, v = _gqa_inputs(ctx, query, key, value)
@@ -241,17 +252,18 @@ def group_query_attention(ctx: OpContext, query, key=None, value=None, past_key=
     pos_k = jnp.arange(length)
     pos_q = positions[:, None, :, None]  # [B, 1, S, 1]
     allowed = (pos_k <= pos_q) & (pos_k <= jnp.reshape(seqlens_k, (b, 1, 1, 1)))
-    window = int(ctx.attr("local_window_size", -1))
+    window = int(ctx.attr("local_window_size"))
     if window > 0:
         allowed = allowed & (pos_q - pos_k < window)
     mask = jnp.where(allowed, jnp.zeros((), q.dtype), jnp.asarray(-jnp.inf, q.dtype))
     y = attention.attend(jnp.transpose(q, (0, 2, 1, 3)), *present,
                          _plus(mask, attention_bias), scale=_head_scale(ctx, h),
-                         softcap=float(ctx.attr("softcap", 0.0)))
+                         softcap=float(ctx.attr("softcap")))
     return (_merge_heads(y), *present)[:len(ctx.node.outputs)]
 
 
-@register("DecoderMaskedMultiHeadAttention", domain=_MS)
+@register("DecoderMaskedMultiHeadAttention", domain=_MS,
+          defaults={**_MASKED, "output_qk": 0, "do_rotary": 0, "past_present_share_buffer": 0})
 def decoder_masked_mha(ctx: OpContext, query, key=None, value=None, mask_index=None,
                        attention_bias=None,
                        past_key=None, past_value=None, past_sequence_length=None,
@@ -265,14 +277,14 @@ def decoder_masked_mha(ctx: OpContext, query, key=None, value=None, mask_index=N
     ``[B, 1, N*Hv]`` and the present key / value."""
     _refuse(ctx, cache_indirection=cache_indirection is not None and beam_width is not None
             and int(np.reshape(ctx.static(beam_width, "beam_width"), ())) > 1,
-            output_qk=int(ctx.attr("output_qk", 0)), do_rotary=int(ctx.attr("do_rotary", 0)))
+            output_qk=int(ctx.attr("output_qk")), do_rotary=int(ctx.attr("do_rotary")))
     heads = int(ctx.attr("num_heads"))
     if key is None:  # packed QKV [B, 1, D + D + Dv]
         d = query.shape[-1] // 3
         query, key, value = jnp.split(query, [d, 2 * d], axis=-1)
     q, k, v = _unpack_heads(ctx, query, key, value, bias, heads)
     b, _, s, h = q.shape
-    shared = int(ctx.attr("past_present_share_buffer", 0))
+    shared = int(ctx.attr("past_present_share_buffer"))
     valid = None
     if key.ndim != 4 and past_key is not None and past_value is not None:
         if shared:
@@ -323,7 +335,7 @@ def _block_layouts(ctx: OpContext, rows, cols, blocks: int) -> np.ndarray:
     return dense
 
 
-@register("SparseAttention", domain=_MS)
+@register("SparseAttention", domain=_MS, defaults={**_SCALED, **_ROTARY})
 def sparse_attention(ctx: OpContext, query, key, value, past_key, past_value, block_row_indices,
                      block_col_indices, total_sequence_length, key_total_sequence_lengths,
                      cos_cache=None, sin_cache=None):

@@ -32,9 +32,9 @@ from onnx import helper, numpy_helper
 
 from .. import _layout
 from .._module import OpContext
-from .._registry import register
+from .._registry import register, schema_defaults
 from . import pool, resize
-from .contrib_transformer import fused_conv
+from .contrib_transformer import FUSED_CONV, fused_conv
 
 _NCHWC = "com.microsoft.nchwc"
 _BLOCK_SIZES = (8, 16)  # onnxruntime's MlasNchwcGetBlockSize: AVX2, AVX-512
@@ -55,7 +55,7 @@ def _fits(graph, b: int) -> bool:
             w = graph.constants.get(node.inputs[1])
             if w is None or w.ndim < 3:
                 continue
-            o, i, group = w.shape[0], w.shape[1], int(node.attrs.get("group", 1))
+            o, i, group = w.shape[0], w.shape[1], int(node.attrs["group"])
             if o % b or (group == 1 and (i % b if node.inputs[0] in blocked else i >= b)):
                 return False
             if group > 1 and not (i == 1 and o == group) and (i % b or o // group % b):
@@ -151,32 +151,32 @@ def _pad_channels(x, channels: int):
     return x if missing <= 0 else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, missing)])
 
 
-@register("Conv", domain=_NCHWC, layout="channels_last", static_inputs=(1,))
+@register("Conv", domain=_NCHWC, layout="channels_last", static_inputs=(1,), defaults=FUSED_CONV)
 def nchwc_conv(ctx: OpContext, x, w, b=None, z=None):
     """FusedConv on the unblocked weight; an input with fewer channels than the weight's
     (padded) input channels gets zero channels."""
-    group = int(ctx.attr("group", 1))
+    group = int(ctx.attr("group"))
     x = _pad_channels(x, w.shape[1] * group)
     w = jnp.asarray(_unblock(ctx.static(w, "the weight"), group, _block_size(ctx)))
     return fused_conv(ctx, x, w, b, z)
 
 
-@register("ReorderInput", domain=_NCHWC, layout="channels_last")
+@register("ReorderInput", domain=_NCHWC, layout="channels_last", defaults={"channels_last": 0})
 def reorder_input(ctx: OpContext, x):
     """NCHW (or, ``channels_last``, NHWC) -> blocked: held channels-last, same values."""
-    if int(ctx.attr("channels_last", 0)):  # the NHWC input, in ONNX order, is the holding
+    if int(ctx.attr("channels_last")):  # the NHWC input, in ONNX order, is the holding
         return _layout.to_onnx(x, _layout.channels_last(x.ndim))
     return x
 
 
-@register("ReorderOutput", domain=_NCHWC, layout="channels_last")
+@register("ReorderOutput", domain=_NCHWC, layout="channels_last", defaults={"channels_last": 0})
 def reorder_output(ctx: OpContext, x):
     """Blocked -> the first ``channels`` channels, NCHW (or NHWC with ``channels_last``)."""
     channels = int(ctx.attr("channels"))
     if not 0 < channels <= x.shape[-1]:
         raise ctx.invalid(f"channels={channels} must be in 1..{x.shape[-1]}")
     y = x[..., :channels]
-    if int(ctx.attr("channels_last", 0)):
+    if int(ctx.attr("channels_last")):
         ctx.out_perms = [_layout.identity(y.ndim)]
     return y
 
@@ -184,14 +184,16 @@ def reorder_output(ctx: OpContext, x):
 for _op, _fn in (("MaxPool", pool.max_pool), ("AveragePool", pool.average_pool),
                  ("GlobalAveragePool", pool.global_average_pool),
                  ("GlobalMaxPool", pool.global_max_pool)):
-    register(_op, domain=_NCHWC, layout="channels_last")(_fn)
+    register(_op, domain=_NCHWC, layout="channels_last",
+             defaults=schema_defaults("", _op))(_fn)
 
 
-@register("Upsample", domain=_NCHWC, layout="custom")
+@register("Upsample", domain=_NCHWC, layout="custom",
+          defaults={"mode": "nearest", "coordinate_transformation_mode": "asymmetric"})
 def nchwc_upsample(ctx: OpContext, x):
     """Integer ``scales`` ``[1, 1, sH, sW]``; nearest (floor) or linear with
     ``coordinate_transformation_mode`` (asymmetric by default)."""
     o = resize._options(ctx, ("nearest", "linear"),
-                        coord=ctx.attr("coordinate_transformation_mode", "asymmetric"),
+                        coord=ctx.attr("coordinate_transformation_mode"),
                         nearest="floor")
     return resize._resize(ctx, x, o, [float(s) for s in ctx.attr("scales")], None, None, None)

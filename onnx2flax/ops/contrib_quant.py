@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._module import OpContext
-from .._registry import register
+from .._registry import register, schema_defaults
 from ._common import normalize_axis
 from .attention import _split_heads, attention
 from .pool import average_pool
@@ -27,8 +27,9 @@ from .recurrent import lstm
 
 _MS = "com.microsoft"
 
-register("QuantizeLinear", domain=_MS, layout="custom")(quantize_linear)
-register("DequantizeLinear", domain=_MS, layout="custom")(dequantize_linear)
+# com.microsoft's take a per-axis scale from version 1 on.
+register("QuantizeLinear", domain=_MS, layout="custom", defaults={"axis": 1})(quantize_linear)
+register("DequantizeLinear", domain=_MS, layout="custom", defaults={"axis": 1})(dequantize_linear)
 
 
 def _dequantized(ctx: OpContext, x, scale, zero_point, what: str):
@@ -88,11 +89,11 @@ def _sigmoid(ctx: OpContext, x):
     return jax.nn.sigmoid(x)
 
 
-@register("QLinearLeakyRelu", domain=_MS, layout="elementwise")
+@register("QLinearLeakyRelu", domain=_MS, layout="elementwise", defaults={"alpha": 0.01})
 @_unary
 def _leaky_relu(ctx: OpContext, x):
-    """``quantize(leaky_relu(dequantize(X), alpha))``, ``alpha`` default 0.01."""
-    alpha = float(ctx.attr("alpha", 0.01))
+    """``quantize(leaky_relu(dequantize(X), alpha))``."""
+    alpha = float(ctx.attr("alpha"))
     return jnp.where(x >= 0, x, x * np.float32(alpha))
 
 
@@ -142,12 +143,13 @@ def qlinear_softmax(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None,
 
 
 def _channels_first(ctx: OpContext):
-    if int(ctx.attr("channels_last", 0)):
+    if int(ctx.attr("channels_last")):
         raise ctx.fail("channels_last=1 (an NHWC graph from onnxruntime's layout optimizer) "
                        "is not supported; convert the model before that optimization")
 
 
-@register("QLinearAveragePool", domain=_MS, layout="channels_last")
+@register("QLinearAveragePool", domain=_MS, layout="channels_last",
+          defaults={**schema_defaults("", "AveragePool"), "channels_last": 0})
 def qlinear_average_pool(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=None,
                          y_zero_point=None):
     """``quantize(AveragePool(dequantize(X)))`` with AveragePool's attributes; X
@@ -158,7 +160,8 @@ def qlinear_average_pool(ctx: OpContext, x, x_scale, x_zero_point=None, y_scale=
     return _quantized(ctx, y, y_scale, y_zero_point, x.dtype)
 
 
-@register("QLinearGlobalAveragePool", domain=_MS, layout="channels_last")
+@register("QLinearGlobalAveragePool", domain=_MS, layout="channels_last",
+          defaults={"channels_last": 0})
 def qlinear_global_average_pool(ctx: OpContext, x, x_scale, x_zero_point, y_scale, y_zero_point):
     """``quantize(mean over spatial positions(dequantize(X)))``; X channels-last."""
     _check_8_bit(ctx, x)
@@ -173,20 +176,20 @@ def _matmul_int32(ctx: OpContext, a, b, a_zero_point, b_zero_point):
                       _centered(ctx, b, b_zero_point, False), preferred_element_type=jnp.int32)
 
 
-@register("QGemm", domain=_MS)
+@register("QGemm", domain=_MS, defaults=schema_defaults("", "Gemm"))  # Gemm's attributes, no beta
 def qgemm(ctx: OpContext, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None,
           y_zero_point=None):
     """``Y = alpha * a_scale * b_scale * ((A - a_zp) @ (B - b_zp) + C)`` (C int32, the
     product's scale), quantized with ``y_scale`` / ``y_zero_point`` when given, else
     float32. ``transA`` / ``transB``; B's scale and zero point scalar or per column."""
-    if int(ctx.attr("transA", 0)):
+    if int(ctx.attr("transA")):
         a = jnp.swapaxes(a, 0, 1)
-    if int(ctx.attr("transB", 0)):
+    if int(ctx.attr("transB")):
         b = jnp.swapaxes(b, 0, 1)
     acc = _matmul_int32(ctx, a, b, a_zero_point, b_zero_point)
     if c is not None:
         acc = acc + jnp.asarray(c).astype(jnp.int32)
-    scale = (np.float32(ctx.attr("alpha", 1.0)) * _scalar(ctx, a_scale, "a_scale")
+    scale = (np.float32(ctx.attr("alpha")) * _scalar(ctx, a_scale, "a_scale")
              * jnp.asarray(b_scale, jnp.float32))
     if y_scale is None:
         return acc.astype(jnp.float32) * scale
@@ -240,7 +243,7 @@ def _lstm_weight(ctx: OpContext, w, scale, zero_point, what: str):
     return jnp.swapaxes(centered * jnp.reshape(jnp.asarray(scale, jnp.float32), shape), 1, 2)
 
 
-@register("DynamicQuantizeLSTM", domain=_MS)
+@register("DynamicQuantizeLSTM", domain=_MS, defaults=schema_defaults("", "LSTM"))
 def dynamic_quantize_lstm(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None,
                           initial_c=None, p=None, w_scale=None, w_zero_point=None, r_scale=None,
                           r_zero_point=None):
@@ -264,7 +267,7 @@ def _attention_bias(ctx: OpContext, mask_index, batch: int, sq: int, past: int):
     total = past + sq
     keys, queries = jnp.arange(total), jnp.arange(sq)
     allowed = jnp.ones((batch, 1, sq, total), bool)
-    if int(ctx.attr("unidirectional", 0)):
+    if int(ctx.attr("unidirectional")):
         allowed = allowed & (keys[None, :] <= queries[:, None] + past)
     if mask_index is not None:
         m = jnp.asarray(mask_index)
@@ -278,10 +281,15 @@ def _attention_bias(ctx: OpContext, mask_index, batch: int, sq: int, past: int):
         else:
             raise ctx.invalid(f"mask_index of shape {list(m.shape)} is not [{batch}], "
                               f"[{2 * batch}], [{batch}, {total}] or [{batch}, {sq}, {total}]")
-    return jnp.where(allowed, 0.0, np.float32(ctx.attr("mask_filter_value", -10000.0)))
+    return jnp.where(allowed, 0.0, np.float32(ctx.attr("mask_filter_value")))
 
 
-@register("QAttention", domain=_MS)
+#: QAttention computes as ONNX Attention (whose attributes it is read with), plus its own.
+_QATTENTION = {**schema_defaults("", "Attention"), "unidirectional": 0,
+               "mask_filter_value": -10000.0, "do_rotary": 0, "past_present_share_buffer": 0}
+
+
+@register("QAttention", domain=_MS, defaults=_QATTENTION)
 def qattention(ctx: OpContext, x, weight, bias, input_scale, weight_scale, mask_index=None,
                input_zero_point=None, weight_zero_point=None, past=None):
     """Self-attention on a quantized input ``[B, S, in]`` and weight ``[in, 3*hidden]``:
@@ -290,7 +298,7 @@ def qattention(ctx: OpContext, x, weight, bias, input_scale, weight_scale, mask_
     the ONNX Attention path (``scale`` default ``1/sqrt(head size)``; ``unidirectional``;
     ``mask_index``; ``past`` ``[2, B, heads, P, head size]``). Outputs ``[B, S, hidden]``
     and ``present`` ``[2, B, heads, P+S, head size]``."""
-    if int(ctx.attr("do_rotary", 0)) or int(ctx.attr("past_present_share_buffer", 0)):
+    if int(ctx.attr("do_rotary")) or int(ctx.attr("past_present_share_buffer")):
         raise ctx.fail("do_rotary and past_present_share_buffer are not supported")
     if np.ndim(x) != 3 or np.ndim(weight) != 2 or np.shape(weight)[1] % 3:
         raise ctx.invalid(f"input must be [batch, sequence, in] and weight [in, 3*hidden], got "

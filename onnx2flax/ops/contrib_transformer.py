@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _layers, _layout
 from .._module import OpContext
-from .._registry import register
+from .._registry import register, schema_defaults
 from . import conv, linear, normalization
 
 _MS = "com.microsoft"
@@ -51,10 +51,10 @@ def fast_gelu(ctx: OpContext, x, bias=None):
     return _tanh_gelu(x if bias is None else x + bias)
 
 
-@register("QuickGelu", domain=_MS, layout="elementwise")
+@register("QuickGelu", domain=_MS, layout="elementwise", defaults={"alpha": 1.702})
 def quick_gelu(ctx: OpContext, x):
-    """``x * sigmoid(alpha * x)`` (alpha 1.702)."""
-    return x * jax.nn.sigmoid(float(ctx.attr("alpha", 1.702)) * x)
+    """``x * sigmoid(alpha * x)``."""
+    return x * jax.nn.sigmoid(float(ctx.attr("alpha")) * x)
 
 
 @register("BiasAdd", domain=_MS, layout="elementwise")
@@ -72,13 +72,13 @@ def bias_split_gelu(ctx: OpContext, x, bias):
     return left * _erf_gelu(right)
 
 
-@register("BiasSoftmax", domain=_MS)
+@register("BiasSoftmax", domain=_MS, defaults={"axis": 1})
 def bias_softmax(ctx: OpContext, data, bias):
     """Softmax over the dims ``axis..`` (flattened, default axis 1) of ``data + bias``.
     A bias of lower rank broadcasts over the leading dims, or, with
     ``is_inner_broadcast``, over the dims just before ``axis``."""
     rank = data.ndim
-    axis = int(ctx.attr("axis", 1)) % max(rank, 1)
+    axis = int(ctx.attr("axis")) % max(rank, 1)
     if bias.ndim < rank and int(ctx.attr("is_inner_broadcast")):
         outer = bias.ndim - (rank - axis)  # bias: data's dims [0, outer) and [axis, rank)
         if outer < 0:
@@ -103,7 +103,7 @@ _ACTIVATIONS = {
 
 def _activate(ctx: OpContext, y, params):
     """The fused ``activation`` attribute applied to ``y`` with its float parameters."""
-    name = ctx.attr("activation", "")
+    name = ctx.attr("activation")
     if name == "":
         return y
     if name not in _ACTIVATIONS or (name == "Clip" and len(params) != 2):
@@ -114,7 +114,8 @@ def _activate(ctx: OpContext, y, params):
 
 # -- weighted fusions --------------------------------------------------------------------
 
-@register("FusedMatMul", domain=_MS)
+@register("FusedMatMul", domain=_MS, defaults={"alpha": 1.0, "transA": 0, "transB": 0,
+                                                "transBatchA": 0, "transBatchB": 0})
 def fused_matmul(ctx: OpContext, a, b):
     """``alpha * A' @ B'``: ``transA`` / ``transB`` swap the last two axes; ``transBatchA`` /
     ``transBatchB`` first move axis 0 to the second-to-last place."""
@@ -123,11 +124,11 @@ def fused_matmul(ctx: OpContext, a, b):
             x = jnp.moveaxis(x, 0, -2)
         return jnp.swapaxes(x, -1, -2) if trans and x.ndim >= 2 else x
 
-    a = prepare(a, int(ctx.attr("transA", 0)), int(ctx.attr("transBatchA", 0)))
-    b = prepare(b, int(ctx.attr("transB", 0)), int(ctx.attr("transBatchB", 0)))
+    a = prepare(a, int(ctx.attr("transA")), int(ctx.attr("transBatchA")))
+    b = prepare(b, int(ctx.attr("transB")), int(ctx.attr("transBatchB")))
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         raise ctx.invalid(f"A' {list(a.shape)} and B' {list(b.shape)} do not multiply")
-    alpha = float(ctx.attr("alpha", 1.0))
+    alpha = float(ctx.attr("alpha"))
     y = jnp.matmul(a, b)
     return y if alpha == 1 else y * jnp.asarray(alpha, y.dtype)
 
@@ -137,20 +138,26 @@ def _gemm_activation_params(ctx: OpContext):
             if n in ctx.node.attrs]
 
 
-@register("FusedGemm", domain=_MS, params=linear._gemm_params)
+#: FusedGemm and FusedConv take Gemm's and Conv's attributes (and defaults) and an activation.
+_FUSED_GEMM = {**schema_defaults("", "Gemm"), "activation": ""}
+FUSED_CONV = {**schema_defaults("", "Conv"), "activation": "", "activation_params": []}
+
+
+@register("FusedGemm", domain=_MS, params=linear._gemm_params, defaults=_FUSED_GEMM)
 def fused_gemm(ctx: OpContext, a, b, c=None):
     """Gemm followed by the fused ``activation`` (``activation_alpha`` / ``_beta``)."""
     return _activate(ctx, linear.gemm(ctx, a, b, c), _gemm_activation_params(ctx))
 
 
-@register("FusedConv", domain=_MS, layout="channels_last", params=conv._conv_params)
+@register("FusedConv", domain=_MS, layout="channels_last", params=conv._conv_params,
+          defaults=FUSED_CONV)
 def fused_conv(ctx: OpContext, x, w, b=None, z=None):
     """Conv (channels-last), plus the optional sum input Z, then the fused ``activation``
     with ``activation_params``."""
     y = conv.conv(ctx, x, w, b)
     if z is not None:
         y = y + _layout.convert(z, _layout.identity(z.ndim), _layout.channels_last(z.ndim))
-    return _activate(ctx, y, ctx.attr("activation_params", []))
+    return _activate(ctx, y, ctx.attr("activation_params"))
 
 
 def _ohwi_to_oihw(w):
@@ -169,7 +176,7 @@ def _nhwc_conv_params(node, weights):
     return built
 
 
-@register("NhwcConv", domain=_MS, params=_nhwc_conv_params)
+@register("NhwcConv", domain=_MS, params=_nhwc_conv_params, defaults=schema_defaults("", "Conv"))
 def nhwc_conv(ctx: OpContext, x, w, b=None):
     """2-D Conv on NHWC X with an OHWI weight (the transformer optimizer's layout), NHWC
     out: a plain channels-last Flax Conv."""
@@ -226,12 +233,12 @@ def _nbits_params(node, weights):
     return {"params": params, "sources": sources}
 
 
-@register("MatMulNBits", domain=_MS, params=_nbits_params)
+@register("MatMulNBits", domain=_MS, params=_nbits_params, defaults={"bits": 4})
 def matmul_nbits(ctx: OpContext, a, b, scales, zero_points=None, g_idx=None, bias=None):
     """``A @ dequantize(B)^T (+ bias)``, A ``[..., K]``, B uint8 ``[N, blocks, blob]``: a
     ``_layers.MatMulNBits`` layer holding the packed weight (unpacked when traced)."""
     k, n = int(ctx.attr("K")), int(ctx.attr("N"))
-    bits, block = int(ctx.attr("bits", 4)), int(ctx.attr("block_size"))
+    bits, block = int(ctx.attr("bits")), int(ctx.attr("block_size"))
     blocks = -(-k // block) if block > 0 else 0
     if bits not in (2, 4, 8) or block < 16 or block & (block - 1):
         raise ctx.invalid(f"bits must be 2, 4 or 8 and block_size a power of 2 >= 16, got "
@@ -259,7 +266,8 @@ def matmul_nbits(ctx: OpContext, a, b, scales, zero_points=None, g_idx=None, bia
 
 # -- normalization -----------------------------------------------------------------------
 
-@register("SimplifiedLayerNormalization", layout="custom", params=normalization._trailing_params)
+@register("SimplifiedLayerNormalization", layout="custom", params=normalization._trailing_params,
+          defaults={"axis": -1, "epsilon": 1e-5})
 def simplified_layer_norm(ctx: OpContext, x, scale):
     """onnxruntime's RMS normalization in the ONNX domain (any opset): ``X / sqrt(mean(X^2)
     + epsilon) * scale`` over axes ``axis..``; outputs Y and (optional) ``inv_std_var``."""
@@ -281,30 +289,33 @@ def _skip_params(node, weights):
 
 
 def _skip_norm(ctx: OpContext, x, skip, gamma, beta, bias, rms: bool):
-    """``s = input + skip (+ bias)`` normalized over the last axis (epsilon default 1e-12),
-    times gamma (plus beta); outputs ``(y, mean, inv_std_var, s)``."""
+    """``s = input + skip (+ bias)`` normalized over the last axis, times gamma (plus beta);
+    outputs ``(y, mean, inv_std_var, s)``."""
     s = x + skip
     if bias is not None:
         s = s + bias
     identity = _layout.identity(s.ndim)
-    y = normalization._trailing_norm(ctx, s, gamma, beta, rms=rms, perm=identity,
-                                     epsilon=1e-12)[0]
+    y = normalization._trailing_norm(ctx, s, gamma, beta, rms=rms, perm=identity)[0]
     outs = [y, None, None, s]
     if any(ctx.node.outputs[1:3]):
         _, mean, inv_std = normalization._standardize(s, (s.ndim - 1,),
-                                                      float(ctx.attr("epsilon", 1e-12)),
+                                                      float(ctx.attr("epsilon")),
                                                       center=not rms)
         outs[1:3] = mean, inv_std
     return outs[:len(ctx.node.outputs)]
 
 
-@register("SkipLayerNormalization", domain=_MS, params=_skip_params)
+#: The Skip*LayerNormalization defaults (they have no axis attribute: the last axis).
+_SKIP_NORM = {"axis": -1, "epsilon": 1e-12}
+
+
+@register("SkipLayerNormalization", domain=_MS, params=_skip_params, defaults=_SKIP_NORM)
 def skip_layer_norm(ctx: OpContext, x, skip, gamma, beta=None, bias=None):
     """LayerNorm(input + skip + bias) * gamma + beta; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, beta, bias, rms=False)
 
 
-@register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params)
+@register("SkipSimplifiedLayerNormalization", domain=_MS, params=_skip_params, defaults=_SKIP_NORM)
 def skip_simplified_layer_norm(ctx: OpContext, x, skip, gamma, bias=None):
     """RMSNorm(input + skip + bias) * gamma; the sum is output 3."""
     return _skip_norm(ctx, x, skip, gamma, None, bias, rms=True)
@@ -322,23 +333,27 @@ def _group_norm_nhwc(ctx: OpContext, x, gamma, beta):
                           f"be [{channels}]")
     g = jnp.reshape(x, x.shape[:-1] + (groups, channels // groups))
     axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
-    y = normalization._standardize(g, axes, float(ctx.attr("epsilon", 1e-5)))[0]
+    y = normalization._standardize(g, axes, float(ctx.attr("epsilon")))[0]
     y = jnp.reshape(y, x.shape) * gamma + beta
-    activation = int(ctx.attr("activation", 0))
+    activation = int(ctx.attr("activation"))
     if activation not in (0, 1):
         raise ctx.invalid(f"activation must be 0 (none) or 1 (SiLU), got {activation}")
     return jax.nn.silu(y) if activation else y
 
 
-@register("GroupNorm", domain=_MS)
+#: The attributes of com.microsoft GroupNorm and SkipGroupNorm (channels_last: GroupNorm's).
+_GROUP_NORM = {"epsilon": 1e-5, "activation": 0}
+
+
+@register("GroupNorm", domain=_MS, defaults={**_GROUP_NORM, "channels_last": 1})
 def ms_group_norm(ctx: OpContext, x, gamma, beta):
     """Group normalization of NHWC X (``channels_last`` 1, the default) or NCHW X."""
-    if int(ctx.attr("channels_last", 1)):
+    if int(ctx.attr("channels_last")):
         return _group_norm_nhwc(ctx, x, gamma, beta)
     return jnp.moveaxis(_group_norm_nhwc(ctx, jnp.moveaxis(x, 1, -1), gamma, beta), -1, 1)
 
 
-@register("SkipGroupNorm", domain=_MS)
+@register("SkipGroupNorm", domain=_MS, defaults=_GROUP_NORM)
 def skip_group_norm(ctx: OpContext, x, gamma, beta, skip, bias=None):
     """GroupNorm of ``S = X + skip (+ bias)``, X NHWC, skip ``[N, H, W, C]``, ``[N, 1, 1,
     C]`` or ``[N, C]``; outputs Y and S."""
@@ -348,7 +363,7 @@ def skip_group_norm(ctx: OpContext, x, gamma, beta, skip, bias=None):
     return (_group_norm_nhwc(ctx, total, gamma, beta), total)[:len(ctx.node.outputs)]
 
 
-@register("EmbedLayerNormalization", domain=_MS)
+@register("EmbedLayerNormalization", domain=_MS, defaults={"epsilon": 1e-12})
 def embed_layer_norm(ctx: OpContext, input_ids, segment_ids, word_embedding, position_embedding,
                      segment_embedding=None, gamma=None, beta=None, mask=None, position_ids=None):
     """BERT's embeddings: ``word[input_ids] + position[position_ids or 0..S-1] (+
@@ -365,7 +380,7 @@ def embed_layer_norm(ctx: OpContext, input_ids, segment_ids, word_embedding, pos
                                                                     position_ids, axis=0)
     if segment_embedding is not None and segment_ids is not None:
         total = total + jnp.take(segment_embedding, segment_ids, axis=0)
-    epsilon = float(ctx.attr("epsilon", 1e-12))
+    epsilon = float(ctx.attr("epsilon"))
     y = normalization._standardize(total, (2,), epsilon)[0] * gamma + beta
     mask_index = (jnp.zeros((b,), jnp.int32) if mask is None
                   else jnp.sum(mask.astype(jnp.int32), axis=1))

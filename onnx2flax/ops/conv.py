@@ -103,7 +103,7 @@ def conv_geometry(ctx: OpContext, x, w):
     ConvInteger, QLinearConv); X ``[N, *spatial, C_in]`` (channels-last), W
     ``[C_out, C_in/g, *k]``; ``auto_pad`` resolved into ``pads``."""
     k = _kernel_shape(ctx, w)
-    group = int(ctx.attr("group", 1))
+    group = int(ctx.attr("group"))
     strides, dilations, pads = spatial_attrs(ctx, k)
     if x.ndim != len(k) + 2:
         raise ctx.invalid(f"input has rank {x.ndim}, a {len(k)}-D kernel needs rank {len(k) + 2}")
@@ -139,7 +139,7 @@ def _conv_transpose_params(node, weights):
     w = _float_weights(weights, 3 if len(node.inputs) > 2 and node.inputs[2] else 2)
     if w is None:
         return None
-    group = int(node.attrs.get("group", 1))
+    group = int(node.attrs["group"])
     if group < 1 or w.shape[0] % group:
         return None
     return _with_bias(node, weights, _conv_transpose_kernel(w, group),
@@ -155,11 +155,11 @@ def conv_transpose(ctx: OpContext, x, w, b=None):
     """
     k = _kernel_shape(ctx, w)
     n = len(k)
-    group = int(ctx.attr("group", 1))
+    group = int(ctx.attr("group"))
     strides, dilations, pads = spatial_attrs(ctx, k)
     output_padding = [int(p) for p in ctx.attr("output_padding", [0] * n)]
     output_shape = ctx.attr("output_shape", None)
-    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    auto_pad = ctx.attr("auto_pad")
     if x.ndim != n + 2:
         raise ctx.invalid(f"input has rank {x.ndim}, a {n}-D kernel needs rank {n + 2}")
     if group < 1 or x.shape[-1] != w.shape[0] or w.shape[0] % group:
@@ -240,8 +240,8 @@ def deform_conv(ctx: OpContext, x, w, offset, b=None, mask=None):
     by its mask; the samples are then convolved with W as a grouped convolution."""
     k = _kernel_shape(ctx, w)
     r = len(k)
-    group = int(ctx.attr("group", 1))
-    offset_group = int(ctx.attr("offset_group", 1))
+    group = int(ctx.attr("group"))
+    offset_group = int(ctx.attr("offset_group"))
     strides, dilations, pads = spatial_attrs(ctx, k)
     n, *sizes, c = x.shape
     cells = int(np.prod(k))

@@ -64,7 +64,7 @@ def _scalar(ctx: OpContext, value, what: str):
 def _corners(ctx: OpContext, boxes):
     """``ymin, xmin, ymax, xmax``, each ``[batch, boxes]``, from ``[y1, x1, y2, x2]`` (any
     two opposite corners) or, with ``center_point_box=1``, ``[x_center, y_center, w, h]``."""
-    center = int(ctx.attr("center_point_box", 0))
+    center = int(ctx.attr("center_point_box"))
     a, b, c, d = (boxes[..., k] for k in range(4))
     if center == 1:
         return b - d / 2, a - c / 2, b + d / 2, a + c / 2
@@ -197,7 +197,7 @@ def unique(ctx: OpContext, x):
     ``axis``): past the number of distinct values ``Y`` is 0, indices -1 and counts 0; an
     inverse index whose value was dropped (past ``N``) is -1."""
     axis = ctx.attr("axis", None)
-    is_sorted = bool(int(ctx.attr("sorted", 1)))
+    is_sorted = bool(int(ctx.attr("sorted")))
     if axis is not None:
         axis = normalize_axis(ctx, int(axis), np.ndim(x))
     if isinstance(x, np.ndarray):

@@ -56,8 +56,8 @@ for _name, _fn, _since in [
 
 @register("IsInf", since=10, layout="elementwise")
 def is_inf(ctx: OpContext, x):
-    negative = bool(ctx.attr("detect_negative", 1))
-    positive = bool(ctx.attr("detect_positive", 1))
+    negative = bool(ctx.attr("detect_negative"))
+    positive = bool(ctx.attr("detect_positive"))
     return ((x == jnp.inf) & positive) | ((x == -jnp.inf) & negative)
 
 
@@ -96,7 +96,7 @@ def _legacy_binary(fn):
         perm = ctx.in_perms[0]
         b = _layout.to_onnx(b, ctx.in_perms[1])
         a_shape = tuple(np.shape(a)[perm.index(i)] for i in range(len(perm)))
-        if int(ctx.attr("broadcast", 0)):
+        if int(ctx.attr("broadcast")):
             axis = int(ctx.attr("axis", len(a_shape) - np.ndim(b)))
             axis = axis % len(a_shape) if a_shape else 0
             if axis + np.ndim(b) > len(a_shape):
@@ -126,7 +126,7 @@ for _name, _fn, _since in [
 def _mod(ctx: OpContext, a, b, floor_floats: bool):
     """``fmod=0``: ``a - floor(a / b) * b`` (the divisor's sign, Python's ``%``), for floats
     only from opset 28; ``fmod=1``: C's ``fmod`` (the dividend's sign)."""
-    if int(ctx.attr("fmod", 0)):
+    if int(ctx.attr("fmod")):
         return jnp.fmod(a, b)
     if not (floor_floats or _is_int(a, b)):
         raise ctx.invalid("fmod=0 needs integer inputs before opset 28 (floats need fmod=1)")
@@ -182,13 +182,28 @@ def clip(ctx: OpContext, x, lo=None, hi=None):
     return x
 
 
-@register("Dropout", layout="elementwise", static_inputs=(1, 2))
+@register("Dropout", layout="elementwise")
+def dropout_v1(ctx: OpContext, x):
+    """Before opset 10 the optional mask has X's dtype."""
+    return _dropout(ctx, x, float(ctx.attr("ratio")), x.dtype)
+
+
+@register("Dropout", since=10, layout="elementwise")
+def dropout_v10(ctx: OpContext, x):
+    return _dropout(ctx, x, float(ctx.attr("ratio")), bool)
+
+
+@register("Dropout", since=12, layout="elementwise", static_inputs=(1, 2))
 def dropout(ctx: OpContext, x, ratio=None, training_mode=None):
-    """Identity at inference; with ``train=True`` drops with probability ``ratio``. The
-    optional mask is bool from opset 10, of X's dtype before."""
-    rate = float(ctx.attr("ratio", 0.5)) if ratio is None else float(ctx.static(ratio, "ratio").item())
+    """Opset 12: ``ratio`` (default 0.5) is an input known at conversion time."""
+    return _dropout(ctx, x, 0.5 if ratio is None else float(ctx.static(ratio, "ratio").item()),
+                    bool)
+
+
+def _dropout(ctx: OpContext, x, rate: float, mask_dtype):
+    """Identity at inference; with ``train=True`` drops with probability ``rate``; the
+    optional mask of ``mask_dtype``."""
     outputs = [o for o in ctx.node.outputs if o]
-    mask_dtype = bool if ctx.opset >= 10 else x.dtype
     if not ctx.train or rate == 0.0:
         return (x, jnp.ones(x.shape, mask_dtype)) if len(outputs) > 1 else x
     keep = jax.random.bernoulli(ctx.make_rng("dropout"), 1.0 - rate, x.shape)

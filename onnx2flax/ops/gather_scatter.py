@@ -27,14 +27,14 @@ def _grid(shape, axis: int):
 @register("Gather")
 def gather(ctx: OpContext, x, indices):
     """``take`` along ``axis``: output ``x.shape[:axis] + indices.shape + x.shape[axis+1:]``."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
     return jnp.take(x, _wrap(indices, x.shape[axis]), axis=axis)
 
 
 @register("GatherElements", since=11)
 def gather_elements(ctx: OpContext, x, indices):
     """``out[i][j][k] = x[indices[i][j][k]][j][k]`` for ``axis`` 0 (output: indices' shape)."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
     if np.ndim(indices) != x.ndim:
         raise ctx.invalid(f"indices {list(np.shape(indices))} must have the rank of data "
                           f"{list(x.shape)}")
@@ -82,7 +82,7 @@ def _scatter(ctx: OpContext, x, index, updates):
 def scatter_elements(ctx: OpContext, x, indices, updates):
     """``out = x`` then ``out[... indices[i][j] (on axis) ...] <reduction>= updates[i][j]``.
     Duplicate indices with ``reduction='none'`` are undefined in ONNX."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
     if np.shape(indices) != np.shape(updates) or np.ndim(indices) != x.ndim:
         raise ctx.invalid(f"indices {list(np.shape(indices))} and updates "
                           f"{list(np.shape(updates))} must share a shape of data's rank")
@@ -103,7 +103,7 @@ def one_hot(ctx: OpContext, indices, depth, values):
     depth = int(np.asarray(ctx.static(depth, "depth")).reshape(()))
     values = jnp.asarray(values).reshape(-1)
     rank = np.ndim(indices) + 1
-    axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), rank)
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), rank)
     indices = _wrap(jnp.asarray(indices).astype(jnp.int32), depth)
     hot = jnp.expand_dims(indices, axis) == _grid((1,) * axis + (depth,) + (1,) * (rank - 1 - axis), axis)
     return jnp.where(hot, values[1], values[0])
@@ -112,7 +112,7 @@ def one_hot(ctx: OpContext, indices, depth, values):
 def _top_k(ctx: OpContext, x, k, largest: bool):
     """Values and int64 (int32 inside JAX) indices of the ``k`` largest / smallest along
     ``axis``, sorted; ties keep the lower index first, as onnxruntime does."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
     k = int(np.asarray(k).reshape(()))
     if not 0 <= k <= x.shape[axis]:
         raise ctx.invalid(f"k = {k} is out of range for an axis of size {x.shape[axis]}")
@@ -144,10 +144,10 @@ def tensor_scatter(ctx: OpContext, past, update, write_indices=None):
     ``write_indices[b]`` (default 0) for batch entry ``b``; "circular" wraps around,
     "linear" drops writes past the end (onnxruntime refuses them; the indices are run-time
     values here)."""
-    mode = ctx.attr("mode", "linear")
+    mode = ctx.attr("mode")
     if mode not in ("linear", "circular"):
         raise ctx.invalid(f"mode must be linear or circular, got {mode!r}")
-    axis = normalize_axis(ctx, int(ctx.attr("axis", -2)), past.ndim)
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), past.ndim)
     if axis == 0:
         raise ctx.invalid("axis must not be the batch axis 0")
     length, steps = past.shape[axis], update.shape[axis]

@@ -11,9 +11,9 @@ from .._registry import register
 
 
 def _gemm_attrs(attrs):
-    """alpha, beta, transA, transB with the spec's defaults."""
-    return (float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0)),
-            int(attrs.get("transA", 0)), int(attrs.get("transB", 0)))
+    """alpha, beta, transA, transB (defaulted by normalize)."""
+    return (float(attrs["alpha"]), float(attrs["beta"]), int(attrs["transA"]),
+            int(attrs["transB"]))
 
 
 def _gemm_params(node, weights):

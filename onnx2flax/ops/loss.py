@@ -18,7 +18,7 @@ def _nll(ctx: OpContext, log_prob, target, weight):
 
     Targets equal to ``ignore_index`` weigh 0 (they may lie outside ``[0, C)``); the mean
     divides by the sum of the weights of the other targets, as the ONNX reference does."""
-    reduction = ctx.attr("reduction", "mean")
+    reduction = ctx.attr("reduction")
     if reduction not in ("none", "sum", "mean"):
         raise ctx.invalid(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
     ignore_index = ctx.attr("ignore_index", None)

@@ -166,11 +166,11 @@ def slice_(ctx: OpContext, x, starts, ends, axes=None, steps=None):
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 
-def _pad(ctx: OpContext, x, pads, value, axes=None):
+def _pad(ctx: OpContext, x, pads, value, axes=None, wrap=False):
     """Pad held ``x``; ``pads`` is ``[begins..., ends...]`` over ONNX ``axes`` (all axes by
-    default). Negative pads crop."""
-    mode = ctx.attr("mode", "constant")
-    if mode not in _PAD_MODES or (mode == "wrap" and ctx.opset < 19):
+    default). Negative pads crop. ``wrap``: the mode exists (opset 19)."""
+    mode = ctx.attr("mode")
+    if mode not in _PAD_MODES or (mode == "wrap" and not wrap):
         raise ctx.fail(f"mode {mode!r} is not supported (constant, reflect, edge; wrap from "
                        "opset 19)")
     pads = _ints(pads)
@@ -199,12 +199,12 @@ def _pad(ctx: OpContext, x, pads, value, axes=None):
 @register("Pad", layout="custom")
 def pad_v1(ctx: OpContext, x):
     """Opset 1 names the attribute ``paddings`` (opset 2: ``pads``); ``value`` is a float."""
-    return _pad(ctx, x, ctx.attr("paddings"), np.asarray(ctx.attr("value", 0.0)))
+    return _pad(ctx, x, ctx.attr("paddings"), np.asarray(ctx.attr("value")))
 
 
 @register("Pad", since=2, layout="custom")
 def pad_v2(ctx: OpContext, x):
-    return _pad(ctx, x, ctx.attr("pads"), np.asarray(ctx.attr("value", 0.0)))
+    return _pad(ctx, x, ctx.attr("pads"), np.asarray(ctx.attr("value")))
 
 
 @register("Pad", since=11, layout="custom", static_inputs=(1, 3))
@@ -212,6 +212,13 @@ def pad(ctx: OpContext, x, pads, constant_value=None, axes=None):
     """Opset 11: ``pads`` (and, from 18, ``axes``) are inputs known at conversion time;
     ``constant_value`` may be computed at run time."""
     return _pad(ctx, x, ctx.static(pads, "pads"), constant_value, ctx.static(axes, "axes"))
+
+
+@register("Pad", since=19, layout="custom", static_inputs=(1, 3))
+def pad_v19(ctx: OpContext, x, pads, constant_value=None, axes=None):
+    """Opset 19 adds mode ``wrap``."""
+    return _pad(ctx, x, ctx.static(pads, "pads"), constant_value, ctx.static(axes, "axes"),
+                wrap=True)
 
 
 # --- Squeeze, Unsqueeze --------------------------------------------------------------------
@@ -352,8 +359,8 @@ def center_crop_pad(ctx: OpContext, x, shape):
 def reverse_sequence(ctx: OpContext, x, lens):
     """Reverse the first ``lens[b]`` steps along ``time_axis`` of every batch entry ``b``
     (``batch_axis``); the rest is copied. Axes 0 and 1, defaults time 0, batch 1."""
-    time_axis = int(ctx.attr("time_axis", 0))
-    batch_axis = int(ctx.attr("batch_axis", 1))
+    time_axis = int(ctx.attr("time_axis"))
+    batch_axis = int(ctx.attr("batch_axis"))
     if {time_axis, batch_axis} != {0, 1} or x.ndim < 2:
         raise ctx.invalid(f"time_axis {time_axis} and batch_axis {batch_axis} must be 0 and 1 "
                           f"(in some order) of an input of rank >= 2, got rank {x.ndim}")

@@ -43,8 +43,8 @@ def batch_norm(ctx: OpContext, x, scale, bias, mean, var):
     ``training_mode=1`` (opset 14+) normalizes with the batch's mean and (population)
     variance over all axes but the channels, and also returns the running statistics
     ``input * momentum + batch * (1 - momentum)``."""
-    epsilon = float(ctx.attr("epsilon", 1e-5))
-    momentum = float(ctx.attr("momentum", 0.9))
+    epsilon = float(ctx.attr("epsilon"))
+    momentum = float(ctx.attr("momentum"))
     if int(ctx.attr("spatial", 1)) != 1:
         raise ctx.fail("spatial=0 (per-activation statistics) is not supported")
     training = bool(int(ctx.attr("training_mode", 0)))
@@ -103,14 +103,14 @@ def _trailing_params(node, weights):
     return _scale_bias_params(weights[1], bias, min_size=2)
 
 
-def _trailing_norm(ctx: OpContext, x, scale, bias, rms: bool, n_out=1, perm=None, epsilon=1e-5):
-    """Normalize over ONNX axes ``axis..rank-1`` (default -1), in the held layout (``perm``,
-    default input 0's); ``scale`` / ``bias`` broadcast to ``X.shape[axis:]``. With constant
-    [D] weights: ``nn.LayerNorm`` / ``nn.RMSNorm``. ``epsilon``: the attribute's default.
-    Returns ``(y, mean, inv_std)[:n_out]`` (statistics with X's rank)."""
+def _trailing_norm(ctx: OpContext, x, scale, bias, rms: bool, n_out=1, perm=None):
+    """Normalize over ONNX axes ``axis..rank-1``, in the held layout (``perm``, default
+    input 0's); ``scale`` / ``bias`` broadcast to ``X.shape[axis:]``. With constant [D]
+    weights: ``nn.LayerNorm`` / ``nn.RMSNorm``. Returns ``(y, mean, inv_std)[:n_out]``
+    (statistics with X's rank)."""
     perm = ctx.in_perms[0] if perm is None else perm
-    axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim)
-    epsilon = float(ctx.attr("epsilon", epsilon))
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
+    epsilon = float(ctx.attr("epsilon"))
     axes = tuple(perm.index(a) for a in range(axis, x.ndim))
     if ctx.layer_plan is not None:
         features = perm.index(x.ndim - 1)
@@ -128,8 +128,10 @@ def _trailing_norm(ctx: OpContext, x, scale, bias, rms: bool, n_out=1, perm=None
     return (y, mean, inv_std)[:n_out]
 
 
-# ONNX Runtime also accepts LayerNormalization below opset 17 (older exporters emit it).
-@register("LayerNormalization", layout="custom", params=_trailing_params)
+# ONNX Runtime also accepts LayerNormalization below opset 17 (older exporters emit it), where
+# onnx has no schema to give its defaults.
+@register("LayerNormalization", layout="custom", params=_trailing_params,
+          defaults={"axis": -1, "epsilon": 1e-5})
 def layer_norm(ctx: OpContext, x, scale, bias=None):
     """Optional outputs Mean / InvStdDev have X's rank with size-1 normalized dims.
     ``stash_type`` is not read: float32 models compute in float32, as its default asks."""
@@ -149,7 +151,7 @@ def rms_norm(ctx: OpContext, x, scale):
 def mean_variance_norm(ctx: OpContext, x):
     """``(X - E[X]) / (sqrt(Var[X]) + 1e-9)`` over ONNX ``axes`` (default [0, 2, 3])."""
     perm = ctx.in_perms[0]
-    axes = {normalize_axis(ctx, int(a), x.ndim) for a in ctx.attr("axes", [0, 2, 3])}
+    axes = {normalize_axis(ctx, int(a), x.ndim) for a in ctx.attr("axes")}
     held = tuple(perm.index(a) for a in sorted(axes))
     ctx.out_perms = [perm]
     centered = x - jnp.mean(x, held, keepdims=True)
@@ -160,8 +162,8 @@ def mean_variance_norm(ctx: OpContext, x):
 def lp_norm(ctx: OpContext, x):
     """``X / ||X||_p`` along ``axis`` (default -1), ``p`` 1 or 2; zero vectors stay zero."""
     perm = ctx.in_perms[0]
-    held = perm.index(normalize_axis(ctx, int(ctx.attr("axis", -1)), x.ndim))
-    p = int(ctx.attr("p", 2))
+    held = perm.index(normalize_axis(ctx, int(ctx.attr("axis")), x.ndim))
+    p = int(ctx.attr("p"))
     if p not in (1, 2):
         raise ctx.invalid(f"p must be 1 or 2, got {p}")
     ctx.out_perms = [perm]
@@ -178,7 +180,7 @@ def instance_norm(ctx: OpContext, x, scale, bias):
     """Per sample and channel over the spatial dims; scale / B ``[C]``. Works in the held
     layout (channels-last after a Conv, ONNX order after a Reshape, as in exported
     GroupNorms), so no transpose is needed, as long as the batch axis leads."""
-    epsilon = float(ctx.attr("epsilon", 1e-5))
+    epsilon = float(ctx.attr("epsilon"))
     perm = ctx.in_perms[0]
     if perm.index(0) != 0:  # nn.InstanceNorm takes axis 0 as the batch axis
         target = _layout.channels_last(x.ndim)
@@ -200,7 +202,7 @@ def _group_norm(ctx: OpContext, x, scale, bias, per_group: bool):
     normalized over its channels and the spatial dims; then per-channel (or, opset 18,
     per-group) scale and bias."""
     groups = int(ctx.attr("num_groups"))
-    epsilon = float(ctx.attr("epsilon", 1e-5))
+    epsilon = float(ctx.attr("epsilon"))
     channels = x.shape[-1]
     if groups < 1 or channels % groups:
         raise ctx.invalid(f"{channels} channels cannot be split into {groups} groups")
@@ -241,9 +243,9 @@ def lrn(ctx: OpContext, x):
     """Local response normalization across channels (X ``[N, *spatial, C]``):
     ``x / (bias + alpha / size * sum of x^2 over a window of size channels) ** beta``,
     the window ``[c - (size-1)//2, c + ceil((size-1)/2)]``."""
-    alpha = float(ctx.attr("alpha", 1e-4))
-    beta = float(ctx.attr("beta", 0.75))
-    bias = float(ctx.attr("bias", 1.0))
+    alpha = float(ctx.attr("alpha"))
+    beta = float(ctx.attr("beta"))
+    bias = float(ctx.attr("bias"))
     size = int(ctx.attr("size"))
     if size < 1:
         raise ctx.invalid(f"size must be >= 1, got {size}")

@@ -109,7 +109,7 @@ def average_pool(ctx: OpContext, x):
 
 def _lp_power(ctx: OpContext, x):
     """The ``p`` attribute and ``|x|^p`` (an exact integer power when ``p`` is whole)."""
-    p = float(ctx.attr("p", 2))
+    p = float(ctx.attr("p"))
     if not p > 0:
         raise ctx.invalid(f"p must be positive, got {p}")
     return p, jnp.abs(x) ** (int(p) if p.is_integer() else p)

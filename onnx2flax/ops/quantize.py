@@ -63,9 +63,7 @@ def _laid_out(ctx: OpContext, value, index: int, dims: list[int], perm, what: st
     shape = list(np.shape(value))
     if int(np.prod(shape)) == 1:
         return jnp.reshape(value, ())
-    if ctx.opset < 13 and not ctx.spec.domain:  # com.microsoft's take an axis from version 1
-        raise ctx.invalid(f"{what} must be a scalar before opset 13, got shape {shape}")
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 1)), len(dims))
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), len(dims))
     block = int(ctx.attr("block_size", 0))
     if block < 0:
         raise ctx.invalid(f"block_size must be positive, got {block}")
@@ -92,7 +90,21 @@ def _zero_point_matches(ctx: OpContext, scale, zero_point):
                           f"{list(np.shape(zero_point))} must have the same shape")
 
 
+def _per_tensor(ctx, scale, zero_point, prefix: str) -> None:
+    """Opset 10's scale and zero point: one element each (per-axis came with opset 13)."""
+    for what, value in ((f"{prefix}_scale", scale), (f"{prefix}_zero_point", zero_point)):
+        if value is not None and np.size(value) != 1:
+            raise ctx.invalid(f"{what} must be a scalar before opset 13, got shape "
+                              f"{list(np.shape(value))}")
+
+
 @register("QuantizeLinear", since=10, layout="custom")
+def quantize_linear_v10(ctx: OpContext, x, scale, zero_point=None):
+    _per_tensor(ctx, scale, zero_point, "y")
+    return quantize_linear(ctx, x, scale, zero_point)
+
+
+@register("QuantizeLinear", since=13, layout="custom")
 def quantize_linear(ctx: OpContext, x, scale, zero_point=None):
     """``saturate(round(x / scale) + zero_point)``, in the layout of ``x``. The output type
     is ``output_dtype``, else the zero point's, else uint8; ``x / scale`` is computed in the
@@ -129,6 +141,12 @@ def _quantized_type(ctx: OpContext, zero_point) -> np.dtype:
 
 
 @register("DequantizeLinear", since=10, layout="custom")
+def dequantize_linear_v10(ctx: OpContext, x, scale, zero_point=None):
+    _per_tensor(ctx, scale, zero_point, "x")
+    return dequantize_linear(ctx, x, scale, zero_point)
+
+
+@register("DequantizeLinear", since=13, layout="custom")
 def dequantize_linear(ctx: OpContext, x, scale, zero_point=None):
     """``(x - zero_point) * scale`` computed in float32, in the layout of ``x``; the output
     type is ``output_dtype``, else the scale's."""

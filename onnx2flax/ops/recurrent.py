@@ -82,7 +82,7 @@ def _recurrent(ctx: OpContext, x, w, r, b, sequence_lens, h0, c0=None, p=None, *
     """Run ``cell(xw_t, h, c, r, rb, p, acts, clip) -> (h, c)`` over the sequence in every
     direction; ``xw_t`` is one step's input projection ``x_t @ W.T + Wb``, ``c`` the cell
     state (``None`` unless ``cell_state``). Returns ``Y, Y_h, Y_c`` (``Y_c`` may be None)."""
-    direction = ctx.attr("direction", "forward")
+    direction = ctx.attr("direction", "forward")  # GRU-1's schema misspells its default
     if direction not in ("forward", "reverse", "bidirectional"):
         raise ctx.invalid(f"direction must be forward, reverse or bidirectional, got {direction!r}")
     n_dirs = 2 if direction == "bidirectional" else 1
@@ -206,6 +206,6 @@ def gru(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None):
 def lstm(ctx: OpContext, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None,
          p=None):
     """LSTM with peepholes ``P`` and ``input_forget``; outputs Y, Y_h, Y_c."""
-    cell = partial(_lstm_cell, input_forget=int(ctx.attr("input_forget", 0)))
+    cell = partial(_lstm_cell, input_forget=int(ctx.attr("input_forget")))
     return _recurrent(ctx, x, w, r, b, sequence_lens, initial_h, initial_c, p, n_gates=4,
                       defaults=["Sigmoid", "Tanh", "Tanh"], cell=cell, cell_state=True)

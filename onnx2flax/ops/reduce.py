@@ -49,7 +49,7 @@ _AXES_INPUT_SINCE = {name: 13 if name == "ReduceSum" else 18 for name in _REDUCE
 def _reduce(ctx: OpContext, fn, x, axes, noop_with_empty_axes):
     """Reduce ``x`` over ONNX ``axes`` (all when empty, unless ``noop_with_empty_axes``)."""
     perm = ctx.in_perms[0]
-    keep = bool(ctx.attr("keepdims", 1))
+    keep = bool(ctx.attr("keepdims"))
     axes = [int(a) for a in axes]
     if not axes:
         if noop_with_empty_axes:
@@ -73,7 +73,7 @@ def _reduce_input(fn):
     def handler(ctx: OpContext, x, axes=None):
         """``axes`` is an optional input known at conversion time."""
         axes = [] if axes is None else ctx.static(axes, "axes").reshape(-1)
-        return _reduce(ctx, fn, x, axes, int(ctx.attr("noop_with_empty_axes", 0)))
+        return _reduce(ctx, fn, x, axes, int(ctx.attr("noop_with_empty_axes")))
     return handler
 
 
@@ -88,8 +88,8 @@ def _arg_reduce(fn):
         """Index of the first (``select_last_index=0``) or last extreme along ``axis``
         (int64 in ONNX; JAX's default integer here, cast back by ``run``)."""
         perm = ctx.in_perms[0]
-        axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), x.ndim)
-        keep = bool(ctx.attr("keepdims", 1))
+        axis = normalize_axis(ctx, int(ctx.attr("axis")), x.ndim)
+        keep = bool(ctx.attr("keepdims"))
         held = perm.index(axis)
         if int(ctx.attr("select_last_index", 0)):
             index = x.shape[held] - 1 - fn(jnp.flip(x, held), axis=held, keepdims=keep)
@@ -112,9 +112,9 @@ def _cumulative(ctx: OpContext, x, axis, fn, identity):
     axis = normalize_axis(ctx, int(ctx.static(axis, "axis").reshape(-1)[0]), x.ndim)
     held = perm.index(axis)
     ctx.out_perms = [perm]
-    reverse = bool(ctx.attr("reverse", 0))
+    reverse = bool(ctx.attr("reverse"))
     x = jnp.flip(x, held) if reverse else jnp.asarray(x)
-    if int(ctx.attr("exclusive", 0)):
+    if int(ctx.attr("exclusive")):
         n = x.shape[held]
         first = lax.slice_in_dim(x, 0, min(n, 1), axis=held)
         x = jnp.concatenate([jnp.full_like(first, identity),

@@ -220,7 +220,7 @@ def _resize(ctx: OpContext, x, o: _Options, scales, sizes, roi, axes):
 
 def _options(ctx: OpContext, mode_names=("nearest", "linear", "cubic"), **fixed) -> _Options:
     """The Resize attributes with their defaults (``fixed`` overrides for old opsets)."""
-    mode = ctx.attr("mode", "nearest")
+    mode = ctx.attr("mode")
     mode = "linear" if mode == "bilinear" and ctx.node.op_type == "Upsample" else mode
     attrs = dict(
         mode=mode,
@@ -287,8 +287,6 @@ def upsample(ctx: OpContext, x, scales):
     return resize_v10(ctx, x, scales)
 
 
-_GRID_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
-               20: {"linear": "linear", "nearest": "nearest", "cubic": "cubic"}}
 
 
 def _reflect(x, lo: float, hi: float):
@@ -306,19 +304,32 @@ def _reflect(x, lo: float, hi: float):
 
 
 @register("GridSample", since=16, layout="channels_last")
+def grid_sample_v16(ctx: OpContext, x, grid):
+    """Opset 16: 2-D only, modes bilinear / nearest / bicubic."""
+    if x.ndim != 4:
+        raise ctx.invalid(f"opset {ctx.opset} GridSample takes 4-D inputs only, got rank {x.ndim}")
+    return _grid_sample(ctx, x, grid, {"bilinear": "linear", "nearest": "nearest",
+                                       "bicubic": "cubic"})
+
+
+@register("GridSample", since=20, layout="channels_last")
 def grid_sample(ctx: OpContext, x, grid):
+    """Opset 20: any rank, modes linear / nearest / cubic."""
+    return _grid_sample(ctx, x, grid, {"linear": "linear", "nearest": "nearest", "cubic": "cubic"})
+
+
+def _grid_sample(ctx: OpContext, x, grid, names: dict[str, str]):
     """X ``[N, *spatial, C]`` (channels-last), grid ``[N, *out, r]`` (ONNX order; its last
     axis lists coordinates in ``[-1, 1]`` fastest spatial axis first, x before y) ->
-    Y ``[N, *out, C]``. Opset 16: 2-D only, modes bilinear / nearest / bicubic; opset 20:
-    any rank, modes linear / nearest / cubic. As torch: nearest rounds half to even;
+    Y ``[N, *out, C]``; ``names`` maps the version's modes to nearest / linear / cubic. As
+    torch: nearest rounds half to even;
     border / reflection move coordinates lying outside into the image, then every tap
     outside it reads 0 (zeros), the edge (border) or its mirror (reflection). Cubic with
     border clamps only the taps, as torch and onnxruntime (ONNX's reference clamps the
     coordinate as well: it differs near the edges)."""
-    names = _GRID_MODES[20 if ctx.opset >= 20 else 16]
-    mode = ctx.attr("mode", "linear" if ctx.opset >= 20 else "bilinear")
-    padding = ctx.attr("padding_mode", "zeros")
-    align = int(ctx.attr("align_corners", 0))
+    mode = ctx.attr("mode")
+    padding = ctx.attr("padding_mode")
+    align = int(ctx.attr("align_corners"))
     if mode not in names or padding not in ("zeros", "border", "reflection"):
         raise ctx.invalid(f"mode {mode!r} (one of {sorted(names)} in opset {ctx.opset}) or "
                           f"padding_mode {padding!r} (zeros, border, reflection) is invalid")
@@ -328,8 +339,6 @@ def grid_sample(ctx: OpContext, x, grid):
     if grid.ndim != r + 2 or grid.shape[0] != n or grid.shape[-1] != r:
         raise ctx.invalid(f"grid of shape {list(grid.shape)} does not fit a {r}-D input of "
                           f"batch {n}: expected [N, *out, {r}]")
-    if ctx.opset < 20 and r != 2:
-        raise ctx.invalid(f"opset {ctx.opset} GridSample takes 4-D inputs only, got rank {r + 2}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ctx.fail(f"sampling {x.dtype} inputs is not supported")
     out = grid.shape[1:-1]
@@ -385,7 +394,7 @@ def affine_grid(ctx: OpContext, theta, size):
     -> grid ``[N, H, W, 2]`` / ``[N, D, H, W, 3]`` of normalized ``(x, y[, z])``
     coordinates, as GridSample reads them."""
     size = [int(s) for s in ctx.static(size, "size").reshape(-1)]
-    align = int(ctx.attr("align_corners", 0))
+    align = int(ctx.attr("align_corners"))
     r = len(size) - 2
     if r not in (2, 3) or theta.shape[1:] != (r, r + 1) or theta.shape[0] != size[0]:
         raise ctx.invalid(f"theta {list(theta.shape)} and size {size} must be [N, 2, 3] with "
@@ -428,10 +437,10 @@ def _roi_align(ctx: OpContext, x, rois, batch_indices, half_pixel: bool):
     ``[R]`` -> ``[R, out_h, out_w, C]``: each bin averages (or maxes) bilinear samples on a
     regular grid, ``sampling_ratio`` per axis (0: ``ceil(roi size / bins)``, which needs
     the rois known at conversion time)."""
-    mode = ctx.attr("mode", "avg")
-    out_h, out_w = int(ctx.attr("output_height", 1)), int(ctx.attr("output_width", 1))
-    ratio = int(ctx.attr("sampling_ratio", 0))
-    scale = float(ctx.attr("spatial_scale", 1.0))
+    mode = ctx.attr("mode")
+    out_h, out_w = int(ctx.attr("output_height")), int(ctx.attr("output_width"))
+    ratio = int(ctx.attr("sampling_ratio"))
+    scale = float(ctx.attr("spatial_scale"))
     if mode not in ("avg", "max") or min(out_h, out_w) < 1 or ratio < 0:
         raise ctx.invalid(f"mode {mode!r} must be avg or max, output sizes ({out_h}, {out_w}) "
                           f"positive and sampling_ratio {ratio} >= 0")
@@ -490,7 +499,7 @@ def roi_align_v10(ctx: OpContext, x, rois, batch_indices):
 def roi_align(ctx: OpContext, x, rois, batch_indices):
     """Opset 16: ``coordinate_transformation_mode`` half_pixel (default) shifts corners by
     -0.5; output_half_pixel is opset 10's behaviour."""
-    coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    coord = ctx.attr("coordinate_transformation_mode")
     if coord not in ("half_pixel", "output_half_pixel"):
         raise ctx.invalid(f"coordinate_transformation_mode {coord!r} must be half_pixel or "
                           "output_half_pixel")

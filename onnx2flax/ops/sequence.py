@@ -73,7 +73,7 @@ def concat_from_sequence(ctx: OpContext, seq):
     seq = _seq(ctx, seq)
     if not seq:
         raise ctx.invalid("cannot concatenate an empty sequence")
-    new_axis = int(ctx.attr("new_axis", 0))
+    new_axis = int(ctx.attr("new_axis"))
     axis = normalize_axis(ctx, int(ctx.attr("axis")), np.ndim(seq[0]) + new_axis)
     return jnp.stack(seq, axis) if new_axis else jnp.concatenate(seq, axis)
 
@@ -82,12 +82,12 @@ def concat_from_sequence(ctx: OpContext, seq):
 def split_to_sequence(ctx: OpContext, x, split=None):
     """``split`` scalar: chunks of that size (the last may be shorter); 1-D: the sizes.
     Without ``split``: size-1 pieces, squeezed unless ``keepdims``."""
-    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), np.ndim(x))
+    axis = normalize_axis(ctx, int(ctx.attr("axis")), np.ndim(x))
     length = np.shape(x)[axis]
     if split is None:
         budget().check_sequence(length, ctx.label)
         pieces = jnp.split(x, length, axis) if length else []
-        return ([jnp.squeeze(p, axis) for p in pieces] if not int(ctx.attr("keepdims", 1))
+        return ([jnp.squeeze(p, axis) for p in pieces] if not int(ctx.attr("keepdims"))
                 else pieces,)
     split = ctx.static(split, "split")
     if split.ndim == 0:

@@ -84,7 +84,7 @@ def reshape(ctx: OpContext, x, target):
 def flatten(ctx: OpContext, x):
     """``[d0..d(axis-1), d(axis)..]`` -> 2-D; the input is in ONNX order (the guide's
     transpose-before-flatten happens here, only when the input was channels-last)."""
-    axis = int(ctx.attr("axis", 1))
+    axis = int(ctx.attr("axis"))
     if not -x.ndim <= axis <= x.ndim:
         raise ctx.invalid(f"axis {axis} is out of range for a rank-{x.ndim} input")
     axis = axis + x.ndim if axis < 0 else axis
@@ -163,14 +163,14 @@ def eye_like(ctx: OpContext, x):
     if np.ndim(x) != 2:
         raise ctx.invalid(f"input must be 2-D, got shape {list(np.shape(x))}")
     dtype = x.dtype if ctx.attr("dtype", None) is None else onnx_dtype(ctx, ctx.attr("dtype"))
-    return np.eye(*np.shape(x), k=int(ctx.attr("k", 0)), dtype=dtype)
+    return np.eye(*np.shape(x), k=int(ctx.attr("k")), dtype=dtype)
 
 
 @register("Trilu", since=14, static_inputs=(1,))
 def trilu(ctx: OpContext, x, k=None):
     """Upper (``upper=1``) or lower triangle of the last two axes, from diagonal ``k``."""
     k = 0 if k is None else int(ctx.static(k, "k").reshape(()))
-    return jnp.triu(x, k) if int(ctx.attr("upper", 1)) else jnp.tril(x, k)
+    return jnp.triu(x, k) if int(ctx.attr("upper")) else jnp.tril(x, k)
 
 
 @register("Compress", since=9, static_inputs=(1,))

@@ -41,8 +41,8 @@ def _from_complex(y, dtype):
 
 def _dft(ctx: OpContext, x, dft_length, axis: int):
     """DFT of ``x`` along ``axis`` (of the ONNX input, last axis excluded)."""
-    inverse = int(ctx.attr("inverse", 0))
-    onesided = int(ctx.attr("onesided", 0))
+    inverse = int(ctx.attr("inverse"))
+    onesided = int(ctx.attr("onesided"))
     if x.ndim < 2:
         raise ctx.invalid(f"input must have rank >= 2, got shape {list(x.shape)}")
     axis = normalize_axis(ctx, axis, x.ndim)
@@ -82,7 +82,7 @@ def _rfft(signal, n: int, axis: int, onesided: bool):
 def dft_v17(ctx: OpContext, x, dft_length=None):
     """Opset 17: ``input [..., 1 | 2]``, axis attribute (default 1). Output ``[..., 2]``
     (``[..., 1]`` for an inverse one-sided DFT), ``n // 2 + 1`` bins when one-sided."""
-    return _dft(ctx, x, dft_length, int(ctx.attr("axis", 1)))
+    return _dft(ctx, x, dft_length, int(ctx.attr("axis")))
 
 
 @register("DFT", since=20, static_inputs=(1, 2))
@@ -95,7 +95,7 @@ def dft(ctx: OpContext, x, dft_length=None, axis=None):
 def stft(ctx: OpContext, signal, frame_step, window=None, frame_length=None):
     """``signal [batch, length, 1 | 2]`` -> ``[batch, frames, bins, 2]``: the DFT of each
     windowed frame, ``frames = 1 + (length - frame_length) // frame_step``."""
-    onesided = int(ctx.attr("onesided", 1))
+    onesided = int(ctx.attr("onesided"))
     step = int(_scalar(ctx, frame_step, "frame_step"))
     if frame_length is not None:
         size = int(_scalar(ctx, frame_length, "frame_length"))

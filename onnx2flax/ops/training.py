@@ -43,9 +43,9 @@ def _scalars(ctx: OpContext, r, t):
 def adagrad(ctx: OpContext, r, t, *tensors):
     """``X - r * G' / (sqrt(H + G'^2) + epsilon)`` with ``G' = G + norm_coefficient * X`` and
     the decayed rate ``r = R / (1 + T * decay_factor)``; returns new Xs, then new Hs."""
-    norm = float(ctx.attr("norm_coefficient", 0.0))
-    decay = float(ctx.attr("decay_factor", 0.0))
-    epsilon = float(ctx.attr("epsilon", 1e-6))
+    norm = float(ctx.attr("norm_coefficient"))
+    decay = float(ctx.attr("decay_factor"))
+    epsilon = float(ctx.attr("epsilon"))
     xs, gs, hs = _groups(ctx, tensors, 3)
     r, t = _scalars(ctx, r, t)
     rate = r / (1 + t * decay)
@@ -62,11 +62,11 @@ def adagrad(ctx: OpContext, r, t, *tensors):
 def adam(ctx: OpContext, r, t, *tensors):
     """Adam with bias correction for ``T > 0`` and the optional post-update decay
     ``(1 - norm_coefficient_post)``; returns new Xs, then new Vs, then new Hs."""
-    alpha = float(ctx.attr("alpha", 0.9))
-    beta = float(ctx.attr("beta", 0.999))
-    epsilon = float(ctx.attr("epsilon", 1e-6))
-    norm = float(ctx.attr("norm_coefficient", 0.0))
-    norm_post = float(ctx.attr("norm_coefficient_post", 0.0))
+    alpha = float(ctx.attr("alpha"))
+    beta = float(ctx.attr("beta"))
+    epsilon = float(ctx.attr("epsilon"))
+    norm = float(ctx.attr("norm_coefficient"))
+    norm_post = float(ctx.attr("norm_coefficient_post"))
     xs, gs, vs, hs = _groups(ctx, tensors, 4)
     r, t = _scalars(ctx, r, t)
     steps = t.astype(jnp.float32)
