@@ -198,7 +198,7 @@ def rotate(heads, cos, sin, dim: int, interleaved: bool):
 
 
 @register("Attention", since=25)
-def attention_v25(ctx, q, k, v, *inputs):
+def attention_v25(ctx: OpContext, q, k, v, *inputs):
     """Opset 25 forbids ``q_num_heads`` / ``kv_num_heads`` with 4-D inputs."""
     return attention(ctx, q, k, v, *inputs, lenient_heads=False)
 

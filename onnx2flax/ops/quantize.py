@@ -90,7 +90,7 @@ def _zero_point_matches(ctx: OpContext, scale, zero_point):
                           f"{list(np.shape(zero_point))} must have the same shape")
 
 
-def _per_tensor(ctx, scale, zero_point, prefix: str) -> None:
+def _per_tensor(ctx: OpContext, scale, zero_point, prefix: str) -> None:
     """Opset 10's scale and zero point: one element each (per-axis came with opset 13)."""
     for what, value in ((f"{prefix}_scale", scale), (f"{prefix}_zero_point", zero_point)):
         if value is not None and np.size(value) != 1:
