@@ -5,7 +5,7 @@ Later stages (planning, the interpreter, codegen) read only these dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,14 @@ class Graph:
     def opset_of(self, node: Node) -> int:
         """The opset of ``node``'s domain."""
         return opset_for(self.opsets, node.domain)
+
+    def walk(self) -> Iterator[tuple[Node, Graph]]:
+        """``(node, graph holding it)`` for every node, subgraphs included: each node
+        followed by the nodes of its subgraphs (depth first, in graph order)."""
+        for node in self.nodes:
+            yield node, self
+            for sub in node.subgraphs():
+                yield from sub.walk()
 
 
 def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:

@@ -363,11 +363,8 @@ def _own_constants(graph: Graph, program: Program) -> None:
     into their device buffers), so the model keeps working if the files change."""
     weights = set(program.free_params) | {name for layer in program.layers.values()
                                           for name, _ in layer.sources.values()}
-    graphs = [graph]
-    while graphs:
-        g = graphs.pop()
+    for g in [graph, *(sub for node, _ in graph.walk() for sub in node.subgraphs())]:
         read = {name for node in g.nodes for name in node.reads()} | {o.name for o in g.outputs}
         for name in read & g.constants.keys():
             if g is not graph or name not in weights:
                 g.constants[name] = owned(g.constants[name])
-        graphs.extend(sub for node in g.nodes for sub in node.subgraphs())
