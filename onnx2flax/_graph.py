@@ -100,7 +100,6 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
-    proto: Any = None  # the NodeProto, kept only for constant folding by the reference evaluator
 
     @property
     def key(self) -> tuple[str, str]:

@@ -83,17 +83,6 @@ def _check_inlined_size(model: onnx.ModelProto) -> None:
                   "the model's graph with its local functions inlined", "the count of nodes")
 
 
-def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
-    """A copy of ``proto`` for the reference evaluator: a NodeProto taken from the model
-    would keep the whole ModelProto, weights included, alive. Constant nodes are folded
-    from their decoded attributes and need none."""
-    if proto.op_type == "Constant" and not proto.domain:
-        return None
-    copy = onnx.NodeProto()
-    copy.CopyFrom(proto)
-    return copy
-
-
 def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
     return _type_spec(info.name, info.type, f"{what} {info.name!r}")
 
@@ -163,7 +152,7 @@ def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | 
                                     lambda: _scope(scope, outer, constants, g))
                  for a in proto.attribute}
         nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
-                          list(proto.output), attrs, _detached(proto)))
+                          list(proto.output), attrs))
 
     known = set(constants) | {i.name for i in inputs}
     nodes = _sorted(nodes, known, outer)
