@@ -124,7 +124,9 @@ class Graph:
     nodes and folded constant subgraphs); ``initializers`` names those that were
     initializers in the file. ``origins`` maps a folded tensor to the
     initializer it was computed from, so parameters keep their PyTorch names, and
-    ``folded`` the node that computed it (to map values back onto the initializer).
+    ``folded`` each folded tensor to the node that computed it, a node no longer in
+    ``nodes`` (to map values back onto the initializer, and to know every node the file
+    had).
     ``outer`` lists names a subgraph reads from its enclosing graph.
     """
 
@@ -155,6 +157,10 @@ class Graph:
             yield node, self
             for sub in node.subgraphs():
                 yield from sub.walk()
+
+    def graphs(self) -> list[Graph]:
+        """This graph and its subgraphs, at any depth."""
+        return [self, *(sub for node, _ in self.walk() for sub in node.subgraphs())]
 
 
 def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:

@@ -342,11 +342,13 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
     for node in graph.nodes:
         if node.op_type == "Constant" and node.domain == "":
             consts[node.outputs[0]] = _constant_value(node)
+            graph.folded[node.outputs[0]] = node
             continue
         ins = [i for i in node.inputs if i]
         like = _cast_like_dtype(graph, node, producers, dtypes, dtype_of)
         if like is not None:  # CastLike(constant, input): only the input's dtype is read
             consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
+            graph.folded[node.outputs[0]] = node
             continue
         if foldable(node) and all(i in consts for i in ins) and not (
                 keep_quantized and is_weight_dequantization(node, consts)):
@@ -354,6 +356,7 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
+            graph.folded.update(dict.fromkeys(node.outputs, node))
             origin = _origin(graph, [i for i in ins if i in consts])
             if is_weight_dequantization(node, consts):  # onnxruntime names it W_quantized
                 origin = graph.origins.get(node.inputs[0], node.inputs[0])
@@ -361,7 +364,6 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
-                    graph.folded[name] = node
             continue
         kept.append(node)
     graph.nodes = kept

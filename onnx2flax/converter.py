@@ -330,12 +330,12 @@ def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
 
 
 def _convert_charged(proto, base_dir, options: dict[str, Any], budget) -> ConvertedModel:
-    bounds = check_bounds(proto, options["bounds"])
     report = _progress.reporter(options["progress"], proto)
     if report is not None:
         report("load", 1, 1)
     constants = options["constants"] or {}
     graph = normalize(proto, base_dir, input_shapes=options["input_shapes"], constants=constants)
+    bounds = check_bounds(graph, options["bounds"])  # before the rewrites below drop nodes
     static = static_graph_inputs(proto, bounds, exclude=list(constants),
                                  exact_sizes=options["exact_sizes"])
     specialize = (static, functools.partial(_specialize, proto, base_dir, options)) \
@@ -363,7 +363,7 @@ def _own_constants(graph: Graph, program: Program) -> None:
     into their device buffers), so the model keeps working if the files change."""
     weights = set(program.free_params) | {name for layer in program.layers.values()
                                           for name, _ in layer.sources.values()}
-    for g in [graph, *(sub for node, _ in graph.walk() for sub in node.subgraphs())]:
+    for g in graph.graphs():
         read = {name for node in g.nodes for name in node.reads()} | {o.name for o in g.outputs}
         for name in read & g.constants.keys():
             if g is not graph or name not in weights:
