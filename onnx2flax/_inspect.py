@@ -73,4 +73,4 @@ def summarize(model: ModelLike) -> ModelSummary:
     params = sum(int(v.size) for v in graph.constants.values() if is_float_weight(v))
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
     return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_,
-                        params, static_graph_inputs(proto, {}))
+                        params, static_graph_inputs(graph, {}))

@@ -336,8 +336,7 @@ def _convert_charged(proto, base_dir, options: dict[str, Any], budget) -> Conver
     constants = options["constants"] or {}
     graph = normalize(proto, base_dir, input_shapes=options["input_shapes"], constants=constants)
     bounds = check_bounds(graph, options["bounds"])  # before the rewrites below drop nodes
-    static = static_graph_inputs(proto, bounds, exclude=list(constants),
-                                 exact_sizes=options["exact_sizes"])
+    static = static_graph_inputs(graph, bounds, exact_sizes=options["exact_sizes"])
     specialize = (static, functools.partial(_specialize, proto, base_dir, options)) \
         if static else None
     if options["dequantize_weights"]:
