@@ -45,12 +45,15 @@ def foldable(node: Node) -> bool:
     return node.domain == "" and node.op_type not in _NEVER_FOLD and onnx.defs.has(node.op_type)
 
 
-def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:
+def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int],
+         keep: bool = True) -> list[np.ndarray]:
     """Run one node on NumPy inputs (``None`` for omitted optional inputs): with ONNX's
     reference evaluator, else (it lacks the op's version, or fails on the inputs' types or
-    shapes) with the op's own handler."""
+    shapes) with the op's own handler. ``keep``: keep the evaluator for the node's next
+    run (a trace folds its nodes at every trace; normalize folds each node once, and keeps
+    the nodes it folded in ``Graph.folded``)."""
     _check_output_size(node, inputs, opsets)
-    cache = _evaluators.setdefault(node, {})
+    cache = _evaluators.setdefault(node, {}) if keep else {}
     key = tuple(sorted(opsets.items()))
     evaluator = cache.get(key)
     if evaluator is None:

@@ -352,7 +352,8 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
             continue
         if foldable(node) and all(i in consts for i in ins) and not (
                 keep_quantized and is_weight_dequantization(node, consts)):
-            values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
+            values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets,
+                          keep=False)
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
