@@ -10,31 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import onnx
-
-from ._graph import node_name, opset_map
+from ._graph import Graph, Node
 from ._registry import lookup
 from .errors import InvalidInputError
 
 Bounds = Mapping[str, int]
 
 
-def check_bounds(model: onnx.ModelProto, bounds: Bounds | None) -> dict[str, int]:
-    """``bounds`` as a plain dict, checked against ``model``: every name must be the name or
-    the first output of a node (in the graph or a subgraph) whose op is bounded, each node
-    named once, every ``N`` a non-negative int."""
+def check_bounds(graph: Graph, bounds: Bounds | None) -> dict[str, int]:
+    """``bounds`` as a plain dict, checked against ``graph`` (as normalize decoded it): every
+    name must be the name or the first output of a node (in the graph or a subgraph, folded
+    or not) whose op is bounded, each node named once, every ``N`` a non-negative int."""
     if not bounds:
         return {}
     if not isinstance(bounds, Mapping):
         raise InvalidInputError(f"bounds must be a dict of node or output name -> count, got "
                                 f"{type(bounds).__name__}")
-    opsets = opset_map(model.opset_import)
     nodes: dict[str, tuple[int, str, bool]] = {}  # name -> (node number, label, bounded)
-    for key, (proto, names) in enumerate(_nodes(model.graph)):
-        spec = lookup(proto, opsets)
-        label = f"{proto.op_type} node {names[0]!r}"
-        for name in names:
-            nodes.setdefault(name, (key, label, spec is not None and spec.bounded))
+    for key, node in enumerate(_decoded(graph)):
+        spec = lookup(node, graph.opsets)
+        label = f"{node.op_type} node {node.name!r}"
+        for name in [node.name, *node.outputs[:1]]:
+            if name:
+                nodes.setdefault(name, (key, label, spec is not None and spec.bounded))
     out: dict[str, int] = {}
     seen: dict[int, str] = {}
     for name, n in bounds.items():
@@ -55,11 +53,9 @@ def check_bounds(model: onnx.ModelProto, bounds: Bounds | None) -> dict[str, int
     return out
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[tuple[str, str, list[str]]]:
-    """``(NodeProto, [name, first output])`` of every node, subgraphs included."""
-    for index, proto in enumerate(graph.node):
-        names = [node_name(proto.name, proto.op_type, index)] + list(proto.output[:1])
-        yield proto, [n for n in names if n]
-        for attr in proto.attribute:
-            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                yield from _nodes(sub)
+def _decoded(graph: Graph) -> Iterator[Node]:
+    """Every node of the model: those in ``graph`` and its subgraphs, then those normalize
+    folded (a bound on a node computed at conversion is accepted, and not needed)."""
+    yield from (node for node, _ in graph.walk())
+    for g in graph.graphs():
+        yield from dict.fromkeys(g.folded.values())

@@ -8,12 +8,15 @@ arithmetic keeps ONNX's int64 semantics instead of JAX's default int32.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ._graph import Node, numpy_dtype
+from ._graph import Node, TensorSpec, numpy_dtype, opset_for
 from ._limits import budget
 from .errors import InvalidModelError, OnnxConversionError, ResourceLimitError, node_label
 
@@ -27,6 +30,8 @@ _NEVER_FOLD = {
     # The reference evaluator orders an unsorted Unique wrongly (or fails); ops/dynamic.py
     # computes constant inputs exactly.
     "Unique",
+    # Folded from its decoded attributes by normalize.
+    "Constant",
 }
 
 # One evaluator per node and opsets, dropped with the node (keys by id() would be reused).
@@ -37,21 +42,23 @@ _evaluators: weakref.WeakKeyDictionary[Node, dict[tuple, ReferenceEvaluator]] = 
 def foldable(node: Node) -> bool:
     """Default-domain ops ONNX defines (unknown ones are left for ``check_supported`` to
     report with all the others)."""
-    return node.domain == "" and node.op_type not in _NEVER_FOLD \
-        and node.proto is not None and onnx.defs.has(node.op_type)
+    return node.domain == "" and node.op_type not in _NEVER_FOLD and onnx.defs.has(node.op_type)
 
 
-def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int]) -> list[np.ndarray]:
+def fold(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, int],
+         keep: bool = True) -> list[np.ndarray]:
     """Run one node on NumPy inputs (``None`` for omitted optional inputs): with ONNX's
     reference evaluator, else (it lacks the op's version, or fails on the inputs' types or
-    shapes) with the op's own handler."""
+    shapes) with the op's own handler. ``keep``: keep the evaluator for the node's next
+    run (a trace folds its nodes at every trace; normalize folds each node once, and keeps
+    the nodes it folded in ``Graph.folded``)."""
     _check_output_size(node, inputs, opsets)
-    cache = _evaluators.setdefault(node, {})
+    cache = _evaluators.setdefault(node, {}) if keep else {}
     key = tuple(sorted(opsets.items()))
     evaluator = cache.get(key)
     if evaluator is None:
         try:
-            evaluator = ReferenceEvaluator(_as_graph(node), opsets=dict(opsets))
+            evaluator = ReferenceEvaluator(_as_graph(node, opsets), opsets=dict(opsets))
         except Exception as exc:  # noqa: BLE001  (the handler is tried instead)
             evaluator = exc
         cache[key] = evaluator
@@ -94,7 +101,7 @@ def _by_handler(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, i
 def _output_types(node: Node, inputs: list[np.ndarray | None],
                   opsets: dict[str, int]) -> dict[str, np.dtype]:
     """ONNX's type inference for ``node`` on inputs of these types (empty if it fails)."""
-    graph = _as_graph(node)
+    graph = _as_graph(node, opsets)
     given = {name: value for name, value in zip(node.inputs, inputs) if name and value is not None}
     for info in graph.input:
         if info.name in given:
@@ -110,12 +117,65 @@ def _output_types(node: Node, inputs: list[np.ndarray | None],
         return {}
 
 
-def _as_graph(node: Node) -> onnx.GraphProto:
+def _as_graph(node: Node, opsets: Mapping[str, int]) -> onnx.GraphProto:
     """``node`` alone in a graph: given a bare NodeProto the reference evaluator ignores
     ``opsets`` and runs the newest op version (Unsqueeze-13 for an opset-9 Unsqueeze)."""
     inputs = [onnx.ValueInfoProto(name=n) for n in dict.fromkeys(node.inputs) if n]
     outputs = [onnx.ValueInfoProto(name=n) for n in node.outputs if n]
-    return onnx.helper.make_graph([node.proto], "fold", inputs, outputs)
+    return onnx.helper.make_graph([node_proto(node, opsets)], "fold", inputs, outputs)
+
+
+def node_proto(node: Node, opsets: Mapping[str, int]) -> onnx.NodeProto:
+    """``node`` as a NodeProto, for ONNX's reference evaluator and shape inference. Made
+    on demand: nodes keep no protobuf (one taken from the model would keep the whole
+    ModelProto, weights included, alive). Attributes are those decoded (numbers, strings,
+    tensors, lists of these, Optional's type); nodes with subgraphs are never evaluated
+    (``_NEVER_FOLD``, and ``_compare`` arbitrates none)."""
+    attrs = [_attribute(node, name, value, opsets) for name, value in node.attrs.items()]
+    proto = helper.make_node(node.op_type, node.inputs, node.outputs, name=node.name,
+                             domain=node.domain or None)
+    proto.attribute.extend(attrs)
+    return proto
+
+
+def _attribute(node: Node, name: str, value: Any, opsets: Mapping[str, int]) -> onnx.AttributeProto:
+    """One decoded attribute as an AttributeProto; floats were read as float32 and become
+    float32 again, strings were UTF-8 and become UTF-8 bytes again."""
+    if isinstance(value, np.ndarray):
+        value = numpy_helper.from_array(value)
+    elif isinstance(value, TensorSpec):
+        value = _type_proto(value)
+    elif isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+        value = [numpy_helper.from_array(v) for v in value]
+    elif isinstance(value, list) and not value:  # no element tells the type: the schema does
+        return helper.make_attribute(name, value, attr_type=_schema_type(node, name, opsets))
+    return helper.make_attribute(name, value)
+
+
+def _schema_type(node: Node, name: str, opsets: Mapping[str, int]) -> int:
+    """The type of attribute ``name`` in the schema of ``node``'s op at its opset (else in
+    the newest schema); ints for an attribute no schema defines (the reference evaluator
+    cannot run such a node whatever the type)."""
+    for version in ((opset_for(opsets, node.domain),), ()):
+        try:
+            schema = onnx.defs.get_schema(node.op_type, *version, domain=node.domain)
+        except onnx.defs.SchemaError:
+            continue
+        if name in schema.attributes:
+            return int(schema.attributes[name].type)
+    return onnx.AttributeProto.INTS
+
+
+def _type_proto(spec: TensorSpec) -> onnx.TypeProto:
+    """The TypeProto a :class:`TensorSpec` was decoded from (an Optional's ``type``)."""
+    if spec.dtype is None and spec.shape is None and not (spec.sequence or spec.optional):
+        return onnx.TypeProto()
+    tp = helper.make_tensor_type_proto(
+        0 if spec.dtype is None else helper.np_dtype_to_tensor_dtype(spec.dtype),
+        None if spec.shape is None else list(spec.shape))
+    if spec.sequence:
+        tp = helper.make_sequence_type_proto(tp)
+    return helper.make_optional_type_proto(tp) if spec.optional else tp
 
 
 def _check_output_size(node: Node, inputs: list[np.ndarray | None],
@@ -199,7 +259,7 @@ def _inferred_shapes(node: Node, inputs: list[np.ndarray | None],
         else:
             infos.append(onnx.helper.make_tensor_value_info(name, elem, value.shape))
     graph = onnx.helper.make_graph(
-        [node.proto], "infer", [i for i in infos if isinstance(i, onnx.ValueInfoProto)],
+        [node_proto(node, opsets)], "infer", [i for i in infos if isinstance(i, onnx.ValueInfoProto)],
         [onnx.ValueInfoProto(name=n) for n in node.outputs if n],
         initializer=[i for i in infos if isinstance(i, onnx.TensorProto)])
     model = onnx.helper.make_model(graph, opset_imports=[

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import onnx
 
 from ._graph import Graph, Node
 
@@ -37,12 +36,7 @@ def drop_exporter_zero_biases(graph: Graph) -> None:
         if (value is None or name in graph.initializers or name in graph.origins
                 or value.dtype.kind != "f" or np.any(value)):
             continue
-        proto = None
-        if node.proto is not None:
-            proto = onnx.NodeProto()
-            proto.CopyFrom(node.proto)
-            del proto.input[2:]
-        graph.nodes[i] = replace(node, inputs=node.inputs[:2], proto=proto)
+        graph.nodes[i] = replace(node, inputs=node.inputs[:2])
 
 
 def fold_batchnorm(graph: Graph) -> int:
@@ -62,7 +56,7 @@ def fold_batchnorm(graph: Graph) -> int:
             continue
         prev = producer.get(bn.inputs[0])
         if (prev is None or prev.op_type not in _PRODUCERS or prev.domain != ""
-                or prev.proto is None or readers.get(bn.inputs[0]) != 1):
+                or readers.get(bn.inputs[0]) != 1):
             continue
         node = _fuse(graph, prev, bn)
         if node is not None:
@@ -126,12 +120,8 @@ def _fuse(graph: Graph, prev: Node, bn: Node) -> Node | None:
     new_w = _constant(graph, prev.inputs[1], "bn_folded", w.astype(weight.dtype))
     new_b = _constant(graph, prev.inputs[2] if has_bias else prev.inputs[1], "bn_folded_bias",
                       (b * s + shift).astype(weight.dtype))
-    inputs = [prev.inputs[0], new_w, new_b]
-    proto = onnx.helper.make_node(prev.op_type, inputs, list(bn.outputs), name=prev.name,
-                                  **{a.name: onnx.helper.get_attribute_value(a)
-                                     for a in prev.proto.attribute if a.name != "beta"},
-                                  **({"beta": 1.0} if prev.op_type == "Gemm" else {}))
-    return replace(prev, inputs=inputs, outputs=list(bn.outputs), attrs=attrs, proto=proto)
+    return replace(prev, inputs=[prev.inputs[0], new_w, new_b], outputs=list(bn.outputs),
+                   attrs=attrs)
 
 
 def _constant(graph: Graph, source: str, tag: str, value: np.ndarray) -> str:

@@ -5,7 +5,7 @@ Later stages (planning, the interpreter, codegen) read only these dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +111,6 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
-    proto: Any = None  # the NodeProto, kept only for constant folding by the reference evaluator
 
     @property
     def key(self) -> tuple[str, str]:
@@ -136,7 +135,9 @@ class Graph:
     nodes and folded constant subgraphs); ``initializers`` names those that were
     initializers in the file. ``origins`` maps a folded tensor to the
     initializer it was computed from, so parameters keep their PyTorch names, and
-    ``folded`` the node that computed it (to map values back onto the initializer).
+    ``folded`` each folded tensor to the node that computed it, a node no longer in
+    ``nodes`` (to map values back onto the initializer, and to know every node the file
+    had).
     ``outer`` lists names a subgraph reads from its enclosing graph.
     """
 
@@ -159,6 +160,18 @@ class Graph:
     def opset_of(self, node: Node) -> int:
         """The opset of ``node``'s domain."""
         return opset_for(self.opsets, node.domain)
+
+    def walk(self) -> Iterator[tuple[Node, Graph]]:
+        """``(node, graph holding it)`` for every node, subgraphs included: each node
+        followed by the nodes of its subgraphs (depth first, in graph order)."""
+        for node in self.nodes:
+            yield node, self
+            for sub in node.subgraphs():
+                yield from sub.walk()
+
+    def graphs(self) -> list[Graph]:
+        """This graph and its subgraphs, at any depth."""
+        return [self, *(sub for node, _ in self.walk() for sub in node.subgraphs())]
 
 
 def is_weight_dequantization(node: Node, constants: dict[str, np.ndarray]) -> bool:

@@ -16,9 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import onnx
 
-from ._graph import TensorSpec, node_name, numpy_dtype, opset_map
+from ._graph import Graph, Node, TensorSpec
 from ._boundary import check_feed
 from ._registry import lookup
 from .errors import InvalidInputError
@@ -108,47 +107,41 @@ def _frozen_value(spec: TensorSpec, value: Any) -> np.ndarray:
     return array if spec.dtype is None else array.astype(spec.dtype, copy=False)
 
 
-def static_graph_inputs(model: onnx.ModelProto, bounds: Mapping[str, int],
-                        exclude: Sequence[str] = (), exact_sizes: bool = False) -> list[str]:
-    """The graph inputs (tensors, not in ``exclude``) whose values a top-level node needs at
-    conversion time: read at a position its handler declares static, by a bounded op
-    without a bound in ``bounds`` (with ``exact_sizes``; else that op asks for a bound),
-    by a Loop's trip count or condition, or by an If's
-    condition when the input is not a float tensor (a mode flag such as a sample rate: each
-    value traces only its own branch) or the If gives sequences or optionals (whose lengths
-    ``lax.cond`` cannot select). Directly or through other nodes, except through Shape and
-    Size, which read no values."""
-    opsets = opset_map(model.opset_import)
+def static_graph_inputs(graph: Graph, bounds: Mapping[str, int],
+                        exact_sizes: bool = False) -> list[str]:
+    """The inputs of ``graph`` (as normalize decoded it: frozen inputs are constants; tensors
+    only) whose values a top-level node needs at conversion time: read at a position its
+    handler declares static, by a bounded op without a bound in ``bounds`` (with
+    ``exact_sizes``; else that op asks for a bound), by a Loop's trip count or condition, or
+    by an If's condition when the input is not a float tensor (a mode flag such as a sample
+    rate: each value traces only its own branch) or the If gives sequences or optionals
+    (whose lengths ``lax.cond`` cannot select). Directly or through other nodes, except
+    through Shape and Size, which read no values."""
     static, conditions = [], []
-    for index, node in enumerate(model.graph.node):
-        spec = lookup(node, opsets)
+    for node in graph.nodes:
+        spec = lookup(node, graph.opsets)
         positions = (spec.static_inputs if spec else ()) + _BIND_ALSO.get(node.op_type, ())
-        names = (node_name(node.name, node.op_type, index), *node.output[:1])
         if exact_sizes and spec is not None and spec.bounded \
-                and not any(n in bounds for n in names):
-            positions = spec.constant_inputs(len(node.input))
-        if node.op_type == "If" and node.input and node.input[0]:
-            (static if _gives_sequences_or_optionals(node) else conditions).append(node.input[0])
-        static.extend(node.input[k] for k in positions if k < len(node.input) and node.input[k])
-    initializers = {t.name for t in model.graph.initializer}
-    candidates = {i.name: i.type for i in model.graph.input
-                  if i.name not in initializers and i.name not in exclude
-                  and i.type.WhichOneof("value") in ("tensor_type", None)}
-    needed = _reaching(model.graph, static)
-    flags = _reaching(model.graph, conditions)
+                and not any(n in bounds for n in (node.name, *node.outputs[:1])):
+            positions = spec.constant_inputs(len(node.inputs))
+        if node.op_type == "If" and node.inputs and node.inputs[0]:
+            (static if _gives_sequences_or_optionals(node) else conditions).append(node.inputs[0])
+        static.extend(node.inputs[k] for k in positions if k < len(node.inputs) and node.inputs[k])
+    candidates = {s.name: s for s in graph.inputs if not (s.sequence or s.optional)}
+    needed = _reaching(graph, static)
+    flags = _reaching(graph, conditions)
     needed |= {n for n in flags if n in candidates and not _is_float(candidates[n])}
     return [name for name in candidates if name in needed]
 
 
-def _is_float(tp: onnx.TypeProto) -> bool:
-    dtype = numpy_dtype(tp.tensor_type.elem_type) if tp.WhichOneof("value") else None
-    return dtype is not None and dtype.kind in "fc"
+def _is_float(spec: TensorSpec) -> bool:
+    return spec.dtype is not None and spec.dtype.kind in "fc"
 
 
-def _reaching(graph: onnx.GraphProto, names: list[str]) -> set[str]:
+def _reaching(graph: Graph, names: list[str]) -> set[str]:
     """``names`` and every value they are computed from (subgraphs' outer reads included),
     not looking through Shape and Size."""
-    producer = {out: node for node in graph.node for out in node.output if out}
+    producer = {out: node for node in graph.nodes for out in node.outputs if out}
     pending, seen = list(names), set()
     while pending:
         name = pending.pop()
@@ -157,30 +150,13 @@ def _reaching(graph: onnx.GraphProto, names: list[str]) -> set[str]:
         seen.add(name)
         node = producer.get(name)
         if node is not None and node.op_type not in _SHAPE_ONLY:
-            pending.extend(i for i in node.input if i)
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                    pending.extend(_outer_reads(sub))
+            pending.extend(node.reads())
     return seen
 
 
-def _gives_sequences_or_optionals(node: onnx.NodeProto) -> bool:
+def _gives_sequences_or_optionals(node: Node) -> bool:
     """Whether the branches of an If declare sequence or optional outputs."""
-    return any(out.type.WhichOneof("value") in ("sequence_type", "optional_type")
-               for attr in node.attribute if attr.HasField("g") for out in attr.g.output)
-
-
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph (If/Loop/Scan body) reads from its enclosing graphs."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    reads: set[str] = set()
-    for node in graph.node:
-        reads.update(i for i in node.input if i)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                reads |= _outer_reads(sub)
-        defined.update(node.output)
-    return reads - defined
+    return any(out.sequence or out.optional for sub in node.subgraphs() for out in sub.outputs)
 
 
 class Specializations:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 from . import ops  # noqa: F401  (registers handlers)
-from ._graph import Graph, Node, TensorSpec, is_float_weight
+from ._graph import Node, TensorSpec, is_float_weight
 from ._inputs import static_graph_inputs
 from ._limits import charging
 from ._load import ModelLike, load_model
@@ -66,19 +66,11 @@ def summarize(model: ModelLike) -> ModelSummary:
         graph = normalize(proto, base_dir)
     counts: Counter = Counter()
     first: dict[tuple[str, str], Node] = {}
-    _count(graph, counts, first)
+    for node, _ in graph.walk():
+        counts[node.key] += 1
+        first.setdefault(node.key, node)
     ops_ = {key: (n, lookup(first[key], graph.opsets) is not None) for key, n in counts.items()}
     params = sum(int(v.size) for v in graph.constants.values() if is_float_weight(v))
     producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
     return ModelSummary(producer, dict(graph.opsets), graph.inputs, graph.outputs, ops_,
-                        params, static_graph_inputs(proto, {}))
-
-
-def _count(graph: Graph, counts: Counter, first: dict[tuple[str, str], Node]) -> None:
-    for node in graph.nodes:
-        counts[node.key] += 1
-        first.setdefault(node.key, node)
-        for sub in node.subgraphs():
-            _count(sub, counts, first)
-
-
+                        params, static_graph_inputs(graph, {}))

@@ -87,17 +87,6 @@ def _check_inlined_size(model: onnx.ModelProto) -> None:
                   "the model's graph with its local functions inlined", "the count of nodes")
 
 
-def _detached(proto: onnx.NodeProto) -> onnx.NodeProto | None:
-    """A copy of ``proto`` for the reference evaluator: a NodeProto taken from the model
-    would keep the whole ModelProto, weights included, alive. Constant nodes are folded
-    from their decoded attributes and need none."""
-    if proto.op_type == "Constant" and not proto.domain:
-        return None
-    copy = onnx.NodeProto()
-    copy.CopyFrom(proto)
-    return copy
-
-
 def _spec(info: onnx.ValueInfoProto, what: str) -> TensorSpec:
     return _type_spec(info.name, info.type, f"{what} {info.name!r}")
 
@@ -168,7 +157,7 @@ def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | 
                  for a in proto.attribute}
         _fill_defaults(attrs, proto, opsets)
         nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
-                          list(proto.output), attrs, _detached(proto)))
+                          list(proto.output), attrs))
 
     known = set(constants) | {i.name for i in inputs}
     nodes = _sorted(nodes, known, outer)
@@ -365,18 +354,22 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
     for node in graph.nodes:
         if node.op_type == "Constant" and node.domain == "":
             consts[node.outputs[0]] = _constant_value(node)
+            graph.folded[node.outputs[0]] = node
             continue
         ins = [i for i in node.inputs if i]
         like = _cast_like_dtype(graph, node, producers, dtypes, dtype_of)
         if like is not None:  # CastLike(constant, input): only the input's dtype is read
             consts[node.outputs[0]] = consts[node.inputs[0]].astype(like)
+            graph.folded[node.outputs[0]] = node
             continue
         if foldable(node) and all(i in consts for i in ins) and not (
                 keep_quantized and is_weight_dequantization(node, consts)):
-            values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets)
+            values = fold(node, [consts[i] if i else None for i in node.inputs], graph.opsets,
+                          keep=False)
             for name, value in zip(node.outputs, values):
                 if name:
                     consts[name] = value
+            graph.folded.update(dict.fromkeys(node.outputs, node))
             origin = _origin(graph, [i for i in ins if i in consts])
             if is_weight_dequantization(node, consts):  # onnxruntime names it W_quantized
                 origin = graph.origins.get(node.inputs[0], node.inputs[0])
@@ -384,7 +377,6 @@ def _fold_constants(graph: Graph, dtypes: dict[str, np.dtype], keep_quantized: b
             if origin is not None:
                 for name in node.outputs:
                     graph.origins[name] = origin
-                    graph.folded[name] = node
             continue
         kept.append(node)
     graph.nodes = kept

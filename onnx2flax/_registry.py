@@ -153,8 +153,8 @@ def check_supported(graph: Graph) -> None:
     """Raise one :class:`UnsupportedOpError` naming every op (with count and first node)
     that has no handler for the model's opset, subgraphs included."""
     missing: dict[tuple[str, str], tuple[int, str]] = {}
-    for node, opsets in _walk(graph):
-        if lookup(node, opsets) is None:
+    for node, holder in graph.walk():
+        if lookup(node, holder.opsets) is None:
             count, first = missing.get(node.key, (0, node.name))
             missing[node.key] = (count + 1, first)
     if missing:
@@ -163,13 +163,6 @@ def check_supported(graph: Graph) -> None:
         raise UnsupportedOpError(
             f"the model uses {len(missing)} op type(s) onnx2flax cannot convert "
             f"(opset {graph.opset}):\n" + "\n".join(lines), missing)
-
-
-def _walk(graph: Graph):
-    for node in graph.nodes:
-        yield node, graph.opsets
-        for sub in node.subgraphs():
-            yield from _walk(sub)
 
 
 _NEEDS_STATIC = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,

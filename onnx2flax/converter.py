@@ -330,14 +330,13 @@ def _convert(proto, base_dir, options: dict[str, Any]) -> ConvertedModel:
 
 
 def _convert_charged(proto, base_dir, options: dict[str, Any], budget) -> ConvertedModel:
-    bounds = check_bounds(proto, options["bounds"])
     report = _progress.reporter(options["progress"], proto)
     if report is not None:
         report("load", 1, 1)
     constants = options["constants"] or {}
     graph = normalize(proto, base_dir, input_shapes=options["input_shapes"], constants=constants)
-    static = static_graph_inputs(proto, bounds, exclude=list(constants),
-                                 exact_sizes=options["exact_sizes"])
+    bounds = check_bounds(graph, options["bounds"])  # before the rewrites below drop nodes
+    static = static_graph_inputs(graph, bounds, exact_sizes=options["exact_sizes"])
     specialize = (static, functools.partial(_specialize, proto, base_dir, options)) \
         if static else None
     if options["dequantize_weights"]:
@@ -363,11 +362,8 @@ def _own_constants(graph: Graph, program: Program) -> None:
     into their device buffers), so the model keeps working if the files change."""
     weights = set(program.free_params) | {name for layer in program.layers.values()
                                           for name, _ in layer.sources.values()}
-    graphs = [graph]
-    while graphs:
-        g = graphs.pop()
+    for g in graph.graphs():
         read = {name for node in g.nodes for name in node.reads()} | {o.name for o in g.outputs}
         for name in read & g.constants.keys():
             if g is not graph or name not in weights:
                 g.constants[name] = owned(g.constants[name])
-        graphs.extend(sub for node in g.nodes for sub in node.subgraphs())
