@@ -136,7 +136,7 @@ def assert_codegen_matches(converted, feeds, expected=None):
 
     apis = ["linen", "nnx"] if converted._program.layers else ["linen"]
     for api in apis:
-        generated = codegen._Generator(converted, module_inputs, api)
+        generated = codegen._generator(converted, module_inputs, api)
         variables = serialization.msgpack_restore(serialization.msgpack_serialize(
             jax.tree.map(np.asarray, generated.variables)))
         module = import_source(generated.source, "onnx2flax_generated_check")

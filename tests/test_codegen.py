@@ -15,7 +15,7 @@ from onnx import helper
 
 import onnx2flax
 from onnx2flax import codegen
-from onnx2flax._files import OutputExistsError
+from onnx2flax.errors import CodegenError, OutputExistsError
 
 from helpers import load_generated, make_model
 from test_torch_state import _MLP
@@ -52,29 +52,33 @@ def _assert_equal(got, expected):
                  got, expected)
 
 
-def _by_layer(tree) -> dict:
-    """``{layer: {leaf: array}}`` with nested layer paths joined by ``_``, as the generated
-    source names its layers."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    out: dict = {}
-    for path, value in flat:
-        keys = [str(k.key) for k in path]
-        out.setdefault("_".join(keys[:-1]), {})[keys[-1]] = value
-    return out
+def _assert_same_tree(got, expected):
+    """Equal trees: the same paths, shapes and dtypes."""
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        assert (a.shape, np.dtype(a.dtype)) == (b.shape, np.dtype(b.dtype))
 
 
 def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api="linen"):
     """Save ``converted``'s source, import it, and compare it (jitted) with the interpreter,
-    bit for bit; with ``train``, also in training mode with the updated statistics."""
+    bit for bit; with ``train``, also in training mode with the updated statistics. Its
+    weight tree is ``converted.variables``: the weights file, the linen module's ``init``
+    and the NNX module's state have the same paths, shapes and dtypes."""
     codegen.save(converted, tmp_path, api=api)
     source = (tmp_path / codegen.MODEL_FILE).read_text()
     assert source == codegen.generate(converted, api=api)
     _check_imports(source)
     generated = load_generated(tmp_path, name)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
+    _assert_same_tree(generated.load_variables(), converted.variables)
+    _assert_equal(generated.load_variables(), converted.variables)
     if api == "nnx":
         model = generated.load_model()
         assert isinstance(model, nnx.Module)
+        state = {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+        if nnx.state(model, nnx.BatchStat):
+            state["batch_stats"] = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        _assert_same_tree(state, converted.variables)
         _assert_equal(nnx.jit(lambda m, *x: m(*x))(model, *inputs), expected)
         if train:
             got = nnx.jit(lambda m, *x: m(*x, train=True))(model, *inputs)
@@ -82,17 +86,20 @@ def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api
                 v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
             _assert_equal(got, expected)
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            _assert_equal(_by_layer(stats), _by_layer(updates["batch_stats"]))
+            _assert_equal(stats, updates["batch_stats"])
         return source
+    _assert_same_tree(jax.eval_shape(generated.Model().init, jax.random.key(0), *inputs),
+                      converted.variables)
     variables = generated.load_variables()
     _assert_equal(jax.jit(generated.Model().apply)(variables, *inputs), expected)
+    _assert_equal(jax.jit(generated.Model().apply)(converted.variables, *inputs), expected)
     if train:
         got, new = jax.jit(lambda v, *x: generated.Model().apply(
             v, *x, train=True, mutable=["batch_stats"]))(variables, *inputs)
         expected, ref = jax.jit(lambda v, *x: converted.module.apply(
             v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
         _assert_equal(got, expected)
-        _assert_equal(_by_layer(new["batch_stats"]), _by_layer(ref["batch_stats"]))
+        _assert_equal(new["batch_stats"], ref["batch_stats"])
     return source
 
 
@@ -107,7 +114,7 @@ def test_cnn_with_batch_norm(tmp_path, api):
         assert "nn.Conv(name='conv'" in source and "BatchNorm(name='bn'" in source
     else:
         assert "class Model(nnx.Module)" in source and "flax.linen" not in source
-        assert "self.bn.mean.set_value(" in source and "lax.conv_general_dilated" in source
+        assert "self.bn['mean'].set_value(" in source and "lax.conv_general_dilated" in source
 
 
 @pytest.mark.parametrize("api", ["linen", "nnx"])
@@ -198,12 +205,8 @@ def test_fixture_models(tmp_path, path, api):
                           train=bool(converted.variables.get("batch_stats")))
 
 
-def test_nnx_hostile_weight_names(tmp_path):
-    """Weights named like nnx.Module's methods, our own attributes, dunders or digits become
-    other attribute names; the methods still work and the weights are all nnx.Params."""
+def _hostile_nnx_model(names):
     rng = np.random.default_rng(0)
-    names = ["train.weight", "train.bias", "__init__", "constants", "0", "eval.weight",
-             _HOSTILE[0]]
     nodes = [helper.make_node("Conv", ["x", names[0], names[1]], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c", names[2]], ["a"]),
              helper.make_node("Mul", ["a", names[3]], ["m"]),
@@ -211,24 +214,35 @@ def test_nnx_hostile_weight_names(tmp_path):
              helper.make_node("Conv", ["s", names[5]], ["d"]),
              helper.make_node("Div", ["d", names[6]], ["y"])]
     shapes = [(2, 3, 3, 3), (2,), (2, 1, 1), (2, 4, 4), (2, 1, 1), (2, 2, 1, 1), (2, 1, 1)]
-    model = make_model(nodes, [("x", np.float32, [1, 3, 4, 4])],
-                       [("y", np.float32, [1, 2, 4, 4])],
-                       {n: rng.standard_normal(s).astype(np.float32) + 2
-                        for n, s in zip(names, shapes)})
-    converted = onnx2flax.convert(model)
-    x = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
+    return make_model(nodes, [("x", np.float32, [1, 3, 4, 4])],
+                      [("y", np.float32, [1, 2, 4, 4])],
+                      {n: rng.standard_normal(s).astype(np.float32) + 2
+                       for n, s in zip(names, shapes)})
+
+
+def test_nnx_hostile_weight_names(tmp_path):
+    """Below the top level, weights named like nnx.Module's methods, dunders or digits are
+    keys of ``nnx.Dict`` levels, never attributes: the tree is ``converted.variables`` and
+    nnx.Module's methods still work. A top-level name that would shadow one is refused."""
+    names = ["blk.train.weight", "blk.train.bias", "blk.__init__", "blk.constants", "0",
+             "blk2.eval.weight", _HOSTILE[0]]
+    converted = onnx2flax.convert(_hostile_nnx_model(names))
+    x = np.random.default_rng(1).standard_normal((1, 4, 4, 3)).astype(np.float32)
     source = _generate_and_compare(tmp_path, converted, [x], "gen_nnx_hostile", api="nnx")
     tree = _check_imports(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id == "self" and isinstance(node.ctx, ast.Store):
-            assert node.attr.isidentifier() and node.attr[0].isalpha(), node.attr
-            assert not hasattr(nnx.Module, node.attr), node.attr
+                and node.value.id == "self":
+            assert node.attr.isidentifier() and not hasattr(nnx.Module, node.attr), node.attr
     net = load_generated(tmp_path, "gen_nnx_hostile_again").load_model()
     net.eval()
     net.train()  # still nnx.Module's methods
-    params = nnx.to_flat_state(nnx.state(net, nnx.Param))
-    assert len(list(params)) == len(names)
+    assert nnx.to_pure_dict(nnx.state(net, nnx.Param)).keys() == converted.variables["params"].keys()
+
+    clash = onnx2flax.convert(_hostile_nnx_model(["train.weight", *names[1:]]))
+    with pytest.raises(CodegenError, match="'train' would shadow an attribute of nnx.Module"):
+        codegen.generate(clash, api="nnx")
+    assert "def __call__" in codegen.generate(clash)  # linen has no such attributes
 
 
 def _control_flow_model():
@@ -285,5 +299,5 @@ def test_sequence_graph_inputs_and_outputs_are_refused_clearly():
     converted = onnx2flax.convert(model)
     got = converted.run({"s": [np.ones(2, np.float32), np.zeros(2, np.float32)]})
     assert [g.tolist() for g in got[0]] == [[1.0, 1.0], [0.0, 0.0]]
-    with pytest.raises(codegen.CodegenError, match=r"'s' \(sequence\), 't' \(sequence\)"):
+    with pytest.raises(CodegenError, match=r"'s' \(sequence\), 't' \(sequence\)"):
         codegen.generate(converted)
