@@ -301,3 +301,44 @@ def test_sequence_graph_inputs_and_outputs_are_refused_clearly():
     assert [g.tolist() for g in got[0]] == [[1.0, 1.0], [0.0, 0.0]]
     with pytest.raises(CodegenError, match=r"'s' \(sequence\), 't' \(sequence\)"):
         codegen.generate(converted)
+
+
+def _dropout_model():
+    """Relu -> Dropout(ratio 0.3, with its mask) -> MatMul (a weight) -> Dropout."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Dropout", ["r", "ratio"], ["d", "mask"]),
+             helper.make_node("MatMul", ["d", "w"], ["m"]),
+             helper.make_node("Dropout", ["m"], ["y"])]
+    return make_model(nodes, [("x", np.float32, [4, 8])],
+                      [("y", np.float32, [4, 3]), ("mask", np.bool_, [4, 8])],
+                      {"ratio": np.array(0.3, np.float32),
+                       "w": rng.standard_normal((8, 3)).astype(np.float32)})
+
+
+def test_dropout_in_train_mode(tmp_path):
+    """train=True: the linen source drops with the 'dropout' rng as the interpreter's module
+    does (bit for bit, same key); the NNX source draws from its nnx.Rngs."""
+    converted = onnx2flax.convert(_dropout_model())
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    source = _generate_and_compare(tmp_path, converted, [x], "gen_dropout")
+    assert "self.make_rng('dropout')" in source and "jax.random.bernoulli(" in source
+    generated = load_generated(tmp_path, "gen_dropout_train")
+    for seed in (0, 1):
+        rngs = {"dropout": jax.random.key(seed)}
+        got = jax.jit(lambda v, x, r: generated.Model().apply(v, x, train=True, rngs=r))(
+            converted.variables, x, rngs)
+        expected = jax.jit(lambda v, x, r: converted.module.apply(v, x, train=True, rngs=r))(
+            converted.variables, x, rngs)
+        _assert_equal(got, expected)
+        assert not np.asarray(got[1]).all()  # it dropped something
+
+    codegen.save(converted, tmp_path / "nnx", api="nnx")
+    nnx_model = load_generated(tmp_path / "nnx", "gen_dropout_nnx").load_model(
+        rngs=nnx.Rngs(dropout=0))
+    _assert_equal(nnx_model(x), converted.module.apply(converted.variables, x))
+    first, second = nnx_model(x, train=True), nnx_model(x, train=True)
+    for y, mask in (first, second):
+        kept = np.asarray(mask)
+        assert 0 < kept.sum() < kept.size and np.isfinite(np.asarray(y)).all()
+    assert not np.array_equal(np.asarray(first[1]), np.asarray(second[1]))  # fresh keys

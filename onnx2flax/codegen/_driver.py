@@ -26,7 +26,7 @@ from ._literals import Names, dtype_text, literal, node_text, shape_text
 from ._source import module_source
 
 #: Attribute names the NNX model's top-level weights must not take: ``nnx.Module``'s own.
-_NNX_RESERVED = frozenset(dir(nnx.Module))
+_NNX_RESERVED = frozenset(dir(nnx.Module)) | {"rngs"}
 
 
 class _NoModule:
@@ -68,6 +68,9 @@ class Generator(JaxprWriter, _Interpreter):
         self.variables = converted.variables  # the weight tree, as converted
         self._recording: list[_Recorded] | None = None
         self._layer_value: Any = None
+        self._train_read = False
+        self._rngs: list[str] | None = None     # rng names a train-mode trace asked for
+        self._keys: list[Any] | None = None     # and the keys it gets, in that order
         if api == "nnx":
             _check_nnx_names(self.variables)
         self._write(converted, inputs)
@@ -173,13 +176,77 @@ class Generator(JaxprWriter, _Interpreter):
 
             dyn_outs = self._emit_fn(post, values + [layer_out], None, what)
         else:
-            dyn_outs = self._emit_fn(run, values, None, what)
+            dyn_outs = self._emit_node(run, values, what)
         outs = list(result["outs"])
         it = iter(dyn_outs)
         for k, o in enumerate(outs):
             if not isinstance(o, np.ndarray):
                 outs[k] = next(it)
         return outs, result["perms"]
+
+    # --- train mode -------------------------------------------------------------------
+
+    @property
+    def train(self) -> bool:  # what a handler reads as ctx.train
+        self._train_read = True
+        return self._train
+
+    @train.setter
+    def train(self, value: bool) -> None:
+        self._train = value
+
+    def make_rng(self, name: str):
+        if self._keys is not None:
+            return self._keys.pop(0)
+        if self._rngs is None:
+            raise CodegenError(f"an rng ({name!r}) was asked for outside train mode")
+        self._rngs.append(name)
+        return jax.random.key(0)  # finding out which rngs the node asks for
+
+    def _emit_node(self, run, values, what):
+        """A node whose handler reads ``train`` (Dropout) is written for both modes,
+        ``if train: ... else: ...``, the training branch taking the rngs it asks for
+        (``self.make_rng('dropout')``) as the interpreter's module does."""
+        self._train_read = False
+        start = len(self.lines)
+        outs = self._emit_fn(run, values, None, what)
+        if not self._train_read:
+            return outs
+        del self.lines[start:]
+        names = [self._new_temp() for _ in jax.tree.leaves(outs)]
+        outer, self.lines = self.lines, []
+        self._train, self._rngs = True, []
+        try:
+            jax.make_jaxpr(lambda *a: run(*a))(*values)  # a new function: jit caches traces
+            keys = []
+            for name in self._rngs:
+                key = self._new_temp()
+                self._line(f"{key} = {self._rng_source(name)}")
+                keys.append(self._stand_in(jax.eval_shape(lambda: jax.random.key(0)), key))
+
+            def with_keys(*traced):
+                self._keys = list(traced[len(values):])
+                try:
+                    return run(*traced[:len(values)])
+                finally:
+                    self._keys = None
+
+            self._emit_fn(with_keys, [*values, *keys], names, what)
+            train_lines, self.lines = self.lines, []
+            self._train, self._rngs = False, None
+            outs = self._emit_fn(lambda *a: run(*a), values, names, what)
+            eval_lines = self.lines
+        finally:
+            self.lines = outer
+            self._train, self._rngs = False, None
+        self._line("if train:")
+        self.lines += ["    " + line for line in train_lines]
+        self._line("else:")
+        self.lines += ["    " + line for line in eval_lines]
+        return outs
+
+    def _rng_source(self, name: str) -> str:
+        return f"self.rngs[{name!r}]()" if self.api == "nnx" else f"self.make_rng({name!r})"
 
     def call_layer(self, plan, cls, args, kwargs, call_kwargs):
         if self._layer_value is not None:
@@ -294,7 +361,7 @@ def _nnx_path(path: tuple[str, ...]) -> str:
 
 def _check_nnx_names(variables) -> None:
     """The NNX model holds its top-level weights as attributes: none may be one of
-    ``nnx.Module``'s own (a method, ``_object__state``)."""
+    ``nnx.Module``'s own (a method, ``_object__state``) or ``rngs`` (the model's)."""
     for collection in variables.values():
         for name in collection:
             if name in _NNX_RESERVED or name.startswith("_"):

@@ -12,10 +12,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax import lax
 
 from ..errors import CodegenError
 from ._literals import dtype_text, literal, literal_names, python_number, scalar
-from ._spell import INLINE, candidates, live, same_operation
+from ._spell import INLINE, NAMESPACE, candidates, live, same_operation
 
 #: Constants up to this many elements are written as array literals; larger ones as bytes.
 _INLINE_SIZE = 16
@@ -71,11 +72,21 @@ class JaxprWriter:
                     continue
             if prim == "reduce_window":
                 outs = self._emit_reduce_window(eqn, ins, what)
+            elif prim == "convert_element_type" and not eqn.invars[0].aval.ndim and (
+                    self._constant(ins[0], eqn.invars[0]) is not None):
+                # JAX folds a constant scalar's conversion when tracing: the source writes
+                # the value it folds to
+                with jax.ensure_compile_time_eval():
+                    value = lax.convert_element_type(self._constant(ins[0], eqn.invars[0]),
+                                                     eqn.params["new_dtype"])
+                outs = [self._const(np.asarray(value))]
             elif prim in ("cond", "while", "scan"):
                 outs = getattr(self, f"_emit_{prim}")(eqn.params, ins, what)
+            elif expr is not None:  # a public function returning its results as they are
+                outs = self._assign(expr, len(eqn.outvars), len(eqn.outvars) > 1)
             else:
-                outs = self._assign(expr or self._spell(eqn, ins, what),
-                                    len(eqn.outvars), eqn.primitive.multiple_results)
+                outs = self._assign(self._spell(eqn, ins, what), len(eqn.outvars),
+                                    eqn.primitive.multiple_results)
             for var, name in zip(eqn.outvars, outs):
                 env[var] = name
 
@@ -89,8 +100,11 @@ class JaxprWriter:
             env[outer] = self._atom(inner_out, inner_env)
 
     def _spell(self, eqn, ins, what, required=True) -> str | None:
-        """The first public spelling of ``eqn`` that traces to the same operation."""
-        found = candidates(eqn, ins)
+        """The first public spelling of ``eqn`` that traces to the same operation (plain
+        Python numbers for its weakly typed scalars, else NumPy scalars of their dtypes)."""
+        typed = [t if t.isidentifier() or v.aval.ndim or self._constant(t, v) is None
+                 else scalar(self._constant(t, v)) for t, v in zip(ins, eqn.invars)]
+        found = candidates(eqn, ins) + (candidates(eqn, typed) if typed != ins else [])
         key = self._signature(eqn, ins)
         if key not in self._spelled:
             self._spelled[key] = next(
@@ -104,6 +118,14 @@ class JaxprWriter:
         raise CodegenError(f"{what}: JAX operation {eqn.primitive.name!r} has no public JAX "
                            "function that computes it; it cannot be written as standalone "
                            "source")
+
+    def _constant(self, text: str, var) -> np.ndarray | None:
+        """The value of operand ``text`` (of ``var``'s dtype) when it is a constant."""
+        if text in self.const_values:
+            return self.const_values[text]
+        if text.isidentifier():
+            return None
+        return np.asarray(eval(text, dict(NAMESPACE)), var.aval.dtype)  # noqa: S307 (ours)
 
     def _signature(self, eqn, ins) -> tuple:
         """What decides an equation's spelling: primitive, parameters, operand types and
@@ -199,7 +221,7 @@ class JaxprWriter:
                 *self._assign(f"{result}[1]", n_ys, True)]
 
     def _atom(self, v, env) -> str:
-        if hasattr(v, "val") and not hasattr(v, "count"):  # a Literal
+        if _is_literal(v):
             value = np.asarray(v.val, dtype=v.aval.dtype)
             plain = python_number(value) if v.aval.weak_type else None
             return plain or scalar(value)
@@ -252,3 +274,8 @@ class JaxprWriter:
 
     def _line(self, text: str) -> None:
         self.lines.append(text)
+
+
+def _is_literal(v) -> bool:
+    return hasattr(v, "val") and not hasattr(v, "count")
+

@@ -49,6 +49,8 @@ def dtype_text(dtype) -> str:
     """Source for a NumPy scalar type: ``np.float32``, or for the types ``ml_dtypes`` adds
     (registered by importing jax) ``np.dtype('bfloat16').type``."""
     dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "np.bool_"  # np.bool is NumPy 2's
     if getattr(np, dtype.name, None) is dtype.type:
         return f"np.{dtype.name}"
     return f"np.dtype({dtype.name!r}).type"
