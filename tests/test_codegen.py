@@ -47,6 +47,46 @@ def _check_imports(source: str) -> ast.Module:
     return tree
 
 
+class _Block(torch.nn.Module):
+    """A ResNet basic block: conv-bn-relu-conv-bn, a strided 1x1 downsample when asked."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else torch.nn.Sequential(
+            torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _ResNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.layer1 = torch.nn.Sequential(_Block(4, 4, 1), _Block(4, 4, 1))
+        self.layer2 = torch.nn.Sequential(_Block(4, 8, 2), _Block(8, 8, 1))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.layer2(self.layer1(torch.relu(self.conv1(x))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def _check_public_api(source: str) -> None:
+    """The source uses public JAX only: no primitive ``bind``, no ``*_p`` primitives, nothing
+    of ``jax._src``; it imports jax, flax and numpy only."""
+    tree = _check_imports(source)
+    assert "jax._src" not in source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            assert node.attr != "bind" and not node.attr.endswith("_p"), ast.unparse(node)
+
+
 def _assert_equal(got, expected):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  got, expected)
@@ -67,7 +107,7 @@ def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api
     codegen.save(converted, tmp_path, api=api)
     source = (tmp_path / codegen.MODEL_FILE).read_text()
     assert source == codegen.generate(converted, api=api)
-    _check_imports(source)
+    _check_public_api(source)
     generated = load_generated(tmp_path, name)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
     _assert_same_tree(generated.load_variables(), converted.variables)
@@ -342,3 +382,36 @@ def test_dropout_in_train_mode(tmp_path):
         kept = np.asarray(mask)
         assert 0 < kept.sum() < kept.size and np.isfinite(np.asarray(y)).all()
     assert not np.array_equal(np.asarray(first[1]), np.asarray(second[1]))  # fresh keys
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_resnet_weight_tree(tmp_path, api):
+    """A ResNet-style net (nested blocks, downsample branches, BatchNorm): the source's weight
+    tree is converted.variables (params['layer1']['0']['conv1']['kernel']), in training too."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(_ResNet(), x))
+    assert converted.variables["params"]["layer1"]["0"]["conv1"]["kernel"].shape == (3, 3, 4, 4)
+    assert "downsample" in converted.variables["batch_stats"]["layer2"]["0"]
+    source = _generate_and_compare(tmp_path, converted, [x.numpy().transpose(0, 2, 3, 1)],
+                                   f"gen_resnet_{api}", train=True, api=api)
+    if api == "linen":
+        assert "s_layer1 = Scope(name='layer1')" in source
+    else:
+        assert "self.layer1['0']['conv1']['kernel']" in source
+
+
+def test_generated_source_uses_public_jax_only():
+    """CNN with BatchNorm, a transformer layer, a control-flow model: the AST of both APIs'
+    sources holds no primitive binds, no ``*_p`` names, nothing of jax._src."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    layer = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                             batch_first=True)
+    models = [onnx2flax.convert(_export(_cnn(), x)),
+              onnx2flax.convert(_export(layer, torch.randn(2, 5, 16))),
+              onnx2flax.convert(_control_flow_model())]
+    for converted in models:
+        for api in ("linen", "nnx"):
+            source = codegen.generate(converted, api=api)
+            _check_public_api(source)

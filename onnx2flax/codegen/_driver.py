@@ -8,6 +8,7 @@ node's outputs. The layer is written as the same Flax layer, at its path of the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -295,7 +296,9 @@ class Generator(JaxprWriter, _Interpreter):
             raise CodegenError(f"{node_label(node.name, node.op_type)}: layer class "
                                f"{cls.__qualname__} cannot be written as standalone source")
         path = call.plan.path
-        kwargs = "".join(f", {k}={literal(v)}" for k, v in call.kwargs.items())
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        kwargs = "".join(f", {k}={literal(v)}" for k, v in call.kwargs.items()
+                         if not _is_default(v, defaults.get(k, dataclasses.MISSING)))
         call_kwargs = ", ".join(f"{k}=train" if k == "train" else f"{k}={literal(v)}"
                                 for k, v in call.call_kwargs.items())
         layer_args = ", ".join(arg_names + ([call_kwargs] if call_kwargs else []))
@@ -351,6 +354,14 @@ def _returned(value, perm, channels_last: bool):
     channels-last module as held, any other in ONNX order."""
     keep = returned_channels_last(perm, channels_last)
     return jnp.asarray(value if keep else _layout.to_onnx(value, perm))
+
+
+def _is_default(value, default) -> bool:
+    """Whether a layer's argument is its field's default (left out of the source)."""
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:  # noqa: BLE001  (uncomparable: written out)
+        return False
 
 
 def _nnx_path(path: tuple[str, ...]) -> str:
