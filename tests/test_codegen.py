@@ -277,7 +277,8 @@ def test_nnx_hostile_weight_names(tmp_path):
     net = load_generated(tmp_path, "gen_nnx_hostile_again").load_model()
     net.eval()
     net.train()  # still nnx.Module's methods
-    assert nnx.to_pure_dict(nnx.state(net, nnx.Param)).keys() == converted.variables["params"].keys()
+    params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    assert params.keys() == converted.variables["params"].keys()
 
     clash = onnx2flax.convert(_hostile_nnx_model(["train.weight", *names[1:]]))
     with pytest.raises(CodegenError, match="'train' would shadow an attribute of nnx.Module"):

@@ -240,11 +240,14 @@ class Generator(JaxprWriter, _Interpreter):
         finally:
             self.lines = outer
             self._train, self._rngs = False, None
+        self._both_modes(train_lines, eval_lines)
+        return outs
+
+    def _both_modes(self, train_lines: list[str], eval_lines: list[str]) -> None:
         self._line("if train:")
         self.lines += ["    " + line for line in train_lines]
         self._line("else:")
         self.lines += ["    " + line for line in eval_lines]
-        return outs
 
     def _rng_source(self, name: str) -> str:
         return f"self.rngs[{name!r}]()" if self.api == "nnx" else f"self.make_rng({name!r})"
@@ -342,10 +345,7 @@ class Generator(JaxprWriter, _Interpreter):
             eval_lines = self.lines
         finally:
             self.lines = outer
-        self._line("if train:")
-        self.lines += ["    " + line for line in train_lines]
-        self._line("else:")
-        self.lines += ["    " + line for line in eval_lines]
+        self._both_modes(train_lines, eval_lines)
         return y
 
 

@@ -16,7 +16,7 @@ from jax import lax
 
 from ..errors import CodegenError
 from ._literals import dtype_text, literal, literal_names, python_number, scalar
-from ._spell import INLINE, NAMESPACE, candidates, live, same_operation
+from ._spell import INLINE, NAMESPACE, candidates, is_literal, live, same_operation
 
 #: Constants up to this many elements are written as array literals; larger ones as bytes.
 _INLINE_SIZE = 16
@@ -207,7 +207,8 @@ class JaxprWriter:
     def _emit_scan(self, params, ins, what) -> list[str]:
         """``lax.scan`` over the body function; carries and stacked outputs unpacked."""
         n_consts, n_carry = params["num_consts"], params["num_carry"]
-        consts, init, xs = ins[:n_consts], ins[n_consts:n_consts + n_carry], ins[n_consts + n_carry:]
+        consts, init = ins[:n_consts], ins[n_consts:n_consts + n_carry]
+        xs = ins[n_consts + n_carry:]
         body = self._closed(params["jaxpr"], what)
         n_ys = len(params["jaxpr"].jaxpr.outvars) - n_carry
         lead = "".join(f"{c}, " for c in consts)
@@ -221,7 +222,7 @@ class JaxprWriter:
                 *self._assign(f"{result}[1]", n_ys, True)]
 
     def _atom(self, v, env) -> str:
-        if _is_literal(v):
+        if is_literal(v):
             value = np.asarray(v.val, dtype=v.aval.dtype)
             plain = python_number(value) if v.aval.weak_type else None
             return plain or scalar(value)
@@ -274,8 +275,4 @@ class JaxprWriter:
 
     def _line(self, text: str) -> None:
         self.lines.append(text)
-
-
-def _is_literal(v) -> bool:
-    return hasattr(v, "val") and not hasattr(v, "count")
 

@@ -106,8 +106,7 @@ def _params_text(params: dict, keys) -> str | None:
 def _max(params, ins, eqn):
     """``max(x, 0)``: ``jax.nn.relu(x)``."""
     zero = [k for k, v in enumerate(eqn.invars)
-            if hasattr(v, "val") and not hasattr(v, "count") and np.asarray(v.val).ndim == 0
-            and np.asarray(v.val) == 0]
+            if is_literal(v) and np.asarray(v.val).ndim == 0 and np.asarray(v.val) == 0]
     return [f"jax.nn.relu({ins[1 - zero[0]]})"] if zero else []
 
 
@@ -220,7 +219,8 @@ _SPECIAL: dict[str, Callable[..., list[str]]] = {
     "max": _max, "select_n": _select_n, **dict.fromkeys(_REDUCTIONS, _reduction),
     "argmax": _arg, "argmin": _arg, "reshape": _reshape, "transpose": _transpose,
     "broadcast_in_dim": _broadcast, "convert_element_type": _convert, "squeeze": _squeeze,
-    "dot_general": _dot, "concatenate": _concatenate, "stack": _stack, "dynamic_slice": _dynamic_slice,
+    "dot_general": _dot, "concatenate": _concatenate, "stack": _stack,
+    "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice, "iota": _iota,
     "integer_pow": _integer_pow, **dict.fromkeys(_WINDOW_REDUCERS, _reduce_window),
     "sort": _sort, "optimization_barrier": _barrier,
@@ -231,12 +231,12 @@ _SPECIAL: dict[str, Callable[..., list[str]]] = {
 
 def live(jaxpr) -> list:
     """Equations whose results are used (dead ones come from traces of layer nodes)."""
-    used = {v for v in jaxpr.outvars if not hasattr(v, "val")}
+    used = {v for v in jaxpr.outvars if not is_literal(v)}
     found = []
     for eqn in reversed(jaxpr.eqns):
         if eqn.effects or any(v in used for v in eqn.outvars):
             found.append(eqn)
-            used.update(v for v in eqn.invars if not hasattr(v, "val"))
+            used.update(v for v in eqn.invars if not is_literal(v))
     return found[::-1]
 
 
@@ -286,7 +286,8 @@ def _flatten(closed, inline: bool):
             sub = INLINE.get(eqn.primitive.name)
             if inline and sub in eqn.params:
                 inner = eqn.params[sub]
-                inner_env = {iv: _describe(ov, env) for iv, ov in zip(inner.jaxpr.invars, eqn.invars)}
+                inner_env = {iv: _describe(ov, env)
+                             for iv, ov in zip(inner.jaxpr.invars, eqn.invars)}
                 inner_env.update((v, ("const", np.asarray(c)))
                                  for v, c in zip(inner.jaxpr.constvars, inner.consts))
                 results = walk(inner.jaxpr, inner_env)
@@ -304,8 +305,13 @@ def _flatten(closed, inline: bool):
     return found, [("out", d[2]) if d[0] == "result" and d[1] == 0 else d for d in outs]
 
 
+def is_literal(v) -> bool:
+    """Whether jaxpr atom ``v`` is a Literal (a constant written into the equation)."""
+    return hasattr(v, "val") and not hasattr(v, "count")
+
+
 def _describe(atom, env):
-    if hasattr(atom, "val") and not hasattr(atom, "count"):  # a Literal
+    if is_literal(atom):
         return "const", np.asarray(atom.val, dtype=atom.aval.dtype)
     return env[atom]
 
