@@ -138,6 +138,8 @@ class JaxprWriter:
         return eqn.primitive.name, str(sorted(eqn.params.items(), key=lambda kv: kv[0])), pattern
 
     def _assign(self, expr: str, count: int, multiple: bool) -> list[str]:
+        if not count:
+            return []
         outs = [self._new_temp() for _ in range(count)]
         target = ", ".join(outs)
         if multiple and count == 1:

@@ -166,12 +166,16 @@ def _stack(params, ins, eqn):
 
 
 def _dynamic_slice(params, ins, eqn):
-    sizes = literal(tuple(params["slice_sizes"]))
-    return [f"lax.dynamic_slice({ins[0]}, {literal_names(ins[1:])}, {sizes})"]
+    """Start indices as given, or (when the traced ones were already in range) taken as
+    they are, not wrapped when negative."""
+    call = (f"lax.dynamic_slice({ins[0]}, {literal_names(ins[1:])}, "
+            f"{literal(tuple(params['slice_sizes']))}")
+    return [call + ")", call + ", allow_negative_indices=False)"]
 
 
 def _dynamic_update_slice(params, ins, eqn):
-    return [f"lax.dynamic_update_slice({ins[0]}, {ins[1]}, {literal_names(ins[2:])})"]
+    call = f"lax.dynamic_update_slice({ins[0]}, {ins[1]}, {literal_names(ins[2:])}"
+    return [call + ")", call + ", allow_negative_indices=False)"]
 
 
 def _iota(params, ins, eqn):
