@@ -17,7 +17,7 @@ import onnx2flax
 from onnx2flax import codegen
 from onnx2flax.errors import CodegenError, OutputExistsError
 
-from helpers import load_generated, make_model
+from helpers import check_generated_source, load_generated, make_model
 from test_torch_state import _MLP
 from test_training import _cnn, _export
 
@@ -32,19 +32,6 @@ class _TModel(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).view(x.shape[0], -1))
-
-
-def _check_imports(source: str) -> ast.Module:
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots = {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            roots = {(node.module or "").split(".")[0]}
-        else:
-            continue
-        assert roots <= {"__future__", "jax", "flax", "numpy"}, ast.dump(node)
-    return tree
 
 
 class _Block(torch.nn.Module):
@@ -77,16 +64,6 @@ class _ResNet(torch.nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
-def _check_public_api(source: str) -> None:
-    """The source uses public JAX only: no primitive ``bind``, no ``*_p`` primitives, nothing
-    of ``jax._src``; it imports jax, flax and numpy only."""
-    tree = _check_imports(source)
-    assert "jax._src" not in source
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            assert node.attr != "bind" and not node.attr.endswith("_p"), ast.unparse(node)
-
-
 def _assert_equal(got, expected):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  got, expected)
@@ -107,7 +84,7 @@ def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api
     codegen.save(converted, tmp_path, api=api)
     source = (tmp_path / codegen.MODEL_FILE).read_text()
     assert source == codegen.generate(converted, api=api)
-    _check_public_api(source)
+    check_generated_source(source)
     generated = load_generated(tmp_path, name)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
     _assert_same_tree(generated.load_variables(), converted.variables)
@@ -211,7 +188,7 @@ def test_hostile_names_stay_data(tmp_path):
     converted = onnx2flax.convert(model)
     x = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
     source = _generate_and_compare(tmp_path, converted, [x], "gen_hostile")
-    tree = _check_imports(source)
+    tree = check_generated_source(source)
     calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
              for n in ast.walk(tree) if isinstance(n, ast.Call)}
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
@@ -269,7 +246,7 @@ def test_nnx_hostile_weight_names(tmp_path):
     converted = onnx2flax.convert(_hostile_nnx_model(names))
     x = np.random.default_rng(1).standard_normal((1, 4, 4, 3)).astype(np.float32)
     source = _generate_and_compare(tmp_path, converted, [x], "gen_nnx_hostile", api="nnx")
-    tree = _check_imports(source)
+    tree = check_generated_source(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                 and node.value.id == "self":
@@ -415,4 +392,4 @@ def test_generated_source_uses_public_jax_only():
     for converted in models:
         for api in ("linen", "nnx"):
             source = codegen.generate(converted, api=api)
-            _check_public_api(source)
+            check_generated_source(source)
