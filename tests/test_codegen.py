@@ -393,3 +393,24 @@ def test_generated_source_uses_public_jax_only():
         for api in ("linen", "nnx"):
             source = codegen.generate(converted, api=api)
             check_generated_source(source)
+
+
+def test_operation_without_public_spelling_is_refused(monkeypatch):
+    """A handler tracing to an operation no public JAX function computes (here the seeding
+    of a PRNG key, ``random_seed``): the model runs, codegen refuses it naming the node and
+    the operation."""
+    from onnx2flax import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+    @onnx2flax.register_op("Seeded", domain="com.example", layout="elementwise")
+    def seeded(ctx, x):
+        return x + jax.random.uniform(jax.random.key(x.shape[0]), x.shape)
+
+    model = make_model([helper.make_node("Seeded", ["x"], ["y"], name="noise",
+                                         domain="com.example")],
+                       [("x", np.float32, [3])], [("y", np.float32, [3])])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    converted = onnx2flax.convert(model)
+    with pytest.raises(CodegenError, match=r"Seeded node 'noise': JAX operation 'random_seed'"):
+        codegen.generate(converted)
