@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import (InternalError, InvalidInputError, InvalidModelError, OnnxConversionError,
-                     OutputExistsError, ResourceLimitError, UnsafePathError, UnsupportedOpError)
+from .errors import (CodegenError, InternalError, InvalidInputError, InvalidModelError,
+                     OnnxConversionError, OutputExistsError, ResourceLimitError, UnsafePathError,
+                     UnsupportedOpError)
 
 __version__ = "0.1.0"
 
@@ -59,5 +60,5 @@ __all__ = [
     "Comparison", "ComparisonReport", "compare", "random_feeds",
     "ModelSummary", "summarize", "register_op", "OpContext", "enable_compilation_cache",
     "OnnxConversionError", "InvalidModelError", "InvalidInputError", "UnsupportedOpError",
-    "ResourceLimitError", "OutputExistsError", "UnsafePathError", "InternalError",
+    "ResourceLimitError", "OutputExistsError", "UnsafePathError", "InternalError", "CodegenError",
 ]

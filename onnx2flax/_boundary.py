@@ -91,7 +91,7 @@ def input_specs(inputs: Sequence[TensorSpec], spatial: frozenset[str],
     return [replace(s, channels_last=channels_last and s.name in spatial) for s in inputs]
 
 
-def _perm(spec: TensorSpec, rank: int) -> _layout.Perm:
+def held_perm(spec: TensorSpec, rank: int) -> _layout.Perm:
     """The layout (relative to ONNX order) of a rank-``rank`` tensor ``spec`` at the
     module's boundary: ``(0, 2, ..., 1)`` when ``spec.channels_last``, else the identity."""
     return _layout.channels_last(rank) if spec.channels_last else _layout.identity(rank)
@@ -100,20 +100,20 @@ def _perm(spec: TensorSpec, rank: int) -> _layout.Perm:
 def to_module(x, spec: TensorSpec):
     """Tensor ``x`` of ``spec`` (NumPy or JAX) from ONNX order to the module's layout:
     ``[N, C, *spatial]`` -> ``[N, *spatial, C]`` when ``spec.channels_last``, else ``x``."""
-    return _layout.convert(x, _layout.identity(np.ndim(x)), _perm(spec, np.ndim(x))) \
+    return _layout.convert(x, _layout.identity(np.ndim(x)), held_perm(spec, np.ndim(x))) \
         if spec.channels_last else x
 
 
 def to_onnx(y, spec: TensorSpec):
     """Tensor ``y`` of ``spec`` from the module's layout to ONNX order: ``[N, *spatial, C]``
     -> ``[N, C, *spatial]`` when ``spec.channels_last``, else ``y``."""
-    return _layout.to_onnx(y, _perm(spec, np.ndim(y))) if spec.channels_last else y
+    return _layout.to_onnx(y, held_perm(spec, np.ndim(y))) if spec.channels_last else y
 
 
 def module_shape(spec: TensorSpec) -> tuple[int, ...]:
     """``spec``'s shape in the module's layout, unknown dims as 1 (tracing without feeds)."""
     shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape or ())
-    return tuple(shape[i] for i in _perm(spec, len(shape)))
+    return tuple(shape[i] for i in held_perm(spec, len(shape)))
 
 
 def stand_in(spec: TensorSpec):
@@ -132,7 +132,7 @@ def held_input(spec: TensorSpec, value: Any) -> tuple[Any, _layout.Perm | None]:
     check_feed(spec, value, spec.channels_last)
     if value is None or isinstance(value, (list, tuple)):
         return _as_jax(value), None
-    return jnp.asarray(value), _perm(spec, np.ndim(value))
+    return jnp.asarray(value), held_perm(spec, np.ndim(value))
 
 
 def _returns_channels_last(perm: _layout.Perm, channels_last: bool) -> bool:

@@ -102,7 +102,7 @@ class OpContext:
         return self._interp.call_layer(self.layer_plan, cls, args, kwargs, call_kwargs or {})
 
     def make_rng(self, name: str = "dropout"):
-        return self._interp.module.make_rng(name)
+        return self._interp.make_rng(name)
 
     def run_graph(self, graph: Graph, feeds: Sequence[Any]) -> list[Any]:
         """Run subgraph ``graph`` on ``feeds`` (its inputs in order, ONNX layout); it can
@@ -155,6 +155,9 @@ class _Interpreter:
             return cls(name=plan.path[-1], **inits, **kwargs)(*args, **call_kwargs)
 
         return self.in_scope(plan.path[:-1], make)
+
+    def make_rng(self, name: str):
+        return self.module.make_rng(name)
 
     def in_scope(self, prefix: tuple[str, ...], fn: Callable[[nn.Module], Any]):
         if not prefix:

@@ -128,9 +128,6 @@ class ConvertedModel:
                               self.variables, *inputs)
         return [o.spec for o in outs]
 
-    #: ``_boundary.module_shape``, for codegen.
-    _module_shape = staticmethod(_boundary.module_shape)
-
     def _apply_onnx_layout(self, variables, *inputs) -> list[_boundary.Output]:
         """``module.apply`` on ``inputs`` in ONNX order, outputs in ONNX order."""
         moved = [_boundary.to_module(x, spec) for spec, x in zip(self.inputs, inputs)]

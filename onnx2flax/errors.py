@@ -49,6 +49,11 @@ class UnsafePathError(OnnxConversionError, ValueError):
     ``..``, absolute paths, NUL bytes, or a symbolic link in its place)."""
 
 
+class CodegenError(OnnxConversionError):
+    """The model converts, but part of it cannot be written as standalone source
+    (``onnx2flax.codegen``)."""
+
+
 class InternalError(OnnxConversionError, RuntimeError):
     """An op handler or layer builder failed in a way no check anticipated: a bug in
     onnx2flax rather than in the model. The original exception is chained

@@ -5,6 +5,7 @@ included."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -270,6 +271,33 @@ def load_generated(folder: Path, name: str):
     return module
 
 
+#: The names generated source imports libraries as.
+_LIBRARIES = frozenset(("jax", "jnp", "lax", "nn", "nnx", "np", "serialization"))
+
+
+def check_generated_source(source: str) -> ast.Module:
+    """Generated source uses public JAX only (no primitive ``bind``, no ``*_p`` primitives,
+    nothing of ``jax._src``) and imports only jax, flax and numpy. Returns its AST."""
+    tree = ast.parse(source)
+    assert "jax._src" not in source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):  # lax.add_p.bind(...); self.fc_p is a weight
+            root = node
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            library = isinstance(root, ast.Name) and root.id in _LIBRARIES
+            assert node.attr != "bind" and not (library and node.attr.endswith("_p")), \
+                ast.unparse(node)
+        if isinstance(node, ast.Import):
+            roots = {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots = {(node.module or "").split(".")[0]}
+        else:
+            continue
+        assert roots <= {"__future__", "jax", "flax", "numpy"}, ast.dump(node)
+    return tree
+
+
 def import_source(source: str, name: str):
     """Import generated ``source`` as module ``name`` without writing it anywhere."""
     module = types.ModuleType(name)
@@ -286,8 +314,8 @@ _CODEGEN_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def assert_codegen_matches(converted, feeds, expected=None):
-    """The generated source of ``converted`` computes the interpreter's outputs bit for bit
-    on ``feeds`` (name -> array, ONNX layout), both jitted: the linen source, and for models
+    """The generated source of ``converted`` uses public JAX only and computes the
+    interpreter's outputs bit for bit on ``feeds`` (name -> array, ONNX layout), both jitted: the linen source, and for models
     with layers (the only part written differently) the NNX source too. ``expected``: the
     outputs of ``converted.run(feeds)`` when the caller has them.
 
@@ -325,9 +353,10 @@ def assert_codegen_matches(converted, feeds, expected=None):
 
     apis = ["linen", "nnx"] if converted._program.layers else ["linen"]
     for api in apis:
-        generated = codegen._Generator(converted, module_inputs, api)
+        generated = codegen._generator(converted, module_inputs, api)
         variables = serialization.msgpack_restore(serialization.msgpack_serialize(
             jax.tree.map(np.asarray, generated.variables)))
+        check_generated_source(generated.source)
         module = import_source(generated.source, "onnx2flax_generated_check")
         with jax.default_matmul_precision("highest"):  # as ConvertedModel.run
             if api == "nnx":

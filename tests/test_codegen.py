@@ -15,9 +15,9 @@ from onnx import helper
 
 import onnx2flax
 from onnx2flax import _boundary, codegen
-from onnx2flax._files import OutputExistsError
+from onnx2flax.errors import CodegenError, OutputExistsError
 
-from helpers import load_generated, make_model
+from helpers import check_generated_source, load_generated, make_model
 from test_torch_state import _MLP
 from test_training import _cnn, _export
 
@@ -34,17 +34,34 @@ class _TModel(torch.nn.Module):
         return self.fc(self.conv(x).view(x.shape[0], -1))
 
 
-def _check_imports(source: str) -> ast.Module:
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots = {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            roots = {(node.module or "").split(".")[0]}
-        else:
-            continue
-        assert roots <= {"__future__", "jax", "flax", "numpy"}, ast.dump(node)
-    return tree
+class _Block(torch.nn.Module):
+    """A ResNet basic block: conv-bn-relu-conv-bn, a strided 1x1 downsample when asked."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None if stride == 1 and cin == cout else torch.nn.Sequential(
+            torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _ResNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.layer1 = torch.nn.Sequential(_Block(4, 4, 1), _Block(4, 4, 1))
+        self.layer2 = torch.nn.Sequential(_Block(4, 8, 2), _Block(8, 8, 1))
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.layer2(self.layer1(torch.relu(self.conv1(x))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
 def _assert_equal(got, expected):
@@ -52,29 +69,33 @@ def _assert_equal(got, expected):
                  got, expected)
 
 
-def _by_layer(tree) -> dict:
-    """``{layer: {leaf: array}}`` with nested layer paths joined by ``_``, as the generated
-    source names its layers."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    out: dict = {}
-    for path, value in flat:
-        keys = [str(k.key) for k in path]
-        out.setdefault("_".join(keys[:-1]), {})[keys[-1]] = value
-    return out
+def _assert_same_tree(got, expected):
+    """Equal trees: the same paths, shapes and dtypes."""
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        assert (a.shape, np.dtype(a.dtype)) == (b.shape, np.dtype(b.dtype))
 
 
 def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api="linen"):
     """Save ``converted``'s source, import it, and compare it (jitted) with the interpreter,
-    bit for bit; with ``train``, also in training mode with the updated statistics."""
+    bit for bit; with ``train``, also in training mode with the updated statistics. Its
+    weight tree is ``converted.variables``: the weights file, the linen module's ``init``
+    and the NNX module's state have the same paths, shapes and dtypes."""
     codegen.save(converted, tmp_path, api=api)
     source = (tmp_path / codegen.MODEL_FILE).read_text()
     assert source == codegen.generate(converted, api=api)
-    _check_imports(source)
+    check_generated_source(source)
     generated = load_generated(tmp_path, name)
     expected = jax.jit(converted.module.apply)(converted.variables, *inputs)
+    _assert_same_tree(generated.load_variables(), converted.variables)
+    _assert_equal(generated.load_variables(), converted.variables)
     if api == "nnx":
         model = generated.load_model()
         assert isinstance(model, nnx.Module)
+        state = {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
+        if nnx.state(model, nnx.BatchStat):
+            state["batch_stats"] = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        _assert_same_tree(state, converted.variables)
         _assert_equal(nnx.jit(lambda m, *x: m(*x))(model, *inputs), expected)
         if train:
             got = nnx.jit(lambda m, *x: m(*x, train=True))(model, *inputs)
@@ -82,17 +103,20 @@ def _generate_and_compare(tmp_path, converted, inputs, name, *, train=False, api
                 v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
             _assert_equal(got, expected)
             stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            _assert_equal(_by_layer(stats), _by_layer(updates["batch_stats"]))
+            _assert_equal(stats, updates["batch_stats"])
         return source
+    _assert_same_tree(jax.eval_shape(generated.Model().init, jax.random.key(0), *inputs),
+                      converted.variables)
     variables = generated.load_variables()
     _assert_equal(jax.jit(generated.Model().apply)(variables, *inputs), expected)
+    _assert_equal(jax.jit(generated.Model().apply)(converted.variables, *inputs), expected)
     if train:
         got, new = jax.jit(lambda v, *x: generated.Model().apply(
             v, *x, train=True, mutable=["batch_stats"]))(variables, *inputs)
         expected, ref = jax.jit(lambda v, *x: converted.module.apply(
             v, *x, train=True, mutable=["batch_stats"]))(converted.variables, *inputs)
         _assert_equal(got, expected)
-        _assert_equal(_by_layer(new["batch_stats"]), _by_layer(ref["batch_stats"]))
+        _assert_equal(new["batch_stats"], ref["batch_stats"])
     return source
 
 
@@ -107,7 +131,7 @@ def test_cnn_with_batch_norm(tmp_path, api):
         assert "nn.Conv(name='conv'" in source and "BatchNorm(name='bn'" in source
     else:
         assert "class Model(nnx.Module)" in source and "flax.linen" not in source
-        assert "self.bn.mean.set_value(" in source and "lax.conv_general_dilated" in source
+        assert "self.bn['mean'].set_value(" in source and "lax.conv_general_dilated" in source
 
 
 @pytest.mark.parametrize("api", ["linen", "nnx"])
@@ -164,7 +188,7 @@ def test_hostile_names_stay_data(tmp_path):
     converted = onnx2flax.convert(model)
     x = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
     source = _generate_and_compare(tmp_path, converted, [x], "gen_hostile")
-    tree = _check_imports(source)
+    tree = check_generated_source(source)
     calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
              for n in ast.walk(tree) if isinstance(n, ast.Call)}
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
@@ -198,12 +222,8 @@ def test_fixture_models(tmp_path, path, api):
                           train=bool(converted.variables.get("batch_stats")))
 
 
-def test_nnx_hostile_weight_names(tmp_path):
-    """Weights named like nnx.Module's methods, our own attributes, dunders or digits become
-    other attribute names; the methods still work and the weights are all nnx.Params."""
+def _hostile_nnx_model(names):
     rng = np.random.default_rng(0)
-    names = ["train.weight", "train.bias", "__init__", "constants", "0", "eval.weight",
-             _HOSTILE[0]]
     nodes = [helper.make_node("Conv", ["x", names[0], names[1]], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c", names[2]], ["a"]),
              helper.make_node("Mul", ["a", names[3]], ["m"]),
@@ -211,24 +231,36 @@ def test_nnx_hostile_weight_names(tmp_path):
              helper.make_node("Conv", ["s", names[5]], ["d"]),
              helper.make_node("Div", ["d", names[6]], ["y"])]
     shapes = [(2, 3, 3, 3), (2,), (2, 1, 1), (2, 4, 4), (2, 1, 1), (2, 2, 1, 1), (2, 1, 1)]
-    model = make_model(nodes, [("x", np.float32, [1, 3, 4, 4])],
-                       [("y", np.float32, [1, 2, 4, 4])],
-                       {n: rng.standard_normal(s).astype(np.float32) + 2
-                        for n, s in zip(names, shapes)})
-    converted = onnx2flax.convert(model)
-    x = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
+    return make_model(nodes, [("x", np.float32, [1, 3, 4, 4])],
+                      [("y", np.float32, [1, 2, 4, 4])],
+                      {n: rng.standard_normal(s).astype(np.float32) + 2
+                       for n, s in zip(names, shapes)})
+
+
+def test_nnx_hostile_weight_names(tmp_path):
+    """Below the top level, weights named like nnx.Module's methods, dunders or digits are
+    keys of ``nnx.Dict`` levels, never attributes: the tree is ``converted.variables`` and
+    nnx.Module's methods still work. A top-level name that would shadow one is refused."""
+    names = ["blk.train.weight", "blk.train.bias", "blk.__init__", "blk.constants", "0",
+             "blk2.eval.weight", _HOSTILE[0]]
+    converted = onnx2flax.convert(_hostile_nnx_model(names))
+    x = np.random.default_rng(1).standard_normal((1, 4, 4, 3)).astype(np.float32)
     source = _generate_and_compare(tmp_path, converted, [x], "gen_nnx_hostile", api="nnx")
-    tree = _check_imports(source)
+    tree = check_generated_source(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id == "self" and isinstance(node.ctx, ast.Store):
-            assert node.attr.isidentifier() and node.attr[0].isalpha(), node.attr
-            assert not hasattr(nnx.Module, node.attr), node.attr
+                and node.value.id == "self":
+            assert node.attr.isidentifier() and not hasattr(nnx.Module, node.attr), node.attr
     net = load_generated(tmp_path, "gen_nnx_hostile_again").load_model()
     net.eval()
     net.train()  # still nnx.Module's methods
-    params = nnx.to_flat_state(nnx.state(net, nnx.Param))
-    assert len(list(params)) == len(names)
+    params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    assert params.keys() == converted.variables["params"].keys()
+
+    clash = onnx2flax.convert(_hostile_nnx_model(["train.weight", *names[1:]]))
+    with pytest.raises(CodegenError, match="'train' would shadow an attribute of nnx.Module"):
+        codegen.generate(clash, api="nnx")
+    assert "def __call__" in codegen.generate(clash)  # linen has no such attributes
 
 
 def _control_flow_model():
@@ -285,5 +317,100 @@ def test_sequence_graph_inputs_and_outputs_are_refused_clearly():
     converted = onnx2flax.convert(model)
     got = converted.run({"s": [np.ones(2, np.float32), np.zeros(2, np.float32)]})
     assert [g.tolist() for g in got[0]] == [[1.0, 1.0], [0.0, 0.0]]
-    with pytest.raises(codegen.CodegenError, match=r"'s' \(sequence\), 't' \(sequence\)"):
+    with pytest.raises(CodegenError, match=r"'s' \(sequence\), 't' \(sequence\)"):
+        codegen.generate(converted)
+
+
+def _dropout_model():
+    """Relu -> Dropout(ratio 0.3, with its mask) -> MatMul (a weight) -> Dropout."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Dropout", ["r", "ratio"], ["d", "mask"]),
+             helper.make_node("MatMul", ["d", "w"], ["m"]),
+             helper.make_node("Dropout", ["m"], ["y"])]
+    return make_model(nodes, [("x", np.float32, [4, 8])],
+                      [("y", np.float32, [4, 3]), ("mask", np.bool_, [4, 8])],
+                      {"ratio": np.array(0.3, np.float32),
+                       "w": rng.standard_normal((8, 3)).astype(np.float32)})
+
+
+def test_dropout_in_train_mode(tmp_path):
+    """train=True: the linen source drops with the 'dropout' rng as the interpreter's module
+    does (bit for bit, same key); the NNX source draws from its nnx.Rngs."""
+    converted = onnx2flax.convert(_dropout_model())
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    source = _generate_and_compare(tmp_path, converted, [x], "gen_dropout")
+    assert "self.make_rng('dropout')" in source and "jax.random.bernoulli(" in source
+    generated = load_generated(tmp_path, "gen_dropout_train")
+    for seed in (0, 1):
+        rngs = {"dropout": jax.random.key(seed)}
+        got = jax.jit(lambda v, x, r: generated.Model().apply(v, x, train=True, rngs=r))(
+            converted.variables, x, rngs)
+        expected = jax.jit(lambda v, x, r: converted.module.apply(v, x, train=True, rngs=r))(
+            converted.variables, x, rngs)
+        _assert_equal(got, expected)
+        assert not np.asarray(got[1]).all()  # it dropped something
+
+    codegen.save(converted, tmp_path / "nnx", api="nnx")
+    nnx_model = load_generated(tmp_path / "nnx", "gen_dropout_nnx").load_model(
+        rngs=nnx.Rngs(dropout=0))
+    _assert_equal(nnx_model(x), converted.module.apply(converted.variables, x))
+    first, second = nnx_model(x, train=True), nnx_model(x, train=True)
+    for y, mask in (first, second):
+        kept = np.asarray(mask)
+        assert 0 < kept.sum() < kept.size and np.isfinite(np.asarray(y)).all()
+    assert not np.array_equal(np.asarray(first[1]), np.asarray(second[1]))  # fresh keys
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_resnet_weight_tree(tmp_path, api):
+    """A ResNet-style net (nested blocks, downsample branches, BatchNorm): the source's weight
+    tree is converted.variables (params['layer1']['0']['conv1']['kernel']), in training too."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(_ResNet(), x))
+    assert converted.variables["params"]["layer1"]["0"]["conv1"]["kernel"].shape == (3, 3, 4, 4)
+    assert "downsample" in converted.variables["batch_stats"]["layer2"]["0"]
+    source = _generate_and_compare(tmp_path, converted, [x.numpy().transpose(0, 2, 3, 1)],
+                                   f"gen_resnet_{api}", train=True, api=api)
+    if api == "linen":
+        assert "s_layer1 = Scope(name='layer1')" in source
+    else:
+        assert "self.layer1['0']['conv1']['kernel']" in source
+
+
+def test_generated_source_uses_public_jax_only():
+    """CNN with BatchNorm, a transformer layer, a control-flow model: the AST of both APIs'
+    sources holds no primitive binds, no ``*_p`` names, nothing of jax._src."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    layer = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                             batch_first=True)
+    models = [onnx2flax.convert(_export(_cnn(), x)),
+              onnx2flax.convert(_export(layer, torch.randn(2, 5, 16))),
+              onnx2flax.convert(_control_flow_model())]
+    for converted in models:
+        for api in ("linen", "nnx"):
+            source = codegen.generate(converted, api=api)
+            check_generated_source(source)
+
+
+def test_operation_without_public_spelling_is_refused(monkeypatch):
+    """A handler tracing to an operation no public JAX function computes (here the seeding
+    of a PRNG key, ``random_seed``): the model runs, codegen refuses it naming the node and
+    the operation."""
+    from onnx2flax import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+
+    @onnx2flax.register_op("Seeded", domain="com.example", layout="elementwise")
+    def seeded(ctx, x):
+        return x + jax.random.uniform(jax.random.key(x.shape[0]), x.shape)
+
+    model = make_model([helper.make_node("Seeded", ["x"], ["y"], name="noise",
+                                         domain="com.example")],
+                       [("x", np.float32, [3])], [("y", np.float32, [3])])
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    converted = onnx2flax.convert(model)
+    with pytest.raises(CodegenError, match=r"Seeded node 'noise': JAX operation 'random_seed'"):
         codegen.generate(converted)

@@ -1,0 +1,91 @@
+"""Standalone Flax source for a converted model: ``generate(converted) -> str`` and
+``save(converted, out_dir)`` (``model.py`` + ``weights.msgpack``), as a ``flax.linen``
+module (``api="linen"``, default) or a ``flax.nnx`` module (``api="nnx"``).
+
+The source is made by walking the graph node by node exactly as the interpreter does
+(``_driver``): a weighted node becomes the same Flax layer constructor call with the same
+arguments, at its path of the weight tree (``params['layer1']['0']['conv1']``, as in
+``converted.variables``); every other node becomes the operations its handler traced to,
+each written in public JAX (``_emit``, ``_spell``: ``a + b``, ``jax.nn.relu(x)``,
+``jnp.sum(x, axis=...)``, ``lax.conv_general_dilated(...)``), every spelling checked by
+tracing it again to the same operation. Same ops, same order, so the generated module
+computes the interpreter's outputs bit for bit. Shapes are specialized to the shapes traced
+(the model's static input shapes, dynamic dims as 1 unless ``inputs`` are given). Sequences
+(lists of tensors, static length) become one variable per tensor. The graph's constants
+other than weights are module-level NumPy arrays written into the source, so that XLA sees
+them as constants, as it does in the interpreter (as jit arguments, they compile to other
+code: other fusions, other roundings). The text around the lines is ``_source``'s.
+
+NNX: the weights are ``nnx.Param`` / ``nnx.BatchStat`` leaves of ``nnx.Dict`` levels at the
+same paths (``self.layer1['0']['conv1']['kernel']``), filled from ``weights.msgpack`` when
+the module is built (no random initialization); a layer's computation is the operations
+its linen layer traces to, and BatchNorm's ``train=True`` branch writes the updated
+statistics back.
+
+ONNX names never become code: identifiers are sanitized (``[A-Za-z0-9_]``, prefixed, unique)
+and names appear only inside comments and string literals, written with ``repr``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import numpy as np
+from flax import serialization
+
+from .._files import output_dir, write_file
+from ..converter import ConvertedModel, _placeholder_hint
+from ..errors import CodegenError
+from ._driver import Generator as _Generator
+from ._source import MODEL_FILE, WEIGHTS_FILE
+
+__all__ = ["CodegenError", "generate", "save"]
+
+API = Literal["linen", "nnx"]
+
+
+def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None, *,
+             api: API = "linen") -> str:
+    """The standalone source of ``converted`` (see :func:`save` for the weights):
+    a ``flax.linen`` module (``api="linen"``) or a ``flax.nnx`` module (``api="nnx"``).
+    ``converted`` may also be an ``NnxConvertedModel`` (its ``linen`` model is used).
+    ``inputs``: arrays or ``jax.ShapeDtypeStruct`` in the module's layout to trace with;
+    by default the input specs' shapes, unknown dims as 1 (``convert(input_shapes=)``
+    fixes them)."""
+    return _generator(converted, inputs, api).source
+
+
+def save(converted: ConvertedModel, out_dir, *, force: bool = False,
+         inputs: Sequence[Any] | None = None, api: API = "linen") -> list[Path]:
+    """Write ``out_dir/model.py`` and ``out_dir/weights.msgpack`` (``converted.variables``);
+    existing files are kept unless ``force``. ``api`` and ``inputs``: as :func:`generate`
+    (the weights file is the same for both APIs). Returns the paths written. Nothing is
+    written unless generation succeeds; when writing fails, the files and the folder this
+    call created are removed."""
+    gen = _generator(converted, inputs, api)
+    weights = serialization.msgpack_serialize(jax.tree.map(np.asarray, gen.variables))
+    created_folder = not Path(out_dir).exists()
+    folder = output_dir(out_dir)
+    written: list[Path] = []
+    try:
+        for name, data in ((MODEL_FILE, gen.source), (WEIGHTS_FILE, weights)):
+            new = not (folder / name).exists()
+            path = write_file(folder, name, data, force=force)
+            if new:
+                written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created_folder and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    return [folder / MODEL_FILE, folder / WEIGHTS_FILE]
+
+
+def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
+    linen = getattr(converted, "linen", converted)  # an NnxConvertedModel
+    with _placeholder_hint(linen.inputs if inputs is None else [], linen.specialized_inputs):
+        return _Generator(converted, inputs, api)
