@@ -6,6 +6,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from onnx2flax import ops  # noqa: F401  (registers the handlers)
+from onnx2flax._fold import node_proto
 from onnx2flax._normalize import normalize
 from onnx2flax._registry import _REGISTRY, schema_defaults
 
@@ -23,11 +24,13 @@ def test_schema_defaults_are_filled_for_the_nodes_opset():
     assert old.attrs == {"axis": 1} and new.attrs == {"axis": -1}
 
 
-def test_given_attributes_win_and_the_proto_is_unchanged():
+def test_given_attributes_win_and_the_made_proto_states_the_defaults():
     node = _graph(helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.5), 16).nodes[0]
     assert node.attrs == {"alpha": 0.5}
     node = _graph(helper.make_node("LeakyRelu", ["x"], ["y"]), 16).nodes[0]
-    assert node.attrs == {"alpha": 0.01} and not node.proto.attribute  # not float32's 0.0099...
+    assert node.attrs == {"alpha": 0.01}  # not float32's 0.0099...
+    (alpha,) = node_proto(node, {"": 16}).attribute  # for the reference evaluator
+    assert alpha.name == "alpha" and alpha.f == np.float32(0.01)
 
 
 def test_ops_onnx_does_not_define_get_their_handlers_defaults():
