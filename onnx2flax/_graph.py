@@ -102,8 +102,8 @@ class TensorSpec:
 @dataclass(eq=False)
 class Node:
     """One ONNX node with decoded attributes (Python values, NumPy arrays, Graphs); ``attrs``
-    also holds the defaults of the op's ONNX schema at the model's opset, or of its handler
-    (``proto`` only what the file says)."""
+    also holds the defaults of the op's ONNX schema at the model's opset, or of its handler.
+    It keeps no protobuf (``_fold.node_proto`` makes one where ONNX's tools need it)."""
 
     name: str
     op_type: str
