@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import onnx2flax  # noqa: E402
-from onnx2flax import _files  # noqa: E402
+from onnx2flax._core import files as _files  # noqa: E402
 
 F = TensorProto.FLOAT
 

@@ -38,7 +38,7 @@ _LAZY = {
     "NnxConvertedModel": ".nnx",
     "register_op": "._extend", "OpContext": "._extend",
     "enable_compilation_cache": "._cache",
-    "Limits": "._limits",
+    "Limits": "._core.limits",
 }
 
 

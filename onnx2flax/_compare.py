@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import onnx
 
-from . import _boundary
-from ._fold import fold
-from ._graph import Graph, Node, numpy_dtype
-from ._load import ModelLike, load_model
+from ._core import boundary as _boundary
+from ._core.graph import Graph, Node, numpy_dtype
+from ._pipeline.fold import fold
+from ._pipeline.load import ModelLike, load_model
 from .converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint, convert
 from .errors import InvalidInputError, InvalidModelError, OnnxConversionError, ResourceLimitError
 

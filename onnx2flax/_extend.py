@@ -8,8 +8,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from ._graph import Node
-from ._registry import Layout, register
+from ._core.graph import Node
+from ._core.registry import Layout, register
 from .errors import InvalidModelError, UnsupportedOpError
 
 __all__ = ["OpContext", "register_op"]

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 
 from . import ops  # noqa: F401  (registers handlers)
-from ._graph import Node, TensorSpec, is_float_weight
-from ._inputs import static_graph_inputs
-from ._limits import charging
-from ._load import ModelLike, load_model
-from ._normalize import normalize
-from ._registry import lookup
+from ._core.graph import Node, TensorSpec, is_float_weight
+from ._core.limits import charging
+from ._core.registry import lookup
+from ._pipeline.inputs import static_graph_inputs
+from ._pipeline.load import ModelLike, load_model
+from ._pipeline.normalize import normalize
 
 __all__ = ["ModelSummary", "summarize"]
 

@@ -32,8 +32,8 @@ import onnx
 from onnx import helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
-from ._graph import onnx_domain
-from ._load import load_model
+from ._core.graph import onnx_domain
+from ._pipeline.load import load_model
 from .converter import _convert, _options
 from .errors import InvalidInputError
 

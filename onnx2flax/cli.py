@@ -14,14 +14,14 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from ._progress import say
+from ._core.limits import Limits, charging
+from ._core.progress import say
 from .errors import InvalidInputError, OnnxConversionError
-from ._limits import Limits, charging
 
 
 def _cmd_convert(args) -> int:
     from . import codegen
-    from ._files import output_dir, write_file
+    from ._core.files import output_dir, write_file
     from ._inspect import summarize
 
     feeds = _load_feeds(args.feeds)
@@ -54,7 +54,7 @@ def _module_inputs(converted, feeds: dict) -> list:
 
     import jax
 
-    from ._boundary import module_shape
+    from ._core.boundary import module_shape
 
     missing = [s.name for s in converted.inputs if s.name not in feeds]
     if missing:

@@ -11,16 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _boundary, _fuse, _limits, _progress, ops  # noqa: F401  (ops registers every handler)
-from ._bounds import Bounds, check_bounds
-from ._graph import Graph, TensorSpec
-from ._inputs import Specializations, static_graph_inputs
-from ._limits import Limits
-from ._load import ModelLike, load_model, owned
-from ._module import OnnxModule
-from ._normalize import dequantize_weights as _dequantize_weights, normalize
-from ._plan import Program, plan
-from ._registry import check_supported
+from . import ops  # noqa: F401  (ops registers every handler)
+from ._core import boundary as _boundary, limits as _limits, progress as _progress
+from ._core.graph import Graph, TensorSpec
+from ._core.limits import Limits
+from ._core.registry import check_supported
+from ._pipeline import fuse as _fuse
+from ._pipeline.bounds import Bounds, check_bounds
+from ._pipeline.inputs import Specializations, static_graph_inputs
+from ._pipeline.load import ModelLike, load_model, owned
+from ._pipeline.module import OnnxModule
+from ._pipeline.normalize import dequantize_weights as _dequantize_weights, normalize
+from ._pipeline.plan import Program, plan
 from .errors import (InternalError, InvalidInputError, OnnxConversionError,
                      ResourceLimitError)
 

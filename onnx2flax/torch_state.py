@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ._fold import fold
-from ._graph import Graph, is_float_weight
+from ._core.graph import Graph, is_float_weight
+from ._pipeline.fold import fold
 from .converter import ConvertedModel
 
 __all__ = ["to_torch_state_dict"]

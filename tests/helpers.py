@@ -23,7 +23,7 @@ from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 import onnx2flax
-from onnx2flax import _boundary
+from onnx2flax._core import boundary as _boundary
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, ir_version=None):

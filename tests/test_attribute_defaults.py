@@ -7,9 +7,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx2flax import ops  # noqa: F401  (registers the handlers)
-from onnx2flax._fold import node_proto
-from onnx2flax._normalize import normalize
-from onnx2flax._registry import _REGISTRY, schema_defaults
+from onnx2flax._pipeline.fold import node_proto
+from onnx2flax._pipeline.normalize import normalize
+from onnx2flax._core.registry import _REGISTRY, schema_defaults
 
 
 def _graph(node, opset, domain=""):

@@ -1,4 +1,4 @@
-"""The module boundary (``onnx2flax._boundary``): layout moves between ONNX order and the
+"""The module boundary (``onnx2flax._core.boundary``): layout moves between ONNX order and the
 module's layout, and output layouts returned by the trace (no state written while tracing)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from helpers import make_model
 from onnx import helper
 
 import onnx2flax
-from onnx2flax import _boundary
-from onnx2flax._graph import TensorSpec
+from onnx2flax._core import boundary as _boundary
+from onnx2flax._core.graph import TensorSpec
 
 F = np.float32
 

@@ -327,7 +327,7 @@ def test_error_examples_run(monkeypatch, capsys):
     and each example (title and class) is shown in docs/errors.md."""
     import runpy
 
-    from onnx2flax import _registry
+    from onnx2flax._core import registry as _registry
 
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     script = runpy.run_path(str(ROOT / "docs" / "errors_examples.py"))

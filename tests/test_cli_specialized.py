@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(5)
 
 
-@pytest.mark.parametrize("module", ["onnx2flax._inputs", "onnx2flax.converter"])
+@pytest.mark.parametrize("module", ["onnx2flax._pipeline.inputs", "onnx2flax.converter"])
 def test_modules_import_first_without_a_cycle(module):
     """_module -> _plan -> _normalize -> _inputs -> _module was a cycle: importing any of
     them first failed."""

@@ -14,7 +14,8 @@ from flax import nnx
 from onnx import helper
 
 import onnx2flax
-from onnx2flax import _boundary, codegen
+from onnx2flax._core import boundary as _boundary
+from onnx2flax import codegen
 from onnx2flax.errors import CodegenError, OutputExistsError
 
 from helpers import check_generated_source, load_generated, make_model
@@ -399,7 +400,7 @@ def test_operation_without_public_spelling_is_refused(monkeypatch):
     """A handler tracing to an operation no public JAX function computes (here the seeding
     of a PRNG key, ``random_seed``): the model runs, codegen refuses it naming the node and
     the operation."""
-    from onnx2flax import _registry
+    from onnx2flax._core import registry as _registry
 
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import helper
 
 import onnx2flax
-from onnx2flax import _registry
+from onnx2flax._core import registry as _registry
 from tests.helpers import make_model, run_ort
 
 

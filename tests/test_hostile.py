@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx2flax
-from onnx2flax import _files, _registry, errors
+from onnx2flax._core import files as _files, registry as _registry
+from onnx2flax import errors
 from onnx2flax.errors import (InvalidInputError, InvalidModelError, OnnxConversionError,
                               OutputExistsError, ResourceLimitError, UnsafePathError,
                               UnsupportedOpError)

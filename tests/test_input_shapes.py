@@ -9,7 +9,8 @@ from helpers import make_model, run_ort
 from onnx import TensorProto, helper
 
 import onnx2flax
-from onnx2flax import _inputs, codegen
+from onnx2flax._pipeline import inputs as _inputs
+from onnx2flax import codegen
 from onnx2flax.errors import InvalidInputError, OutputExistsError
 
 F, I64 = np.float32, np.int64

@@ -1,4 +1,4 @@
-"""Weights embedded in a large ``.onnx`` file are read lazily from the file (``_wire``):
+"""Weights embedded in a large ``.onnx`` file are read lazily from the file (``_pipeline.wire``):
 the model converts exactly as from its bytes, for every way a tensor can hold its data."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx2flax
-from onnx2flax import _wire
+from onnx2flax._pipeline import wire as _wire
 from onnx2flax.errors import InvalidModelError
 
 RNG = np.random.default_rng(0)

@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx2flax
-from onnx2flax import _registry, cli
+from onnx2flax._core import registry as _registry
+from onnx2flax import cli
 from tests.helpers import make_model
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from onnx2flax import ops
-from onnx2flax._registry import _REGISTRY
+from onnx2flax._core.registry import _REGISTRY
 
 
 def test_every_handler_annotates_ctx():

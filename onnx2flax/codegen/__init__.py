@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from .._files import output_dir, write_file
+from .._core.files import output_dir, write_file
 from ..converter import ConvertedModel, _placeholder_hint
 from ..errors import CodegenError
 from ._driver import Generator as _Generator

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .. import _boundary, _layers, _layout
-from .._module import _Env, _Interpreter
+from .._core import boundary as _boundary, layout as _layout
+from .._pipeline import layers as _layers
+from .._pipeline.module import _Env, _Interpreter
 from ..converter import ConvertedModel
 from ..errors import CodegenError, node_label
 from ._emit import JaxprWriter

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 
-from .. import _boundary
+from .._core import boundary as _boundary
 from ._literals import doc
 
 MODEL_FILE = "model.py"

@@ -9,8 +9,8 @@ import ml_dtypes
 import numpy as np
 from jax import lax
 
-from .._graph import Graph, numpy_dtype
-from .._module import OpContext
+from .._core.graph import Graph, numpy_dtype
+from .._pipeline.module import OpContext
 
 
 def subgraph(ctx: OpContext, name: str) -> Graph:

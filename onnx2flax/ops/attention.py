@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._graph import Graph
-from .._module import OpContext
-from .._registry import register
+from .._core.graph import Graph
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ._common import onnx_dtype
 
 

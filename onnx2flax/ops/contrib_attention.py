@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._module import OpContext
-from .._registry import register, schema_defaults
 from . import attention
+from .._core.registry import register, schema_defaults
+from .._pipeline.module import OpContext
 from .contrib_transformer import _MS, _dense, _dense_params
 
 

@@ -30,10 +30,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .. import _layout
-from .._module import OpContext
-from .._registry import register, schema_defaults
 from . import pool, resize
+from .._core import layout as _layout
+from .._core.registry import register, schema_defaults
+from .._pipeline.module import OpContext
 from .contrib_transformer import FUSED_CONV, fused_conv
 
 _NCHWC = "com.microsoft.nchwc"

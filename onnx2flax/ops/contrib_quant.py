@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._module import OpContext
-from .._registry import register, schema_defaults
+from .._core.registry import register, schema_defaults
+from .._pipeline.module import OpContext
 from ._common import normalize_axis
 from .attention import _split_heads, attention
 from .pool import average_pool

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _layers, _layout
-from .._module import OpContext
-from .._registry import register, schema_defaults
 from . import conv, linear, normalization
+from .._core import layout as _layout
+from .._core.registry import register, schema_defaults
+from .._pipeline import layers as _layers
+from .._pipeline.module import OpContext
 
 _MS = "com.microsoft"
 

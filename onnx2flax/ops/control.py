@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._limits import budget, how_to_raise
-from .._module import OpContext
-from .._registry import register
+from .._core.limits import budget, how_to_raise
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ..errors import ResourceLimitError, UnsupportedOpError
 from ._common import normalize_axis, subgraph
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._module import OpContext
-from .._registry import register
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ._common import auto_pads, check_window_fits, spatial_attrs
 
 

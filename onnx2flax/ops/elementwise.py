@@ -15,9 +15,9 @@ from jax import lax
 import numpy as np
 from jax.scipy.special import erf
 
-from .. import _layout
-from .._module import OpContext
-from .._registry import register
+from .._core import layout as _layout
+from .._core.registry import register
+from .._pipeline.module import OpContext
 
 
 def _unary(name, fn, since=1):

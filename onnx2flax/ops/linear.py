@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from .._module import OpContext
-from .._registry import register
+from .._core.registry import register
+from .._pipeline.module import OpContext
 
 
 def _gemm_attrs(attrs):

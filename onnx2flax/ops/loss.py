@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .._module import OpContext
-from .._registry import register
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from .activation import _log_softmax
 
 

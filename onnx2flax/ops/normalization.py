@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from .. import _layout
-from .._layers import BatchNorm
-from .._module import OpContext
-from .._registry import register
+from .._core import layout as _layout
+from .._core.registry import register
+from .._pipeline.layers import BatchNorm
+from .._pipeline.module import OpContext
 from ._common import normalize_axis
 
 

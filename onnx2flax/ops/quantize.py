@@ -16,9 +16,9 @@ import numpy as np
 from jax import lax
 from onnx import helper
 
-from .. import _layout
-from .._module import OpContext
-from .._registry import register
+from .._core import layout as _layout
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ._common import cast_to, normalize_axis, onnx_dtype
 from .conv import integer_conv
 

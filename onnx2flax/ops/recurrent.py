@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._module import OpContext
-from .._registry import register
+from .._core.registry import register
+from .._pipeline.module import OpContext
 
 # Lower-case name -> (fn(x, alpha, beta), default alpha, default beta); a default of None
 # means the function takes no such argument (it then consumes nothing from the lists).

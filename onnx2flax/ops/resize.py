@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .. import _layout
-from .._module import OpContext
-from .._registry import register
+from .._core import layout as _layout
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ._common import normalize_axis
 
 _F = np.float32

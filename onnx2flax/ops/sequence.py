@@ -8,9 +8,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .._limits import budget
-from .._module import OpContext
-from .._registry import register
+from .._core.limits import budget
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ._common import normalize_axis, subgraph
 
 

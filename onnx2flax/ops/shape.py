@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _layout
-from .._module import OpContext
-from .._registry import register
+from .._core import layout as _layout
+from .._core.registry import register
+from .._pipeline.module import OpContext
 from ._common import cast_to, normalize_axis, onnx_dtype
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .._module import OpContext
-from .._registry import register
+from .._core.registry import register
+from .._pipeline.module import OpContext
 
 DOMAIN = "ai.onnx.preview.training"
 

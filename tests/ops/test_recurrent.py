@@ -10,8 +10,8 @@ import pytest
 from onnx import helper
 
 import onnx2flax
-from onnx2flax._graph import opset_map
-from onnx2flax._registry import lookup
+from onnx2flax._core.graph import opset_map
+from onnx2flax._core.registry import lookup
 from helpers import assert_codegen_matches, check_graph, convert_and_run, make_model, run_ort
 
 F = np.float32

@@ -16,9 +16,9 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ._graph import Node, TensorSpec, numpy_dtype, opset_for
-from ._limits import budget
-from .errors import InvalidModelError, OnnxConversionError, ResourceLimitError, node_label
+from .._core.graph import Node, TensorSpec, numpy_dtype, opset_for
+from .._core.limits import budget
+from ..errors import InvalidModelError, OnnxConversionError, ResourceLimitError, node_label
 
 # Ops that must never be folded: random, with subgraphs / side channels, or misevaluated.
 _NEVER_FOLD = {
@@ -81,7 +81,7 @@ def _by_handler(node: Node, inputs: list[np.ndarray | None], opsets: dict[str, i
                 reference_error: Exception) -> list[np.ndarray]:
     """The op's own handler on ``inputs``, outputs cast to the types ONNX's type inference
     gives them (the handler may compute an int64 output as int32)."""
-    from ._module import evaluate_constant  # imports this module
+    from .module import evaluate_constant  # imports this module
 
     try:
         outputs = evaluate_constant(node, inputs, opsets)

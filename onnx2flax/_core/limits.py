@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import InvalidInputError, ResourceLimitError
+from ..errors import InvalidInputError, ResourceLimitError
 
 __all__ = ["Limits"]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 
-from ._graph import numpy_dtype
+from .._core.graph import numpy_dtype
 
 #: Payloads at least this large are left in the file; smaller ones stay inline.
 MIN_PAYLOAD = 1 << 18

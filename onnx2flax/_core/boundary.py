@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from . import _layout
-from ._graph import Graph, Node, TensorSpec
-from ._registry import lookup
-from .errors import InvalidInputError, InvalidModelError
+from . import layout as _layout
+from ..errors import InvalidInputError, InvalidModelError
+from .graph import Graph, Node, TensorSpec
+from .registry import lookup
 
 # --- layouts ----------------------------------------------------------------------------
 
@@ -41,7 +41,7 @@ def spatial_inputs(graph: Graph) -> frozenset[str]:
     reach input 0 of a channels-last op through elementwise ops (and Identity,
     QuantizeLinear / DequantizeLinear) only.
 
-    This is not the rule the trace applies (``_module._Interpreter._call`` and the
+    This is not the rule the trace applies (``_pipeline.module._Interpreter._call`` and the
     handlers), and cannot be it: an input's layout must be fixed before any trace (it is
     what ``ConvertedModel.inputs`` tells the user, and ``convert`` does not trace), while the
     trace only propagates the layouts it is given. So this predicts, without tracing,

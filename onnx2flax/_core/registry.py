@@ -38,14 +38,14 @@ import jax
 import numpy as np
 import onnx
 
-from ._graph import Graph, Node, decode_text, onnx_domain, opset_for
-from .errors import (InternalError, InvalidModelError, OnnxConversionError, ResourceLimitError,
-                     UnsupportedOpError, node_label)
+from ..errors import (InternalError, InvalidModelError, OnnxConversionError, ResourceLimitError,
+                      UnsupportedOpError, node_label)
+from .graph import Graph, Node, decode_text, onnx_domain, opset_for
 
 if TYPE_CHECKING:
     from typing import Concatenate
 
-    from ._module import OpContext
+    from .._pipeline.module import OpContext
 
     #: ``fn(ctx, *inputs) -> output | tuple of outputs``: what ``register`` takes (checked by
     #: mypy, scripts/test.sh).
@@ -109,7 +109,7 @@ def register(*op_types: str, since: int = 1, domain: str = "", layout: Layout = 
 def lookup(node: Node | Any, opsets: Mapping[str, int]) -> OpSpec | None:
     """The handler of ``node`` (a :class:`Node`, or a NodeProto for the stages that read the
     file before normalize): the newest at or below the opset of its domain in ``opsets``
-    (as :func:`~onnx2flax._graph.opset_map` gives them); ``None`` if the op is unknown."""
+    (as :func:`~onnx2flax._core.graph.opset_map` gives them); ``None`` if the op is unknown."""
     opset = opset_for(opsets, node.domain)
     best = None
     for spec in _REGISTRY.get((onnx_domain(node.domain), node.op_type), []):

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._boundary import spatial_inputs
-from ._graph import Graph, Node, is_float_weight, is_weight_dequantization
-from ._limits import Limits
-from ._load import to_device
-from ._registry import guarded, lookup
+from .._core.boundary import spatial_inputs
+from .._core.graph import Graph, Node, is_float_weight, is_weight_dequantization
+from .._core.limits import Limits
+from .._core.registry import guarded, lookup
+from .load import to_device
 
 Path = tuple[str, ...]
 
@@ -49,8 +49,8 @@ class Program:
     """Everything the Flax module needs: the graph, the layer and parameter plan.
 
     ``spatial_inputs`` are inputs taken channels-last when the module is channels-last
-    (``_boundary.spatial_inputs``).
-    ``bounds`` are the user's static bounds by node or first-output name (``_bounds``).
+    (``_core.boundary.spatial_inputs``).
+    ``bounds`` are the user's static bounds by node or first-output name (``bounds``).
     """
 
     graph: Graph
@@ -72,7 +72,7 @@ class Program:
     def variables(self, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
         """``{'params': ..., 'batch_stats': ...}`` as nested dicts of ``jax.Array``.
 
-        Each array is copied once into its device buffer (see ``_load.to_device``).
+        Each array is copied once into its device buffer (see ``load.to_device``).
         ``progress(done, total)`` is called after each array.
         """
         leaves = [("params", layer.path + (leaf,), value)
@@ -148,7 +148,7 @@ def _layer_path(node: Node, weight_name: str) -> Path:
 
 def plan(graph: Graph, bounds: dict[str, int] | None = None) -> Program:
     """Plan layers, free parameters and spatial inputs for ``graph``; ``bounds`` are kept
-    for the handlers (checked by ``_bounds.check_bounds``)."""
+    for the handlers (checked by ``bounds.check_bounds``)."""
     names = _Names()
     layers: dict[Node, LayerPlan] = {}
     consumed: set[tuple[int, int]] = set()

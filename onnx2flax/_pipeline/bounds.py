@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from ._graph import Graph, Node
-from ._registry import lookup
-from .errors import InvalidInputError
+from .._core.graph import Graph, Node
+from .._core.registry import lookup
+from ..errors import InvalidInputError
 
 Bounds = Mapping[str, int]
 

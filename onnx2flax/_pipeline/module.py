@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _boundary, _layout, _limits
-from ._fold import fold, foldable
-from ._graph import Graph, Node
-from ._plan import LayerPlan, Program
-from ._registry import OpSpec, guarded, lookup
-from .errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
+from .._core import boundary as _boundary, layout as _layout, limits as _limits
+from .._core.graph import Graph, Node
+from .._core.registry import OpSpec, guarded, lookup
+from ..errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
+from .fold import fold, foldable
+from .plan import LayerPlan, Program
 
 _REQUIRED = object()
 

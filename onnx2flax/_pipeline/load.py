@@ -18,10 +18,10 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from . import _wire
-from ._graph import numpy_dtype
-from ._limits import budget
-from .errors import InvalidModelError
+from . import wire as _wire
+from .._core.graph import numpy_dtype
+from .._core.limits import budget
+from ..errors import InvalidModelError
 
 #: Bits per element of the element types ONNX packs several to a byte (low bits first).
 _PACKED_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,

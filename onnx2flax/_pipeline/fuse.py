@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ._graph import Graph, Node
+from .._core.graph import Graph, Node
 
 _PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 

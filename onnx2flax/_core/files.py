@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import OutputExistsError, UnsafePathError
+from ..errors import OutputExistsError, UnsafePathError
 
 __all__ = ["OutputExistsError", "UnsafePathError", "output_dir", "write_file"]
 

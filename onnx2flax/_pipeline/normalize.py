@@ -18,16 +18,16 @@ import onnx
 import onnx.inliner
 from onnx import helper
 
-from . import ops  # noqa: F401  (registers the handlers, whose defaults fill node.attrs)
-from ._fold import fold, foldable
-from ._graph import (Graph, Node, TensorSpec, decode_text, is_float_weight,
-                     is_weight_dequantization, node_name, numpy_dtype, onnx_domain, opset_for,
-                     opset_map)
-from ._inputs import apply_given
-from ._limits import budget
-from ._load import tensor_to_array
-from ._registry import lookup, schema_defaults
-from .errors import InvalidModelError, UnsupportedOpError, node_label
+from .. import ops  # noqa: F401  (registers the handlers, whose defaults fill node.attrs)
+from .._core.graph import (Graph, Node, TensorSpec, decode_text, is_float_weight,
+                           is_weight_dequantization, node_name, numpy_dtype, onnx_domain,
+                           opset_for, opset_map)
+from .._core.limits import budget
+from .._core.registry import lookup, schema_defaults
+from ..errors import InvalidModelError, UnsupportedOpError, node_label
+from .fold import fold, foldable
+from .inputs import apply_given
+from .load import tensor_to_array
 
 #: Newest default-domain opset the converter knows; newer models are refused.
 _MAX_OPSET = onnx.defs.onnx_opset_version()

@@ -41,7 +41,7 @@ def reporter(progress: bool | Progress | None, proto: onnx.ModelProto) -> Progre
 def _is_large(proto: onnx.ModelProto) -> bool:
     """Read from the loaded file, not from the decoded graph: the first report ("load")
     comes before normalize, so whether to report is decided before the graph is decoded."""
-    from ._graph import numpy_dtype  # imports onnx: not at the CLI's start
+    from .graph import numpy_dtype  # imports onnx: not at the CLI's start
 
     graph = proto.graph
     if len(graph.node) >= AUTO_NODES:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
-from .errors import InvalidModelError
+from ..errors import InvalidModelError
 
 Dim = int | str | None
 
@@ -58,7 +58,7 @@ def numpy_dtype(elem_type: Any, what: str | None = None) -> np.dtype | None:
 
 def is_float_weight(value: np.ndarray | None) -> bool:
     """A float tensor known at conversion time, other than a scalar: what becomes a param
-    (``_plan`` keeps those needed only at conversion time, shape-like inputs and the
+    (``_pipeline.plan`` keeps those needed only at conversion time, shape-like inputs and the
     arithmetic computing them, constants)."""
     return value is not None and value.dtype.kind == "f" and value.size > 1
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ._graph import Graph, Node, TensorSpec
-from ._boundary import check_feed
-from ._registry import lookup
-from .errors import InvalidInputError
+from .._core.boundary import check_feed
+from .._core.graph import Graph, Node, TensorSpec
+from .._core.registry import lookup
+from ..errors import InvalidInputError
 
 #: Specializations (one conversion and compilation each) a converted model keeps; the least
 #: recently used one is dropped beyond this.
