@@ -99,6 +99,7 @@ def measure_convert_memory(path: Path) -> dict:
     code = (
         "import json, sys, jax, onnx2flax\n"
         "jax.numpy.zeros(1).block_until_ready()\n"
+        "onnx2flax.convert  # the package imports lazily (PEP 562): import it first, as jax\n"
         "def status(key):\n"
         "    line = [l for l in open('/proc/self/status') if l.startswith(key)][0]\n"
         "    return int(line.split()[1]) * 1024\n"
