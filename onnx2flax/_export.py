@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,6 +94,9 @@ def export(torch_module: Any, args: Sequence[Any] | Any, path: str | os.PathLike
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(_quiet_logger("torch.onnx"))
             stack.enter_context(_quiet_logger("torch.export"))
+            # torch's own deprecations inside the exporter (pytree's LeafSpec), not the user's
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore", FutureWarning)
         try:
             torch.onnx.export(torch_module, args, os.fspath(path), **kwargs)
         except Exception as exc:  # noqa: BLE001  (torch's exporter raises many kinds)
