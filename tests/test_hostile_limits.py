@@ -154,7 +154,7 @@ def test_run_refuses_feeds_that_are_not_numeric_arrays():
 
 def test_the_error_classifier_describes_sequences():
     from onnx2flax._core.graph import Node
-    from onnx2flax._core.registry import handler_error
+    from onnx2flax._core.guard import handler_error
 
     error = handler_error(ValueError("boom"), Node("n", "ConcatFromSequence", "", ["s"], ["y"]),
                           [[np.ones(3), np.ones(2)]])

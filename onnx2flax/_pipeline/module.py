@@ -19,7 +19,8 @@ import numpy as np
 
 from .._core import boundary as _boundary, layout as _layout, limits as _limits
 from .._core.graph import Graph, Node
-from .._core.registry import OpSpec, guarded, lookup
+from .._core.guard import guarded
+from .._core.registry import OpSpec, lookup
 from ..errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
 from .fold import fold, foldable
 from .plan import LayerPlan, Program

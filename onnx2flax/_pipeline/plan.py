@@ -19,7 +19,8 @@ import numpy as np
 from .._core.boundary import spatial_inputs
 from .._core.graph import Graph, Node, is_float_weight, is_weight_dequantization
 from .._core.limits import Limits
-from .._core.registry import guarded, lookup
+from .._core.guard import guarded
+from .._core.registry import lookup
 from .load import to_device
 
 Path = tuple[str, ...]
