@@ -23,10 +23,12 @@ from .._core.graph import numpy_dtype
 from .._core.limits import budget
 from ..errors import InvalidModelError
 
-#: Bits per element of the element types ONNX packs several to a byte (low bits first).
-_PACKED_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
-                onnx.TensorProto.FLOAT4E2M1: 4, onnx.TensorProto.INT2: 2,
-                onnx.TensorProto.UINT2: 2}
+#: Bits per element of the element types ONNX packs several to a byte (low bits first);
+#: those the installed onnx knows (INT2 / UINT2 came in onnx 1.20, the minimum is 1.19).
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits
+                for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2),
+                                   ("UINT2", 2))
+                if hasattr(onnx.TensorProto, name)}
 
 ModelLike = str | os.PathLike | bytes | onnx.ModelProto
 
