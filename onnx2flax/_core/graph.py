@@ -161,6 +161,17 @@ class Graph:
         """The opset of ``node``'s domain."""
         return opset_for(self.opsets, node.domain)
 
+    def read_counts(self) -> dict[str, int]:
+        """How many times each value is read: by this graph's nodes (their subgraphs' reads
+        of this graph included) and as a graph output."""
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            for name in node.reads():
+                counts[name] = counts.get(name, 0) + 1
+        for spec in self.outputs:
+            counts[spec.name] = counts.get(spec.name, 0) + 1
+        return counts
+
     def walk(self) -> Iterator[tuple[Node, Graph]]:
         """``(node, graph holding it)`` for every node, subgraphs included: each node
         followed by the nodes of its subgraphs (depth first, in graph order)."""

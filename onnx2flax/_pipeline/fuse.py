@@ -42,12 +42,7 @@ def drop_exporter_zero_biases(graph: Graph) -> None:
 def fold_batchnorm(graph: Graph) -> int:
     """Rewrite ``graph`` in place; returns how many BatchNormalization nodes were folded."""
     producer = {out: node for node in graph.nodes for out in node.outputs if out}
-    readers: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.reads():
-            readers[name] = readers.get(name, 0) + 1
-    for out in graph.outputs:
-        readers[out.name] = readers.get(out.name, 0) + 1
+    readers = graph.read_counts()
 
     fused: dict[Node, Node] = {}  # producer -> producer with the BatchNormalization folded in
     dropped: set[Node] = set()

@@ -192,13 +192,8 @@ def _conversion_time(graph: Graph) -> set[str]:
     position, or by a node all of whose used outputs are such values (transitively, so a
     shape computed through Cast / Max / Where stays foldable). One reverse walk; graph
     outputs and subgraph (If/Loop/Scan) reads are uses that are not."""
-    uses: dict[str, int] = {}
+    uses = graph.read_counts()
     static_uses: dict[str, int] = {}
-    for node in graph.nodes:
-        for name in node.reads():
-            uses[name] = uses.get(name, 0) + 1
-    for spec in graph.outputs:
-        uses[spec.name] = uses.get(spec.name, 0) + 1
     for node in reversed(graph.nodes):
         used = [o for o in node.outputs if o and uses.get(o)]
         if used and all(static_uses.get(o, 0) == uses[o] for o in used):
