@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import InvalidInputError, ResourceLimitError
 
 __all__ = ["Limits"]
@@ -116,8 +118,10 @@ class Budget:
         return value + 2 * self.stored_bytes if name == "folded_bytes" else value
 
     def check_tensor(self, nbytes: float, where: str, shape=None) -> None:
+        if nbytes <= self.allowed("tensor_bytes"):
+            return
         what = "the tensor's size in bytes" if shape is None \
-            else f"the size in bytes of a tensor of shape [{', '.join(_show(d) for d in shape)}]"
+            else f"the size in bytes of a tensor of shape [{', '.join(map(_show, shape))}]"
         self.check("tensor_bytes", nbytes, where, what)
 
     def charge_folded(self, nbytes: float, where: str, shape=None) -> None:
@@ -173,7 +177,9 @@ def how_to_raise(name: str) -> str:
             f"line's --limit {name}=... if the model is trusted")
 
 
-def _show(value: float) -> str:
+def _show(value) -> str:
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)  # a symbolic dim
     return f"{int(value):,}" if value < 1e18 else f"{float(value):.3g}"
 
 

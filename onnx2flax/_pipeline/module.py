@@ -17,11 +17,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._core import boundary as _boundary, layout as _layout, limits as _limits
+from .._core import boundary as _boundary
+from .._core import dims as _dims
+from .._core import layout as _layout
+from .._core import limits as _limits
 from .._core.graph import Graph, Node
 from .._core.guard import guarded
 from .._core.registry import OpSpec, lookup
-from ..errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
+from ..errors import (
+    InvalidInputError,
+    InvalidModelError,
+    UnsupportedOpError,
+    node_label,
+)
+from .dims_fold import fold_dims
+from .dims_fold import handles as _dims_fold_handles
 from .fold import fold, foldable
 from .plan import LayerPlan, Program
 
@@ -201,14 +211,19 @@ class _Interpreter:
             raise InvalidModelError(f"{node_label(node.name, node.op_type)}: input {k} "
                                     f"({node.inputs[k]!r}) is a sequence; the op takes tensors")
         is_layer = self.top and node in self.program.layers
-        if (not is_layer and foldable(node) and arrays  # absent inputs only, not empty optionals
-                and all(isinstance(a, np.ndarray) or not name
-                        for a, name in zip(arrays, node.inputs))):
-            outs = fold(node, arrays, graph.opsets)
+        known = (not is_layer and arrays  # absent inputs only, not empty optionals
+                 and all(isinstance(a, np.ndarray) or not name
+                         for a, name in zip(arrays, node.inputs)))
+        symbolic = any(_dims.is_symbolic(a) for a in arrays)
+        if known and (_dims_fold_handles(node) if symbolic else foldable(node)):
+            outs = (fold_dims(node, arrays, graph.opset_of(node)) if symbolic
+                    else fold(node, arrays, graph.opsets))
             for name, value in zip(node.outputs, outs):
                 if name:
                     env.values[name] = (value, _layout.identity(value.ndim))
             return
+        if symbolic:
+            held = _dims_as_values(held, spec.static_inputs)
         outs, perms = self._call(spec, node, held)
         if len(outs) < len([o for o in node.outputs if o]):
             raise InvalidModelError(f"{node_label(node.name, node.op_type)} produced "
@@ -244,7 +259,7 @@ class _Interpreter:
                 self.budget.check_sequence(len(out), node_label(node.name, node.op_type))
             elif out is not None:
                 itemsize = np.dtype(getattr(out, "dtype", float)).itemsize
-                self.budget.check_tensor(np.size(out) * itemsize,
+                self.budget.check_tensor(_dims.concrete_size(np.shape(out)) * itemsize,
                                          node_label(node.name, node.op_type), np.shape(out))
         if ctx.out_perms is not None:
             out_perms = list(ctx.out_perms)
@@ -273,6 +288,14 @@ class _Interpreter:
             self.record = outer_record
 
     _current_env: _Env | None = None
+
+
+def _dims_as_values(held: list, static: tuple[int, ...]) -> list:
+    """Shape values holding symbolic dims that a handler takes as data (not as a static
+    shape, axes...): traced int64 arrays computed from the dims."""
+    return [(_dims.as_values(a), p)
+            if _dims.is_symbolic(a) and k not in static else (a, p)
+            for k, (a, p) in enumerate(held)]
 
 
 def _layout_of(value) -> _layout.Perm | None:

@@ -28,6 +28,7 @@ and names appear only inside comments and string literals, written with ``repr``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +38,8 @@ import numpy as np
 from flax import serialization
 
 from .._core.files import output_dir, write_file
-from ..converter import ConvertedModel, _placeholder_hint
-from ..errors import CodegenError
+from ..converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint
+from ..errors import CodegenError, OnnxConversionError
 from ._driver import Generator as _Generator
 from ._source import MODEL_FILE, WEIGHTS_FILE
 
@@ -87,5 +88,31 @@ def save(converted: ConvertedModel, out_dir, *, force: bool = False,
 
 def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
     linen = getattr(converted, "linen", converted)  # an NnxConvertedModel
-    with _placeholder_hint(linen.inputs if inputs is None else [], linen.specialized_inputs):
+    with _placeholder_hint([], linen.specialized_inputs), \
+            _symbolic_hint(linen.inputs if inputs is None else []):
         return _Generator(converted, inputs, api)
+
+
+@contextlib.contextmanager
+def _symbolic_hint(inputs: list[TensorSpec]):
+    """Generating with the inputs' unknown dims symbolic: an onnx2flax error raised inside
+    says which dims were symbolic and how to fix their sizes instead."""
+    try:
+        yield
+    except OnnxConversionError as exc:
+        unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
+                   for s in inputs}
+        unknown = {n: dims for n, dims in unknown.items() if dims}
+        if unknown and exc.args and isinstance(exc.args[0], str):
+            spec = {s.name: s for s in inputs}
+            where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
+                              + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
+                              for n, d in unknown.items())
+            flags = " ".join(f"--input-shape {n}={_dims_example(spec[n])}" for n in unknown)
+            exc.args = (f"{exc.args[0]}\n(generated with the sizes the ONNX file leaves open "
+                        f"read from the inputs at run time: {where}; if the model needs "
+                        "them fixed, fix them: onnx2flax.convert(model, input_shapes=...) or "
+                        f"`onnx2flax convert MODEL -o DIR {flags}`, each <...> filled in; "
+                        "or generate(converted, inputs=[jax.ShapeDtypeStruct(shape, dtype), "
+                        "...]) in the module's layout)", *exc.args[1:])
+        raise

@@ -8,7 +8,9 @@ node's outputs. The layer is written as the same Flax layer, at its path of the 
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,8 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import export
 
-from .._core import boundary as _boundary, layout as _layout
+from .._core import boundary as _boundary
+from .._core import layout as _layout
+from .._core.dims import as_values, is_symbolic
 from .._pipeline import layers as _layers
 from .._pipeline.module import _Env, _Interpreter
 from ..converter import ConvertedModel
@@ -26,6 +31,15 @@ from ..errors import CodegenError, node_label
 from ._emit import JaxprWriter
 from ._literals import Names, dtype_text, literal, node_text, shape_text
 from ._source import module_source
+
+#: Names the source uses for itself: input dims (named without a prefix) must not take them.
+_RESERVED = frozenset(dir(builtins)) | {
+    "jax", "jnp", "np", "nn", "nnx", "lax", "serialization", "annotations", "Scope",
+    "Model", "self", "train", "weight_tree", "load_variables", "load_model",
+    "floordiv", "mod", "non_negative"}  # and what JAX prints in symbolic dims
+
+#: A ``dim_param`` that is a linear expression ``a*s + b`` of one symbol.
+_LINEAR = re.compile(r"\s*(?:(\d+)\s*\*\s*)?([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\s*")
 
 #: Attribute names the NNX model's top-level weights must not take: ``nnx.Module``'s own.
 _NNX_RESERVED = frozenset(dir(nnx.Module)) | {"rngs"}
@@ -64,13 +78,14 @@ class Generator(JaxprWriter, _Interpreter):
         JaxprWriter.__init__(self)
         _Interpreter.__init__(self, _NoModule(), converted._program, train=False)
         self.api = api
-        self.ids = Names()
+        self.ids = Names(_RESERVED)
         self.scopes: dict[str, str] = {}      # linen: top-level name -> its Scope variable
         self.classes: list[type] = []
         self.variables = converted.variables  # the weight tree, as converted
         self._recording: list[_Recorded] | None = None
         self._layer_value: Any = None
         self._train_read = False
+        self._reads: dict[str, dict[int, tuple[str, int, int]]] = {}  # input -> ONNX axis
         self._rngs: list[str] | None = None     # rng names a train-mode trace asked for
         self._keys: list[Any] | None = None     # and the keys it gets, in that order
         if api == "nnx":
@@ -90,11 +105,12 @@ class Generator(JaxprWriter, _Interpreter):
                 + ", ".join(f"{s.name!r} ({s.kind})" for s in boundary)
                 + ". Sequences inside the graph are supported.")
         if inputs is None:
-            inputs = [jax.ShapeDtypeStruct(_boundary.module_shape(s), s.dtype)
-                      for s in converted.inputs]
+            inputs = self._symbolic_inputs(converted.inputs)
+        self.input_shapes = [tuple(np.shape(v)) for v in inputs]
         args = []
         env = _Env(graph.constants)
         self._current_env = env
+        read: set[str] = set()
         for spec, value in zip(converted.inputs, inputs):
             name = self.ids.take(spec.name, "x_")
             args.append(name)
@@ -102,6 +118,7 @@ class Generator(JaxprWriter, _Interpreter):
             perm = _boundary.held_perm(spec, value.ndim)
             self._line(f"# input {ascii(spec.name)}: {shape_text(value)}"
                        f"{' channels-last' if spec.channels_last else ''}")
+            self._read_dims(spec, name, read)
             env.values[spec.name] = (value, perm)
         for name, path in self.program.free_params.items():
             value = graph.constants[name]
@@ -118,12 +135,68 @@ class Generator(JaxprWriter, _Interpreter):
         outs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
-            outs.append(self._emit_fn(lambda v, p=perm: _boundary.module_output(v, p, converted.channels_last),
-                                      [value], [f"out_{len(outs)}"], f"output {ascii(spec.name)}"))
+            name, what = f"out_{len(outs)}", f"output {ascii(spec.name)}"
+            if is_symbolic(value):  # a shape holding run-time sizes, as an array
+                outs.append(self._emit_fn(lambda v=value: as_values(v), [], [name], what))
+                continue
+            outs.append(self._emit_fn(
+                lambda v, p=perm: _boundary.module_output(v, p, converted.channels_last),
+                [value], [name], what))
         names = [self._name_of(o) for o in outs]
         result = names[0] if len(names) == 1 else "(" + ", ".join(names) + ",)"
         self._line(f"return {result}")
         self.source = module_source(self, converted, args)
+
+    def _symbolic_inputs(self, specs) -> list[jax.ShapeDtypeStruct]:
+        """Stand-ins for the inputs in the module's layout, their unknown dims symbolic:
+        one symbol per ``dim_param`` (shared by the inputs naming it), one per unnamed dim,
+        each named as the source's variable that reads it (``batch = x.shape[0]``). A
+        ``dim_param`` of the form ``a*s + b`` (torch's ``2*h``) is that expression of
+        symbol ``s``, read as ``s = (x.shape[i] - b) // a``."""
+        keys: dict[Any, tuple[str, int, int]] = {}  # dim -> (symbol's name, a, b)
+        for spec in specs:
+            for axis, d in enumerate(spec.shape or ()):
+                key = d if isinstance(d, str) and d else (spec.name, axis)
+                if isinstance(d, int) or key in keys:
+                    continue
+                linear = _LINEAR.fullmatch(d) if key is d else None
+                if linear:
+                    a, name, sign, b = linear.groups()
+                    keys[key] = (name, int(a or 1), int(b or 0) * (-1 if sign == "-" else 1))
+                else:
+                    keys[key] = (d if key is d else f"{spec.name}_dim{axis}", 1, 0)
+        names: dict[str, str] = {}  # as in the file -> as in the source
+        for name, _, _ in keys.values():
+            if name not in names:
+                safe = "d_" + name if re.fullmatch(r"(t|C|fnt)[0-9]+", name) else name
+                names[name] = self.ids.take(safe, "")  # not a temporary's name
+        symbols = dict(zip(names, export.symbolic_shape(", ".join(names.values())))) \
+            if names else {}
+        self.dims = {str(d): d for d in symbols.values()}
+        stand_ins = []
+        for spec in specs:
+            shape = []
+            for axis, d in enumerate(spec.shape or ()):
+                if isinstance(d, int):
+                    shape.append(d)
+                    continue
+                name, a, b = keys[d if isinstance(d, str) and d else (spec.name, axis)]
+                shape.append(a * symbols[name] + b)
+                self._reads.setdefault(spec.name, {})[axis] = (names[name], a, b)
+            perm = _boundary.held_perm(spec, len(shape))
+            stand_ins.append(jax.ShapeDtypeStruct(tuple(shape[i] for i in perm), spec.dtype))
+        return stand_ins
+
+    def _read_dims(self, spec, var: str, read: set[str]) -> None:
+        """Lines reading input ``spec``'s symbolic dims (not read before) from ``var``."""
+        perm = _boundary.held_perm(spec, len(spec.shape or ()))
+        for axis, (name, a, b) in sorted(self._reads.get(spec.name, {}).items()):
+            if name in read:
+                continue
+            read.add(name)
+            size = f"{var}.shape[{perm.index(axis)}]"
+            size = f"({size} - {b})" if b > 0 else f"({size} + {-b})" if b < 0 else size
+            self._line(f"{name} = {size.strip('()') if a == 1 else f'{size} // {a}'}")
 
     def _in_scope(self, prefix: tuple[str, ...], make: Callable[[str], str]) -> str:
         """Linen: the expression ``make(module)`` evaluated at ``prefix`` of the weight tree

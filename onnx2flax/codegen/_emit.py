@@ -36,6 +36,7 @@ class JaxprWriter:
         self.var_names: dict[int, str] = {}   # id(stand-in array) -> variable holding it
         self.keep: list[Any] = []             # stand-ins stay alive while their id is used
         self._spelled: dict[tuple, int | None] = {}  # equation's signature -> candidate
+        self.dims: dict[str, Any] = {}        # variable -> the symbolic input dim it holds
         self._temp = 0
 
     def _emit_fn(self, fn, values, out_names, what):
@@ -81,6 +82,9 @@ class JaxprWriter:
                     value = lax.convert_element_type(self._constant(ins[0], eqn.invars[0]),
                                                      eqn.params["new_dtype"])
                 outs = [self._const(np.asarray(value))]
+            elif prim == "dim_as_value":  # a size known at run time, as an array
+                outs = self._assign(f"{dtype_text(eqn.outvars[0].aval.dtype)}"
+                                    f"({literal(eqn.params['dim'])})", 1, False)
             elif prim in ("cond", "while", "scan"):
                 outs = getattr(self, f"_emit_{prim}")(eqn.params, ins, what)
             elif expr is not None:  # a public function returning its results as they are
@@ -110,7 +114,7 @@ class JaxprWriter:
         if key not in self._spelled:
             self._spelled[key] = next(
                 (k for k, expr in enumerate(found)
-                 if same_operation(expr, eqn, ins, self.const_values)), None)
+                 if same_operation(expr, eqn, ins, self.const_values, self.dims)), None)
         k = self._spelled[key]
         if k is not None:
             return found[k]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
 from collections.abc import Sequence
@@ -9,6 +10,8 @@ from enum import Enum
 
 import numpy as np
 from jax import lax
+
+from .._core.dims import is_dim
 
 
 class Names:
@@ -89,6 +92,8 @@ def literal(value) -> str:
         raise TypeError(f"enum {type(value).__qualname__} is not in jax.lax")
     if value is None or isinstance(value, (bool, int, str)):
         return repr(value)
+    if is_dim(value):
+        return dim_text(value)
     if isinstance(value, float):
         return repr(value) if np.isfinite(value) else f"float({repr(value)!r})"
     if isinstance(value, complex):
@@ -111,3 +116,24 @@ def literal(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(literal(v) for v in value) + "]"
     raise TypeError(f"cannot write a {type(value).__qualname__} as source")
+
+
+class _DimSyntax(ast.NodeTransformer):
+    """``floordiv(a, b)`` / ``mod(a, b)`` (how JAX prints symbolic dims) as ``a // b`` /
+    ``a % b``; any other function of dims has no plain-Python form here."""
+
+    _OPS = {"floordiv": ast.FloorDiv, "mod": ast.Mod}
+
+    def visit_Call(self, node: ast.Call):
+        self.generic_visit(node)
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name in self._OPS and len(node.args) == 2 and not node.keywords:
+            return ast.BinOp(node.args[0], self._OPS[name](), node.args[1])
+        raise TypeError(f"the size {ast.unparse(node)} (a {name} of sizes known only at run "
+                        "time) cannot be written as source")
+
+
+def dim_text(dim) -> str:
+    """Python source for a symbolic dim, on the variables holding the input dims:
+    ``batch // 2 + 1``."""
+    return ast.unparse(_DimSyntax().visit(ast.parse(str(dim), mode="eval")))

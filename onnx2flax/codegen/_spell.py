@@ -33,7 +33,7 @@ NAMESPACE = {"jax": jax, "jnp": jnp, "lax": lax, "nn": nn, "np": np, "float": fl
              "complex": complex}
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.Pow: operator.pow, ast.MatMult: operator.matmul,
+           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.MatMult: operator.matmul,
            ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
@@ -76,7 +76,7 @@ def candidates(eqn, ins: list[str]) -> list[str]:
         fn = params["name"].lstrip("_")
         if callable(getattr(jax.random, fn, None)) and len(eqn.outvars) == 1:
             shape = tuple(eqn.outvars[0].aval.shape)
-            found.append(f"jax.random.{fn}({', '.join(ins)}, shape={shape!r})")
+            found.append(f"jax.random.{fn}({', '.join(ins)}, shape={literal(shape)})")
     return found
 
 
@@ -140,7 +140,7 @@ def _arg(params, ins, eqn):
 def _reshape(params, ins, eqn):
     if params.get("dimensions") is not None:
         return []
-    sizes = ", ".join(str(d) for d in params["new_sizes"])
+    sizes = ", ".join(literal(d) for d in params["new_sizes"])
     return [f"{ins[0]}.reshape({sizes})"]
 
 
@@ -190,7 +190,7 @@ def _dynamic_update_slice(params, ins, eqn):
 
 def _iota(params, ins, eqn):
     dtype, shape = dtype_text(params["dtype"]), tuple(params["shape"])
-    found = [f"jnp.arange({shape[0]}, dtype={dtype})"] if len(shape) == 1 else []
+    found = [f"jnp.arange({literal(shape[0])}, dtype={dtype})"] if len(shape) == 1 else []
     return found + [f"lax.broadcasted_iota({dtype}, {literal(shape)}, {params['dimension']})"]
 
 
@@ -254,8 +254,10 @@ def live(jaxpr) -> list:
     return found[::-1]
 
 
-def same_operation(expr: str, eqn, ins: list[str], constants: dict[str, np.ndarray]) -> bool:
-    """Whether ``expr`` (source on ``ins``; names in ``constants`` are module constants)
+def same_operation(expr: str, eqn, ins: list[str], constants: dict[str, np.ndarray],
+                   dims: dict) -> bool:
+    """Whether ``expr`` (source on ``ins``; names in ``constants`` are module constants,
+    names in ``dims`` the symbolic input dims)
     traces to exactly ``eqn``: one equation of the same primitive and parameters, on the
     same operands, giving its results with their shapes and dtypes."""
     names = list(dict.fromkeys(t for t in ins if t.isidentifier() and t not in constants))
@@ -263,7 +265,7 @@ def same_operation(expr: str, eqn, ins: list[str], constants: dict[str, np.ndarr
     for text, var in zip(ins, eqn.invars):
         if text in names:
             avals[text] = var.aval
-    scope = {**NAMESPACE, **constants}
+    scope = {**NAMESPACE, **constants, **dims}
     try:
         expected = [("arg", names.index(t)) if t in names else
                     ("const", np.asarray(evaluate(t, scope), dtype=v.aval.dtype))

@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from .._core import layout as _layout
+from .._core.dims import is_dim
 from .._core.registry import register
 from .._pipeline.module import OpContext
 from ._common import normalize_axis
@@ -163,6 +164,39 @@ def _resize_axis(o: _Options, x, axis: int, n_out: int, scale: float, roi, exact
     return y
 
 
+#: Coordinate modes that map output to input positions independently of the axis' size
+#: (given the scale).
+_SIZE_FREE = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "asymmetric",
+              "tf_half_pixel_for_nn")
+
+
+def _symbolic_size(ctx: OpContext, n_in, scale):
+    """The output size of an axis of symbolic size ``n_in`` (generated source): an integer
+    ``scale`` multiplies it; any other has no exact form."""
+    if float(scale).is_integer():
+        return n_in * int(scale)
+    raise ctx.fail(f"resizing an axis of size {n_in} (known only at run time) by {scale}: "
+                   "only integer scales are supported on such axes")
+
+
+def _repeat_axis(ctx: OpContext, o: _Options, x, axis: int, factor: int):
+    """Upsampling an axis of symbolic size by an integer ``factor``, as a broadcast and
+    reshape: nearest modes whose coordinates do not depend on the axis' size and that
+    repeat each element ``factor`` times (checked on a concrete size)."""
+    for n in (5, 6):
+        idx = _nearest_index(o, _source_coords(o, n, n * factor, _F(factor), None, False),
+                             False) if o.mode == "nearest" and o.coord in _SIZE_FREE else None
+        if idx is None or not np.array_equal(np.clip(idx, 0, n - 1).reshape(-1),
+                                             np.repeat(np.arange(n), factor)):
+            raise ctx.fail(f"{o.mode} resizing (coordinate_transformation_mode {o.coord!r}) of "
+                           f"an axis of size {x.shape[axis]} known only at run time: only "
+                           "nearest upsampling by an integer factor that repeats elements "
+                           "is supported on such axes")
+    y = jnp.expand_dims(x, axis + 1)
+    y = jnp.broadcast_to(y, y.shape[:axis + 1] + (factor,) + y.shape[axis + 2:])
+    return jnp.reshape(y, x.shape[:axis] + (x.shape[axis] * factor,) + x.shape[axis + 1:])
+
+
 def _resize(ctx: OpContext, x, o: _Options, scales, sizes, roi, axes):
     """Resize held ``x`` over ONNX ``axes`` (all by default) to ``sizes`` or by ``scales``."""
     integer = o.mode != "nearest" and not jnp.issubdtype(x.dtype, jnp.floating)
@@ -185,8 +219,12 @@ def _resize(ctx: OpContext, x, o: _Options, scales, sizes, roi, axes):
         if any(s <= 0 for s in scales):
             raise ctx.invalid(f"scales {list(scales)} must be positive")
         # The roi does not enter the output size (as in onnxruntime and ONNX's reference).
-        sizes = [int(np.floor(_F(n) * s)) for n, s in zip(in_sizes, scales)]
+        sizes = [_symbolic_size(ctx, n, s) if is_dim(n) else int(np.floor(_F(n) * s))
+                 for n, s in zip(in_sizes, scales)]
     else:
+        if any(is_dim(n) for n in in_sizes):
+            raise ctx.fail(f"resizing axes of sizes {in_sizes} (known only at run time) to "
+                           "given sizes: give scales, or fixed input sizes")
         sizes = [int(s) for s in sizes]
         policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
         scales_from_sizes = policy == "stretch"
@@ -210,6 +248,9 @@ def _resize(ctx: OpContext, x, o: _Options, scales, sizes, roi, axes):
         axis_roi = None if roi is None else (roi[i], roi[len(axes) + i])
         if n_out == n_in and scale == 1 and o.coord != "tf_crop_and_resize":
             continue  # identity along this axis
+        if is_dim(n_in):
+            x = _repeat_axis(ctx, o, x, _layout.axis_in(perm, axis), int(scale))
+            continue
         x = _resize_axis(o, x, _layout.axis_in(perm, axis), n_out, float(scale), axis_roi,
                          exact=scales_from_sizes)
     if integer:

@@ -9,10 +9,13 @@ Layout-aware data movement lives in ``movement.py``."""
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 
 from .._core import layout as _layout
+from .._core.dims import as_dim, index_dtype, is_dim, is_symbolic, shape_array
 from .._core.registry import register
 from .._pipeline.module import OpContext
 from ._common import cast_to, normalize_axis, onnx_dtype
@@ -26,28 +29,28 @@ def shape(ctx: OpContext, x):
     onnx_dims = [dims[perm.index(i)] for i in range(len(dims))]
     start = int(ctx.attr("start", 0))
     end = ctx.attr("end", None)
-    return np.asarray(onnx_dims[start:None if end is None else int(end)], np.int64)
+    return shape_array(onnx_dims[start:None if end is None else int(end)])
 
 
 @register("Size", layout="custom")
 def size(ctx: OpContext, x):
-    return np.asarray(np.size(x), np.int64)
+    return shape_array([np.size(x)]).reshape(())
 
 
 def _reshape_target(ctx: OpContext, dims, target, allowzero):
     """The output shape of reshaping ONNX-order ``dims`` to ``target`` (0s and -1 resolved)."""
-    target = [int(v) for v in target]
-    dims, size = list(dims), int(np.prod(dims))
+    target = [as_dim(v) for v in target]  # ints, or symbolic dims (generated source)
+    dims, size = list(dims), math.prod(dims)
     if not allowzero:
         target = [dims[i] if v == 0 and i < len(dims) else v for i, v in enumerate(target)]
     if target.count(-1) > 1:
         raise ctx.invalid(f"shape {target} has more than one -1")
-    known = int(np.prod([v for v in target if v != -1]))
+    known = math.prod(v for v in target if is_dim(v) or v != -1)
     if -1 in target:
-        if known == 0 or size % known:
+        if known == 0 or size % known != 0:
             raise ctx.invalid(f"cannot reshape {dims} to {target}")
         target[target.index(-1)] = size // known
-    if int(np.prod(target)) != size or any(v < 0 for v in target):
+    if math.prod(target) != size or any(v < 0 for v in target):
         raise ctx.invalid(f"cannot reshape {dims} ({size} elements) to {target}")
     return target
 
@@ -108,9 +111,9 @@ def cast_like(ctx: OpContext, x, target):
 @register("Expand", since=8, static_inputs=(1,))
 def expand(ctx: OpContext, x, shape):
     """Numpy-style two-way broadcast of ``x`` with ``shape`` (a dim of 1 keeps ``x``'s)."""
-    shape = [int(d) for d in ctx.static(shape, "shape").reshape(-1)]
-    try:
-        out = np.broadcast_shapes(np.shape(x), tuple(shape))
+    shape = [as_dim(d) for d in ctx.static(shape, "shape").reshape(-1)]
+    try:  # jnp's: it also broadcasts symbolic dims (generated source)
+        out = jnp.broadcast_shapes(np.shape(x), tuple(shape))
     except ValueError:
         raise ctx.invalid(f"cannot broadcast {list(np.shape(x))} with {shape}") from None
     return jnp.broadcast_to(x, out)
@@ -137,11 +140,12 @@ def tile(ctx: OpContext, x, repeats):
 def constant_of_shape(ctx: OpContext, shape):
     """A tensor of ``shape`` filled with ``value`` (a 1-element tensor; float32 0 default).
     Normally folded at conversion time; reached only when the shape is not static."""
-    shape = [int(d) for d in ctx.static(shape, "shape").reshape(-1)]
+    shape = [as_dim(d) for d in ctx.static(shape, "shape").reshape(-1)]
     value = np.asarray(ctx.attr("value", np.zeros(1, np.float32)))
     if value.size != 1 or any(d < 0 for d in shape):
         raise ctx.invalid(f"value must have one element and shape {shape} be non-negative")
-    return np.full(shape, value.reshape(()), value.dtype)
+    full = jnp.full if any(is_dim(d) for d in shape) else np.full  # symbolic: traced
+    return full(shape, value.reshape(()), value.dtype)
 
 
 @register("Range", since=11, static_inputs=(0, 1, 2))
@@ -152,8 +156,21 @@ def range_(ctx: OpContext, start, limit, delta):
                            ((start, "start"), (limit, "limit"), (delta, "delta")))
     if delta == 0:
         raise ctx.invalid("delta must be non-zero")
+    if is_symbolic(start) or is_symbolic(limit) or is_symbolic(delta):
+        return _symbolic_range(ctx, start, limit, delta)
     n = max(int(np.ceil((limit - start) / delta)), 0)
     return (start + delta * np.arange(n)).astype(start.dtype)
+
+
+def _symbolic_range(ctx: OpContext, start, limit, delta):
+    """A Range whose limit is a symbolic dim (generated source): integer ``start`` and
+    positive ``delta`` known, the length ``ceil((limit - start) / delta)``, traced."""
+    if is_symbolic(start) or is_symbolic(delta) or not np.issubdtype(start.dtype, np.integer) \
+            or int(delta) <= 0:
+        raise ctx.fail(f"a Range from {start} by {delta} to a size known only at run time "
+                       "needs integer start and a positive integer delta")
+    n = (limit[()] - int(start) + int(delta) - 1) // int(delta)
+    return int(start) + int(delta) * jnp.arange(n, dtype=index_dtype())
 
 
 @register("EyeLike", since=9)

@@ -1,0 +1,69 @@
+"""Symbolic dims: sizes known only at run time, as generated source traces them.
+
+``codegen`` traces a model whose inputs have unknown dims (a ``dim_param``, ``-1``) with
+``jax.export`` symbolic dims, so that the source it writes reads them from its inputs
+(``batch = x.shape[0]``) instead of fixing them. Shape arithmetic then holds such dims:
+``Shape`` gives a NumPy object array of ints and symbolic dims, which shape subgraphs
+(Gather, Concat, Mul...) compute on like on int64 arrays (``_pipeline.dims_fold``), and the
+handlers that take shapes (Reshape, Expand...) pass on to ``jax.numpy``. The interpreter
+itself always runs on concrete shapes and never sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as _export
+
+#: The type of a symbolic dim (``jax.export.symbolic_shape``'s elements).
+DimExpr = type(_export.symbolic_shape("d")[0])
+
+
+def is_dim(value: Any) -> bool:
+    """Whether ``value`` is a symbolic dim (not a plain or NumPy integer)."""
+    return isinstance(value, DimExpr)
+
+
+def is_symbolic(value: Any) -> bool:
+    """Whether ``value`` is a shape array holding symbolic dims (an object array)."""
+    return isinstance(value, np.ndarray) and value.dtype == object
+
+
+def has_symbolic_shape(value: Any) -> bool:
+    """Whether an array's shape holds a symbolic dim."""
+    return any(is_dim(d) for d in np.shape(value))
+
+
+def as_dim(value: Any):
+    """One dim of a shape value: an ``int``, or a symbolic dim kept as it is."""
+    return value if is_dim(value) else int(value)
+
+
+def shape_array(dims) -> np.ndarray:
+    """``dims`` (ints and symbolic dims) as a shape value: int64 when all are known, else
+    an object array."""
+    dims = [as_dim(d) for d in dims]
+    if any(is_dim(d) for d in dims):
+        out = np.empty(len(dims), object)
+        out[:] = dims
+        return out
+    return np.asarray(dims, np.int64)
+
+
+def concrete_size(shape) -> float:
+    """Elements of ``shape`` where its dims are known; symbolic dims count as 1 (a traced
+    source allocates nothing: limits apply when it runs)."""
+    return float(np.prod([1 if is_dim(d) else int(d) for d in shape]))
+
+
+def index_dtype() -> np.dtype:
+    """int64, or int32 where JAX runs without x64 (as ``jnp.asarray`` makes int64 data)."""
+    return jax.dtypes.canonicalize_dtype(np.int64)
+
+
+def as_values(value: np.ndarray) -> jax.Array:
+    """A shape value holding symbolic dims as a traced integer array of those sizes."""
+    return jnp.asarray(value.tolist(), index_dtype())
