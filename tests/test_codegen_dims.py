@@ -208,7 +208,7 @@ def test_a_size_the_model_needs_fixed_is_named(tmp_path):
 def _shape_graph():
     """Shape arithmetic in ONNX ops only: a [N, S, 6] input reshaped to [N, S*2, 3] from
     Shape, Slice, Gather, Mul, Div, Concat; a Range over S cast to float and expanded to
-    [N, S, 6]; the size and shape as outputs."""
+    [N, S, 6]; the size and shape as outputs; a Slice to the end of N."""
     n = helper.make_node
     def i64(name, v):
         return helper.make_tensor(name, TensorProto.INT64, [len(v)], v)
@@ -230,9 +230,11 @@ def _shape_graph():
         n("Unsqueeze", ["r", "last"], ["r6"]),
         n("Add", ["x", "e"], ["z"]),
         n("Size", ["x"], ["size"]),
+        n("Slice", ["x", "zero", "far"], ["head"]),  # tf2onnx's "to the end": 1e9
     ]
     nodes.insert(13, nodes.pop(12))  # Unsqueeze before the Expand reading it
     inits = [i64("zero", [0]), i64("one", [1]), i64("two", [2]), i64("last", [-1]),
+             i64("far", [10 ** 9]),
              helper.make_tensor("one_scalar", TensorProto.INT64, [], [1]),
              helper.make_tensor("two_scalar", TensorProto.INT64, [], [2]),
              helper.make_tensor("zero_scalar", TensorProto.INT64, [], [0])]
@@ -241,7 +243,8 @@ def _shape_graph():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
          helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
          helper.make_tensor_value_info("shape", TensorProto.INT64, None),
-         helper.make_tensor_value_info("size", TensorProto.INT64, None)], inits)
+         helper.make_tensor_value_info("size", TensorProto.INT64, None),
+         helper.make_tensor_value_info("head", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -11,6 +11,7 @@ itself always runs on concrete shapes and never sees them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -51,6 +52,15 @@ def shape_array(dims) -> np.ndarray:
         out[:] = dims
         return out
     return np.asarray(dims, np.int64)
+
+
+def provably(check: Callable[[], bool]) -> bool:
+    """``check()``, a comparison of sizes, where it is decided; ``False`` where it depends
+    on the value of a symbolic dim (a validity check then passes to run time)."""
+    try:
+        return bool(check())
+    except jax.errors.InconclusiveDimensionOperation:
+        return False
 
 
 def concrete_size(shape) -> float:

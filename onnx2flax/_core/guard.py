@@ -41,6 +41,10 @@ def handler_error(exc: Exception, node: Node, arrays: list) -> OnnxConversionErr
         return UnsupportedOpError(f"{label} needs a value known at conversion time (a constant "
                                   f"or computed from shapes), but it depends on the model's "
                                   f"inputs ({type(exc).__name__})")
+    if isinstance(exc, jax.errors.InconclusiveDimensionOperation):
+        return UnsupportedOpError(f"{label} needs to compare sizes known only at run time "
+                                  f"(inputs of shapes {shapes}): "
+                                  f"{str(exc).splitlines()[0]}")
     if isinstance(exc, MemoryError):
         return ResourceLimitError(f"{label} ran out of memory on inputs of shapes {shapes}")
     if isinstance(exc, NotImplementedError):

@@ -9,8 +9,10 @@ arguments, at its path of the weight tree (``params['layer1']['0']['conv1']``, a
 each written in public JAX (``_emit``, ``_spell``: ``a + b``, ``jax.nn.relu(x)``,
 ``jnp.sum(x, axis=...)``, ``lax.conv_general_dilated(...)``), every spelling checked by
 tracing it again to the same operation. Same ops, same order, so the generated module
-computes the interpreter's outputs bit for bit. Shapes are specialized to the shapes traced
-(the model's static input shapes, dynamic dims as 1 unless ``inputs`` are given). Sequences
+computes the interpreter's outputs bit for bit. Dims the ONNX file leaves open are traced
+as ``jax.export`` symbolic dims (``_driver``) and read from the inputs in the source
+(``batch = x.shape[0]``), so the source runs at any size the file allows; with ``inputs``
+the source is specialized to their shapes. Sequences
 (lists of tensors, static length) become one variable per tensor. The graph's constants
 other than weights are module-level NumPy arrays written into the source, so that XLA sees
 them as constants, as it does in the interpreter (as jit arguments, they compile to other
@@ -53,9 +55,9 @@ def generate(converted: ConvertedModel, inputs: Sequence[Any] | None = None, *,
     """The standalone source of ``converted`` (see :func:`save` for the weights):
     a ``flax.linen`` module (``api="linen"``) or a ``flax.nnx`` module (``api="nnx"``).
     ``converted`` may also be an ``NnxConvertedModel`` (its ``linen`` model is used).
-    ``inputs``: arrays or ``jax.ShapeDtypeStruct`` in the module's layout to trace with;
-    by default the input specs' shapes, unknown dims as 1 (``convert(input_shapes=)``
-    fixes them)."""
+    ``inputs``: arrays or ``jax.ShapeDtypeStruct`` in the module's layout to specialize
+    the source to; by default the input specs' shapes, their unknown dims read from the
+    inputs at run time (``convert(input_shapes=)`` fixes them instead)."""
     return _generator(converted, inputs, api).source
 
 

@@ -156,7 +156,7 @@ class Generator(JaxprWriter, _Interpreter):
         keys: dict[Any, tuple[str, int, int]] = {}  # dim -> (symbol's name, a, b)
         for spec in specs:
             for axis, d in enumerate(spec.shape or ()):
-                key = d if isinstance(d, str) and d else (spec.name, axis)
+                key = _dim_key(spec, axis)
                 if isinstance(d, int) or key in keys:
                     continue
                 linear = _LINEAR.fullmatch(d) if key is d else None
@@ -180,7 +180,7 @@ class Generator(JaxprWriter, _Interpreter):
                 if isinstance(d, int):
                     shape.append(d)
                     continue
-                name, a, b = keys[d if isinstance(d, str) and d else (spec.name, axis)]
+                name, a, b = keys[_dim_key(spec, axis)]
                 shape.append(a * symbols[name] + b)
                 self._reads.setdefault(spec.name, {})[axis] = (names[name], a, b)
             perm = _boundary.held_perm(spec, len(shape))
@@ -420,6 +420,13 @@ class Generator(JaxprWriter, _Interpreter):
             self.lines = outer
         self._both_modes(train_lines, eval_lines)
         return y
+
+
+def _dim_key(spec, axis: int):
+    """What identifies an open dim: its ``dim_param``, shared by the dims naming it, or
+    (unnamed, or ``?``: exporters' "unknown") the dim itself."""
+    d = spec.shape[axis]
+    return d if isinstance(d, str) and d not in ("", "?") else (spec.name, axis)
 
 
 def _is_default(value, default) -> bool:

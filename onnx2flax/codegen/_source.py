@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 
-from .._core import boundary as _boundary
 from ._literals import doc
 
 MODEL_FILE = "model.py"
@@ -47,8 +46,8 @@ _WEIGHT_TREE = '''def weight_tree(variables):
 def module_source(gen, converted, args) -> str:
     """``model.py`` for generator ``gen`` (its lines, constants, layer classes, scopes)."""
     graph = gen.graph
-    shapes = ", ".join(f"{doc(s.name)}: {list(_boundary.module_shape(s))}"
-                       for s in converted.inputs)
+    shapes = ", ".join(f"{doc(s.name)}: [{', '.join(map(str, shape))}]"
+                       for s, shape in zip(converted.inputs, gen.input_shapes))
     nnx_api = gen.api == "nnx"
     if nnx_api:
         usage = f"""Weights are in ``{WEIGHTS_FILE}`` beside this file (Flax msgpack); the
@@ -75,8 +74,9 @@ the converted model's variables::
 Standalone: imports only jax, flax and numpy.
 {usage}
 
-Shapes are specialized to the traced input shapes {{{shapes}}}
-({'channels-last' if converted.channels_last else 'ONNX'} layout for image tensors).
+Input shapes {{{shapes}}}
+({'channels-last' if converted.channels_last else 'ONNX'} layout for image tensors); named
+sizes are read from the inputs at run time, any value the ONNX graph allows.
 Each block is commented with the ONNX node it comes from.
 """
 '''

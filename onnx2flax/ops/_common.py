@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 from jax import lax
 
+from .._core.dims import provably
 from .._core.graph import Graph, numpy_dtype
 from .._pipeline.module import OpContext
 
@@ -58,7 +59,7 @@ def auto_pads(ctx: OpContext, in_shape, kernel_shape, strides, dilations, pads):
 def check_window_fits(ctx: OpContext, sizes, kernel_shape, dilations, pads) -> None:
     """Refuse windows (dilated kernels) larger than the padded input: no output at all."""
     for size, k, d, (pb, pe) in zip(sizes, kernel_shape, dilations, pads):
-        if size + pb + pe < (k - 1) * d + 1:
+        if provably(lambda: size + pb + pe < (k - 1) * d + 1):  # symbolic: at run time
             raise ctx.invalid(f"the window {list(kernel_shape)} (dilations {list(dilations)}) is "
                               f"larger than the padded input {list(sizes)} with pads {pads}")
 

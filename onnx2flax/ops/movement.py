@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from .._core import layout as _layout
+from .._core.dims import is_dim
 from .._core.registry import register
 from .._pipeline.module import OpContext
 from ._common import normalize_axis
@@ -137,6 +138,9 @@ def _slice(ctx: OpContext, x, starts, ends, axes, steps):
     index = [slice(None)] * rank
     for axis, start, end, step in zip(_held_axes(ctx, axes, rank), starts, ends, steps):
         dim = x.shape[axis]
+        if is_dim(dim):
+            index[axis] = _open_slice(start, end, step, dim)
+            continue
         start = start + dim if start < 0 else start
         end = end + dim if end < 0 else end
         if step > 0:
@@ -147,6 +151,21 @@ def _slice(ctx: OpContext, x, starts, ends, axes, steps):
         index[axis] = slice(start, None if end < 0 else end, step)
     _keep_layout(ctx)
     return x[tuple(index)]
+
+
+def _open_slice(start: int, end: int, step: int, dim) -> slice:
+    """Bounds on an axis of symbolic size (generated source): exporters' "to the end" values
+    (1e9 for tf2onnx, int32 / int64 extremes for others) are the axis' ends, negative ones count from its end, others are taken
+    as in range (clamping them would need the size). ``None`` for the axis' own ends keeps
+    the slice static (a symbolic bound makes JAX gather)."""
+    far = 10 ** 9
+
+    def bound(v: int, high, low):
+        return high if v >= far else low if v <= -far else v + dim if v < 0 else v
+
+    if step > 0:
+        return slice(bound(start, dim, None) or None, bound(end, None, 0), step)
+    return slice(bound(start, None, 0), bound(end, dim - 1, None), step)
 
 
 @register("Slice", layout="custom")
