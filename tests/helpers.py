@@ -9,7 +9,9 @@ import ast
 import importlib.util
 import os
 import re
+import subprocess
 import sys
+import textwrap
 import types
 import weakref
 from pathlib import Path
@@ -385,3 +387,83 @@ def check_codegen_on_run(monkeypatch):
         return got
 
     monkeypatch.setattr(onnx2flax.ConvertedModel, "run", checked)
+
+
+#: Runs in a fresh interpreter: imports DIR/model.py, loads its weights, applies it (jitted)
+#: to the arrays of DIR/inputs.npz (module layout) and saves the outputs to DIR/outputs.npz.
+_RUNNER = textwrap.dedent("""
+    import importlib.util, sys
+    import jax, numpy as np
+    folder, api = sys.argv[1], sys.argv[2]
+    spec = importlib.util.spec_from_file_location("generated_model", folder + "/model.py")
+    model = importlib.util.module_from_spec(spec)
+    sys.modules["generated_model"] = model
+    spec.loader.exec_module(model)
+    with np.load(folder + "/inputs.npz") as data:
+        xs = [data[f"x{i}"] for i in range(len(data.files))]
+    if api == "nnx":
+        from flax import nnx
+        outs = nnx.jit(lambda m, *a: m(*a))(model.load_model(), *xs)
+    else:
+        outs = jax.jit(lambda v, *a: model.Model().apply(v, *a))(model.load_variables(), *xs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    flat = jax.tree.leaves(jax.tree.map(np.asarray, model.load_variables()))
+    np.savez(folder + "/outputs.npz", *[np.asarray(o) for o in outs])
+    np.savez(folder + "/weights.npz", *flat)
+""")
+
+
+def _run_generated_source(folder, api, module_inputs):
+    np.savez(folder / "inputs.npz", **{f"x{i}": x for i, x in enumerate(module_inputs)})
+    result = subprocess.run([sys.executable, "-c", _RUNNER, str(folder), api],
+                            capture_output=True, text=True, timeout=600,
+                            env={"JAX_PLATFORMS": "cpu", "PATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(folder / "outputs.npz") as data:
+        outs = [data[f"arr_{i}"] for i in range(len(data.files))]
+    with np.load(folder / "weights.npz") as data:
+        weights = [data[f"arr_{i}"] for i in range(len(data.files))]
+    return outs, weights
+
+
+def _open_feeds(converted, sizes: dict[str, int], seed=0):
+    """Random feeds: each open dim at ``sizes[its dim_param]``; integer inputs in [0, 50)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in converted.inputs:
+        shape = [d if isinstance(d, int) else sizes[d] for d in spec.shape]
+        feeds[spec.name] = (rng.integers(0, 50, shape) if spec.dtype.kind in "iu"
+                            else rng.standard_normal(shape)).astype(spec.dtype)
+    return feeds
+
+
+def check_source_at_sizes(tmp_path, model, size_list, *, api="linen", channels_last=True):
+    """Generated source at any size the ONNX file allows: save ``model``'s source once
+    (``codegen.save``, the file's open dims kept open), then import and run it (jitted) in a
+    fresh Python process at each ``sizes`` of ``size_list`` (``dim_param`` -> size) against
+    onnxruntime on the same file; its weights are ``converted.variables``. Returns the
+    source."""
+    from onnx2flax import codegen
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model)
+    converted = onnx2flax.convert(proto, channels_last=channels_last)
+    assert any(not isinstance(d, int) for s in converted.inputs for d in s.shape)
+    codegen.save(converted, tmp_path, api=api)
+    source = (tmp_path / codegen.MODEL_FILE).read_text()
+    check_generated_source(source)
+    session = ort.InferenceSession(proto.SerializeToString())
+    for k, sizes in enumerate(size_list):
+        feeds = _open_feeds(converted, sizes, seed=k)
+        expected = session.run(None, feeds)
+        module_inputs = [_boundary.to_module(feeds[s.name], s) for s in converted.inputs]
+        got, weights = _run_generated_source(tmp_path, api, module_inputs)
+        assert len(got) == len(expected)
+        for spec, g, e in zip(converted.outputs, got, expected):
+            g = _boundary.to_onnx(g, spec)
+            assert g.shape == e.shape, (sizes, spec.name)
+            np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-5, err_msg=f"{sizes} {spec.name}")
+    reference = jax.tree.leaves(jax.tree.map(np.asarray, converted.variables))
+    assert len(weights) == len(reference)
+    for a, b in zip(weights, reference):
+        np.testing.assert_array_equal(a, b)
+    return source

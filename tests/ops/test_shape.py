@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx2flax
-from helpers import check_graph, check_node, convert_and_run, make_model
+from helpers import (check_graph, check_node, check_source_at_sizes, convert_and_run,
+                     make_model)
 from onnx2flax.errors import UnsupportedOpError
 
 I64 = np.int64
@@ -147,3 +148,51 @@ def test_compress(x4, axis):
     cond = np.array([True, False, True], bool)
     attrs = {} if axis is None else dict(axis=axis)
     check_node("Compress", {"x": x4}, {"c": cond}, opset=11, attrs=attrs)
+
+
+def _shape_graph():
+    """Shape arithmetic in ONNX ops only: a [N, S, 6] input reshaped to [N, S*2, 3] from
+    Shape, Slice, Gather, Mul, Div, Concat; a Range over S cast to float and expanded to
+    [N, S, 6]; the size and shape as outputs; a Slice to the end of N."""
+    n = helper.make_node
+    def i64(name, v):
+        return helper.make_tensor(name, TensorProto.INT64, [len(v)], v)
+
+    nodes = [
+        n("Shape", ["x"], ["shape"]),
+        n("Slice", ["shape", "zero", "one"], ["n"]),
+        n("Gather", ["shape", "one_scalar"], ["s"], axis=0),
+        n("Unsqueeze", ["s", "zero"], ["s1"]),
+        n("Mul", ["s1", "two"], ["s2"]),
+        n("Gather", ["shape", "two_scalar"], ["c"], axis=0),
+        n("Div", ["c", "two_scalar"], ["c2"]),
+        n("Unsqueeze", ["c2", "zero"], ["c3"]),
+        n("Concat", ["n", "s2", "c3"], ["target"], axis=0),
+        n("Reshape", ["x", "target"], ["y"]),
+        n("Range", ["zero_scalar", "s", "one_scalar"], ["r_int"]),
+        n("Cast", ["r_int"], ["r"], to=TensorProto.FLOAT),
+        n("Expand", ["r6", "shape"], ["e"]),
+        n("Unsqueeze", ["r", "last"], ["r6"]),
+        n("Add", ["x", "e"], ["z"]),
+        n("Size", ["x"], ["size"]),
+        n("Slice", ["x", "zero", "far"], ["head"]),  # tf2onnx's "to the end": 1e9
+    ]
+    nodes.insert(13, nodes.pop(12))  # Unsqueeze before the Expand reading it
+    inits = [i64("zero", [0]), i64("one", [1]), i64("two", [2]), i64("last", [-1]),
+             i64("far", [10 ** 9]),
+             helper.make_tensor("one_scalar", TensorProto.INT64, [], [1]),
+             helper.make_tensor("two_scalar", TensorProto.INT64, [], [2]),
+             helper.make_tensor("zero_scalar", TensorProto.INT64, [], [0])]
+    graph = helper.make_graph(
+        nodes, "shapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, None),
+         helper.make_tensor_value_info("size", TensorProto.INT64, None),
+         helper.make_tensor_value_info("head", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_shape_arithmetic_at_two_sizes(tmp_path):
+    source = check_source_at_sizes(tmp_path, _shape_graph(), [{"N": 1, "S": 2}, {"N": 3, "S": 5}])
+    assert "N = x_x.shape[0]" in source and "S = x_x.shape[1]" in source
