@@ -54,12 +54,31 @@ def shape_array(dims) -> np.ndarray:
     return np.asarray(dims, np.int64)
 
 
+def _inconclusive() -> type[Exception]:
+    """What JAX raises for a comparison of symbolic dims it cannot decide (public as
+    ``jax.errors.InconclusiveDimensionOperation`` only from jax 0.9)."""
+    found = getattr(jax.errors, "InconclusiveDimensionOperation", None)
+    if found is not None:
+        return found
+    d = _export.symbolic_shape("d")[0]
+    try:
+        bool(d >= 2)
+    except Exception as exc:  # noqa: BLE001  (its type is the answer)
+        # the most general class of that name (jax 0.8 raises a subclass of core's)
+        return [c for c in type(exc).__mro__ if c.__name__ == type(exc).__name__][-1]
+    raise AssertionError("JAX decided d >= 2 for a symbolic d")
+
+
+#: The exception of an undecidable comparison of symbolic dims.
+Inconclusive = _inconclusive()
+
+
 def provably(check: Callable[[], bool]) -> bool:
     """``check()``, a comparison of sizes, where it is decided; ``False`` where it depends
     on the value of a symbolic dim (a validity check then passes to run time)."""
     try:
         return bool(check())
-    except jax.errors.InconclusiveDimensionOperation:
+    except Inconclusive:
         return False
 
 

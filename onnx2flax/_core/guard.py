@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import (InternalError, InvalidModelError, OnnxConversionError, ResourceLimitError,
                       UnsupportedOpError, node_label)
+from .dims import Inconclusive
 from .graph import Node
 
 _NEEDS_STATIC = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
@@ -41,7 +42,7 @@ def handler_error(exc: Exception, node: Node, arrays: list) -> OnnxConversionErr
         return UnsupportedOpError(f"{label} needs a value known at conversion time (a constant "
                                   f"or computed from shapes), but it depends on the model's "
                                   f"inputs ({type(exc).__name__})")
-    if isinstance(exc, jax.errors.InconclusiveDimensionOperation):
+    if isinstance(exc, Inconclusive):
         return UnsupportedOpError(f"{label} needs to compare sizes known only at run time "
                                   f"(inputs of shapes {shapes}): "
                                   f"{str(exc).splitlines()[0]}")

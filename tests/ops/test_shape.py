@@ -190,7 +190,7 @@ def _shape_graph():
          helper.make_tensor_value_info("shape", TensorProto.INT64, None),
          helper.make_tensor_value_info("size", TensorProto.INT64, None),
          helper.make_tensor_value_info("head", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def test_onnx_shape_arithmetic_at_two_sizes(tmp_path):
