@@ -18,7 +18,7 @@ from onnx2flax._core import boundary as _boundary
 from onnx2flax import codegen
 from onnx2flax.errors import CodegenError, OutputExistsError
 
-from helpers import check_generated_source, load_generated, make_model
+from helpers import check_generated_source, import_source, load_generated, make_model
 from test_torch_state import _MLP
 from test_training import _cnn, _export
 
@@ -376,6 +376,12 @@ def test_resnet_weight_tree(tmp_path, api):
                                    f"gen_resnet_{api}", train=True, api=api)
     if api == "linen":
         assert "s_layer1 = Scope(name='layer1')" in source
+        # one class per PyTorch module class: _Block written once for its three instances
+        # of one structure (channels a field), once for the one with a downsample
+        assert source.count("class Block(nn.Module):") == 1
+        assert source.count("class Block2(nn.Module):") == 1
+        assert "Block(name='0', features=4)(" in source and "Block2(name='0')(" in source
+        assert "Block(name='1', features=8)(" in source
     else:
         assert "self.layer1['0']['conv1']['kernel']" in source
 
@@ -415,3 +421,47 @@ def test_operation_without_public_spelling_is_refused(monkeypatch):
     converted = onnx2flax.convert(model)
     with pytest.raises(CodegenError, match=r"Seeded node 'noise': JAX operation 'random_seed'"):
         codegen.generate(converted)
+
+
+def _scoped_chain(scopes):
+    """``len(scopes)`` chained ops (Relu, Neg, Exp, repeated) on ``x [2, 3]``; node ``i``
+    carries torch dynamo's scope metadata for module ``scopes[i]`` (``None``: none;
+    ``("raw", text)``: that text as both lists)."""
+    ops = ["Relu", "Neg", "Exp"]
+    nodes = []
+    for i, scope in enumerate(scopes):
+        node = helper.make_node(ops[i % 3], [f"v{i}" if i else "x"], [f"v{i + 1}"],
+                                name=f"n{i}")
+        if isinstance(scope, tuple):
+            names = classes = scope[1]
+        elif scope is not None:
+            names = repr(["", "blocks", scope, f"op{i}"])
+            classes = repr(["pkg.Net", "torch.nn.modules.container.ModuleList",
+                            "pkg.Act", "aten.op"])
+        if scope is not None:
+            helper.set_metadata_props(node, {"pkg.torch.onnx.name_scopes": names,
+                                             "pkg.torch.onnx.class_hierarchy": classes})
+        nodes.append(node)
+    return make_model(nodes, [("x", np.float32, [2, 3])],
+                      [(f"v{len(scopes)}", np.float32, [2, 3])])
+
+
+@pytest.mark.parametrize("scopes, classes", [
+    (["blocks.0"] * 3 + ["blocks.1"] * 3, 1),           # two instances of pkg.Act
+    (["blocks.0", "blocks.1", "blocks.0"] + ["blocks.1"] * 3, 0),  # interleaved: none
+    (["blocks.0"] * 3 + [None] * 3, 0),                  # one instance: none
+    ([("raw", repr(["", "b" * 20000, "op"]))] * 6, 0),   # metadata too long: ignored
+    ([("raw", "[1, 2")] * 6, 0),                         # malformed: ignored
+    ([("raw", "__import__('os')")] * 6, 0),              # not a literal: ignored
+])
+def test_module_classes_from_torch_scopes(scopes, classes):
+    """Repeated module instances become one class; anything else stays in ``Model``, and
+    the source computes the interpreter's outputs either way."""
+    converted = onnx2flax.convert(_scoped_chain(scopes))
+    source = codegen.generate(converted)
+    check_generated_source(source)
+    assert source.count("class Act(nn.Module):") == classes
+    module = import_source(source, "gen_scoped")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(module.Model().apply({}, x)),
+                                  converted.run({"x": x})[0])

@@ -56,6 +56,10 @@ def test_transformer_any_batch_and_sequence_length(tmp_path):
     source = check_source_at_sizes(tmp_path / "out", path,
                              [{"batch": 2, "seq": 7}, {"batch": 3, "seq": 12}])
     assert "seq = x_x.shape[1]" in source
+    # the encoder layer written once, called for each of its two instances
+    assert source.count("class TransformerEncoderLayer(nn.Module):") == 1
+    assert "TransformerEncoderLayer(name='0')(" in source
+    assert "TransformerEncoderLayer(name='1')(" in source
 
 
 class _Net(torch.nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_model, run_ort
+from helpers import check_source_at_sizes, make_model, run_ort
 from onnx import TensorProto, helper
 
 import onnx2flax
@@ -40,8 +40,31 @@ def test_placeholder_dims_are_named_in_the_error():
     assert "input 'x' dims 0 (N), 2 (H), 3 (W)" in message
     assert "input_shapes={'x': (<N>,2,<H>,<W>)}" in message
     assert "--input-shape x=<N>,2,<H>,<W>" in message
-    with pytest.raises(onnx2flax.errors.OnnxConversionError, match="input_shapes="):
-        codegen.generate(converted)
+
+
+def test_generated_source_keeps_the_dims_open(tmp_path):
+    """The source of the same model reads N, H and W from its input: it runs at any sizes
+    the window fits."""
+    source = check_source_at_sizes(tmp_path, _pool_model(), [{"N": 1, "H": 5, "W": 4},
+                                                             {"N": 2, "H": 7, "W": 9}])
+    assert "N = x_x.shape[0]" in source
+
+
+def _needs_fixed_dims():
+    """``x [N, 2, H, W]`` reshaped to ``[-1, 8]``: whether it fits depends on the sizes."""
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
+    return make_model([node], [("x", F, ["N", 2, "H", "W"])], [("y", F, None)], opset=13,
+                      initializers={"shape": np.array([-1, 8], I64)})
+
+
+def test_codegen_names_the_open_dims_a_node_needs_fixed():
+    with pytest.raises(onnx2flax.errors.OnnxConversionError) as info:
+        codegen.generate(onnx2flax.convert(_needs_fixed_dims()))
+    message = str(info.value)
+    assert "Reshape node" in message and "input 'x' dims 0 (N), 2 (H), 3 (W)" in message
+    assert "--input-shape x=<N>,2,<H>,<W>" in message
+    fixed = onnx2flax.convert(_needs_fixed_dims(), input_shapes={"x": [1, 2, 2, 2]})
+    assert "reshape(1, 8)" in codegen.generate(fixed)
 
 
 def test_input_shapes_fix_the_traced_dims(tmp_path):
@@ -248,7 +271,7 @@ def test_nnx_run_specializes_too():
 
 def test_save_failing_in_generation_creates_nothing(tmp_path):
     with pytest.raises(onnx2flax.errors.OnnxConversionError):
-        codegen.save(onnx2flax.convert(_pool_model()), tmp_path / "out")
+        codegen.save(onnx2flax.convert(_needs_fixed_dims()), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

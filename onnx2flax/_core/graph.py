@@ -111,6 +111,11 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: The PyTorch modules the node was exported from, outermost first, as ``(attribute
+    #: path, class)``: ``(('layer1', 'torch.nn.modules.container.Sequential'), ('layer1.0',
+    #: 'torchvision.models.resnet.Bottleneck'))`` (torch dynamo's node metadata; empty for
+    #: other exporters). Code generation writes one class per repeated module class.
+    scope: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:

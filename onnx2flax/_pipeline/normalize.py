@@ -8,6 +8,7 @@ whose inputs are all constant.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -157,7 +158,7 @@ def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | 
                  for a in proto.attribute}
         _fill_defaults(attrs, proto, opsets)
         nodes.append(Node(name, proto.op_type, onnx_domain(proto.domain), list(proto.input),
-                          list(proto.output), attrs))
+                          list(proto.output), attrs, _torch_scope(proto)))
 
     known = set(constants) | {i.name for i in inputs}
     nodes = _sorted(nodes, known, outer)
@@ -170,6 +171,30 @@ def _decode_nested(g: onnx.GraphProto, opsets: dict[str, int], base_dir: Path | 
                                     "input or initializer")
     _fold_constants(graph, _declared_dtypes(g))
     return graph
+
+
+#: Longest metadata value read for a node's PyTorch scope (they are a few hundred characters).
+_SCOPE_TEXT = 8192
+
+
+def _torch_scope(proto: onnx.NodeProto) -> tuple[tuple[str, str], ...]:
+    """The node's PyTorch module scope from torch dynamo's metadata (``name_scopes``, the
+    attribute paths, and ``class_hierarchy``, their classes: Python list literals, the
+    root first and the node's own op last); ``()`` where absent or malformed."""
+    meta = {p.key: p.value for p in proto.metadata_props
+            if p.key in ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")}
+    if len(meta) != 2 or any(len(v) > _SCOPE_TEXT for v in meta.values()):
+        return ()
+    try:
+        paths = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+        classes = ast.literal_eval(meta["pkg.torch.onnx.class_hierarchy"])
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return ()
+    if not (isinstance(paths, list) and isinstance(classes, list)
+            and len(paths) == len(classes) >= 2
+            and all(isinstance(v, str) for v in paths + classes)):
+        return ()
+    return tuple(zip(paths[1:-1], classes[1:-1]))
 
 
 def _declared_dtypes(g: onnx.GraphProto) -> dict[str, np.dtype]:

@@ -42,6 +42,7 @@ from flax import serialization
 from .._core.files import output_dir, write_file
 from ..converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint
 from ..errors import CodegenError, OnnxConversionError
+from . import _blocks
 from ._driver import Generator as _Generator
 from ._source import MODEL_FILE, WEIGHTS_FILE
 
@@ -92,7 +93,13 @@ def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
     linen = getattr(converted, "linen", converted)  # an NnxConvertedModel
     with _placeholder_hint([], linen.specialized_inputs), \
             _symbolic_hint(linen.inputs if inputs is None else []):
-        return _Generator(converted, inputs, api)
+        generator = _Generator(converted, inputs, api)
+        if api != "linen":
+            return generator
+        layers = {node: p.path for node, p in linen._program.layers.items()}
+        blocks = _blocks.plan(generator.written, layers)
+        # again, each repeated PyTorch module's nodes into its class
+        return _Generator(converted, inputs, api, blocks) if blocks else generator
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax import export
 
 from .._core import boundary as _boundary
 from .._core import layout as _layout
@@ -28,8 +26,10 @@ from .._pipeline import layers as _layers
 from .._pipeline.module import _Env, _Interpreter
 from ..converter import ConvertedModel
 from ..errors import CodegenError, node_label
+from ._blocks import Instance, assemble
 from ._emit import JaxprWriter
 from ._literals import Names, dtype_text, literal, node_text, shape_text
+from ._open import open_inputs
 from ._source import module_source
 
 #: Names the source uses for itself: input dims (named without a prefix) must not take them.
@@ -37,9 +37,6 @@ _RESERVED = frozenset(dir(builtins)) | {
     "jax", "jnp", "np", "nn", "nnx", "lax", "serialization", "annotations", "Scope",
     "Model", "self", "train", "weight_tree", "load_variables", "load_model",
     "floordiv", "mod", "non_negative"}  # and what JAX prints in symbolic dims
-
-#: A ``dim_param`` that is a linear expression ``a*s + b`` of one symbol.
-_LINEAR = re.compile(r"\s*(?:(\d+)\s*\*\s*)?([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\s*")
 
 #: Attribute names the NNX model's top-level weights must not take: ``nnx.Module``'s own.
 _NNX_RESERVED = frozenset(dir(nnx.Module)) | {"rngs"}
@@ -71,13 +68,16 @@ class Generator(JaxprWriter, _Interpreter):
     """Runs the interpreter's node walk, tracing each node on its own and writing code."""
 
     def __init__(self, converted: ConvertedModel, inputs: Sequence[Any] | None,
-                 api: str = "linen"):
+                 api: str = "linen", blocks: dict | None = None):
+        """``blocks``: the module instance of each node whose lines go into one
+        (``_blocks.plan``, from the nodes this generator wrote without)."""
         if api not in ("linen", "nnx"):
             raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
         converted = getattr(converted, "linen", converted)  # an NnxConvertedModel
         JaxprWriter.__init__(self)
         _Interpreter.__init__(self, _NoModule(), converted._program, train=False)
         self.api = api
+        self.flax = "nnx" if api == "nnx" else "nn"
         self.ids = Names(_RESERVED)
         self.scopes: dict[str, str] = {}      # linen: top-level name -> its Scope variable
         self.classes: list[type] = []
@@ -86,6 +86,13 @@ class Generator(JaxprWriter, _Interpreter):
         self._layer_value: Any = None
         self._train_read = False
         self._reads: dict[str, dict[int, tuple[str, int, int]]] = {}  # input -> ONNX axis
+        self.written: list = []                 # top-level nodes, in the order written
+        self._blocks: dict = blocks or {}
+        self.instances: list[Instance] = []     # module instances, in the order called
+        self.block_classes: list[str] = []      # their classes' source
+        self._block: Instance | None = None     # the one being written
+        self._outer_lines: list[str] = []
+        self._block_ids = Names(_RESERVED)
         self._rngs: list[str] | None = None     # rng names a train-mode trace asked for
         self._keys: list[Any] | None = None     # and the keys it gets, in that order
         if api == "nnx":
@@ -105,7 +112,7 @@ class Generator(JaxprWriter, _Interpreter):
                 + ", ".join(f"{s.name!r} ({s.kind})" for s in boundary)
                 + ". Sequences inside the graph are supported.")
         if inputs is None:
-            inputs = self._symbolic_inputs(converted.inputs)
+            inputs, self.dims, self._reads = open_inputs(converted.inputs, self.ids)
         self.input_shapes = [tuple(np.shape(v)) for v in inputs]
         args = []
         env = _Env(graph.constants)
@@ -120,18 +127,17 @@ class Generator(JaxprWriter, _Interpreter):
                        f"{' channels-last' if spec.channels_last else ''}")
             self._read_dims(spec, name, read)
             env.values[spec.name] = (value, perm)
+        owners = self._param_owners()
         for name, path in self.program.free_params.items():
             value = graph.constants[name]
             var = self.ids.take("_".join(path), "p_")
-            self._line(f"# parameter {ascii(name)}")
-            if self.api == "nnx":
-                self._line(f"{var} = {_nnx_path(path)}.get_value()")
+            if name in owners:  # created where its module instance is written
+                owners[name].params.append((name, path, value, var))
             else:
-                param = (f".param({path[-1]!r}, nn.initializers.zeros, {tuple(value.shape)!r}, "
-                         f"{dtype_text(value.dtype)})")
-                self._line(f"{var} = {self._in_scope(path[:-1], lambda m: m + param)}")
+                self._write_param(name, path, value, var)
             env.values[name] = (self._stand_in(value, var), _layout.identity(value.ndim))
         self.run(env, graph)
+        self._enter(None)  # out of the last module instance
         outs = []
         for spec in graph.outputs:
             value, perm = env.get(spec.name)
@@ -145,47 +151,12 @@ class Generator(JaxprWriter, _Interpreter):
         names = [self._name_of(o) for o in outs]
         result = names[0] if len(names) == 1 else "(" + ", ".join(names) + ",)"
         self._line(f"return {result}")
+        if self.instances:
+            module_names = ({"jax", "jnp", "np", "nn", "lax", "Scope", "Model"}
+                            | set(self.const_vars.values()) | {c.__name__ for c in self.classes})
+            self.lines, self.block_classes = assemble(self.instances, self.lines, module_names,
+                                                      module_names, set(self.dims))
         self.source = module_source(self, converted, args)
-
-    def _symbolic_inputs(self, specs) -> list[jax.ShapeDtypeStruct]:
-        """Stand-ins for the inputs in the module's layout, their unknown dims symbolic:
-        one symbol per ``dim_param`` (shared by the inputs naming it), one per unnamed dim,
-        each named as the source's variable that reads it (``batch = x.shape[0]``). A
-        ``dim_param`` of the form ``a*s + b`` (torch's ``2*h``) is that expression of
-        symbol ``s``, read as ``s = (x.shape[i] - b) // a``."""
-        keys: dict[Any, tuple[str, int, int]] = {}  # dim -> (symbol's name, a, b)
-        for spec in specs:
-            for axis, d in enumerate(spec.shape or ()):
-                key = _dim_key(spec, axis)
-                if isinstance(d, int) or key in keys:
-                    continue
-                linear = _LINEAR.fullmatch(d) if key is d else None
-                if linear:
-                    a, name, sign, b = linear.groups()
-                    keys[key] = (name, int(a or 1), int(b or 0) * (-1 if sign == "-" else 1))
-                else:
-                    keys[key] = (d if key is d else f"{spec.name}_dim{axis}", 1, 0)
-        names: dict[str, str] = {}  # as in the file -> as in the source
-        for name, _, _ in keys.values():
-            if name not in names:
-                safe = "d_" + name if re.fullmatch(r"(t|C|fnt)[0-9]+", name) else name
-                names[name] = self.ids.take(safe, "")  # not a temporary's name
-        symbols = dict(zip(names, export.symbolic_shape(", ".join(names.values())))) \
-            if names else {}
-        self.dims = {str(d): d for d in symbols.values()}
-        stand_ins = []
-        for spec in specs:
-            shape = []
-            for axis, d in enumerate(spec.shape or ()):
-                if isinstance(d, int):
-                    shape.append(d)
-                    continue
-                name, a, b = keys[_dim_key(spec, axis)]
-                shape.append(a * symbols[name] + b)
-                self._reads.setdefault(spec.name, {})[axis] = (names[name], a, b)
-            perm = _boundary.held_perm(spec, len(shape))
-            stand_ins.append(jax.ShapeDtypeStruct(tuple(shape[i] for i in perm), spec.dtype))
-        return stand_ins
 
     def _read_dims(self, spec, var: str, read: set[str]) -> None:
         """Lines reading input ``spec``'s symbolic dims (not read before) from ``var``."""
@@ -200,14 +171,66 @@ class Generator(JaxprWriter, _Interpreter):
 
     def _in_scope(self, prefix: tuple[str, ...], make: Callable[[str], str]) -> str:
         """Linen: the expression ``make(module)`` evaluated at ``prefix`` of the weight tree
-        (``module``: the source of the module it is evaluated in)."""
+        (``module``: the source of the module it is evaluated in). Inside a module
+        instance's lines, ``prefix`` is taken relative to the instance's own level."""
+        scopes, ids = self.scopes, self.ids
+        if self._block is not None:
+            prefix = prefix[len(self._block.weights):]
+            scopes, ids = self._block.scopes, self._block_ids
         if not prefix:
             return make("self")
-        root = self.scopes.get(prefix[0])
+        root = scopes.get(prefix[0])
         if root is None:
-            root = self.scopes[prefix[0]] = self.ids.take(prefix[0], "s_")
+            root = scopes[prefix[0]] = ids.take(prefix[0], "s_")
             self._line(f"{root} = Scope(name={prefix[0]!r})")
         return f"{root}({literal(tuple(prefix[1:]))}, lambda s: {make('s')})"
+
+    def _write_param(self, name: str, path: tuple[str, ...], value, var: str) -> None:
+        """The line making weight ``name`` (not a layer's) variable ``var``."""
+        self._line(f"# parameter {ascii(name)}")
+        if self.api == "nnx":
+            self._line(f"{var} = {_nnx_path(path)}.get_value()")
+            return
+        param = (f".param({path[-1]!r}, nn.initializers.zeros, {tuple(value.shape)!r}, "
+                 f"{dtype_text(value.dtype)})")
+        self._line(f"{var} = {self._in_scope(path[:-1], lambda m: m + param)}")
+
+    def _param_owners(self) -> dict[str, Instance]:
+        """The weights (not a layer's) that only one module instance reads, within its
+        level of the weight tree: that instance creates them (``in_proj_bias``)."""
+        readers: dict[str, set] = {}
+        for node in self.graph.nodes:
+            for name in node.reads():
+                if name in self.program.free_params:
+                    readers.setdefault(name, set()).add(self._blocks.get(node))
+        owners = {}
+        for name, found in readers.items():
+            inst = next(iter(found))
+            path = self.program.free_params[name]
+            if len(found) == 1 and inst is not None and path[:len(inst.weights)] == inst.weights:
+                owners[name] = inst
+        return owners
+
+    def _enter(self, node) -> None:
+        """Write ``node``'s lines into its module instance's (``_blocks``), if it has one:
+        on entering an instance, its call's marker goes into the lines around it."""
+        inst = self._blocks.get(node)
+        if inst is self._block:
+            return
+        if self._block is not None:  # leaving one
+            self.lines, self._block = self._outer_lines, None
+        if inst is None:
+            return
+        if inst.marker:
+            raise CodegenError(f"module instance {inst.path!r} is written in two runs")
+        inst.marker = f"_block{len(self.instances)}"
+        self.instances.append(inst)
+        call = self._in_scope(inst.weights[:-1], lambda _: f"{inst.marker}_call")
+        self._line(f"{inst.marker}_out = {call}")
+        self._outer_lines, self.lines, self._block = self.lines, inst.lines, inst
+        self._block_ids = Names(_RESERVED)
+        for param in inst.params:
+            self._write_param(*param)
 
     def _call(self, spec, node, held):
         if not self.top:  # a subgraph run inside a node's trace: nothing to write
@@ -236,6 +259,8 @@ class Generator(JaxprWriter, _Interpreter):
             result["outs"], result["perms"] = outs, perms
             return [o for o in outs if not isinstance(o, np.ndarray)]
 
+        self.written.append(node)
+        self._enter(node)
         self._line(f"# {what}")
         if node in self.program.layers:
             call = self._record_layer(run, values, node)
@@ -420,13 +445,6 @@ class Generator(JaxprWriter, _Interpreter):
             self.lines = outer
         self._both_modes(train_lines, eval_lines)
         return y
-
-
-def _dim_key(spec, axis: int):
-    """What identifies an open dim: its ``dim_param``, shared by the dims naming it, or
-    (unnamed, or ``?``: exporters' "unknown") the dim itself."""
-    d = spec.shape[axis]
-    return d if isinstance(d, str) and d not in ("", "?") else (spec.name, axis)
 
 
 def _is_default(value, default) -> bool:

@@ -16,8 +16,15 @@ from jax import lax
 
 from ..errors import CodegenError
 from ._literals import dtype_text, literal, literal_names, python_number, scalar
-from ._spell import (INLINE, NAMESPACE, candidates, evaluate, is_literal, live,
-                     same_operation)
+from ._spell import (
+    INLINE,
+    NAMESPACE,
+    candidates,
+    evaluate,
+    is_literal,
+    live,
+    same_operation,
+)
 
 #: Constants up to this many elements are written as array literals; larger ones as bytes.
 _INLINE_SIZE = 16
@@ -37,6 +44,7 @@ class JaxprWriter:
         self.keep: list[Any] = []             # stand-ins stay alive while their id is used
         self._spelled: dict[tuple, int | None] = {}  # equation's signature -> candidate
         self.dims: dict[str, Any] = {}        # variable -> the symbolic input dim it holds
+        self.flax = "nn"                      # what the source imports Flax as (nn, nnx)
         self._temp = 0
 
     def _emit_fn(self, fn, values, out_names, what):
@@ -109,7 +117,8 @@ class JaxprWriter:
         Python numbers for its weakly typed scalars, else NumPy scalars of their dtypes)."""
         typed = [t if t.isidentifier() or v.aval.ndim or self._constant(t, v) is None
                  else scalar(self._constant(t, v)) for t, v in zip(ins, eqn.invars)]
-        found = candidates(eqn, ins) + (candidates(eqn, typed) if typed != ins else [])
+        found = candidates(eqn, ins, self.flax) + (
+            candidates(eqn, typed, self.flax) if typed != ins else [])
         key = self._signature(eqn, ins)
         if key not in self._spelled:
             self._spelled[key] = next(

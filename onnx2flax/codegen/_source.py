@@ -102,7 +102,8 @@ def load_model(path=None, rngs: nnx.Rngs | None = None) -> Model:
     return Model(load_variables(path), rngs)
 '''
     else:
-        classes = "".join(inspect.getsource(c) + "\n\n" for c in gen.classes)
+        classes = "".join([inspect.getsource(c) + "\n\n" for c in gen.classes]
+                          + [c + "\n\n" for c in gen.block_classes])
         scope = _SCOPE if gen.scopes else ""
         model = f'''{classes}{scope}class Model(nn.Module):
     @nn.compact

@@ -17,6 +17,7 @@ import operator
 from collections.abc import Callable
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ INLINE = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
 
 #: What the generated source's expressions are evaluated with: its imports.
-NAMESPACE = {"jax": jax, "jnp": jnp, "lax": lax, "nn": nn, "np": np, "float": float,
+NAMESPACE = {"jax": jax, "jnp": jnp, "lax": lax, "nn": nn, "nnx": nnx, "np": np, "float": float,
              "complex": complex}
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -54,10 +55,13 @@ _WINDOW_REDUCERS = {"reduce_window_max": "lax.max", "reduce_window_min": "lax.mi
 _PUBLIC = (("lax", lax), ("lax.linalg", lax.linalg))
 
 
-def candidates(eqn, ins: list[str]) -> list[str]:
-    """Source expressions for ``eqn`` on operands ``ins`` (source text), most idiomatic first."""
+def candidates(eqn, ins: list[str], flax: str = "nn") -> list[str]:
+    """Source expressions for ``eqn`` on operands ``ins`` (source text), most idiomatic first.
+    ``flax``: the name the source imports Flax's layers and pools as (``nn``, ``nnx``)."""
     prim, params = eqn.primitive.name, eqn.params
     found: list[str] = []
+    if prim in _WINDOW_REDUCERS:
+        found += _reduce_window(params, ins, eqn, flax)
     special = _SPECIAL.get(prim)
     if special is not None:
         found += special(params, ins, eqn)
@@ -198,8 +202,9 @@ def _integer_pow(params, ins, eqn):
     return [f"{ins[0]} ** {params['y']}" if params["y"] >= 0 else f"{ins[0]} ** ({params['y']})"]
 
 
-def _reduce_window(params, ins, eqn):
-    """``lax.reduce_window`` with ``lax.max`` / ``min`` / ``add`` from the reducer's identity
+def _reduce_window(params, ins, eqn, flax: str):
+    """``nn.max_pool`` (``nnx.max_pool``) where it is that max window reduction; else
+    ``lax.reduce_window`` with ``lax.max`` / ``min`` / ``add`` from the reducer's identity
     (which makes it the same max / min / sum window reduction)."""
     dtype = np.dtype(eqn.invars[0].aval.dtype)
     prim = eqn.primitive.name
@@ -216,8 +221,18 @@ def _reduce_window(params, ins, eqn):
             "window_dilation")
     args = _params_text(params, keys)
     init_text = literal(np.asarray(init, dtype)[()])
-    return [] if args is None else [
-        f"lax.reduce_window({ins[0]}, {init_text}, {_WINDOW_REDUCERS[prim]}, {args})"]
+    if args is None:
+        return []
+    found = []
+    dims, strides, pads = (params[k] for k in ("window_dimensions", "window_strides",
+                                               "padding"))
+    if (prim == "reduce_window_max" and len(dims) >= 3 and dims[0] == dims[-1] == 1
+            and strides[0] == strides[-1] == 1 and tuple(pads[0]) == tuple(pads[-1]) == (0, 0)
+            and set(params["base_dilation"]) == set(params["window_dilation"]) == {1}):
+        found.append(f"{flax}.max_pool({ins[0]}, {literal(tuple(dims[1:-1]))}, "
+                     f"strides={literal(tuple(strides[1:-1]))}, "
+                     f"padding={literal(tuple(tuple(p) for p in pads[1:-1]))})")
+    return found + [f"lax.reduce_window({ins[0]}, {init_text}, {_WINDOW_REDUCERS[prim]}, {args})"]
 
 
 def _sort(params, ins, eqn):
@@ -236,7 +251,7 @@ _SPECIAL: dict[str, Callable[..., list[str]]] = {
     "dot_general": _dot, "concatenate": _concatenate, "stack": _stack,
     "dynamic_slice": _dynamic_slice,
     "dynamic_update_slice": _dynamic_update_slice, "iota": _iota,
-    "integer_pow": _integer_pow, **dict.fromkeys(_WINDOW_REDUCERS, _reduce_window),
+    "integer_pow": _integer_pow,
     "sort": _sort, "optimization_barrier": _barrier,
 }
 

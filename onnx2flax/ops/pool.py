@@ -43,6 +43,8 @@ def _window(ctx: OpContext, x):
 
 
 def _reduce(x, init, op, k, strides, dilations, padding):
+    """``lax.reduce_window`` over the spatial dims of channels-last ``x``. ``init``: NumPy,
+    so that JAX sees the max / add window reduction it is (what ``nn.max_pool`` is)."""
     return lax.reduce_window(x, init, op, (1, *k, 1), (1, *strides, 1),
                              [(0, 0), *padding, (0, 0)], window_dilation=(1, *dilations, 1))
 
@@ -58,7 +60,7 @@ def max_pool(ctx: OpContext, x):
     k, strides, dilations, pads, extra = _window(ctx, x)
     padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
     low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    y = _reduce(x, jnp.array(low, x.dtype), lax.max, k, strides, dilations, padding)
+    y = _reduce(x, np.array(low, x.dtype), lax.max, k, strides, dilations, padding)
     if len([o for o in ctx.node.outputs if o]) == 1:
         return y
     return y, _argmax_indices(x, low, storage_order, k, strides, dilations, padding)
@@ -93,7 +95,7 @@ def average_pool(ctx: OpContext, x):
     include = int(ctx.attr("count_include_pad", 0))
     k, strides, dilations, pads, extra = _window(ctx, x)
     padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
-    total = _reduce(x, jnp.array(0, x.dtype), lax.add, k, strides, dilations, padding)
+    total = _reduce(x, np.array(0, x.dtype), lax.add, k, strides, dilations, padding)
     # The divisor: window cells inside the input (plus the explicit pads when counted).
     sizes = x.shape[1:-1]
     if include:
@@ -122,7 +124,7 @@ def lp_pool(ctx: OpContext, x):
     p, power = _lp_power(ctx, x)
     k, strides, dilations, pads, extra = _window(ctx, x)
     padding = [(pb, pe + e) for (pb, pe), e in zip(pads, extra)]
-    total = _reduce(power, jnp.array(0, x.dtype), lax.add, k, strides, dilations, padding)
+    total = _reduce(power, np.array(0, power.dtype), lax.add, k, strides, dilations, padding)
     return total ** (1 / p)
 
 

@@ -91,8 +91,8 @@ def flatten(ctx: OpContext, x):
     if not -x.ndim <= axis <= x.ndim:
         raise ctx.invalid(f"axis {axis} is out of range for a rank-{x.ndim} input")
     axis = axis + x.ndim if axis < 0 else axis
-    lead = int(np.prod(x.shape[:axis]))
-    return jnp.reshape(x, (lead, int(np.prod(x.shape[axis:]))))
+    # math.prod: a product of symbolic dims too (generated source)
+    return jnp.reshape(x, (math.prod(x.shape[:axis]), math.prod(x.shape[axis:])))
 
 
 @register("Cast", layout="elementwise")
