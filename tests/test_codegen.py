@@ -423,7 +423,7 @@ def test_operation_without_public_spelling_is_refused(monkeypatch):
         codegen.generate(converted)
 
 
-def _scoped_chain(scopes):
+def _scoped_chain(scopes, cls="pkg.Act"):
     """``len(scopes)`` chained ops (Relu, Neg, Exp, repeated) on ``x [2, 3]``; node ``i``
     carries torch dynamo's scope metadata for module ``scopes[i]`` (``None``: none;
     ``("raw", text)``: that text as both lists)."""
@@ -436,8 +436,8 @@ def _scoped_chain(scopes):
             names = classes = scope[1]
         elif scope is not None:
             names = repr(["", "blocks", scope, f"op{i}"])
-            classes = repr(["pkg.Net", "torch.nn.modules.container.ModuleList",
-                            "pkg.Act", "aten.op"])
+            classes = repr(["pkg.Net", "torch.nn.modules.container.ModuleList", cls,
+                            "aten.op"])
         if scope is not None:
             helper.set_metadata_props(node, {"pkg.torch.onnx.name_scopes": names,
                                              "pkg.torch.onnx.class_hierarchy": classes})
@@ -462,6 +462,20 @@ def test_module_classes_from_torch_scopes(scopes, classes):
     check_generated_source(source)
     assert source.count("class Act(nn.Module):") == classes
     module = import_source(source, "gen_scoped")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(module.Model().apply({}, x)),
+                                  converted.run({"x": x})[0])
+
+
+@pytest.mark.parametrize("cls", ['x.float', 'x.None', 'x.Model', 'evil"""\nimport os\n#\\',
+                                 "x.__init__"])
+def test_module_class_names_stay_data(cls):
+    """Class names from the file's metadata become identifiers or docstring text only."""
+    converted = onnx2flax.convert(_scoped_chain(["b.0"] * 3 + ["b.1"] * 3, cls))
+    source = codegen.generate(converted)
+    check_generated_source(source)
+    assert not any(line.lstrip().startswith("import os") for line in source.splitlines())
+    module = import_source(source, "gen_scoped_names")
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(module.Model().apply({}, x)),
                                   converted.run({"x": x})[0])

@@ -20,10 +20,13 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import keyword
 import re
 import tokenize
 from collections import Counter
 from dataclasses import dataclass, field
+
+import flax.linen as nn
 
 from .._core.graph import Node
 
@@ -31,6 +34,10 @@ from .._core.graph import Node
 _CONTAINERS = frozenset({"torch.nn.modules.container.Sequential",
                          "torch.nn.modules.container.ModuleList",
                          "torch.nn.modules.container.ModuleDict"})
+#: What a class or field name must not be: Python's builtins (the source uses ``float``),
+#: ``nn.Module``'s own attributes (``name``, ``parent``, ``path``...).
+_BUILTINS = frozenset(dir(builtins))
+_MODULE_ATTRIBUTES = frozenset(dir(nn.Module)) | {"name", "parent"}
 #: Fewest written nodes for a module instance to be a class (a Conv2d is one node).
 _MIN_NODES = 3
 #: The comment the driver writes above a node's (or weight's) lines: its name differs
@@ -131,7 +138,7 @@ def assemble(instances: list[Instance], parent: list[str], module_names: set[str
             base = "M" + base
         variants[base] += 1
         name = base if variants[base] == 1 else f"{base}{variants[base]}"
-        while name in taken:
+        while name in taken or keyword.iskeyword(name) or name in _BUILTINS:
             name += "_"
         taken.add(name)
         source, fields = _class_source(name, members)
@@ -257,7 +264,7 @@ def _class_source(name: str, members: list[_Body]):
         kinds = {f.rsplit("_", 1)[-1] for f in found}
         base = kinds.pop() if len(ks) > 1 and len(kinds) == 1 else found[0]
         candidate, n = base, 1
-        while candidate in taken:
+        while candidate in taken or candidate in _MODULE_ATTRIBUTES:
             n += 1
             candidate = f"{base}{n}"
         taken.add(candidate)
@@ -319,4 +326,5 @@ def _annotation(node: ast.expr) -> str:
 
 
 def _doc(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode().replace('"', "'").replace("\\", "/")
+    """``text`` for a one-line docstring: printable ASCII, no double quote, no backslash."""
+    return re.sub(r"[^ -~]", "?", text).replace('"', "'").replace("\\", "/")

@@ -17,10 +17,10 @@ import operator
 from collections.abc import Callable
 
 import flax.linen as nn
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
 
 from ._literals import dtype_text, literal, literal_names
