@@ -35,9 +35,7 @@ def _cmd_convert(args) -> int:
     inputs = None if feeds is None else _module_inputs(converted, feeds)
     # the outputs' layouts, traced at the feeds' shapes when given, else as the source is
     # (the open dims symbolic)
-    outputs = converted._output_specs(
-        codegen._open.open_inputs(converted.inputs, codegen._literals.Names())[0]
-        if inputs is None else inputs)
+    outputs = codegen._output_specs(converted, inputs)
     # Everything that traces comes before the first write: a failure leaves no DIR behind.
     summary = (f"{summarize(args.model).text()}\nlayout at the module boundary:\n" + "\n".join(
         f"  {s.name}: {'channels-last' if s.channels_last else 'ONNX order'}"

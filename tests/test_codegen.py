@@ -376,12 +376,12 @@ def test_resnet_weight_tree(tmp_path, api):
                                    f"gen_resnet_{api}", train=True, api=api)
     if api == "linen":
         assert "s_layer1 = Scope(name='layer1')" in source
-        # one class per PyTorch module class: _Block written once for its three instances
-        # of one structure (channels a field), once for the one with a downsample
-        assert source.count("class Block(nn.Module):") == 1
-        assert source.count("class Block2(nn.Module):") == 1
-        assert "Block(name='0', features=4)(" in source and "Block2(name='0')(" in source
-        assert "Block(name='1', features=8)(" in source
+        # one class per PyTorch module class: _Block written once for its four instances,
+        # channels, strides and whether it has a downsample its fields
+        assert source.count("class Block(nn.Module):") == 1 and "class Block2" not in source
+        assert "downsample: bool" in source and "if self.downsample:" in source
+        assert "Block(name='0', features=4, conv1_strides=(1, 1), downsample=False)(" in source
+        assert "Block(name='0', features=8, conv1_strides=(2, 2), downsample=True)(" in source
     else:
         assert "self.layer1['0']['conv1']['kernel']" in source
 

@@ -46,7 +46,7 @@ from flax import serialization
 from .._core.files import output_dir, write_file
 from ..converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint
 from ..errors import CodegenError, OnnxConversionError
-from . import _blocks
+from . import _blocks, _literals, _open
 from ._driver import Generator as _Generator
 from ._source import MODEL_FILE, WEIGHTS_FILE
 
@@ -95,8 +95,7 @@ def save(converted: ConvertedModel, out_dir, *, force: bool = False,
 
 def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
     linen = getattr(converted, "linen", converted)  # an NnxConvertedModel
-    with _placeholder_hint([], linen.specialized_inputs), \
-            _symbolic_hint(linen.inputs if inputs is None else []):
+    with _hints(linen, inputs):
         generator = _Generator(converted, inputs, api)
         if api != "linen":
             return generator
@@ -104,6 +103,25 @@ def _generator(converted, inputs: Sequence[Any] | None, api: API) -> _Generator:
         blocks = _blocks.plan(generator.written, layers)
         # again, each repeated PyTorch module's nodes into its class
         return _Generator(converted, inputs, api, blocks) if blocks else generator
+
+
+@contextlib.contextmanager
+def _hints(converted: ConvertedModel, inputs: Sequence[Any] | None):
+    """Tracing ``converted`` as generated source is (``inputs``, or its open dims
+    symbolic): an error says which inputs decide shapes and, without ``inputs``, which
+    dims were open and how to fix them."""
+    with _placeholder_hint([], converted.specialized_inputs), \
+            _symbolic_hint(converted.inputs if inputs is None else []):
+        yield
+
+
+def _output_specs(converted: ConvertedModel, inputs: Sequence[Any] | None) -> list[TensorSpec]:
+    """The output specs (layouts) of the generated source: traced on ``inputs`` (module
+    layout), or with the open dims symbolic."""
+    with _hints(converted, inputs):
+        if inputs is None:
+            inputs = _open.open_inputs(converted.inputs, _literals.Names())[0]
+        return converted._output_specs(inputs)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import difflib
 import io
 import keyword
 import re
@@ -131,7 +132,7 @@ def assemble(instances: list[Instance], parent: list[str], module_names: set[str
     variants: Counter = Counter()
     classes: list[str] = []
     calls: dict[str, str] = {}
-    for members in groups.values():
+    for members, flags in _merge_optional(list(groups.values())):
         base = re.sub(r"[^A-Za-z0-9_]", "_", members[0].instance.cls.rsplit(".", 1)[-1])
         base = base.lstrip("_") or "Block"
         if not base[0].isalpha():
@@ -141,7 +142,7 @@ def assemble(instances: list[Instance], parent: list[str], module_names: set[str
         while name in taken or keyword.iskeyword(name) or name in _BUILTINS:
             name += "_"
         taken.add(name)
-        source, fields = _class_source(name, members)
+        source, fields = _class_source(name, members, flags)
         classes.append(source)
         for body in members:
             values = "".join(f", {f}={v}" for f, v in fields(body))
@@ -247,9 +248,10 @@ def _structure(text: str) -> tuple[str, list]:
     return ast.dump(SetAside().visit(ast.parse(text))), slots
 
 
-def _class_source(name: str, members: list[_Body]):
+def _class_source(name: str, members: list[_Body], flags: dict[str, dict[int, bool]]):
     """The class written from ``members`` (instances of one structure) and a function
-    giving each member's field values as source."""
+    giving each member's field values as source. ``flags``: boolean fields (an optional
+    sub-module's), each member's value by ``id``."""
     first = members[0]
     varying = [k for k in range(len(first.slots))
                if len({m.slots[k][1] for m in members}) > 1]
@@ -258,7 +260,7 @@ def _class_source(name: str, members: list[_Body]):
     for k in varying:
         together.setdefault(tuple(m.slots[k][1] for m in members), []).append(k)
     names: dict[int, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = set(flags)
     for ks in together.values():
         found = [_field_name(first.text, first.slots[k][0]) for k in ks]
         kinds = {f.rsplit("_", 1)[-1] for f in found}
@@ -278,7 +280,7 @@ def _class_source(name: str, members: list[_Body]):
         start, end = _start(node, offsets), offsets[node.end_lineno - 1] + node.end_col_offset
         text = text[:start] + f"self.{names[k]}" + text[end:]
     fields = "".join(f"    {names[ks[0]]}: {_annotation(first.slots[ks[0]][0])}\n"
-                     for ks in together.values())
+                     for ks in together.values()) + "".join(f"    {f}: bool\n" for f in flags)
     args = ", ".join(["self", *first.parameters,
                       *(["train: bool = False"] if first.uses_train else [])])
     returns = ", ".join(first.returns)
@@ -291,7 +293,8 @@ def _class_source(name: str, members: list[_Body]):
               + (f"        return {returns}\n" if returns else ""))
 
     def values(body: _Body):
-        return [(names[ks[0]], body.slots[ks[0]][1]) for ks in together.values()]
+        return [(names[ks[0]], body.slots[ks[0]][1]) for ks in together.values()] + [
+            (f, repr(by_member[id(body)])) for f, by_member in flags.items()]
 
     return source, values
 
@@ -328,3 +331,136 @@ def _annotation(node: ast.expr) -> str:
 def _doc(text: str) -> str:
     """``text`` for a one-line docstring: printable ASCII, no double quote, no backslash."""
     return re.sub(r"[^ -~]", "?", text).replace('"', "'").replace("\\", "/")
+
+
+# --- optional sub-modules -----------------------------------------------------------------
+
+def _merge_optional(groups: list[list[_Body]]) -> list[tuple[list[_Body], dict]]:
+    """Groups of one PyTorch class whose structures differ only by an optional sub-module
+    (a ``Bottleneck`` with a ``downsample`` and one without) as one group: each member's
+    body is rewritten to the merged form (``if self.downsample: ... else: t3 = x``) and the
+    sub-module's presence is a boolean field. Returns ``(members, flags)`` per class."""
+    merged: list[tuple[list[_Body], dict]] = [(g, {}) for g in groups]
+    changed = True
+    while changed:
+        changed = False
+        for i, (with_, flags_i) in enumerate(merged):
+            for j, (without, flags_j) in enumerate(merged):
+                if i == j or flags_i or flags_j or with_[0].instance.cls != without[0].instance.cls:
+                    continue
+                found = _merged_group(without, with_)
+                if found is not None:
+                    merged = [g for k, g in enumerate(merged) if k not in (i, j)] + [found]
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged
+
+
+def _merged_group(without: list[_Body], with_: list[_Body]):
+    first = _merge_pair(without[0], with_[0])
+    if first is None:
+        return None
+    sub = first[1]
+    versions, flags = [], {}
+    for a, b, member in [(m, with_[0], m) for m in without] + [(without[0], m, m)
+                                                                 for m in with_]:
+        found = _merge_pair(a, b)
+        if found is None or found[1] != sub:
+            return None
+        text = found[0] if member is b else found[2]
+        version = _Body(member.instance, text, member.inputs, member.outputs,
+                        b.returns, member.uses_train, b.parameters)
+        version.key, version.slots = _structure(text)
+        if versions and version.key != versions[0].key:
+            return None
+        versions.append(version)
+        flags[id(version)] = member is b
+    versions.sort(key=lambda v: int(v.instance.marker.removeprefix("_block")))  # call order
+    return versions, {sub: flags}
+
+
+def _merge_pair(a: _Body, b: _Body):
+    """``b``'s body as ``a``'s plus the statements of one sub-module ``s_<sub>`` that read
+    no result of the others: ``(the merged text with b's statements, the field's name,
+    the merged text with a's statements)`` (the sub-module's statements under
+    ``if self.<sub>:``; their result, where ``a`` reads an input instead, that input
+    otherwise), or ``None``."""
+    if a.parameters != b.parameters or a.uses_train != b.uses_train:
+        return None
+    a_chunks, b_chunks = _chunks(a.text), _chunks(b.text)
+    match = difflib.SequenceMatcher(None, [c[2] for c in a_chunks], [c[2] for c in b_chunks],
+                                    autojunk=False)
+    extras, pairs = [], []
+    for tag, i1, i2, j1, j2 in match.get_opcodes():
+        if tag == "equal":
+            pairs += zip(a_chunks[i1:i2], b_chunks[j1:j2])
+        elif tag == "insert":
+            extras += b_chunks[j1:j2]
+        else:
+            return None
+    subs = {n for chunk in extras for n in chunk[3] if n.startswith("s_")}
+    if not extras or len(subs) != 1:
+        return None
+    sub = subs.pop()
+    made = {n for chunk in extras for n in chunk[4]}
+    main = {n for _, chunk in pairs for n in chunk[4]}  # what the common statements make
+    if any(sub not in chunk[3] | chunk[4] or chunk[5] & main for chunk in extras):
+        return None  # each extra is the sub-module's and reads no result of the others
+    rename: dict[str, str] = {}
+    instead: dict[str, str] = {}  # an extra's result -> the input a reads in its place
+    edits = []  # where a's common statements get b's names: (line, start, end, name)
+    for (_, a_stmt, *_), (_, b_stmt, *_) in pairs:
+        for x, y in zip(ast.walk(a_stmt), ast.walk(b_stmt)):
+            if not isinstance(x, ast.Name):
+                continue
+            if y.id in made:
+                if x.id not in a.parameters or instead.setdefault(y.id, x.id) != x.id:
+                    return None
+            elif rename.setdefault(x.id, y.id) != y.id:
+                return None
+            edits.append((x.lineno, x.col_offset, x.end_col_offset, y.id))
+    if [rename.get(n, n) for n in a.returns] != b.returns or not instead:
+        return None
+    a_lines = a.text.split("\n")
+    for line, start, end, name in sorted(edits, reverse=True):
+        a_lines[line - 1] = a_lines[line - 1][:start] + name + a_lines[line - 1][end:]
+    a_common = "\n".join("\n".join(a_lines[chunk[6]:chunk[7]]) for chunk, _ in pairs)
+    field = sub[2:] if sub[2:].isidentifier() else "has_" + sub
+    present = "\n".join(chunk[0] for chunk in extras)
+    absent = "\n".join(f"{y} = {x}" for y, x in instead.items())
+    indent = lambda text: "\n".join("    " + line if line else line  # noqa: E731
+                                     for line in text.split("\n"))
+    head = f"if self.{field}:\n{indent(present)}\nelse:\n{indent(absent)}\n"
+    return head + "\n".join(chunk[0] for _, chunk in pairs), field, head + a_common
+
+
+def _chunks(text: str):
+    """The top-level statements of ``text``, each as ``(its lines with the comments above
+    it, its AST, its shape (names and numbers set aside), names it loads or stores that
+    are Scope levels, names it stores, names it loads, its first and past-last line)``."""
+    lines = text.split("\n")
+    tree = ast.parse(text)
+    chunks, start = [], 0
+    for stmt in tree.body:
+        end = stmt.end_lineno
+        loaded, stored = _names(lines[stmt.lineno - 1:end])
+        shape = ast.dump(_Anonymous().visit(ast.parse(ast.unparse(stmt))))
+        chunks.append(("\n".join(lines[start:end]), stmt, shape,
+                       {n for n in loaded + stored if n.startswith("s_")}, set(stored),
+                       set(loaded), start, end))
+        start = end
+    return chunks
+
+
+class _Anonymous(ast.NodeTransformer):
+    """A statement's shape: variable names and numbers set aside."""
+
+    def visit_Name(self, node):
+        return ast.Name("_", node.ctx)
+
+    def visit(self, node):
+        if isinstance(node, ast.expr) and _is_number(node):
+            return ast.Constant(0)
+        return super().visit(node)

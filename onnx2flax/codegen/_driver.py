@@ -399,7 +399,7 @@ class Generator(JaxprWriter, _Interpreter):
         path = call.plan.path
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         kwargs = "".join(f", {k}={literal(v)}" for k, v in call.kwargs.items()
-                         if not _is_default(v, defaults.get(k, dataclasses.MISSING)))
+                         if not _is_default(v, defaults.get(k, dataclasses.MISSING), k))
         call_kwargs = ", ".join(f"{k}=train" if k == "train" else f"{k}={literal(v)}"
                                 for k, v in call.call_kwargs.items())
         layer_args = ", ".join(arg_names + ([call_kwargs] if call_kwargs else []))
@@ -447,8 +447,16 @@ class Generator(JaxprWriter, _Interpreter):
         return y
 
 
-def _is_default(value, default) -> bool:
+#: Layer fields whose int default means that value on every spatial axis (``nn.Conv``'s
+#: ``kernel_dilation=1`` is ``(1, 1)``). Not ``strides``: written always, they do not make
+#: two instances of a module look different when one has the default.
+_PER_AXIS = frozenset({"kernel_dilation", "input_dilation"})
+
+
+def _is_default(value, default, name: str = "") -> bool:
     """Whether a layer's argument is its field's default (left out of the source)."""
+    if name in _PER_AXIS and type(default) is int and isinstance(value, tuple):
+        return all(type(v) is int and v == default for v in value)
     try:
         return type(value) is type(default) and bool(value == default)
     except Exception:  # noqa: BLE001  (uncomparable: written out)

@@ -76,8 +76,11 @@ def candidates(eqn, ins: list[str], flax: str = "nn") -> list[str]:
     public = _public_call(prim.replace("-", "_"), params, ins)
     if public is not None:
         found.append(public)
-    if prim in INLINE and "name" in params:  # a jitted public function: jax.random.bernoulli
+    if prim in INLINE and "name" in params:  # a jitted public function: jax.nn.hard_sigmoid
         fn = params["name"].lstrip("_")
+        for space, module in (("jax.nn", jax.nn), ("jnp", jnp)):
+            if callable(getattr(module, fn, None)):
+                found.append(f"{space}.{fn}({', '.join(ins)})")
         if callable(getattr(jax.random, fn, None)) and len(eqn.outvars) == 1:
             shape = tuple(eqn.outvars[0].aval.shape)
             found.append(f"jax.random.{fn}({', '.join(ins)}, shape={literal(shape)})")
