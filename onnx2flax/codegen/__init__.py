@@ -15,8 +15,8 @@ as ``jax.export`` symbolic dims (``_driver``) and read from the inputs in the so
 the source is specialized to their shapes. Where the file records the PyTorch modules its
 nodes come from (torch dynamo's metadata), each module class with two or more instances
 (``Bottleneck``, ``TransformerEncoderLayer``) is written once as an ``nn.Module`` class,
-numbers that differ between instances as its fields, and called under the instance's
-attribute name (``_blocks``; linen source). Sequences
+numbers that differ between instances and an optional sub-module (``downsample``) as its
+fields, and called under the instance's attribute name (``_blocks``; linen source). Sequences
 (lists of tensors, static length) become one variable per tensor. The graph's constants
 other than weights are module-level NumPy arrays written into the source, so that XLA sees
 them as constants, as it does in the interpreter (as jit arguments, they compile to other

@@ -11,8 +11,9 @@ leaves a marker where the instance is called. :func:`assemble` turns the instanc
 classes: an instance's lines with its variables renamed in order of appearance are its
 class's body when its structure (the syntax tree with numbers set aside) is that of the
 class; numbers that differ between the instances (channels, strides) become dataclass
-fields. Instances of one PyTorch class with different structure (a block with a
-``downsample`` and one without) are variants: ``Bottleneck`` and ``Bottleneck2``.
+fields. Instances of one PyTorch class whose structures differ by an optional sub-module
+(a block with a ``downsample`` and one without) are one class with a boolean field
+(:func:`_merge_optional`); other differences make variants: ``Block`` and ``Block2``.
 """
 
 from __future__ import annotations
