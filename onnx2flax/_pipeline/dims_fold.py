@@ -19,10 +19,14 @@ from .._core.graph import Node
 from ..errors import UnsupportedOpError, node_label
 
 
-def handles(node: Node) -> bool:
-    """Whether ``node`` is shape arithmetic this module evaluates (a Cast to an integer
-    type: a float of a dim is computed at run time by the op's handler)."""
+def handles(node: Node, arrays: list) -> bool:
+    """Whether ``node`` on ``arrays`` is shape arithmetic this module evaluates: the
+    data it moves holds symbolic dims (a Slice of a constant table to a symbolic length
+    is the handler's), and a Cast is to an integer type (a float of a dim is computed at
+    run time by the op's handler)."""
     if node.domain != "" or node.op_type not in _OPS:
+        return False
+    if node.op_type in _MOVES and not is_symbolic(arrays[0]):
         return False
     return node.op_type != "Cast" or np.issubdtype(
         onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]), np.integer)
@@ -123,6 +127,10 @@ def _reshape(attrs, opset, x, shape=None):
 def _binary(op: Callable) -> Callable:
     return lambda attrs, opset, a, b: op(np.asarray(a, object), np.asarray(b, object))
 
+
+#: Ops moving their first input's data (the others say how).
+_MOVES = frozenset({"Identity", "Gather", "Unsqueeze", "Squeeze", "Slice", "Cast", "Reshape",
+                    "ReduceProd"})
 
 _OPS: dict[str, Callable] = {
     "Identity": lambda attrs, opset, x: x,

@@ -215,7 +215,7 @@ class _Interpreter:
                  and all(isinstance(a, np.ndarray) or not name
                          for a, name in zip(arrays, node.inputs)))
         symbolic = any(_dims.is_symbolic(a) for a in arrays)
-        if known and (_dims_fold_handles(node) if symbolic else foldable(node)):
+        if known and (_dims_fold_handles(node, arrays) if symbolic else foldable(node)):
             outs = (fold_dims(node, arrays, graph.opset_of(node)) if symbolic
                     else fold(node, arrays, graph.opsets))
             for name, value in zip(node.outputs, outs):

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from .._core import layout as _layout
-from .._core.dims import is_dim
+from .._core.dims import as_dim, is_dim
 from .._core.registry import register
 from .._pipeline.module import OpContext
 from ._common import normalize_axis
@@ -126,7 +126,8 @@ def split(ctx: OpContext, x, split=None):
 # --- Slice -----------------------------------------------------------------------------
 
 def _slice(ctx: OpContext, x, starts, ends, axes, steps):
-    starts, ends = _ints(starts), _ints(ends)
+    # starts / ends may be symbolic dims (generated source: ``x[:, :seq]``)
+    starts, ends = ([as_dim(v) for v in np.asarray(b).reshape(-1)] for b in (starts, ends))
     rank = x.ndim
     axes = list(range(len(starts))) if axes is None else _ints(axes)
     steps = [1] * len(starts) if steps is None else _ints(steps)
@@ -138,7 +139,7 @@ def _slice(ctx: OpContext, x, starts, ends, axes, steps):
     index = [slice(None)] * rank
     for axis, start, end, step in zip(_held_axes(ctx, axes, rank), starts, ends, steps):
         dim = x.shape[axis]
-        if is_dim(dim):
+        if is_dim(dim) or is_dim(start) or is_dim(end):
             index[axis] = _open_slice(start, end, step, dim)
             continue
         start = start + dim if start < 0 else start
@@ -150,17 +151,27 @@ def _slice(ctx: OpContext, x, starts, ends, axes, steps):
         step = max(min(step, dim), -dim) or 1  # same elements; older jax takes int32 steps only
         index[axis] = slice(start, None if end < 0 else end, step)
     _keep_layout(ctx)
-    return x[tuple(index)]
+    if not any(is_dim(b) for i in index for b in (i.start, i.stop)):
+        return x[tuple(index)]
+    # a symbolic bound: lax.slice (indexing would gather, with a min() of sizes)
+    if any((i.step or 1) < 0 for i in index):
+        raise ctx.fail("a negative-step slice with bounds known only at run time")
+    return lax.slice(x, [i.start or 0 for i in index],
+                     [x.shape[a] if i.stop is None else i.stop for a, i in enumerate(index)],
+                     [i.step or 1 for i in index])
 
 
 def _open_slice(start: int, end: int, step: int, dim) -> slice:
-    """Bounds on an axis of symbolic size (generated source): exporters' "to the end" values
-    (1e9 for tf2onnx, int32 / int64 extremes for others) are the axis' ends, negative ones count from its end, others are taken
-    as in range (clamping them would need the size). ``None`` for the axis' own ends keeps
-    the slice static (a symbolic bound makes JAX gather)."""
+    """Bounds on an axis of symbolic size, or symbolic bounds (generated source):
+    exporters' "to the end" values (1e9 for tf2onnx, int32 / int64 extremes for others)
+    are the axis' ends, negative ones count from its end, others (and symbolic ones) are
+    taken as in range (clamping them would need the size). ``None`` for the axis' own
+    ends keeps the slice static."""
     far = 10 ** 9
 
-    def bound(v: int, high, low):
+    def bound(v, high, low):
+        if is_dim(v):  # a size: in range
+            return v
         return high if v >= far else low if v <= -far else v + dim if v < 0 else v
 
     if step > 0:
