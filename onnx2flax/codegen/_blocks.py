@@ -105,7 +105,7 @@ class _Body:
     uses_train: bool
     parameters: list[str] = field(default_factory=list)  # the inputs' names in the body
     key: tuple = ()         # structure: the syntax tree with numbers set aside
-    slots: list = field(default_factory=list)  # (start, end, value) of each number
+    slots: list = field(default_factory=list)  # (AST node, source text) of each number
 
 
 def assemble(instances: list[Instance], parent: list[str], module_names: set[str],
