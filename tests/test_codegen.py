@@ -479,3 +479,32 @@ def test_module_class_names_stay_data(cls):
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(module.Model().apply({}, x)),
                                   converted.run({"x": x})[0])
+
+
+class _LayerNorm2d(torch.nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: its weights are its own, not a child layer's."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _TwoNorms(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm1 = torch.nn.Conv2d(3, 4, 3), _LayerNorm2d(4)
+        self.conv2, self.norm2 = torch.nn.Conv2d(4, 4, 3), _LayerNorm2d(4)
+
+    def forward(self, x):
+        return self.norm2(self.conv2(self.norm1(self.conv1(x))))
+
+
+def test_module_whose_weights_are_its_own_layer(tmp_path):
+    """Repeated modules that are one layer (a LayerNorm subclass) stay layers of the model:
+    the source's weights are still at the layer's path."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    converted = onnx2flax.convert(_export(_TwoNorms(), x))
+    assert "norm1" in converted.variables["params"]
+    source = _generate_and_compare(tmp_path, converted, [x.numpy().transpose(0, 2, 3, 1)],
+                                   "gen_two_norms")
+    assert "class LayerNorm2d" not in source

@@ -74,8 +74,11 @@ def plan(written: list[Node], layer_paths: dict[Node, tuple[str, ...]]) -> dict[
 
     def fits(level: tuple[str, str], rows: list[int]) -> bool:
         weights = tuple(level[0].split("."))
+        # its layers below its own level (a LayerNorm2d whose weights are its own LayerNorm
+        # layer's is not a class: the layer would nest one level deeper)
         return (len(rows) >= _MIN_NODES and rows == list(range(rows[0], rows[-1] + 1))
                 and all(layer_paths[written[i]][:len(weights)] == weights
+                        and len(layer_paths[written[i]]) > len(weights)
                         for i in rows if written[i] in layer_paths))
 
     valid = {level for level, rows in members.items() if fits(level, rows)}
