@@ -184,22 +184,33 @@ def _placeholder_hint(inputs: list[TensorSpec], specialized: Sequence[str] = (),
                          + (" and were given random values" if random else "")
                          + ": give their values with convert(model, constants={...}) or "
                          "--const NAME=VALUE" + (" (or feeds / --feeds)" if random else ""))
-        unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
-                   for s in inputs}
-        unknown = {n: dims for n, dims in unknown.items() if dims}
+        unknown = _unknown_dims(inputs)
         if unknown:
-            spec = {s.name: s for s in inputs}
-            where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
-                              + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
-                              for n, d in unknown.items())
-            given = ", ".join(f"{n!r}: ({_dims_example(spec[n])})" for n in unknown)
-            flags = " ".join(f"--input-shape {n}={_dims_example(spec[n])}" for n in unknown)
+            where, given, flags = unknown
             notes.append(f"traced without feeds, unknown dims as 1: {where}; if that is what "
                          f"failed, give the real sizes: convert(model, input_shapes={{{given}}}) "
                          f"or {flags}, with each <...> filled in")
         if notes and exc.args and isinstance(exc.args[0], str):
             exc.args = ("\n".join([exc.args[0], *(f"({n})" for n in notes)]), *exc.args[1:])
         raise
+
+
+def _unknown_dims(inputs: list[TensorSpec]) -> tuple[str, str, str] | None:
+    """The unknown dims of ``inputs`` for a message: where they are (``input 'x' dims 0
+    (N), 2 (H)``), ``input_shapes=`` entries and ``--input-shape`` flags to give them, each
+    ``<...>`` to fill in; ``None`` when every dim is known."""
+    unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
+               for s in inputs}
+    unknown = {n: dims for n, dims in unknown.items() if dims}
+    if not unknown:
+        return None
+    spec = {s.name: s for s in inputs}
+    where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
+                      + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
+                      for n, d in unknown.items())
+    given = ", ".join(f"{n!r}: ({_dims_example(spec[n])})" for n in unknown)
+    flags = " ".join(f"--input-shape {n}={_dims_example(spec[n])}" for n in unknown)
+    return where, given, flags
 
 
 def _dims_example(spec: TensorSpec, batch: int | None = None) -> str:

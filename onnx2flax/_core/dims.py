@@ -33,11 +33,6 @@ def is_symbolic(value: Any) -> bool:
     return isinstance(value, np.ndarray) and value.dtype == object
 
 
-def has_symbolic_shape(value: Any) -> bool:
-    """Whether an array's shape holds a symbolic dim."""
-    return any(is_dim(d) for d in np.shape(value))
-
-
 def as_dim(value: Any):
     """One dim of a shape value: an ``int``, or a symbolic dim kept as it is."""
     return value if is_dim(value) else int(value)

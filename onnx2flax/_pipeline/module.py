@@ -17,21 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._core import boundary as _boundary
-from .._core import dims as _dims
-from .._core import layout as _layout
-from .._core import limits as _limits
+from .._core import boundary as _boundary, dims as _dims, layout as _layout, limits as _limits
 from .._core.graph import Graph, Node
 from .._core.guard import guarded
 from .._core.registry import OpSpec, lookup
-from ..errors import (
-    InvalidInputError,
-    InvalidModelError,
-    UnsupportedOpError,
-    node_label,
-)
-from .dims_fold import fold_dims
-from .dims_fold import handles as _dims_fold_handles
+from ..errors import InvalidInputError, InvalidModelError, UnsupportedOpError, node_label
+from .dims_fold import fold_dims, handles as _dims_fold_handles
 from .fold import fold, foldable
 from .plan import LayerPlan, Program
 

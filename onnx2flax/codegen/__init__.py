@@ -44,7 +44,7 @@ import numpy as np
 from flax import serialization
 
 from .._core.files import output_dir, write_file
-from ..converter import ConvertedModel, TensorSpec, _dims_example, _placeholder_hint
+from ..converter import ConvertedModel, TensorSpec, _placeholder_hint, _unknown_dims
 from ..errors import CodegenError, OnnxConversionError
 from . import _blocks, _literals, _open
 from ._driver import Generator as _Generator
@@ -131,15 +131,9 @@ def _symbolic_hint(inputs: list[TensorSpec]):
     try:
         yield
     except OnnxConversionError as exc:
-        unknown = {s.name: [i for i, d in enumerate(s.shape or ()) if not isinstance(d, int)]
-                   for s in inputs}
-        unknown = {n: dims for n, dims in unknown.items() if dims}
+        unknown = _unknown_dims(inputs)
         if unknown and exc.args and isinstance(exc.args[0], str):
-            spec = {s.name: s for s in inputs}
-            where = "; ".join(f"input {n!r} dim{'s' if len(d) > 1 else ''} "
-                              + ", ".join(f"{i} ({spec[n].shape[i] or 'unnamed'})" for i in d)
-                              for n, d in unknown.items())
-            flags = " ".join(f"--input-shape {n}={_dims_example(spec[n])}" for n in unknown)
+            where, _, flags = unknown
             exc.args = (f"{exc.args[0]}\n(generated with the sizes the ONNX file leaves open "
                         f"read from the inputs at run time: {where}; if the model needs "
                         "them fixed, fix them: onnx2flax.convert(model, input_shapes=...) or "

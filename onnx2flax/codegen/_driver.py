@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .._core import boundary as _boundary
-from .._core import layout as _layout
+from .._core import boundary as _boundary, layout as _layout
 from .._core.dims import as_values, is_symbolic
 from .._pipeline import layers as _layers
 from .._pipeline.module import _Env, _Interpreter
@@ -165,9 +164,11 @@ class Generator(JaxprWriter, _Interpreter):
             if name in read:
                 continue
             read.add(name)
-            size = f"{var}.shape[{perm.index(axis)}]"
-            size = f"({size} - {b})" if b > 0 else f"({size} + {-b})" if b < 0 else size
-            self._line(f"{name} = {size.strip('()') if a == 1 else f'{size} // {a}'}")
+            size = f"{var}.shape[{perm.index(axis)}]" + (
+                f" - {b}" if b > 0 else f" + {-b}" if b < 0 else "")
+            if a != 1:
+                size = f"({size}) // {a}" if b else f"{size} // {a}"
+            self._line(f"{name} = {size}")
 
     def _in_scope(self, prefix: tuple[str, ...], make: Callable[[str], str]) -> str:
         """Linen: the expression ``make(module)`` evaluated at ``prefix`` of the weight tree

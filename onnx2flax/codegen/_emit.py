@@ -16,15 +16,8 @@ from jax import lax
 
 from ..errors import CodegenError
 from ._literals import dtype_text, literal, literal_names, python_number, scalar
-from ._spell import (
-    INLINE,
-    NAMESPACE,
-    candidates,
-    evaluate,
-    is_literal,
-    live,
-    same_operation,
-)
+from ._spell import (INLINE, NAMESPACE, candidates, evaluate, is_literal, live,
+                     same_operation)
 
 #: Constants up to this many elements are written as array literals; larger ones as bytes.
 _INLINE_SIZE = 16

@@ -175,7 +175,9 @@ def _open_slice(start: int, end: int, step: int, dim) -> slice:
         return high if v >= far else low if v <= -far else v + dim if v < 0 else v
 
     if step > 0:
-        return slice(bound(start, dim, None) or None, bound(end, None, 0), step)
+        first = bound(start, dim, None)
+        return slice(None if type(first) is int and first == 0 else first,
+                     bound(end, None, 0), step)
     return slice(bound(start, None, 0), bound(end, dim - 1, None), step)
 
 
